@@ -1,0 +1,123 @@
+"""The shapes of requests the API accepts, validated by pydantic; errors name the field."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from jobs import JobKind, Priority
+
+MAX_MODEL_NAME = 200
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = ""
+    images: list[str] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class SubmitRequest(BaseModel):
+    """POST /api/submit. Unknown fields are ignored."""
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    model: str = Field(min_length=1, max_length=MAX_MODEL_NAME)
+    kind: JobKind = JobKind.GENERATE
+    priority: Priority = Priority.NORMAL
+    prompt: str | None = None
+    system: str | None = None
+    messages: list[Message] | None = None
+    input: str | list[str] | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    images: list[str] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    timeout_s: float | int | None = Field(default=None, gt=0)
+    format: str | dict[str, Any] | None = None
+    think: bool | str | None = None
+    tools: list[dict[str, Any]] | None = None
+
+    @field_validator("kind", "priority", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        # strict mode wants enum members; the API takes their string values, in any case
+        if isinstance(value, str):
+            for enum in (JobKind, Priority):
+                try:
+                    return enum(value.strip().lower())
+                except ValueError:
+                    continue
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        value = value.strip()
+        if not value or any(c.isspace() for c in value):
+            raise ValueError("must be a model name such as 'qwen2.5:0.5b'")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        bad = sorted(_bad_keys(value))
+        if bad:
+            raise ValueError(f"keys may not start with '$' or contain '.': {', '.join(bad)}")
+        return value
+
+    @model_validator(mode="after")
+    def _content_for_kind(self) -> SubmitRequest:
+        if self.kind is JobKind.GENERATE and self.prompt is None:
+            raise _field_error("prompt", "is required for kind 'generate'")
+        if self.kind is JobKind.CHAT and not self.messages:
+            raise _field_error("messages", "must be a non-empty list for kind 'chat'")
+        if self.kind is JobKind.EMBED and self.input is None and self.prompt is None:
+            raise _field_error("input", "is required for kind 'embed' (a string or a list of strings)")
+        return self
+
+
+class FieldError(ValueError):
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field} {message}")
+        self.field = field
+        self.message = message
+
+
+def _field_error(field: str, message: str) -> FieldError:
+    return FieldError(field, message)
+
+
+def _bad_keys(value: Any, prefix: str = "") -> list[str]:
+    bad = []
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if not isinstance(key, str) or key.startswith("$") or "." in key:
+                bad.append(prefix + str(key))
+            bad.extend(_bad_keys(inner, f"{prefix}{key}/"))
+    elif isinstance(value, list):
+        for item in value:
+            bad.extend(_bad_keys(item, prefix))
+    return bad
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
+def _is_type_tag(part: object) -> bool:
+    """pydantic names the member of a union it tried (`timeout_s.float`): not a field."""
+    return isinstance(part, str) and (part in _TYPE_TAGS or "[" in part)
+
+
+def describe_validation_error(exc: ValidationError) -> tuple[str, str, list[dict[str, Any]]]:
+    """(field, message, details) for a 400 answer, naming the first offending field."""
+    details = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = ".".join(str(p) for p in err.get("loc", ()) if not _is_type_tag(p)) or "body"
+        ctx_error = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, FieldError):
+            loc, msg = ctx_error.field, ctx_error.message
+        else:
+            msg = err.get("msg", "is invalid")
+        details.append({"field": loc, "message": msg})
+    first = details[0] if details else {"field": "body", "message": "is invalid"}
+    return first["field"], f"{first['field']}: {first['message']}", details

@@ -1,0 +1,86 @@
+"""What a job cost: its timings and tokens (from the runtime's own figures), and the ledger
+entry that the store keeps for every finished job.
+
+`JobMeter` is the seam for sampling the runtime's processes and the GPU while a job runs; the
+engine asks it for a `JobSample` when a job starts and adds what `stop()` returns to the job's
+metrics and ledger entry.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from jobs import JobDoc, JobStatus
+
+NS = 1e9
+LEDGER_TAG_KEYS = ("strategy", "experiment", "task", "task_id", "branch", "role", "run", "variant")
+
+
+class JobSample(Protocol):
+    def stop(self) -> dict[str, Any]:
+        """End the sample; return the resource figures to add to the job's metrics."""
+        ...
+
+
+class JobMeter(Protocol):
+    def start(self, model: str) -> JobSample: ...
+
+
+def run_metrics(job: JobDoc, final: dict[str, Any] | None, started: float, finished: float,
+                first_token_at: float | None, load_started: float, load_finished: float) -> dict[str, Any]:
+    """Timings and tokens of one run. `load_s` is the part of the job's wait spent loading its
+    model (0 when the model was already loaded) plus any load the runtime did for the request."""
+    final = final or {}
+    submitted = float(job["submitted_at"])
+    overlap = 0.0
+    if load_finished:
+        overlap = max(0.0, min(load_finished, started) - max(load_started, submitted))
+    runtime_load_s = (final.get("load_duration") or 0) / NS
+    output_tokens = int(final.get("eval_count") or 0)
+    eval_s = (final.get("eval_duration") or 0) / NS
+    run_s = max(finished - started, 0.0)
+    if eval_s > 0:
+        tokens_per_s = output_tokens / eval_s
+    else:
+        tokens_per_s = output_tokens / run_s if run_s > 0 else 0.0
+    return {
+        "queue_wait_s": round(max(started - submitted, 0.0), 6),
+        "load_s": round(overlap + runtime_load_s, 6),
+        "run_s": round(run_s, 6),
+        "total_s": round(max(finished - submitted, 0.0), 6),
+        "ttft_s": round(first_token_at - started, 6) if first_token_at else None,
+        "prompt_tokens": int(final.get("prompt_eval_count") or 0),
+        "output_tokens": output_tokens,
+        "tokens_per_s": round(tokens_per_s, 3),
+        "runtime": {
+            "total_duration_s": (final.get("total_duration") or 0) / NS,
+            "load_duration_s": runtime_load_s,
+            "prompt_eval_duration_s": (final.get("prompt_eval_duration") or 0) / NS,
+            "eval_duration_s": eval_s,
+        },
+    }
+
+
+def ledger_entry(job: JobDoc, status: JobStatus, fields: dict[str, Any], node: str,
+                 model_bytes: int) -> dict[str, Any]:
+    """One document of `job_metrics`: everything needed to compare models and strategies."""
+    metadata = job.get("metadata") or {}
+    metrics = fields.get("metrics") or {}
+    return {
+        "job_id": job["job_id"],
+        "model": job["model"],
+        "kind": job["kind"],
+        "priority": job["priority"],
+        "status": status.value,
+        "success": status is JobStatus.COMPLETE,
+        "error": fields.get("error"),
+        "error_kind": fields.get("error_kind"),
+        "tags": {k: metadata[k] for k in LEDGER_TAG_KEYS if k in metadata},
+        "metadata": metadata,
+        "node": node,
+        "submitted_at": job["submitted_at"],
+        "started_at": job.get("started_at"),
+        "finished_at": fields.get("completed_at"),
+        "attempts": fields.get("attempts"),
+        "model_memory_bytes": model_bytes,
+        **metrics,
+    }

@@ -1,0 +1,127 @@
+"""What a job is: its life cycle, priority and kind, and the document that stores it.
+
+A job document is a plain dict (it crosses process and database boundaries as one); this module
+owns its shape. Times are stored as Unix seconds (floats) and shown as ISO 8601 by `public_view`.
+"""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+JobDoc = dict[str, Any]
+
+
+class JobStatus(str, Enum):
+    PENDING = "pending"      # accepted and stored; the scheduler has not taken it yet
+    QUEUED = "queued"        # in the scheduler's queue, waiting for its model and a slot
+    RUNNING = "running"      # its request is with the runtime
+    COMPLETE = "complete"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED
+
+
+WAITING = (JobStatus.PENDING, JobStatus.QUEUED)
+FINISHED = (JobStatus.COMPLETE, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class Priority(str, Enum):
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+
+    @property
+    def rank(self) -> int:
+        """Larger is more urgent; one rank is one level of aging (QUEUE_AGING_S)."""
+        return _PRIORITY_RANK[self]
+
+
+_PRIORITY_RANK = {Priority.LOW: 0, Priority.NORMAL: 1, Priority.HIGH: 2}
+
+
+class JobKind(str, Enum):
+    GENERATE = "generate"
+    CHAT = "chat"
+    EMBED = "embed"
+
+    @property
+    def capability(self) -> str:
+        """The Ollama capability (`/api/show`) a model needs to serve this kind."""
+        return "embedding" if self is JobKind.EMBED else "completion"
+
+
+class ErrorKind(str, Enum):
+    """Why a job failed; counted under `errors` in /api/stats."""
+    OOM = "oom"
+    RUNTIME = "runtime"
+    TIMEOUT = "timeout"
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def new_job(*, model: str, kind: JobKind, priority: Priority, submitted_at: float,
+            timeout_s: float, prompt: str | None = None, messages: list | None = None,
+            input: Any = None, system: str | None = None, options: dict | None = None,
+            images: list | None = None, metadata: dict | None = None,
+            job_id: str | None = None) -> JobDoc:
+    return {
+        "job_id": job_id or new_job_id(),
+        "status": JobStatus.PENDING.value,
+        "model": model,
+        "kind": kind.value,
+        "priority": priority.value,
+        "rank": priority.rank,
+        "prompt": prompt,
+        "messages": messages,
+        "input": input,
+        "system": system,
+        "options": options or {},
+        "images": images or [],
+        "metadata": metadata or {},
+        "timeout_s": timeout_s,
+        "submitted_at": submitted_at,
+        "started_at": None,
+        "completed_at": None,
+        "result": None,
+        "error": None,
+        "error_kind": None,
+        "metrics": {},
+        "attempts": 0,
+        "oom_retries": 0,
+    }
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
+def public_view(doc: JobDoc, include_request: bool = False) -> dict[str, Any]:
+    """The job as the API shows it."""
+    view = {
+        "job_id": doc["job_id"],
+        "status": doc["status"],
+        "model": doc["model"],
+        "kind": doc["kind"],
+        "priority": doc["priority"],
+        "result": doc.get("result"),
+        "error": doc.get("error"),
+        "submitted_at": iso(doc.get("submitted_at")),
+        "started_at": iso(doc.get("started_at")),
+        "completed_at": iso(doc.get("completed_at")),
+        "metrics": doc.get("metrics") or {},
+        "metadata": doc.get("metadata") or {},
+        "attempts": doc.get("attempts", 0),
+    }
+    if include_request:
+        for key in ("prompt", "messages", "input", "system", "options", "timeout_s"):
+            view[key] = doc.get(key)
+    return view

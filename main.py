@@ -1,0 +1,83 @@
+"""Start Model Manager: the API and the scheduler in one process.
+
+    python main.py                          # Ollama if one answers, else the embedded runtime
+    python main.py --backend sim            # the GPU simulator (SIM_VRAM_GB, ...)
+    python main.py --http-port 5001
+
+For several API workers, serve `wsgi:app` with gunicorn instead (see gunicorn.conf.py); the
+workers elect one scheduler among themselves.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+
+from pydantic import ValidationError
+from werkzeug.serving import make_server
+
+from api import create_app
+from config import Config
+from log_setup import get_logger, setup_logging
+from service import Service
+
+log = get_logger("SYSTEM")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Model Manager: a fair, OOM-free scheduler in front of Ollama.")
+    parser.add_argument("--http-port", type=int, help="API port (HTTP_PORT, default 5001)")
+    parser.add_argument("--host", help="API address (HTTP_HOST, default 127.0.0.1)")
+    parser.add_argument("--backend", choices=["auto", "ollama", "embedded", "sim"],
+                        help="runtime (BACKEND, default auto)")
+    parser.add_argument("--ollama-url", help="Ollama base URL (OLLAMA_URL)")
+    parser.add_argument("--data-dir", help="where the SQLite store and logs go (DATA_DIR)")
+    parser.add_argument("--no-scheduler", action="store_true",
+                        help="serve the API only; another process runs the scheduler")
+    return parser.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides = {"HTTP_PORT": args.http_port, "HTTP_HOST": args.host, "BACKEND": args.backend,
+                 "OLLAMA_URL": args.ollama_url, "DATA_DIR": args.data_dir}
+    return Config(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ValidationError as exc:
+        print(f"invalid configuration:\n{exc}")
+        return 2
+    setup_logging(config.LOG_FILE, config.LOG_LEVEL)
+    service = Service(config)
+    app = create_app(config, service)
+    server = make_server(config.HTTP_HOST, config.HTTP_PORT, app, threaded=True)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    if not args.no_scheduler:
+        service.start()
+    log.info("Model Manager listening on http://%s:%d (store: %s)", config.HTTP_HOST,
+             server.server_port, config.store_kind)
+
+    stopping = threading.Event()
+
+    def shutdown(signum, frame) -> None:
+        if not stopping.is_set():
+            stopping.set()
+            log.info("shutting down (signal %d)", signum)
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGINT, shutdown)
+    signal.signal(signal.SIGTERM, shutdown)
+    try:
+        server.serve_forever()
+    finally:
+        service.stop()
+        service.store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

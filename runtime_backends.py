@@ -1,0 +1,88 @@
+"""Choosing and starting the runtime: Ollama, the embedded runtime, or the GPU simulator, each
+with the memory the scheduler plans with."""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+import psutil
+import requests
+
+from config import MIB, Config
+from gpu_probe import detect_gpu
+from log_setup import get_logger
+from resource_monitor import FixedMemory, GpuMemory, MemorySource, SimulatorMemory
+from runtime_client import OllamaClient
+from runtime_launcher import ManagedRuntime
+
+log = get_logger("SYSTEM")
+
+
+@dataclass
+class Runtime:
+    kind: str                          # "ollama", "embedded" or "sim"
+    url: str
+    client: OllamaClient
+    memory: MemorySource
+    process: ManagedRuntime | None = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+
+def ollama_answers(url: str, timeout: float = 1.5) -> bool:
+    try:
+        return requests.get(url.rstrip("/") + "/api/version", timeout=timeout).ok
+    except requests.RequestException:
+        return False
+
+
+def choose_backend(config: Config) -> str:
+    """`auto`: Ollama when one answers at OLLAMA_URL, else the embedded runtime."""
+    if config.BACKEND != "auto":
+        return config.BACKEND
+    if ollama_answers(config.OLLAMA_URL):
+        return "ollama"
+    if importlib.util.find_spec("embedded_runtime") is None or importlib.util.find_spec("xllamacpp") is None:
+        log.info("no Ollama answers at %s and the embedded runtime is not installed: "
+                 "using the GPU simulator", config.OLLAMA_URL)
+        return "sim"
+    log.info("no Ollama answers at %s: using the embedded runtime", config.OLLAMA_URL)
+    return "embedded"
+
+
+def host_memory(config: Config) -> FixedMemory:
+    """No GPU: plan with VRAM_TOTAL_MB, else a share of the RAM available now."""
+    if config.VRAM_TOTAL_MB:
+        return FixedMemory(config.VRAM_TOTAL_MB * MIB, "config")
+    available = psutil.virtual_memory().available
+    return FixedMemory(int(available * config.HOST_MEMORY_FRACTION), "host")
+
+
+def open_runtime(config: Config) -> Runtime:
+    kind = choose_backend(config)
+    pool = config.MAX_RUNNING_JOBS + 8
+    if kind == "sim":
+        process = ManagedRuntime("sim", "simulator", [
+            "--vram-gb", str(config.SIM_VRAM_GB), "--load-gbps", str(config.SIM_LOAD_GBPS),
+            "--tokens-per-s", str(config.SIM_TOKENS_PER_S), "--batch-gain", str(config.SIM_BATCH_GAIN),
+            "--default-tokens", str(config.SIM_DEFAULT_TOKENS)],
+            config.DATA_DIR / "logs" / "simulator.log", fixed_port=config.SIM_PORT)
+        url = process.start()
+        client = OllamaClient(url, config.RUNTIME_CONNECT_TIMEOUT_S, pool)
+        return Runtime("sim", url, client, SimulatorMemory(client), process)
+    if kind == "embedded":
+        from embedded_runtime.launch import start_embedded
+        process = start_embedded(config)
+        client = OllamaClient(process.url, config.RUNTIME_CONNECT_TIMEOUT_S, pool)
+        return Runtime("embedded", process.url, client, host_memory(config), process)
+    client = OllamaClient(config.OLLAMA_URL, config.RUNTIME_CONNECT_TIMEOUT_S, pool)
+    gpu = detect_gpu()
+    if gpu is not None:
+        memory: MemorySource = GpuMemory(gpu, config.VRAM_TOTAL_MB * MIB)
+        log.info("GPU memory read through %s", gpu.name)
+    else:
+        memory = host_memory(config)
+        log.info("no GPU found: planning with %.1f GB (%s)", memory.total_bytes / 1e9, memory.name)
+    return Runtime("ollama", config.OLLAMA_URL, client, memory)

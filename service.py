@@ -1,0 +1,312 @@
+"""The service behind the API: the store and queue in every process, and in exactly one process
+(the holder of the store's `scheduler` lease) the runtime, monitor, engine and scheduler loop.
+
+Every API worker runs a `Service`; each tries for the lease, one wins and schedules, the others
+take over if it dies. The leader publishes its view (runtime, memory, loaded models, counters,
+and the model registry) into the store twice a second, which is how /api/stats, /api/health and
+/api/models answer the same from every worker.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from config import Config
+from execution_engine import Counters, ExecutionEngine
+from jobs import ErrorKind
+from log_setup import get_logger
+from model_registry import ModelRegistry
+from queue_manager import QueueManager
+from resource_monitor import ResourceMonitor, ResourceState
+from runtime_backends import Runtime, open_runtime
+from store import JobStore, open_store
+from vram_scheduler import Demand, Limits, Plan, ResidentModel, Snapshot, plan
+
+log = get_logger("SCHEDULER")
+syslog = get_logger("SYSTEM")
+
+LEASE = "scheduler"
+LEASE_TTL_S = 5.0
+LEASE_RENEW_S = 1.0
+PUBLISH_EVERY_S = 0.5
+TAGS_EVERY_S = 30.0
+PURGE_EVERY_S = 60.0
+STATE_KEY = "scheduler"
+REGISTRY_KEY = "registry"
+
+
+def build_snapshot(state: ResourceState, resident: tuple[ResidentModel, ...], demand: list[Demand],
+                   need_of: Callable[[str], int], config: Config) -> Snapshot:
+    """The scheduler's input, from the monitor's reading and the engine's model table."""
+    limits = Limits(config.MAX_CONCURRENT_PER_MODEL, config.MAX_RUNNING_JOBS,
+                    config.MAX_LOADED_MODELS, config.SWAP_MARGIN)
+    resident_names = {m.name for m in resident}
+    needs = {d.model: need_of(d.model) for d in demand if d.model not in resident_names}
+    needs.update({m.name: need_of(m.name) for m in resident if m.name in {d.model for d in demand}})
+    if state.memory_total <= 0:      # memory unknown (runtime or GPU unreadable): plan no loads
+        return Snapshot(sum(m.bytes for m in resident), 1 << 62, resident, tuple(demand), needs, limits)
+    capacity = state.memory_total - config.safety_margin_bytes
+    return Snapshot(capacity - state.used_by_others, capacity, resident, tuple(demand), needs, limits)
+
+
+class CompletionEvents:
+    """Lets an API request in this process wait for a job to finish without polling."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: dict[str, list[threading.Event]] = {}
+
+    def register(self, job_id: str) -> threading.Event:
+        event = threading.Event()
+        with self._lock:
+            self._events.setdefault(job_id, []).append(event)
+        return event
+
+    def unregister(self, job_id: str, event: threading.Event) -> None:
+        with self._lock:
+            waiting = self._events.get(job_id, [])
+            if event in waiting:
+                waiting.remove(event)
+            if not waiting:
+                self._events.pop(job_id, None)
+
+    def notify(self, job_id: str) -> None:
+        with self._lock:
+            for event in self._events.get(job_id, ()):
+                event.set()
+
+
+@dataclass
+class LoopStats:
+    passes: int = 0
+    last_pass_ms: float = 0.0
+    last_plan: Plan = field(default_factory=Plan)
+
+
+class Service:
+    def __init__(self, config: Config, store: JobStore | None = None,
+                 clock: Callable[[], float] = time.time):
+        self.config = config
+        self.store = store if store is not None else open_store(config)
+        self.clock = clock
+        self.queue = QueueManager(self.store, config.QUEUE_MAX_SIZE, config.QUEUE_AGING_S)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._leading = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.queue.set_submit_listener(self.wake)
+        self.completions = CompletionEvents()
+        # Set while leading:
+        self.runtime: Runtime | None = None
+        self.registry: ModelRegistry | None = None
+        self.engine: ExecutionEngine | None = None
+        self.monitor: ResourceMonitor | None = None
+        self.counters = Counters()
+        self.loop = LoopStats()
+        self.state: ResourceState | None = None
+        self._sample_due = True
+
+    # --- life cycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Begin competing for the scheduler lease (returns at once)."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._candidate, name="scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self._stop.set()
+        self.wake()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def wait_until_leading(self, timeout: float) -> bool:
+        return self._leading.wait(timeout)
+
+    @property
+    def leading(self) -> bool:
+        return self._leading.is_set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _on_engine_change(self, models_changed: bool) -> None:
+        if models_changed:
+            self._sample_due = True
+        self._wake.set()
+
+    # --- leadership -----------------------------------------------------------------------------
+    def _candidate(self) -> None:
+        while not self._stop.is_set():
+            if self.store.acquire_lease(LEASE, self.owner, LEASE_TTL_S, self.clock()):
+                try:
+                    self._lead()
+                except Exception:
+                    syslog.exception("scheduler stopped by an error; trying again")
+                    self._stop.wait(1.0)
+                finally:
+                    self._leading.clear()
+                    self.store.release_lease(LEASE, self.owner)
+            else:
+                self._stop.wait(LEASE_RENEW_S)
+
+    def _lead(self) -> None:
+        config = self.config
+        syslog.info("scheduler %s taking over", self.owner)
+        self.runtime = open_runtime(config)
+        try:
+            self.registry = ModelRegistry(config.VRAM_ESTIMATION_MULTIPLIER, self.store)
+            self.monitor = ResourceMonitor(self.runtime.client, self.runtime.memory, self.clock)
+            self.engine = ExecutionEngine(
+                self.runtime.client, self.store, self.registry, self.queue, config, self.counters,
+                node=f"{socket.gethostname()}/{self.runtime.kind}@{self.runtime.url}",
+                on_change=self._on_engine_change, on_job_done=self.completions.notify, clock=self.clock)
+            self._recover()
+            self._refresh_tags()
+            self._leading.set()
+            self._run_loop()
+        finally:
+            if self.engine is not None:
+                self.engine.shutdown(wait=True)
+            self.runtime.stop()
+            syslog.info("scheduler %s stopped", self.owner)
+
+    def _recover(self) -> None:
+        requeue = self.config.RECOVER_RUNNING == "requeue"
+        fields: dict[str, Any] = {"recovered": True}
+        if not requeue:
+            fields.update(error="the scheduler running this job stopped (service restarted)",
+                          error_kind=ErrorKind.RUNTIME.value, completed_at=self.clock())
+        ids = self.store.recover_running(requeue, fields)
+        if ids:
+            syslog.warning("%d jobs were running when the last scheduler stopped: %s", len(ids),
+                           "re-queued" if requeue else "failed")
+        self.queue.start()
+
+    def _refresh_tags(self) -> None:
+        try:
+            self.registry.update_from_runtime(self.runtime.client.tags())
+        except Exception as exc:   # a runtime that is down must not stop the scheduler
+            log.warning("cannot list the runtime's models: %s", exc)
+
+    def _run_loop(self) -> None:
+        last_renew = last_publish = last_tags = last_purge = 0.0
+        published_registry = -1
+        while not self._stop.is_set():
+            now = self.clock()
+            if now - last_renew >= LEASE_RENEW_S:
+                if not self.store.acquire_lease(LEASE, self.owner, LEASE_TTL_S, now):
+                    syslog.warning("lost the scheduler lease; stepping down")
+                    return
+                last_renew = now
+            if now - last_tags >= TAGS_EVERY_S:
+                self._refresh_tags()
+                last_tags = now
+            if now - last_purge >= PURGE_EVERY_S:
+                purged = self.store.purge_finished(now - self.config.JOB_RETENTION_S)
+                if purged:
+                    log.info("deleted %d finished jobs past retention", purged)
+                last_purge = now
+            self.run_pass()
+            if now - last_publish >= PUBLISH_EVERY_S or self.registry.version != published_registry:
+                published_registry = self.publish()
+                last_publish = now
+            self._wake.wait(self.config.SCHEDULER_LOOP_INTERVAL)
+            self._wake.clear()
+
+    # --- one pass -------------------------------------------------------------------------------
+    def run_pass(self) -> Plan:
+        started = time.perf_counter()
+        now = self.clock()
+        engine = self.engine
+        self.queue.sync()
+        if self._sample_due or self.state is None or now - self.state.taken_at >= self.config.RUNTIME_POLL_INTERVAL:
+            self._sample_due = False
+            self.state = self.monitor.sample()
+            engine.reconcile(self.state.loaded, self.state.taken_at)
+        engine.check_cancellations()
+        backing_off = engine.backing_off(now)
+        demand = [d for d in self.queue.demand(now) if d.model not in backing_off]
+        snapshot = build_snapshot(self.state, engine.resident(), demand, self.registry.need_bytes,
+                                  self.config)
+        decided = plan(snapshot)
+        for model in decided.never_fits:
+            self._fail_never_fits(model, snapshot)
+        engine.apply(decided, now)
+        self.loop.passes += 1
+        self.loop.last_pass_ms = (time.perf_counter() - started) * 1000
+        self.loop.last_plan = decided
+        if decided.loads or decided.unloads:
+            log.info("plan: load %s, unload %s, waiting for memory %s", decided.loads or "-",
+                     decided.unloads or "-", decided.waiting_for_memory or "-")
+        return decided
+
+    def _fail_never_fits(self, model: str, snapshot: Snapshot) -> None:
+        need = snapshot.need_bytes.get(model, 0)
+        reason = (f"model {model} needs {need / 1e9:.2f} GB but at most {snapshot.capacity_bytes / 1e9:.2f} GB "
+                  f"can ever be used (memory minus VRAM_SAFETY_MARGIN_MB)")
+        failed = self.queue.fail_model(model, {"error": reason, "error_kind": ErrorKind.RUNTIME.value,
+                                                "completed_at": self.clock()})
+        if failed:
+            log.warning("failed %d jobs: %s", failed, reason)
+
+    # --- what the API workers read --------------------------------------------------------------
+    def scheduler_view(self) -> dict[str, Any]:
+        state, engine, runtime = self.state, self.engine, self.runtime
+        slots = engine.slots()
+        budget = build_snapshot(state, (), [], lambda _: 0, self.config) if state else None
+        loaded_info = {m.name: m for m in state.loaded} if state else {}
+        counters = self.counters.snapshot()
+        return {
+            "owner": self.owner,
+            "runtime": {"kind": runtime.kind, "url": runtime.url, "ok": bool(state and state.runtime_ok),
+                        "error": state.runtime_error if state else "not read yet"},
+            "resources": {
+                "vram": {"total": state.memory_total if state else 0,
+                         "used": state.memory_used if state else 0,
+                         "free": state.memory_free if state else 0,
+                         "budget": budget.budget_bytes if budget else 0,
+                         "capacity": budget.capacity_bytes if budget else 0,
+                         "used_by_others": state.used_by_others if state else 0,
+                         "source": state.memory_source if state else runtime.memory.name},
+                "gpus": [vars(g) for g in state.gpus] if state else [],
+                "loaded_models": [{
+                    "name": s.name, "phase": s.phase.value, "running": s.running,
+                    "size": loaded_info[s.name].size if s.name in loaded_info else s.bytes,
+                    "size_vram": loaded_info[s.name].size_vram if s.name in loaded_info else 0,
+                    "planned_bytes": s.bytes,
+                    "idle_since": s.last_used if s.running == 0 else None,
+                    "expires_at": loaded_info[s.name].expires_at if s.name in loaded_info else None,
+                } for s in sorted(slots, key=lambda s: s.name)],
+                "host": vars(state.host) if state and state.host else {},
+            },
+            "scheduler": {
+                "passes": self.loop.passes, "last_pass_ms": round(self.loop.last_pass_ms, 3),
+                "loads": counters.get("loads", 0), "unloads": counters.get("unloads", 0),
+                "waiting_for_memory": self.loop.last_plan.waiting_for_memory,
+                "draining": self.loop.last_plan.draining,
+                "queued_in_scheduler": self.queue.waiting(),
+            },
+            "errors": {k.value: counters.get(f"errors.{k.value}", 0) for k in ErrorKind},
+            "jobs": {k: counters.get(k, 0) for k in ("complete", "failed", "cancelled_running")},
+        }
+
+    def publish(self) -> int:
+        """Put the scheduler's view and the registry where every API worker can read them."""
+        now = self.clock()
+        view = self.scheduler_view()
+        self.store.put_state(STATE_KEY, view, now)
+        version = self.registry.version
+        self.store.put_state(REGISTRY_KEY, {"version": version, "models": self.registry.describe(),
+                                            "capacity_bytes": view["resources"]["vram"]["capacity"],
+                                            "multiplier": self.registry.multiplier}, now)
+        return version

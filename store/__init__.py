@@ -1,0 +1,19 @@
+"""Job stores: SQLite (embedded default, or in memory) and MongoDB, behind one interface."""
+from __future__ import annotations
+
+from config import Config
+from store.base import CancelOutcome, JobStore, QueueCounts, QueueFull
+
+__all__ = ["CancelOutcome", "JobStore", "QueueCounts", "QueueFull", "open_store"]
+
+
+def open_store(config: Config) -> JobStore:
+    kind = config.store_kind
+    if kind == "memory":
+        from store.sqlite import SqliteStore
+        return SqliteStore.in_memory()
+    if kind == "mongodb":
+        from store.mongo import MongoStore
+        return MongoStore.from_config(config)
+    from store.sqlite import SqliteStore
+    return SqliteStore(config.DATA_DIR / "model_manager.db")

@@ -1,0 +1,167 @@
+"""The storage contract: every backend behaves the same (fixture `store` runs each one)."""
+import threading
+
+import pytest
+
+from conftest import sample_job
+from jobs import Priority
+from store import QueueFull
+
+
+def test_enqueue_get_and_position_by_priority_then_time(store):
+    assert store.enqueue(sample_job(job_id="a", submitted_at=1.0)) == 0
+    assert store.enqueue(sample_job(job_id="b", submitted_at=2.0)) == 1
+    # A high-priority job goes ahead of both normal ones.
+    assert store.enqueue(sample_job(job_id="c", priority=Priority.HIGH, submitted_at=3.0)) == 0
+    assert store.enqueue(sample_job(job_id="d", priority=Priority.LOW, submitted_at=0.5)) == 3
+    job = store.get("b")
+    assert job["status"] == "pending" and job["prompt"] == "hi" and job["submitted_at"] == 2.0
+    assert store.get("nope") is None
+
+
+def test_queue_full(store):
+    for i in range(3):
+        store.enqueue(sample_job(job_id=f"j{i}"), max_waiting=3)
+    with pytest.raises(QueueFull):
+        store.enqueue(sample_job(job_id="j3"), max_waiting=3)
+    assert store.get("j3") is None
+
+
+def test_take_new_then_claim_then_finish(store):
+    for i in range(3):
+        store.enqueue(sample_job(job_id=f"j{i}", submitted_at=float(i)))
+    taken = store.take_new()
+    assert [j["job_id"] for j in taken] == ["j0", "j1", "j2"]
+    assert store.take_new() == []
+    assert store.get("j0")["status"] == "queued"
+    job = store.claim("j0", "run-1", {"started_at": 10.0})
+    assert job["status"] == "running" and job["started_at"] == 10.0 and job["prompt"] == "hi"
+    assert store.claim("j0", "run-2", {}) is None               # claimed at most once
+    assert not store.finish("j0", "run-other", "complete", {"completed_at": 11.0})
+    assert store.finish("j0", "run-1", "complete", {"completed_at": 11.0, "result": {"response": "ok"}})
+    done = store.get("j0")
+    assert done["status"] == "complete" and done["result"] == {"response": "ok"}
+    assert not store.finish("j0", "run-1", "failed", {})        # finished once
+
+
+def test_cancel_in_each_state(store):
+    for name in ("p", "q", "r", "c"):
+        store.enqueue(sample_job(job_id=name))
+    store.take_new()
+    store.release_taken()
+    store.take_new()  # everything queued again
+    store.claim("r", "run", {})
+    store.claim("c", "run2", {})
+    store.finish("c", "run2", "complete", {"completed_at": 1.0})
+    out = store.cancel("q", {"completed_at": 2.0})
+    assert out.found and out.cancelled and out.previous == "queued"
+    assert store.claim("q", "run3", {}) is None                 # a cancelled job is never claimed
+    out = store.cancel("r", {"completed_at": 2.0})
+    assert out.cancelled and out.previous == "running"
+    assert not store.finish("r", "run", "complete", {})          # its late result is dropped
+    out = store.cancel("c", {})
+    assert out.found and not out.cancelled and out.previous == "complete"
+    assert not store.cancel("missing", {}).found
+
+
+def test_requeue_and_fail_waiting(store):
+    store.enqueue(sample_job(job_id="a"))
+    store.enqueue(sample_job(job_id="b"))
+    store.take_new()
+    store.claim("a", "r1", {})
+    assert store.requeue("a", "r1", {"oom_retries": 1})
+    assert store.get("a")["status"] == "pending" and store.get("a")["oom_retries"] == 1
+    assert [j["job_id"] for j in store.take_new()] == ["a"]
+    assert store.fail_waiting("b", {"error": "never fits", "completed_at": 3.0})
+    assert store.get("b")["status"] == "failed" and store.get("b")["error"] == "never fits"
+    assert not store.fail_waiting("b", {"error": "again"})
+
+
+def test_recover_running_requeues_or_fails(store):
+    for name in ("a", "b"):
+        store.enqueue(sample_job(job_id=name))
+    store.take_new()
+    store.claim("a", "r1", {})
+    assert store.recover_running(True, {"recovered": True}) == ["a"]
+    assert store.get("a")["status"] == "pending"
+    store.take_new()
+    store.claim("a", "r2", {})
+    assert store.recover_running(False, {"error": "gone", "completed_at": 5.0}) == ["a"]
+    assert store.get("a")["status"] == "failed" and store.get("a")["error"] == "gone"
+
+
+def test_counts_and_listing(store):
+    store.enqueue(sample_job(job_id="a", model="x", priority=Priority.HIGH, submitted_at=1.0))
+    store.enqueue(sample_job(job_id="b", model="y", submitted_at=2.0))
+    store.enqueue(sample_job(job_id="c", model="y", submitted_at=3.0))
+    store.take_new()
+    store.claim("c", "r", {})
+    counts = store.counts()
+    assert counts.by_status == {"queued": 2, "running": 1}
+    assert counts.waiting == 2
+    assert counts.waiting_by_priority == {"high": 1, "normal": 1}
+    assert counts.waiting_by_model == {"x": 1, "y": 1}
+    assert [j["job_id"] for j in store.list_jobs()] == ["c", "b", "a"]
+    assert [j["job_id"] for j in store.list_jobs(model="y", limit=1)] == ["c"]
+    assert [j["job_id"] for j in store.list_jobs(status="running")] == ["c"]
+    assert "prompt" not in store.list_jobs()[0]
+    assert store.statuses(["a", "c", "zz"]) == {"a": "queued", "c": "running"}
+
+
+def test_purge_finished(store):
+    store.enqueue(sample_job(job_id="old"))
+    store.enqueue(sample_job(job_id="new"))
+    store.enqueue(sample_job(job_id="waiting"))
+    store.take_new()
+    for name, t in (("old", 100.0), ("new", 200.0)):
+        store.claim(name, name, {})
+        store.finish(name, name, "complete", {"completed_at": t})
+    assert store.purge_finished(150.0) == 1
+    assert store.get("old") is None and store.get("new") is not None and store.get("waiting") is not None
+
+
+def test_metrics_ledger(store):
+    store.record_metrics({"job_id": "a", "model": "x", "finished_at": 1.0, "run_s": 0.5})
+    store.record_metrics({"job_id": "a", "model": "x", "finished_at": 1.0, "run_s": 9.9})  # once only
+    store.record_metrics({"job_id": "b", "model": "y", "finished_at": 2.0, "run_s": 0.7})
+    assert [m["job_id"] for m in store.list_metrics()] == ["b", "a"]
+    assert store.list_metrics(model="x")[0]["run_s"] == 0.5
+
+
+def test_state_leases_and_footprints(store):
+    store.put_state("k", {"v": 1}, now=5.0)
+    store.put_state("k", {"v": 2}, now=6.0)
+    assert store.get_state("k") == ({"v": 2}, 6.0)
+    assert store.get_state("none") is None
+    assert store.acquire_lease("s", "one", ttl_s=5, now=100.0)
+    assert not store.acquire_lease("s", "two", ttl_s=5, now=101.0)
+    assert store.acquire_lease("s", "one", ttl_s=5, now=102.0)        # renew
+    assert store.acquire_lease("s", "two", ttl_s=5, now=108.0)        # expired: taken over
+    store.release_lease("s", "one")                                   # not the holder: no effect
+    assert not store.acquire_lease("s", "one", ttl_s=5, now=109.0)
+    store.release_lease("s", "two")
+    assert store.acquire_lease("s", "one", ttl_s=5, now=109.0)
+    store.save_footprint("m", 123, now=1.0)
+    store.save_footprint("m", 456, now=2.0)
+    assert store.footprints() == {"m": 456}
+
+
+def test_concurrent_claims_never_double(store):
+    for i in range(200):
+        store.enqueue(sample_job(job_id=f"j{i}"))
+    store.take_new()
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def worker(n):
+        for i in range(200):
+            if store.claim(f"j{i}", f"w{n}", {}) is not None:
+                with lock:
+                    claimed.append(f"j{i}")
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == sorted(f"j{i}" for i in range(200))

@@ -1,0 +1,170 @@
+"""The scheduling decision, tested as the pure function it is: no threads, no sleeps."""
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vram_scheduler import Demand, Limits, Phase, Plan, ResidentModel, Snapshot, plan
+
+GB = 10**9
+
+
+def loaded(name, gb, running=0, last_used=0.0, phase=Phase.LOADED):
+    return ResidentModel(name, phase, int(gb * GB), running, last_used)
+
+
+def want(model, waiting=1, score=1.0, oldest=0.0):
+    return Demand(model, waiting, score, oldest)
+
+
+def snap(budget_gb, resident=(), demand=(), needs=None, capacity_gb=None, **limits):
+    return Snapshot(int(budget_gb * GB), int((capacity_gb or budget_gb) * GB), tuple(resident), tuple(demand),
+                    {k: int(v * GB) for k, v in (needs or {}).items()}, Limits(**limits))
+
+
+def test_loads_a_model_that_fits_and_dispatches_to_a_loaded_one():
+    p = plan(snap(10, [loaded("a", 2)], [want("a", 3), want("b")], {"b": 4}))
+    assert p.loads == ["b"]
+    assert p.dispatch == [("a", 3)]
+    assert p.unloads == []
+
+
+def test_evicts_least_recently_used_idle_model_only_when_space_is_needed():
+    resident = [loaded("old", 3, last_used=10), loaded("recent", 3, last_used=50), loaded("mid", 3, last_used=30)]
+    # 10 GB budget, 9 used: a 2 GB model needs one eviction, and the oldest idle one goes.
+    p = plan(snap(10, resident, [want("new")], {"new": 2}))
+    assert p.unloads == ["old"]
+    assert p.loads == []                      # loads only once the memory is really back
+    assert p.waiting_for_memory == ["new"]
+    # With room to spare nothing is evicted.
+    assert plan(snap(20, resident, [want("new")], {"new": 2})).unloads == []
+
+
+def test_evicts_several_lru_models_when_one_is_not_enough():
+    resident = [loaded("a", 2, last_used=1), loaded("b", 2, last_used=2), loaded("c", 2, last_used=3)]
+    p = plan(snap(7, resident, [want("big")], {"big": 4.5}))
+    assert p.unloads == ["a", "b"]
+
+
+def test_never_evicts_a_model_with_running_jobs():
+    resident = [loaded("busy", 6, running=2, last_used=0), loaded("idle", 1, last_used=100)]
+    p = plan(snap(8, resident, [want("new", score=1.0)], {"new": 3}))
+    assert "busy" not in p.unloads
+    assert p.unloads == []                    # evicting "idle" alone would not make room
+    assert p.waiting_for_memory == ["new"]
+
+
+def test_an_unload_in_flight_counts_as_used_until_done():
+    resident = [loaded("going", 5, phase=Phase.UNLOADING)]
+    p = plan(snap(6, resident, [want("new")], {"new": 4}))
+    assert p.loads == [] and p.waiting_for_memory == ["new"]
+    # Once the unload is done (the model is gone), it loads.
+    assert plan(snap(6, [], [want("new")], {"new": 4})).loads == ["new"]
+
+
+def test_a_model_that_can_never_fit_is_reported():
+    p = plan(snap(4, [], [want("huge")], {"huge": 9}, capacity_gb=5))
+    assert p.never_fits == ["huge"]
+    assert p.loads == []
+
+
+def test_high_priority_claims_memory_before_low():
+    # Room for one of the two; the high-priority model gets it although low waited longer.
+    demand = [want("low", score=0.5, oldest=0), want("high", score=2.0, oldest=5)]
+    p = plan(snap(5, [], demand, {"low": 3, "high": 3}))
+    assert p.loads == ["high"]
+
+
+def test_memory_a_more_urgent_model_waits_for_is_not_given_to_a_less_urgent_one():
+    # "big" (high) waits for a busy model to finish; the free 2 GB must not go to "small" (low).
+    resident = [loaded("busy", 5, running=1)]
+    demand = [want("big", score=2.0), want("small", score=0.0)]
+    p = plan(snap(7, resident, demand, {"big": 6, "small": 2}))
+    assert p.loads == []
+    assert "big" in p.waiting_for_memory
+
+
+def test_busy_less_urgent_model_is_drained_for_urgent_work():
+    # "low" is loaded and busy with low-priority work; high-priority work for "high" needs its room.
+    resident = [loaded("low", 5, running=2)]
+    demand = [want("high", score=2.0), want("low", waiting=10, score=0.1)]
+    p = plan(snap(6, resident, demand, {"high": 4}))
+    assert p.draining == ["low"]
+    assert ("low", 10) not in p.dispatch and all(m != "low" for m, _ in p.dispatch)
+    assert p.unloads == []                    # not while it still runs jobs
+    # Once idle, it is unloaded.
+    p = plan(snap(6, [loaded("low", 5)], demand, {"high": 4}))
+    assert p.unloads == ["low"]
+
+
+def test_grouping_a_loaded_model_keeps_its_work_against_equally_urgent_work():
+    # Same priority: the loaded model drains its own queue instead of swapping (ABAB -> AABB).
+    resident = [loaded("a", 5, running=1)]
+    demand = [want("b", score=1.2, oldest=0), want("a", waiting=5, score=1.1, oldest=1)]
+    p = plan(snap(6, resident, demand, {"b": 4}, swap_margin=1.0))
+    assert ("a", 5) in p.dispatch
+    assert p.draining == [] and p.unloads == []
+
+
+def test_aging_eventually_lets_old_low_priority_work_through():
+    # Low-priority work that aged past high by the swap margin gets the memory.
+    resident = [loaded("h", 5, running=1)]
+    demand = [want("l", score=3.5, oldest=0), want("h", waiting=3, score=2.0, oldest=50)]
+    p = plan(snap(6, resident, demand, {"l": 4}, swap_margin=1.0))
+    assert p.draining == ["h"]
+
+
+def test_concurrency_limits_per_model_and_overall():
+    resident = [loaded("a", 1, running=18), loaded("b", 1, running=0)]
+    p = plan(snap(10, resident, [want("a", 50, score=2), want("b", 50, score=1)], max_per_model=20, max_running=25))
+    assert p.dispatch == [("a", 2), ("b", 5)]
+
+
+def test_loaded_model_cap():
+    resident = [loaded("a", 1, last_used=1), loaded("b", 1, last_used=2)]
+    p = plan(snap(10, resident, [want("c")], {"c": 1}, max_loaded=2))
+    assert p.unloads == ["a"] and p.loads == []
+
+
+def test_loading_model_is_left_alone():
+    p = plan(snap(10, [loaded("a", 2, phase=Phase.LOADING)], [want("a", 5)]))
+    assert p == Plan()
+
+
+@st.composite
+def worlds(draw):
+    names = [f"m{i}" for i in range(draw(st.integers(1, 8)))]
+    resident, demand, needs = [], [], {}
+    for name in names:
+        gb = draw(st.floats(0.1, 8))
+        if draw(st.booleans()):
+            resident.append(loaded(name, gb, running=draw(st.integers(0, 3)),
+                                   last_used=draw(st.floats(0, 100)),
+                                   phase=draw(st.sampled_from(list(Phase)))))
+        if draw(st.booleans()):
+            demand.append(want(name, draw(st.integers(1, 30)), draw(st.floats(0, 4)), draw(st.floats(0, 100))))
+        needs[name] = gb
+    used = sum(m.bytes for m in resident) / GB
+    budget = draw(st.floats(used, used + 20))
+    return snap(budget, resident, demand, needs, capacity_gb=budget + 1,
+                max_per_model=draw(st.integers(1, 20)), max_running=draw(st.integers(1, 64)),
+                max_loaded=draw(st.integers(0, 4)))
+
+
+@settings(max_examples=400, deadline=None)
+@given(worlds())
+def test_plans_never_exceed_budget_nor_touch_busy_models(s):
+    p = plan(s)
+    by_name = {m.name: m for m in s.resident}
+    # Loads fit in what is free now: resident (incl. unloading) plus new loads stay within budget.
+    assert sum(m.bytes for m in s.resident) + sum(s.need_bytes[m] for m in p.loads) <= s.budget_bytes
+    for name in p.unloads:
+        assert by_name[name].running == 0 and by_name[name].phase is Phase.LOADED
+    assert not set(p.loads) & set(by_name)
+    running = sum(m.running for m in s.resident) + sum(n for _, n in p.dispatch)
+    assert running <= max(s.limits.max_running, sum(m.running for m in s.resident))
+    for name, n in p.dispatch:
+        assert by_name[name].phase is Phase.LOADED and by_name[name].running + n <= s.limits.max_per_model
+        assert name not in p.unloads
+    if s.limits.max_loaded:
+        loaded_after = sum(1 for m in s.resident if m.phase is not Phase.UNLOADING) - len(p.unloads) + len(p.loads)
+        assert loaded_after <= max(s.limits.max_loaded,
+                                   sum(1 for m in s.resident if m.phase is not Phase.UNLOADING))

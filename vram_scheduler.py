@@ -1,0 +1,177 @@
+"""The scheduling decision: a pure function from a snapshot of the world to a plan.
+
+`plan(snapshot)` reads no clock, does no I/O and keeps no state, so it is tested with plain
+values and benchmarked in isolation. The execution engine carries the plan out.
+
+The policy, in the order it is applied:
+
+* Work is taken model by model in order of urgency: a model's score is the best effective
+  priority among its waiting jobs (priority rank + seconds waited / QUEUE_AGING_S), so that
+  high priority goes first and low priority cannot starve.
+* A loaded model with waiting work gets up to MAX_CONCURRENT_PER_MODEL jobs running, within
+  MAX_RUNNING_JOBS overall. That drains a loaded model's work before a swap (grouping by model).
+* A model that is not loaded is loaded when its need fits in the free budget. Otherwise room
+  is made, least recently used first, from idle models with no waiting work, then from models
+  whose waiting work is at least SWAP_MARGIN priority levels less urgent: idle ones are
+  unloaded, busy ones stop taking new jobs and are unloaded once idle. A model with running
+  jobs is never unloaded.
+* Room is only made when it suffices; memory that a more urgent model is waiting for is not
+  given to a less urgent one. Memory being unloaded counts as used until the unload finishes,
+  and a load is only planned into memory that is free now, so a plan never exceeds the budget.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Phase(str, Enum):
+    LOADING = "loading"
+    LOADED = "loaded"
+    UNLOADING = "unloading"
+
+
+@dataclass(frozen=True)
+class ResidentModel:
+    """A model that occupies memory (or is about to, or is about to stop)."""
+    name: str
+    phase: Phase
+    bytes: int
+    running: int = 0
+    last_used: float = 0.0       # when a job last started or finished on it: the LRU key
+
+
+@dataclass(frozen=True)
+class Demand:
+    """The waiting work for one model."""
+    model: str
+    waiting: int
+    score: float                 # best effective priority among its waiting jobs
+    oldest_submitted: float
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_per_model: int = 20
+    max_running: int = 64
+    max_loaded: int = 0          # 0 = no cap
+    swap_margin: float = 1.0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    budget_bytes: int            # what managed models may occupy now: total - margin - others' use
+    capacity_bytes: int          # total - margin: the most any one model could ever have
+    resident: tuple[ResidentModel, ...]
+    demand: tuple[Demand, ...]
+    need_bytes: Mapping[str, int]   # memory to plan for each demanded model that is not resident
+    limits: Limits = Limits()
+
+
+@dataclass
+class Plan:
+    unloads: list[str] = field(default_factory=list)
+    loads: list[str] = field(default_factory=list)
+    dispatch: list[tuple[str, int]] = field(default_factory=list)
+    never_fits: list[str] = field(default_factory=list)       # need > capacity: fail their jobs
+    waiting_for_memory: list[str] = field(default_factory=list)
+    draining: list[str] = field(default_factory=list)         # busy, to be unloaded once idle
+
+    @property
+    def empty(self) -> bool:
+        return not (self.unloads or self.loads or self.dispatch or self.never_fits)
+
+
+def plan(snapshot: Snapshot) -> Plan:
+    limits = snapshot.limits
+    result = Plan()
+    resident = {m.name: m for m in snapshot.resident}
+    demand = {d.model: d for d in snapshot.demand}
+    # Memory not yet promised: free now, and on its way back from unloads in flight.
+    free_now = snapshot.budget_bytes - sum(m.bytes for m in snapshot.resident)
+    incoming = sum(m.bytes for m in snapshot.resident if m.phase is Phase.UNLOADING)
+    slots = limits.max_running - sum(m.running for m in snapshot.resident)
+    loaded_count = sum(1 for m in snapshot.resident if m.phase is not Phase.UNLOADING)
+    spare = sorted((m for m in snapshot.resident
+                    if m.phase is Phase.LOADED and m.running == 0 and m.name not in demand), key=_lru)
+    taken: set[str] = set()      # chosen in this pass to make room: unloading or draining
+    dispatched: set[str] = set()
+
+    def promise(amount: int) -> int:
+        """Promise `amount` from free memory, then from incoming; return what is still missing."""
+        nonlocal free_now, incoming
+        from_free = min(max(free_now, 0), amount)
+        free_now -= from_free
+        from_incoming = min(incoming, amount - from_free)
+        incoming -= from_incoming
+        return amount - from_free - from_incoming
+
+    for d in sorted(snapshot.demand, key=lambda d: (-d.score, d.oldest_submitted, d.model)):
+        current = resident.get(d.model)
+        if current is not None and current.phase is Phase.UNLOADING:
+            result.waiting_for_memory.append(d.model)    # reload once the unload is done
+            continue
+        if current is not None:
+            if current.phase is Phase.LOADED and d.model not in taken:
+                n = min(d.waiting, limits.max_per_model - current.running, slots)
+                if n > 0:
+                    result.dispatch.append((d.model, n))
+                    dispatched.add(d.model)
+                    slots -= n
+            continue
+
+        need = snapshot.need_bytes.get(d.model, 0)
+        if need > snapshot.capacity_bytes:
+            result.never_fits.append(d.model)
+            continue
+        under_cap = limits.max_loaded == 0 or loaded_count < limits.max_loaded
+        if need <= free_now and under_cap:
+            result.loads.append(d.model)
+            free_now -= need
+            loaded_count += 1
+            continue
+
+        shortfall = need - max(free_now, 0) - incoming
+        over_cap = 0 if under_cap else loaded_count + 1 - limits.max_loaded
+        victims: list[ResidentModel] = []
+        for m in _victim_candidates(snapshot, d, spare, demand, taken | dispatched):
+            if shortfall <= 0 and over_cap <= 0:
+                break
+            victims.append(m)
+            shortfall -= m.bytes
+            over_cap -= 1
+        result.waiting_for_memory.append(d.model)
+        if shortfall > 0 or over_cap > 0:
+            # It cannot be made to fit yet: more urgent or busy models hold the memory. Claim what
+            # is free so that less urgent models do not take it meanwhile.
+            promise(need)
+            continue
+        for m in victims:
+            taken.add(m.name)
+            if m.running == 0:
+                result.unloads.append(m.name)
+                loaded_count -= 1
+            else:
+                result.draining.append(m.name)
+        missing = promise(need)
+        incoming += max(sum(m.bytes for m in victims) - missing, 0)
+    return result
+
+
+def _lru(m: ResidentModel) -> tuple[float, str]:
+    return (m.last_used, m.name)
+
+
+def _victim_candidates(snapshot: Snapshot, requester: Demand, spare: list[ResidentModel],
+                       demand: Mapping[str, Demand], taken: set[str]) -> list[ResidentModel]:
+    """Models that may make room for `requester`, in the order they should: idle ones without
+    waiting work (LRU), then ones whose work is less urgent by SWAP_MARGIN, idle before busy."""
+    margin = snapshot.limits.swap_margin
+    idle_free = [m for m in spare if m.name not in taken]
+    less_urgent = sorted(
+        (m for m in snapshot.resident
+         if m.phase is Phase.LOADED and m.name in demand and m.name not in taken
+         and demand[m.name].score + margin <= requester.score),
+        key=lambda m: (m.running > 0, _lru(m)))
+    return idle_free + less_urgent
