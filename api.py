@@ -67,7 +67,9 @@ class SharedViews:
         return value
 
     def scheduler(self) -> tuple[dict[str, Any] | None, float | None]:
-        """(view, age in seconds)."""
+        """(view, age in seconds): live when the scheduler runs in this process."""
+        if self.service.leading and self.service.state is not None:
+            return self.service.scheduler_view(), 0.0
         found = self._state(STATE_KEY)
         if not found:
             return None, None
@@ -78,8 +80,7 @@ class SharedViews:
         """(registry, capacity in bytes); (None, None) until a scheduler has published one."""
         service = self.service
         if service.leading and service.registry is not None and service.state is not None:
-            view = service.scheduler_view()
-            return service.registry, view["resources"]["vram"]["capacity"] or None
+            return service.registry, service.capacity_bytes() or None
         found = self._state(REGISTRY_KEY)
         if not found:
             return None, None

@@ -310,7 +310,8 @@ class ExecutionEngine:
             self._record(job, slot, status, final, failure, started, finished, first_token, usage)
         finally:
             self.on_job_done(job_id)
-            self.on_change(False)
+            # A failed request may mean the runtime dropped the model (crash, OOM): look again.
+            self.on_change(failure is not None)
 
     def _record(self, job: JobDoc, slot: ModelSlot, status: JobStatus, final: dict | None,
                 failure: RuntimeFailure | None, started: float, finished: float,

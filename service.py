@@ -260,10 +260,17 @@ class Service:
             log.warning("failed %d jobs: %s", failed, reason)
 
     # --- what the API workers read --------------------------------------------------------------
+    def capacity_bytes(self) -> int:
+        """The most memory any one model could ever have here (0 while unknown)."""
+        state = self.state
+        if state is None or state.memory_total <= 0:
+            return 0
+        return state.memory_total - self.config.safety_margin_bytes
+
     def scheduler_view(self) -> dict[str, Any]:
         state, engine, runtime = self.state, self.engine, self.runtime
         slots = engine.slots()
-        budget = build_snapshot(state, (), [], lambda _: 0, self.config) if state else None
+        capacity = self.capacity_bytes()
         loaded_info = {m.name: m for m in state.loaded} if state else {}
         counters = self.counters.snapshot()
         return {
@@ -274,8 +281,8 @@ class Service:
                 "vram": {"total": state.memory_total if state else 0,
                          "used": state.memory_used if state else 0,
                          "free": state.memory_free if state else 0,
-                         "budget": budget.budget_bytes if budget else 0,
-                         "capacity": budget.capacity_bytes if budget else 0,
+                         "budget": capacity - state.used_by_others if capacity else 0,
+                         "capacity": capacity,
                          "used_by_others": state.used_by_others if state else 0,
                          "source": state.memory_source if state else runtime.memory.name},
                 "gpus": [vars(g) for g in state.gpus] if state else [],
@@ -307,6 +314,6 @@ class Service:
         self.store.put_state(STATE_KEY, view, now)
         version = self.registry.version
         self.store.put_state(REGISTRY_KEY, {"version": version, "models": self.registry.describe(),
-                                            "capacity_bytes": view["resources"]["vram"]["capacity"],
+                                            "capacity_bytes": self.capacity_bytes(),
                                             "multiplier": self.registry.multiplier}, now)
         return version

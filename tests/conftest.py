@@ -1,11 +1,15 @@
 """Shared fixtures: configurations, stores, and a real service on the GPU simulator."""
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -97,3 +101,64 @@ def module_service(tmp_path_factory):
     runner = ServiceRunner(tmp_path_factory.mktemp("service"))
     yield runner
     runner.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MainProcess:
+    """`python main.py` in its own process, as users start it."""
+
+    def __init__(self, directory: Path, args: list[str], env: dict[str, str]):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.directory = directory
+        self.args = args
+        self.env = {**os.environ, "DATA_DIR": str(directory / "data"), "LOG_FILE": str(directory / "mm.log"),
+                    "STORE": "sqlite", "MONGODB_URI": "", "PYTHONUNBUFFERED": "1", **env}
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60) -> "MainProcess":
+        self.process = subprocess.Popen(
+            [sys.executable, "main.py", "--http-port", str(self.port), *self.args], cwd=ROOT, env=self.env,
+            stdout=open(self.directory / "stdout.log", "ab"), stderr=subprocess.STDOUT)
+        wait_until(self.healthy, timeout=timeout, message=f"the service at {self.url}")
+        return self
+
+    def healthy(self) -> bool:
+        try:
+            return requests.get(self.url + "/api/health", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def stop(self, sig=None) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        if sig is None:
+            self.process.terminate()
+        else:
+            self.process.send_signal(sig)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def main_process(tmp_path):
+    """Factory: start `main.py` with extra arguments and environment; stopped at the end."""
+    started: list[MainProcess] = []
+
+    def start(args=("--backend", "sim"), **env) -> MainProcess:
+        proc = MainProcess(tmp_path / f"main{len(started)}", list(args), {k: str(v) for k, v in env.items()})
+        proc.directory.mkdir(parents=True, exist_ok=True)
+        started.append(proc)
+        return proc.start()
+
+    yield start
+    for proc in started:
+        proc.stop()

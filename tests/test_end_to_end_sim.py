@@ -1,51 +1,20 @@
 """The whole service as users run it: `main.py --backend sim` in its own process, driven by
 `submit_test_job.py --random 200`, on a 6 GB virtual GPU that cannot hold the ten models at once."""
 import json
-import os
-import socket
 import statistics
-import subprocess
-import sys
 
 import pytest
 import requests
 
 import submit_test_job
-from conftest import ROOT, wait_until
 
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def sim_service(tmp_path):
-    port = free_port()
-    env = {**os.environ, "SIM_VRAM_GB": "6", "SIM_LOAD_GBPS": "10", "SIM_TOKENS_PER_S": "800",
-           "SIM_DEFAULT_TOKENS": "32", "DATA_DIR": str(tmp_path / "data"), "LOG_FILE": str(tmp_path / "mm.log"),
-           "STORE": "sqlite", "MONGODB_URI": "", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "main.py", "--backend", "sim", "--http-port", str(port)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy():
-        try:
-            return requests.get(url + "/api/health", timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
-    try:
-        wait_until(healthy, timeout=30, message="the service to answer")
-        yield url, tmp_path
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+def sim_service(main_process):
+    proc = main_process(SIM_VRAM_GB=6, SIM_LOAD_GBPS=10, SIM_TOKENS_PER_S=800, SIM_DEFAULT_TOKENS=32)
+    return proc.url, proc.directory
 
 
 def test_200_random_jobs_complete_without_oom_with_swaps_and_priority(sim_service, capsys):

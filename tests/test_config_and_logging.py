@@ -1,0 +1,53 @@
+"""Configuration from the environment and `.env`, and the log line format."""
+import logging
+import re
+
+import pytest
+from pydantic import ValidationError
+
+from config import Config, settings_markdown
+from log_setup import get_logger, setup_logging
+
+
+def test_defaults_environment_and_dotenv(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("QUEUE_MAX_SIZE", "VRAM_SAFETY_MARGIN_MB", "MONGODB_URI", "STORE", "HTTP_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    cfg = Config()
+    assert (cfg.VRAM_SAFETY_MARGIN_MB, cfg.VRAM_ESTIMATION_MULTIPLIER, cfg.MAX_CONCURRENT_PER_MODEL) == (1024, 1.3, 20)
+    assert (cfg.QUEUE_MAX_SIZE, cfg.MAX_PROMPT_BYTES, cfg.SCHEDULER_LOOP_INTERVAL) == (1000, 4 * 1024 * 1024, 0.1)
+    assert cfg.store_kind == "sqlite"
+    (tmp_path / ".env").write_text("QUEUE_MAX_SIZE=42\nMONGODB_URI=mongodb://db:27017\n")
+    monkeypatch.setenv("VRAM_SAFETY_MARGIN_MB", "512")
+    cfg = Config()
+    assert cfg.QUEUE_MAX_SIZE == 42 and cfg.VRAM_SAFETY_MARGIN_MB == 512
+    assert cfg.store_kind == "mongodb"               # MONGODB_URI set: MongoDB unless STORE says otherwise
+    monkeypatch.setenv("QUEUE_MAX_SIZE", "7")        # the environment wins over .env
+    assert Config().QUEUE_MAX_SIZE == 7
+
+
+@pytest.mark.parametrize("name, value", [("QUEUE_MAX_SIZE", "many"), ("QUEUE_MAX_SIZE", "0"),
+                                         ("BACKEND", "gpu"), ("VRAM_ESTIMATION_MULTIPLIER", "0.5")])
+def test_bad_settings_are_refused_by_name(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match=name):
+        Config(_env_file=None)
+
+
+def test_every_setting_is_documented():
+    table = settings_markdown()
+    for name, field in Config.model_fields.items():
+        assert f"`{name}`" in table and field.description
+
+
+def test_log_lines_name_time_and_component(tmp_path):
+    log_file = tmp_path / "model_manager.log"
+    setup_logging(log_file, "INFO", stderr=False)
+    get_logger("SCHEDULER").info("plan: load %s", "m")
+    get_logger("api").warning("bad request")
+    for handler in logging.getLogger("model_manager").handlers:
+        handler.flush()
+    lines = log_file.read_text().splitlines()
+    assert re.fullmatch(r"\[\d\d:\d\d:\d\d\.\d{3}\] \[SCHEDULER\] plan: load m", lines[0])
+    assert re.fullmatch(r"\[\d\d:\d\d:\d\d\.\d{3}\] \[API\] bad request", lines[1])
+    setup_logging(None, "INFO", stderr=False)

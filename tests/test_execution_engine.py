@@ -1,0 +1,102 @@
+"""The engine's failure handling, for real against the GPU simulator: out of memory, timeouts,
+cancellation of running jobs, and a runtime that goes away. No job is left running."""
+import json
+
+import pytest
+import requests
+
+from conftest import wait_until
+
+
+def submit(client, **body):
+    r = client.post("/api/submit", data=json.dumps(body), content_type="application/json")
+    assert r.status_code == 202, r.get_json()
+    return r.get_json()["job_id"]
+
+
+def finished(client, job_id, timeout=20):
+    job = client.get(f"/api/job/{job_id}?wait={timeout}").get_json()
+    assert job["status"] in ("complete", "failed", "cancelled"), job
+    return job
+
+
+def test_out_of_memory_answer_is_counted_and_the_job_retried_once_memory_is_freed(running_service):
+    # Polling /api/ps rarely, so that the manager does not notice what another client does.
+    service, client = running_service(SIM_VRAM_GB=3.0, VRAM_SAFETY_MARGIN_MB=0, RUNTIME_POLL_INTERVAL=30.0)
+    assert finished(client, submit(client, model="gemma:2b", prompt="warm up"))["status"] == "complete"
+    sim = service.runtime.url
+    # Another client of the same runtime swaps gemma out for phi3 behind the manager's back.
+    requests.post(f"{sim}/api/generate", json={"model": "gemma:2b", "keep_alive": 0}, timeout=10).raise_for_status()
+    requests.post(f"{sim}/api/generate", json={"model": "phi3:mini", "keep_alive": -1}, timeout=10).raise_for_status()
+
+    job = finished(client, submit(client, model="gemma:2b", prompt="again"), timeout=30)
+    assert job["status"] == "complete", job
+    assert job["attempts"] == 2                       # first try ran out of memory, second ran
+    stats = client.get("/api/stats").get_json()
+    assert stats["errors"]["oom"] == 1
+    sim_stats = requests.get(f"{sim}/api/sim/stats", timeout=5).json()
+    assert sim_stats["oom_errors"] == 1
+    loaded = [m["name"] for m in requests.get(f"{sim}/api/ps", timeout=5).json()["models"]]
+    assert loaded == ["gemma:2b"]                     # phi3 (idle, not ours) was evicted to make room
+
+
+def test_out_of_memory_raises_the_models_planned_need(running_service):
+    service, _ = running_service()
+    before = service.registry.need_bytes("phi3:mini")
+    service.registry.learn_oom("phi3:mini")
+    assert service.registry.need_bytes("phi3:mini") > before
+    assert service.store.footprints()["phi3:mini"] == service.registry.need_bytes("phi3:mini")
+
+
+def test_timeout_fails_the_job_with_the_reason(running_service):
+    _, client = running_service(SIM_TOKENS_PER_S=200.0)
+    job = finished(client, submit(client, model="qwen2.5:0.5b", prompt="long", timeout_s=0.5,
+                                  options={"num_predict": 2000}))
+    assert job["status"] == "failed" and "timed out" in job["error"]
+    assert client.get("/api/stats").get_json()["errors"]["timeout"] == 1
+    assert client.get("/api/stats").get_json()["running"] == 0
+
+
+def test_cancelling_a_running_job_stops_its_request(running_service):
+    service, client = running_service(SIM_TOKENS_PER_S=200.0)
+    job_id = submit(client, model="qwen2.5:0.5b", prompt="long", options={"num_predict": 4000})
+    wait_until(lambda: client.get(f"/api/job/{job_id}").get_json()["status"] == "running", message="running")
+    r = client.post(f"/api/job/{job_id}/cancel")
+    assert r.status_code == 200 and r.get_json()["previous"] == "running"
+    sim = service.runtime.url
+    wait_until(lambda: requests.get(f"{sim}/api/sim/stats", timeout=5).json()["running"] == 0,
+               timeout=5, message="the runtime to stop generating")
+    assert client.get(f"/api/job/{job_id}").get_json()["status"] == "cancelled"
+    wait_until(lambda: not service.engine.running_ids(), message="engine to let go of the job")
+
+
+def test_cancelling_a_waiting_job(running_service):
+    service, client = running_service()
+    service.stop()                                     # nothing runs it
+    job_id = submit(client, model="qwen2.5:0.5b", prompt="never")
+    r = client.post(f"/api/job/{job_id}/cancel")
+    assert r.status_code == 200 and r.get_json()["previous"] in ("pending", "queued")
+    assert client.get(f"/api/job/{job_id}").get_json()["status"] == "cancelled"
+
+
+def test_runtime_gone_fails_jobs_with_the_reason_and_health_says_so(running_service):
+    service, client = running_service(RUNTIME_POLL_INTERVAL=0.1)
+    assert finished(client, submit(client, model="qwen2.5:0.5b", prompt="ok"))["status"] == "complete"
+    service.runtime.process.process.kill()
+    service.runtime.process.process.wait()
+    job = finished(client, submit(client, model="qwen2.5:0.5b", prompt="after"), timeout=30)
+    assert job["status"] == "failed" and "cannot reach the runtime" in job["error"]
+    assert client.get("/api/stats").get_json()["errors"]["runtime"] >= 1
+    service.publish()
+    wait_until(lambda: client.get("/api/health").status_code == 503, message="health to turn 503")
+    assert "runtime" in client.get("/api/health").get_json()["reason"]
+    assert client.get("/api/stats").get_json()["running"] == 0
+
+
+def test_model_missing_on_runtime_fails_its_jobs_clearly(running_service):
+    service, client = running_service()
+    # The registry knows the model (from an earlier runtime, say) but this runtime lacks it.
+    service.registry.learn("ghost:1b", 500_000_000)
+    service.publish()
+    job = finished(client, submit(client, model="ghost:1b", prompt="boo"), timeout=30)
+    assert job["status"] == "failed" and "not available on the runtime" in job["error"]
