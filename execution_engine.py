@@ -168,7 +168,9 @@ class ExecutionEngine:
         try:
             self.client.unload(name, timeout=self.config.LOAD_TIMEOUT_S)
             self.counters.add("unloads")
-        except RuntimeFailure as exc:
+        except Exception as exc:   # whatever happened, the model must not stay "unloading" forever
+            if not isinstance(exc, RuntimeFailure):
+                log.exception("unload of %s crashed", name)
             log.warning("unload of %s failed: %s", name, exc)
             with self._lock:
                 slot = self._slots.get(name)
@@ -200,6 +202,9 @@ class ExecutionEngine:
                              embedding=embedding_only)
         except RuntimeFailure as exc:
             self._load_failed(name, exc)
+        except Exception as exc:   # whatever happened, the model must not stay "loading" forever
+            log.exception("load of %s crashed", name)
+            self._load_failed(name, RuntimeFailure(f"internal error while loading: {exc}"))
         else:
             with self._lock:
                 slot = self._slots.get(name)

@@ -176,6 +176,11 @@ class NvmlSource:
             ))
         return readings
 
+    def energy_total_j(self) -> float | None:
+        """Energy used by all GPUs since the driver loaded (None where unsupported)."""
+        values = [self._optional("nvmlDeviceGetTotalEnergyConsumption", h) for h in self._handles]
+        return None if any(v is None for v in values) else sum(values) / 1000.0
+
     def processes(self) -> list[GpuProcess]:
         out = []
         for handle in self._handles:

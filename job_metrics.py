@@ -67,6 +67,7 @@ def ledger_entry(job: JobDoc, status: JobStatus, fields: dict[str, Any], node: s
     metrics = fields.get("metrics") or {}
     return {
         "job_id": job["job_id"],
+        "run_id": job.get("run_id"),
         "model": job["model"],
         "kind": job["kind"],
         "priority": job["priority"],

@@ -21,6 +21,7 @@ log = get_logger("REGISTRY")
 GB = 1000 ** 3
 MB = 1000 ** 2
 OOM_GROWTH = 1.25   # after an out-of-memory answer, a model's need grows by at least this factor
+LEARN_TOLERANCE = 0.02   # measurements within 2% of the known footprint change nothing
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,11 @@ class ModelSpec:
     capabilities: tuple[str, ...] = ("completion",)
     family: str = ""
     parameter_size: str = ""
+    install: str = ""                    # the command that installs it, when not `ollama pull <name>`
+
+    @property
+    def install_hint(self) -> str:
+        return self.install or f"ollama pull {self.name}"
 
 
 # The ten models of the original design, with the sizes the Ollama library lists.
@@ -144,8 +150,8 @@ class ModelRegistry:
             return
         with self._lock:
             entry = self._models.setdefault(name, ModelEntry(ModelSpec(name, size_bytes)))
-            if entry.learned_bytes == size_bytes:
-                return
+            if entry.learned_bytes and abs(size_bytes - entry.learned_bytes) <= LEARN_TOLERANCE * entry.learned_bytes:
+                return                   # the same footprint, give or take what a process's RSS wobbles
             before = self._need(entry)
             entry.learned_bytes = size_bytes
             self.version += 1
@@ -181,7 +187,7 @@ class ModelRegistry:
                 if entry.spec.size_bytes != spec.size_bytes and spec.size_bytes:
                     entry.spec = ModelSpec(name, spec.size_bytes, spec.capabilities or entry.spec.capabilities,
                                            spec.family or entry.spec.family,
-                                           spec.parameter_size or entry.spec.parameter_size)
+                                           spec.parameter_size or entry.spec.parameter_size, entry.spec.install)
                     changed = True
                 if entry.on_runtime is not True:
                     entry.on_runtime, changed = True, True
@@ -204,6 +210,7 @@ class ModelRegistry:
                 "family": e.spec.family,
                 "parameter_size": e.spec.parameter_size,
                 "on_runtime": e.on_runtime,
+                "install": e.spec.install_hint,
             } for name, e in sorted(self._models.items())]
 
     @classmethod
@@ -212,7 +219,7 @@ class ModelRegistry:
         registry = cls(multiplier, store=None, catalog=())
         for row in rows:
             spec = ModelSpec(row["name"], row["size"], tuple(row["capabilities"]), row.get("family", ""),
-                             row.get("parameter_size", ""))
+                             row.get("parameter_size", ""), row.get("install", ""))
             registry._models[row["name"]] = ModelEntry(spec, row.get("learned_bytes"), row.get("on_runtime"))
         registry._runtime_listed = any(r.get("on_runtime") is not None for r in rows)
         return registry

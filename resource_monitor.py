@@ -27,6 +27,7 @@ class LoadedModelInfo:
     size_vram: int
     expires_at: str | None
     footprint: int               # bytes it takes from the memory the scheduler plans with
+    pid: int | None = None       # the runner process, where the runtime says (the embedded one does)
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,8 @@ def parse_ps(entries: list[dict], counts_vram: bool) -> tuple[LoadedModelInfo, .
         size_vram = int(e.get("size_vram") or 0)
         out.append(LoadedModelInfo(
             name=str(e.get("name") or e.get("model")), size=size, size_vram=size_vram,
-            expires_at=e.get("expires_at"), footprint=size_vram if counts_vram else size))
+            expires_at=e.get("expires_at"), footprint=size_vram if counts_vram else size,
+            pid=int(e["pid"]) if isinstance(e.get("pid"), int) else None))
     return tuple(out)
 
 

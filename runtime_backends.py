@@ -11,6 +11,7 @@ import requests
 from config import MIB, Config
 from gpu_probe import detect_gpu
 from log_setup import get_logger
+from model_registry import ModelSpec
 from resource_monitor import FixedMemory, GpuMemory, MemorySource, SimulatorMemory
 from runtime_client import OllamaClient
 from runtime_launcher import ManagedRuntime
@@ -25,6 +26,7 @@ class Runtime:
     client: OllamaClient
     memory: MemorySource
     process: ManagedRuntime | None = None
+    catalog: tuple[ModelSpec, ...] = ()   # models this runtime could serve once installed
 
     def stop(self) -> None:
         if self.process is not None:
@@ -73,10 +75,13 @@ def open_runtime(config: Config) -> Runtime:
         client = OllamaClient(url, config.RUNTIME_CONNECT_TIMEOUT_S, pool)
         return Runtime("sim", url, client, SimulatorMemory(client), process)
     if kind == "embedded":
+        from embedded_runtime.catalog import CATALOG
         from embedded_runtime.launch import start_embedded
         process = start_embedded(config)
         client = OllamaClient(process.url, config.RUNTIME_CONNECT_TIMEOUT_S, pool)
-        return Runtime("embedded", process.url, client, host_memory(config), process)
+        catalog = tuple(ModelSpec(m.name, m.size_bytes, ("completion",), m.family, m.parameter_size,
+                                  m.install_command) for m in CATALOG.values())
+        return Runtime("embedded", process.url, client, host_memory(config), process, catalog)
     client = OllamaClient(config.OLLAMA_URL, config.RUNTIME_CONNECT_TIMEOUT_S, pool)
     gpu = detect_gpu()
     if gpu is not None:

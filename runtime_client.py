@@ -97,6 +97,8 @@ class OllamaClient:
             raise RuntimeTimeout(f"runtime did not answer {path} within {timeout:.0f}s") from exc
         except requests.ConnectionError as exc:
             raise RuntimeUnavailable(f"cannot reach the runtime at {self.base_url}: {_reason(exc)}") from exc
+        except requests.RequestException as exc:
+            raise RuntimeUnavailable(f"request to the runtime failed: {_reason(exc)}") from exc
         if response.status_code >= 400:
             text = _error_text(response)
             response.close()
@@ -109,6 +111,8 @@ class OllamaClient:
             return response.json()
         except ValueError as exc:
             raise RuntimeFailure(f"runtime sent invalid JSON for {path}") from exc
+        except requests.RequestException as exc:   # the body was cut off
+            raise RuntimeUnavailable(f"the runtime dropped the connection: {_reason(exc)}") from exc
 
     # --- state ----------------------------------------------------------------------------------
     def version(self, timeout: float = 3.0) -> str:
@@ -181,12 +185,10 @@ class OllamaClient:
                 if chunk.get("done"):
                     final = chunk
                     break
-        except requests.exceptions.ChunkedEncodingError as exc:
-            raise RuntimeUnavailable(f"the runtime dropped the connection mid-answer: {_reason(exc)}") from exc
-        except requests.ConnectionError as exc:
-            raise RuntimeUnavailable(f"the runtime dropped the connection mid-answer: {_reason(exc)}") from exc
         except requests.Timeout as exc:
             raise RuntimeTimeout("job timed out waiting for the runtime") from exc
+        except requests.RequestException as exc:
+            raise RuntimeUnavailable(f"the runtime dropped the connection mid-answer: {_reason(exc)}") from exc
         except ValueError as exc:
             raise RuntimeFailure(f"runtime sent an invalid stream chunk: {exc}") from exc
         finally:

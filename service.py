@@ -21,9 +21,10 @@ from config import Config
 from execution_engine import Counters, ExecutionEngine
 from jobs import ErrorKind
 from log_setup import get_logger
-from model_registry import ModelRegistry
+from model_registry import DESIGN_CATALOG, ModelRegistry
 from queue_manager import QueueManager
-from resource_monitor import ResourceMonitor, ResourceState
+from resource_monitor import GpuMemory, ResourceMonitor, ResourceState
+from resource_sampler import ResourceSampler, RunnerPids
 from runtime_backends import Runtime, open_runtime
 from store import JobStore, open_store
 from vram_scheduler import Demand, Limits, Plan, ResidentModel, Snapshot, plan
@@ -108,6 +109,7 @@ class Service:
         self.registry: ModelRegistry | None = None
         self.engine: ExecutionEngine | None = None
         self.monitor: ResourceMonitor | None = None
+        self.sampler: ResourceSampler | None = None
         self.counters = Counters()
         self.loop = LoopStats()
         self.state: ResourceState | None = None
@@ -164,11 +166,14 @@ class Service:
         syslog.info("scheduler %s taking over", self.owner)
         self.runtime = open_runtime(config)
         try:
-            self.registry = ModelRegistry(config.VRAM_ESTIMATION_MULTIPLIER, self.store)
+            self.registry = ModelRegistry(config.VRAM_ESTIMATION_MULTIPLIER, self.store,
+                                          DESIGN_CATALOG + self.runtime.catalog)
             self.monitor = ResourceMonitor(self.runtime.client, self.runtime.memory, self.clock)
+            gpu = self.runtime.memory.gpu if isinstance(self.runtime.memory, GpuMemory) else None
+            self.sampler = ResourceSampler(RunnerPids(self.runtime.client, lambda: self.state), gpu)
             self.engine = ExecutionEngine(
                 self.runtime.client, self.store, self.registry, self.queue, config, self.counters,
-                node=f"{socket.gethostname()}/{self.runtime.kind}@{self.runtime.url}",
+                node=f"{socket.gethostname()}/{self.runtime.kind}@{self.runtime.url}", meter=self.sampler,
                 on_change=self._on_engine_change, on_job_done=self.completions.notify, clock=self.clock)
             self._recover()
             self._refresh_tags()
@@ -177,6 +182,8 @@ class Service:
         finally:
             if self.engine is not None:
                 self.engine.shutdown(wait=True)
+            if self.sampler is not None:
+                self.sampler.close()
             self.runtime.stop()
             syslog.info("scheduler %s stopped", self.owner)
 
@@ -216,7 +223,11 @@ class Service:
                 if purged:
                     log.info("deleted %d finished jobs past retention", purged)
                 last_purge = now
-            self.run_pass()
+            try:
+                self.run_pass()
+            except Exception:   # one bad pass (a store hiccup, say) must not stop scheduling
+                log.exception("scheduler pass failed; trying again")
+                self._stop.wait(0.5)
             if now - last_publish >= PUBLISH_EVERY_S or self.registry.version != published_registry:
                 published_registry = self.publish()
                 last_publish = now
@@ -233,6 +244,7 @@ class Service:
             self._sample_due = False
             self.state = self.monitor.sample()
             engine.reconcile(self.state.loaded, self.state.taken_at)
+            self.sampler.observe(self.state)
         engine.check_cancellations()
         backing_off = engine.backing_off(now)
         demand = [d for d in self.queue.demand(now) if d.model not in backing_off]
@@ -302,6 +314,7 @@ class Service:
                 "waiting_for_memory": self.loop.last_plan.waiting_for_memory,
                 "draining": self.loop.last_plan.draining,
                 "queued_in_scheduler": self.queue.waiting(),
+                "sampler": self.sampler.cost() if self.sampler else {},
             },
             "errors": {k.value: counters.get(f"errors.{k.value}", 0) for k in ErrorKind},
             "jobs": {k: counters.get(k, 0) for k in ("complete", "failed", "cancelled_running")},

@@ -115,11 +115,34 @@ class JobStore(ABC):
     # --- the ledger ---------------------------------------------------------------------------
     @abstractmethod
     def record_metrics(self, doc: dict[str, Any]) -> None:
-        """Store one finished job's resource record (keyed by job_id; written once)."""
+        """Store one finished run's resource record, once per (job_id, run_id): a job that
+        finished has exactly one."""
 
     @abstractmethod
-    def list_metrics(self, model: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """Newest first."""
+    def list_metrics(self, model: str | None = None, limit: int = 100,
+                     job_id: str | None = None) -> list[dict[str, Any]]:
+        """Newest first; for one job, or one model, or all."""
+
+    # --- tasks and experiment results (comparing models and strategies on the same tasks) -------
+    @abstractmethod
+    def put_task(self, task: dict[str, Any]) -> None:
+        """Store or replace a task (keyed by `task_id`; `suite` groups tasks)."""
+
+    @abstractmethod
+    def get_task(self, task_id: str) -> dict[str, Any] | None:
+        """The task, or None."""
+
+    @abstractmethod
+    def list_tasks(self, suite: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Tasks by id."""
+
+    @abstractmethod
+    def record_result(self, result: dict[str, Any]) -> None:
+        """Store one experiment result (`experiment`, `task_id`, `recorded_at`, anything else)."""
+
+    @abstractmethod
+    def list_results(self, experiment: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Results in the order they were recorded."""
 
     # --- shared state -------------------------------------------------------------------------
     @abstractmethod

@@ -48,13 +48,20 @@ CREATE INDEX IF NOT EXISTS jobs_submitted ON jobs(submitted_at);
 -- retention cleanup
 CREATE INDEX IF NOT EXISTS jobs_completed ON jobs(completed_at) WHERE completed_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS job_metrics (
-    job_id TEXT PRIMARY KEY,
+    run_key TEXT PRIMARY KEY,   -- job_id:run_id, so that a run is recorded once
+    job_id TEXT NOT NULL,
     model TEXT NOT NULL,
     finished_at REAL NOT NULL,
     doc TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS job_metrics_model ON job_metrics(model, finished_at);
 CREATE INDEX IF NOT EXISTS job_metrics_finished ON job_metrics(finished_at);
+CREATE INDEX IF NOT EXISTS job_metrics_job ON job_metrics(job_id);
+CREATE TABLE IF NOT EXISTS tasks (task_id TEXT PRIMARY KEY, suite TEXT, doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS tasks_suite ON tasks(suite, task_id);
+CREATE TABLE IF NOT EXISTS experiment_results (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, experiment TEXT, task_id TEXT, recorded_at REAL, doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS results_experiment ON experiment_results(experiment, id);
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS model_footprints (
@@ -286,17 +293,56 @@ class SqliteStore(JobStore):
     def record_metrics(self, doc: dict[str, Any]) -> None:
         with self._write() as conn:
             conn.execute(
-                "INSERT OR IGNORE INTO job_metrics (job_id, model, finished_at, doc) VALUES (?, ?, ?, ?)",
-                (doc["job_id"], doc["model"], doc["finished_at"], _dumps(doc)))
+                "INSERT OR IGNORE INTO job_metrics (run_key, job_id, model, finished_at, doc) VALUES (?, ?, ?, ?, ?)",
+                (f"{doc['job_id']}:{doc.get('run_id')}", doc["job_id"], doc["model"], doc["finished_at"], _dumps(doc)))
 
-    def list_metrics(self, model: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    def list_metrics(self, model: str | None = None, limit: int = 100,
+                     job_id: str | None = None) -> list[dict[str, Any]]:
         sql, args = "SELECT doc FROM job_metrics", []
-        if model:
+        if job_id:
+            sql += " WHERE job_id = ?"
+            args.append(job_id)
+        elif model:
             sql += " WHERE model = ?"
             args.append(model)
         sql += " ORDER BY finished_at DESC LIMIT ?"
         with self._conn() as conn:
             return [json.loads(r["doc"]) for r in conn.execute(sql, (*args, limit)).fetchall()]
+
+    # --- tasks and experiment results -------------------------------------------------------
+    def put_task(self, task: dict[str, Any]) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT INTO tasks (task_id, suite, doc) VALUES (?, ?, ?) ON CONFLICT(task_id) "
+                         "DO UPDATE SET suite = excluded.suite, doc = excluded.doc",
+                         (task["task_id"], task.get("suite"), _dumps(task)))
+
+    def get_task(self, task_id: str) -> dict[str, Any] | None:
+        with self._conn() as conn:
+            row = conn.execute("SELECT doc FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        return json.loads(row["doc"]) if row else None
+
+    def list_tasks(self, suite: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        sql, args = "SELECT doc FROM tasks", []
+        if suite:
+            sql += " WHERE suite = ?"
+            args.append(suite)
+        with self._conn() as conn:
+            rows = conn.execute(sql + " ORDER BY task_id LIMIT ?", (*args, limit)).fetchall()
+        return [json.loads(r["doc"]) for r in rows]
+
+    def record_result(self, result: dict[str, Any]) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT INTO experiment_results (experiment, task_id, recorded_at, doc) VALUES (?, ?, ?, ?)",
+                         (result.get("experiment"), result.get("task_id"), result.get("recorded_at"), _dumps(result)))
+
+    def list_results(self, experiment: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        sql, args = "SELECT doc FROM experiment_results", []
+        if experiment:
+            sql += " WHERE experiment = ?"
+            args.append(experiment)
+        with self._conn() as conn:
+            rows = conn.execute(sql + " ORDER BY id LIMIT ?", (*args, limit)).fetchall()
+        return [json.loads(r["doc"]) for r in rows]
 
     # --- shared state --------------------------------------------------------------------------
     def put_state(self, key: str, value: dict[str, Any], now: float) -> None:

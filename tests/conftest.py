@@ -45,9 +45,64 @@ def sample_job(model: str = "m", priority: Priority = Priority.NORMAL, submitted
     return job
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+STORE_BACKENDS = ["sqlite", "memory", "mongodb-nx"] + (["mongodb-real"] if os.environ.get("MONGODB_URI") else [])
+
+
+@pytest.fixture(scope="session")
+def nx_mongo(tmp_path_factory):
+    """A MongoDB wire-protocol server (nx-27017, on SQLite) for the MongoDB store's tests; it has
+    its own pid file, log file and port so that parallel runs never collide."""
+    directory = tmp_path_factory.mktemp("nx27017")
+    port = free_port()
+    exe = Path(sys.executable).parent / "nx-27017"
+    proc = subprocess.Popen([str(exe), "--db", str(directory / "nx.db"), "--host", "127.0.0.1", "-p", str(port),
+                             "--pid-file", str(directory / "nx.pid"), "--log-file", str(directory / "nx.log")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    uri = f"mongodb://127.0.0.1:{port}/"
+
+    def ready():
+        from pymongo import MongoClient
+        try:
+            with MongoClient(uri, serverSelectionTimeoutMS=300) as client:
+                client.admin.command("ping")
+            return True
+        except Exception:
+            return False
+    wait_until(ready, timeout=30, message="nx-27017 to answer")
+    yield uri
+    proc.terminate()
+    proc.wait(10)
+
+
+def mongo_store(uri: str, retention_s: float | None = None):
+    """A MongoStore on fresh collections (a unique prefix), dropped afterwards by `drop_mongo`."""
+    import uuid
+
+    from pymongo import MongoClient
+
+    from store.mongo import MongoStore
+    client = MongoClient(uri, serverSelectionTimeoutMS=5000)
+    return MongoStore(client, os.environ.get("MONGODB_TEST_DB", "mm_test"), f"t{uuid.uuid4().hex[:10]}_",
+                      retention_s)
+
+
+def drop_mongo(store) -> None:
+    for coll in (store.jobs, store.metrics, store.state, store.leases, store.footprints_coll, store.tasks,
+                 store.results):
+        coll.drop()
+    store.close()
+
+
+@pytest.fixture(params=STORE_BACKENDS)
 def store(request, tmp_path):
-    """Every store backend the contract holds for (MongoDB joins in test_store_mongo)."""
+    """Every store backend the contract holds for: SQLite on a file and in memory, MongoDB through
+    nx-27017 always, and a real MongoDB when MONGODB_URI is set."""
+    if request.param.startswith("mongodb"):
+        uri = request.getfixturevalue("nx_mongo") if request.param == "mongodb-nx" else os.environ["MONGODB_URI"]
+        s = mongo_store(uri)
+        yield s
+        drop_mongo(s)
+        return
     s = SqliteStore(tmp_path / "jobs.db") if request.param == "sqlite" else SqliteStore.in_memory()
     yield s
     s.close()
@@ -162,3 +217,23 @@ def main_process(tmp_path):
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def model_cache() -> Path:
+    """Joined model files, kept between test runs (joining qwen takes seconds)."""
+    path = ROOT / ".cache" / "models"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def require_models(*names: str) -> None:
+    """Skip when the embedded models a test needs are not installed; in CI (where `make test`
+    installs them) that is a failure, not a skip."""
+    from embedded_runtime.catalog import CATALOG, is_installed
+    missing = [n for n in names if not is_installed(CATALOG[n])]
+    if missing:
+        message = f'models not installed: {", ".join(missing)} (make models MODELS="{" ".join(missing)}")'
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)

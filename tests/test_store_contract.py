@@ -121,11 +121,14 @@ def test_purge_finished(store):
 
 
 def test_metrics_ledger(store):
-    store.record_metrics({"job_id": "a", "model": "x", "finished_at": 1.0, "run_s": 0.5})
-    store.record_metrics({"job_id": "a", "model": "x", "finished_at": 1.0, "run_s": 9.9})  # once only
-    store.record_metrics({"job_id": "b", "model": "y", "finished_at": 2.0, "run_s": 0.7})
+    store.record_metrics({"job_id": "a", "run_id": "r1", "model": "x", "finished_at": 1.0, "run_s": 0.5})
+    store.record_metrics({"job_id": "a", "run_id": "r1", "model": "x", "finished_at": 1.0, "run_s": 9.9})  # once
+    store.record_metrics({"job_id": "b", "run_id": "r2", "model": "y", "finished_at": 2.0, "run_s": 0.7,
+                          "tags": {"experiment": "e1"}})
     assert [m["job_id"] for m in store.list_metrics()] == ["b", "a"]
     assert store.list_metrics(model="x")[0]["run_s"] == 0.5
+    assert len(store.list_metrics(job_id="a")) == 1
+    assert store.list_metrics(job_id="b")[0]["tags"] == {"experiment": "e1"}
 
 
 def test_state_leases_and_footprints(store):
@@ -165,3 +168,29 @@ def test_concurrent_claims_never_double(store):
     for t in threads:
         t.join()
     assert sorted(claimed) == sorted(f"j{i}" for i in range(200))
+
+
+def test_tasks_and_experiment_results(store):
+    store.put_task({"task_id": "HumanEval/1", "suite": "humaneval", "prompt": "def f():"})
+    store.put_task({"task_id": "HumanEval/0", "suite": "humaneval", "prompt": "def g():"})
+    store.put_task({"task_id": "HumanEval/0", "suite": "humaneval", "prompt": "def g(x):"})   # replaced
+    store.put_task({"task_id": "other", "suite": "toy"})
+    assert store.get_task("HumanEval/0")["prompt"] == "def g(x):" and store.get_task("nope") is None
+    assert [t["task_id"] for t in store.list_tasks("humaneval")] == ["HumanEval/0", "HumanEval/1"]
+    for i, passed in enumerate([True, False, True]):
+        store.record_result({"experiment": "e1", "task_id": f"HumanEval/{i}", "strategy": "branches",
+                             "passed": passed, "recorded_at": float(i), "tokens": 100 + i})
+    store.record_result({"experiment": "e2", "task_id": "HumanEval/0", "passed": False, "recorded_at": 9.0})
+    results = store.list_results("e1")
+    assert [r["passed"] for r in results] == [True, False, True] and results[2]["tokens"] == 102
+    assert len(store.list_results()) == 4
+
+
+def test_job_fields_mongodb_keys_would_refuse_round_trip(store):
+    job = sample_job(job_id="fmt", format={"$schema": "http://json-schema.org/draft-07/schema#", "type": "object"},
+                     tools=[{"type": "function", "function": {"name": "f", "parameters": {"$defs": {}}}}])
+    store.enqueue(job)
+    again = store.get("fmt")
+    assert again["format"]["$schema"].startswith("http") and again["tools"][0]["function"]["name"] == "f"
+    store.put_state("registry", {"models": [{"name": "qwen2.5:0.5b"}], "by_model": {"qwen2.5:0.5b": 1}}, now=1.0)
+    assert store.get_state("registry")[0]["by_model"] == {"qwen2.5:0.5b": 1}

@@ -1,0 +1,36 @@
+"""`python -m embedded_runtime`: serve the embedded runtime on its own (Ollama's API)."""
+from __future__ import annotations
+
+import argparse
+import atexit
+from pathlib import Path
+
+from embedded_runtime.catalog import ModelFiles
+from embedded_runtime.runners import RunnerPool
+from embedded_runtime.server import create_embedded_app
+from runtime_launcher import serve
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m embedded_runtime", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=11434)
+    parser.add_argument("--cache-dir", default="data/models", help="where chunked models are joined")
+    parser.add_argument("--log-dir", default="data/logs", help="runners' own logs (llama.cpp is verbose)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per runner")
+    parser.add_argument("--num-ctx", type=int, default=2048, help="context length of each slot")
+    parser.add_argument("--parallel", type=int, default=1, help="requests a runner works on at once")
+    parser.add_argument("--binding", default="xllamacpp")
+    parser.add_argument("--ready-file")
+    parser.add_argument("--parent-pid", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.threads < 1 or args.num_ctx < 64 or args.parallel < 1:
+        parser.error("--threads and --parallel must be >= 1, --num-ctx >= 64")
+    pool = RunnerPool(ModelFiles(Path(args.cache_dir)), Path(args.log_dir), args.threads, args.num_ctx,
+                      args.parallel, args.binding)
+    atexit.register(pool.close)
+    serve(create_embedded_app(pool), args.host, args.port, args.ready_file, args.parent_pid)
+
+
+if __name__ == "__main__":
+    main()

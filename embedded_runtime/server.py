@@ -1,0 +1,270 @@
+"""The embedded runtime's HTTP server: the Ollama API (the subset Model Manager and common
+clients use) over real llama.cpp inference on the CPU, one runner process per loaded model.
+
+Endpoints: /api/generate, /api/chat (streaming by default, as in Ollama, or not), /api/embed
+(refused: none of these models makes embeddings), /api/ps, /api/tags, /api/show, /api/version;
+loading and unloading through keep_alive as in Ollama.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Flask, request
+
+import ollama_protocol as proto
+from embedded_runtime.catalog import CATALOG, EmbeddedModel, ModelUnavailable, installed_models
+from embedded_runtime.runners import Runner, RunnerFailed, RunnerPool
+
+VERSION = "0.0.0-embedded"
+SAMPLING_OPTIONS = {  # Ollama option -> llama.cpp server request field
+    "num_predict": "max_tokens", "temperature": "temperature", "top_p": "top_p", "top_k": "top_k",
+    "min_p": "min_p", "seed": "seed", "stop": "stop", "repeat_penalty": "repeat_penalty",
+    "repeat_last_n": "repeat_last_n", "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty", "typical_p": "typical_p",
+}
+
+
+class Refused(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def sampling(options: Any) -> dict[str, Any]:
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise proto.BadRequest("options must be an object")
+    out = {SAMPLING_OPTIONS[k]: v for k, v in options.items() if k in SAMPLING_OPTIONS and v is not None}
+    if isinstance(out.get("max_tokens"), int) and out["max_tokens"] < 0:
+        del out["max_tokens"]            # Ollama's -1: until the model stops
+    return out
+
+
+def response_format(fmt: Any) -> dict[str, Any]:
+    if not fmt:
+        return {}
+    if fmt == "json":
+        return {"response_format": {"type": "json_object"}}
+    if isinstance(fmt, dict):
+        return {"response_format": {"type": "json_schema", "json_schema": {"name": "output", "schema": fmt}}}
+    raise proto.BadRequest('format must be "json" or a JSON schema object')
+
+
+def _details(model: EmbeddedModel) -> dict[str, Any]:
+    return {"format": "gguf", "family": model.family, "families": [model.family],
+            "parameter_size": model.parameter_size, "quantization_level": model.quantization}
+
+
+def _messages(raw: Any) -> list[dict[str, Any]]:
+    if not isinstance(raw, list) or not raw:
+        raise proto.BadRequest("messages must be a non-empty list")
+    out = []
+    for m in raw:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise proto.BadRequest("each message needs a role and content")
+        if m.get("images"):
+            raise Refused(400, "this model does not take images")
+        out.append({"role": m["role"], "content": m.get("content") or ""})
+    return out
+
+
+def create_embedded_app(pool: RunnerPool) -> Flask:
+    app = Flask("embedded_runtime")
+
+    @app.errorhandler(proto.BadRequest)
+    def bad_request(exc):
+        return proto.error(400, str(exc))
+
+    @app.errorhandler(Refused)
+    def refused(exc):
+        return proto.error(exc.status, str(exc))
+
+    @app.errorhandler(ModelUnavailable)
+    def unavailable(exc):
+        return proto.error(exc.status, str(exc))
+
+    @app.errorhandler(RunnerFailed)
+    def runner_failed(exc):
+        return proto.error(500, str(exc))
+
+    def model_for(name: str) -> EmbeddedModel:
+        model = CATALOG.get(name) or CATALOG.get(name.removesuffix(":latest"))
+        if model is None:
+            raise Refused(404, f"model '{name}' not found; the embedded runtime serves: {', '.join(CATALOG)}")
+        return model
+
+    @app.get("/api/version")
+    def version():
+        return {"version": VERSION}
+
+    @app.get("/api/tags")
+    def tags():
+        return {"models": [{"name": m.name, "model": m.name, "modified_at": proto.now_iso(), "size": m.size_bytes,
+                            "digest": m.sha256, "details": _details(m)} for m in installed_models()]}
+
+    @app.get("/api/ps")
+    def ps():
+        return {"models": [{
+            "name": r.model.name, "model": r.model.name, "size": r.rss(), "size_vram": 0,
+            "digest": r.model.sha256, "details": _details(r.model),
+            "expires_at": proto.rfc3339(r.expires) if r.expires is not None else proto.expires_at(None, 0),
+            "context_length": pool.num_ctx, "pid": r.pid,
+        } for r in pool.loaded()]}
+
+    @app.post("/api/show")
+    def show():
+        model = model_for(proto.require_model(proto.json_body(request.get_data())))
+        return {"details": _details(model), "parameters": f"num_ctx {pool.num_ctx}",
+                "template": "{{ .Prompt }}" if not model.chat_template else "(the model's own chat template)",
+                "model_info": {"general.architecture": model.family,
+                               f"{model.family}.context_length": model.context_length},
+                "capabilities": ["completion"]}
+
+    @app.post("/api/embed")
+    @app.post("/api/embeddings")
+    def embed():
+        model = model_for(proto.require_model(proto.json_body(request.get_data())))
+        return proto.error(400, f'"{model.name}" does not support embeddings')
+
+    def infer(kind: str):
+        body = proto.json_body(request.get_data())
+        model = model_for(proto.require_model(body))
+        keep_alive = proto.parse_keep_alive(body.get("keep_alive"))
+        if kind == "generate":
+            prompt = body.get("prompt")
+            if prompt is not None and not isinstance(prompt, str):
+                raise proto.BadRequest("prompt must be a string")
+            empty = not prompt
+        else:
+            empty = not body.get("messages")
+        if empty:
+            return load_or_unload(model, keep_alive, kind)
+        if body.get("images"):
+            raise Refused(400, "this model does not take images")
+        params = {**sampling(body.get("options")), **response_format(body.get("format"))}
+        system = body.get("system")
+        if kind == "chat":
+            if not model.chat_template:
+                raise Refused(400, f'"{model.name}" does not support chat: it has no chat template '
+                                   "(it is a base model; use /api/generate)")
+            op, req = "chat", {"messages": _messages(body["messages"]), **params}
+        elif body.get("raw") or not model.chat_template:
+            text = f"{system}\n\n{prompt}" if system and not body.get("raw") else prompt
+            op, req = "complete", {"prompt": text, **params}
+        else:
+            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+            op, req = "chat", {"messages": messages, **params}
+        stream = proto.wants_stream(body)
+        started = time.time()
+        runner, load_s = pool.acquire(model.name, keep_alive)
+        messages = runner.request(op, req, stream)
+        if stream:
+            done = _Once(lambda: (messages.close(), pool.release(runner, keep_alive)))
+            response = proto.ndjson(_stream(runner, messages, kind, started, load_s, done))
+            # The stream releases the runner as soon as its last chunk is out; this covers a stream
+            # that never started (a client gone before the first byte). Closing the runner
+            # connection makes the runner stop generating.
+            response.call_on_close(done)
+            return response
+        try:
+            text, answer = _collect(messages)
+        finally:
+            messages.close()
+            pool.release(runner, keep_alive)
+        return _final(kind, runner.model.name, text, answer, started, load_s)
+
+    def load_or_unload(model: EmbeddedModel, keep_alive: float | None, kind: str):
+        if keep_alive == 0:
+            pool.unload(model.name)
+            reason = "unload"
+        else:
+            runner, _ = pool.acquire(model.name, keep_alive)
+            pool.release(runner, keep_alive)
+            reason = "load"
+        out = {"model": model.name, "created_at": proto.now_iso(), "done": True, "done_reason": reason}
+        if kind == "chat":
+            out["message"] = {"role": "assistant", "content": ""}
+        else:
+            out["response"] = ""
+        return out
+
+    @app.post("/api/generate")
+    def generate():
+        return infer("generate")
+
+    @app.post("/api/chat")
+    def chat():
+        return infer("chat")
+
+    return app
+
+
+def _collect(messages: Iterator[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    pieces: list[str] = []
+    for message in messages:
+        if message["type"] == "piece":
+            pieces.append(message["text"])
+        elif message["type"] == "error":
+            raise Refused(message["status"], message["message"])
+        else:
+            return message["answer"]["text"] or "".join(pieces), message["answer"]
+    raise RunnerFailed("the runner ended the answer early")
+
+
+def _final(kind: str, name: str, text: str, answer: dict[str, Any], started: float, load_s: float) -> dict[str, Any]:
+    out: dict[str, Any] = {"model": name, "created_at": proto.now_iso()}
+    if kind == "chat":
+        out["message"] = {"role": "assistant", "content": text}
+    else:
+        out["response"] = text
+    out.update(done=True, done_reason="length" if answer.get("finish_reason") == "length" else "stop",
+               total_duration=proto.ns(time.time() - started), load_duration=proto.ns(load_s),
+               prompt_eval_count=answer.get("prompt_tokens", 0),
+               prompt_eval_duration=proto.ns(answer.get("prompt_ms", 0.0) / 1000),
+               eval_count=answer.get("output_tokens", 0),
+               eval_duration=proto.ns(answer.get("output_ms", 0.0) / 1000))
+    return out
+
+
+class _Once:
+    """Runs a function once, however many times it is called."""
+
+    def __init__(self, fn):
+        self._fn = fn
+        self._lock = threading.Lock()
+        self._done = False
+
+    def __call__(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        self._fn()
+
+
+def _stream(runner: Runner, messages: Iterator[dict[str, Any]], kind: str, started: float,
+            load_s: float, done: _Once) -> Iterator[dict[str, Any]]:
+    """Ollama's stream: one object per piece, then the final one; errors as {"error": ...}."""
+    try:
+        for message in messages:
+            if message["type"] == "piece":
+                chunk: dict[str, Any] = {"model": runner.model.name, "created_at": proto.now_iso(), "done": False}
+                if kind == "chat":
+                    chunk["message"] = {"role": "assistant", "content": message["text"]}
+                else:
+                    chunk["response"] = message["text"]
+                yield chunk
+            elif message["type"] == "error":
+                yield {"error": message["message"]}
+                return
+            else:
+                yield _final(kind, runner.model.name, "", message["answer"], started, load_s)
+                return
+    except RunnerFailed as exc:
+        yield {"error": str(exc)}
+    finally:
+        done()

@@ -1,0 +1,131 @@
+"""The embedded runtime, for real: llama.cpp inference on small models from PyPI, spoken to
+through the execution engine's Ollama client and through the official `ollama` client."""
+import json
+import shutil
+import sys
+import time
+
+import ollama
+import pytest
+import requests
+
+from conftest import require_models, wait_until
+from embedded_runtime.catalog import CATALOG, EmbeddedModel, ModelFiles, ModelUnavailable, is_installed, sha256_of
+from runtime_client import OllamaClient, RuntimeFailure
+from runtime_launcher import ManagedRuntime
+
+pytestmark = pytest.mark.embedded
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory, model_cache):
+    require_models("smollm2:135m", "gemma3:270m")
+    logs = tmp_path_factory.mktemp("embedded")
+    proc = ManagedRuntime("embedded", "embedded_runtime", ["--cache-dir", str(model_cache), "--log-dir", str(logs),
+                                                            "--num-ctx", "1024"], logs / "runtime.log")
+    url = proc.start()
+    yield url
+    proc.stop()
+
+
+def test_engine_client_load_generate_chat_ps_tags_unload(runtime):
+    client = OllamaClient(runtime)
+    names = {m["name"] for m in client.tags()}
+    assert {"smollm2:135m", "gemma3:270m"} <= names
+    client.load("smollm2:135m", "5m", timeout=60)
+    ps = client.ps()
+    assert [m["name"] for m in ps] == ["smollm2:135m"]
+    assert ps[0]["size"] > 100_000_000 and ps[0]["size_vram"] == 0      # the runner's measured RSS
+    final = client.stream("/api/generate", {"model": "smollm2:135m", "prompt": "Name a colour.",
+                                            "options": {"num_predict": 12, "temperature": 0}},
+                          deadline=time.time() + 60)
+    assert final["done"] and final["response"].strip()
+    assert final["eval_count"] > 0 and final["eval_duration"] > 0 and final["prompt_eval_count"] > 0
+    final = client.stream("/api/chat", {"model": "smollm2:135m", "options": {"num_predict": 8},
+                                        "messages": [{"role": "user", "content": "Say hello."}]},
+                          deadline=time.time() + 60)
+    assert final["message"]["role"] == "assistant" and final["message"]["content"].strip()
+    assert client.unload("smollm2:135m")["done_reason"] == "unload"
+    wait_until(lambda: client.ps() == [], message="the runner to stop")
+
+
+def test_keep_alive_expiry_unloads_the_model(runtime):
+    client = OllamaClient(runtime)
+    client.load("smollm2:135m", "1s", timeout=60)
+    assert [m["name"] for m in client.ps()] == ["smollm2:135m"]
+    wait_until(lambda: client.ps() == [], timeout=10, message="keep_alive to expire")
+
+
+def test_official_ollama_client_generate_chat_stream_list_ps(runtime):
+    client = ollama.Client(host=runtime)
+    answer = client.generate(model="smollm2:135m", prompt="What is 2+2?", options={"num_predict": 10})
+    assert answer.done and answer.response.strip() and answer.eval_count > 0
+    pieces = list(client.generate(model="smollm2:135m", prompt="Count to three.", stream=True,
+                                  options={"num_predict": 10}))
+    assert len(pieces) > 2 and pieces[-1].done and "".join(p.response for p in pieces).strip()
+    reply = client.chat(model="smollm2:135m", messages=[{"role": "user", "content": "Hi!"}],
+                        options={"num_predict": 8})
+    assert reply.message.role == "assistant" and reply.message.content.strip()
+    chunks = list(client.chat(model="smollm2:135m", messages=[{"role": "user", "content": "Hi!"}], stream=True,
+                              options={"num_predict": 8}))
+    assert chunks[-1].done and "".join(c.message.content for c in chunks).strip()
+    assert "smollm2:135m" in {m.model for m in client.list().models}
+    assert [m.model for m in client.ps().models] == ["smollm2:135m"]
+    with pytest.raises(ollama.ResponseError) as err:
+        client.generate(model="no-such-model:1b", prompt="x")
+    assert err.value.status_code == 404
+
+
+def test_base_model_completes_but_refuses_chat(runtime):
+    client = OllamaClient(runtime)
+    final = client.stream("/api/generate", {"model": "gemma3:270m", "prompt": "The capital of France is",
+                                            "options": {"num_predict": 6}}, deadline=time.time() + 60)
+    assert final["response"].strip()
+    r = requests.post(f"{runtime}/api/chat", json={"model": "gemma3:270m", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 400 and "no chat template" in r.json()["error"]
+    r = requests.post(f"{runtime}/api/embed", json={"model": "gemma3:270m", "input": "hi"})
+    assert r.status_code == 400 and "embeddings" in r.json()["error"]
+    client.unload("gemma3:270m")
+
+
+def test_uninstalled_model_names_its_install_command(runtime):
+    missing = [m for m in CATALOG.values() if not is_installed(m)]
+    if not missing:
+        pytest.skip("every catalog model is installed here")
+    r = requests.post(f"{runtime}/api/generate", json={"model": missing[0].name, "prompt": "x"})
+    assert r.status_code == 404
+    assert f'make models MODELS="{missing[0].name}"' in r.json()["error"]
+
+
+def test_bad_requests_are_400(runtime):
+    assert requests.post(f"{runtime}/api/generate", data="{").status_code == 400
+    assert requests.post(f"{runtime}/api/generate", json={"model": "smollm2:135m", "prompt": 5}).status_code == 400
+    assert requests.post(f"{runtime}/api/chat", json={"model": "smollm2:135m", "messages": "hi"}).status_code == 400
+    r = requests.post(f"{runtime}/api/generate", json={"model": "smollm2:135m", "prompt": "x", "options": []})
+    assert r.status_code == 400
+
+
+def test_chunked_model_is_joined_once_and_checked(tmp_path, monkeypatch):
+    pkg = tmp_path / "pkgs"
+    for i, payload in enumerate([b"GGUF-part-one|", b"part-two"], start=1):
+        (pkg / f"fake_model_part{i}" / "data").mkdir(parents=True)
+        (pkg / f"fake_model_part{i}" / "__init__.py").write_text("")
+        (pkg / f"fake_model_part{i}" / "data" / f"part{i:02d}.bin").write_bytes(payload)
+    monkeypatch.syspath_prepend(str(pkg))
+    whole = tmp_path / "whole"
+    whole.write_bytes(b"GGUF-part-one|part-two")
+    good = EmbeddedModel("fake:1m", ("fake",), (("fake_model_part1", "data/part01.bin"),
+                                                ("fake_model_part2", "data/part02.bin")),
+                         sha256_of(whole), 22, "llama", "1M", "Q4", True, 512)
+    files = ModelFiles(tmp_path / "cache")
+    path = files.path(good)
+    assert path.read_bytes() == b"GGUF-part-one|part-two" and path.parent == tmp_path / "cache"
+    assert files.path(good) == path                       # second time: already joined and verified
+    bad = EmbeddedModel("bad:1m", good.packages, good.parts, "0" * 64, 22, "llama", "1M", "Q4", True, 512)
+    with pytest.raises(ModelUnavailable) as err:
+        files.path(bad)
+    assert err.value.status == 500 and "SHA-256" in str(err.value)
+    missing = EmbeddedModel("gone:1m", ("gone==1",), (("not_a_package_here", "x.bin"),), "0" * 64, 1,
+                            "llama", "1M", "Q4", True, 512)
+    with pytest.raises(ModelUnavailable, match='make models MODELS="gone:1m"'):
+        files.path(missing)
