@@ -8,6 +8,7 @@ never gets a 500.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from typing import Any
@@ -219,19 +220,31 @@ def cancel_job(job_id: str):
     return jsonify({"job_id": job_id, "status": JobStatus.CANCELLED.value, "previous": outcome.previous})
 
 
+def _limit_arg(default: int = 100) -> int:
+    raw = request.args.get("limit", str(default))
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise ApiError(400, "limit must be an integer", field="limit") from None
+    if not 1 <= limit <= 1000:
+        raise ApiError(400, "limit must be between 1 and 1000", field="limit")
+    return limit
+
+
+@jobs_bp.get("/api/ledger")
+def ledger():
+    """The per-job resource records (`job_metrics`), newest first."""
+    rows = _service().store.list_metrics(model=request.args.get("model") or None, limit=_limit_arg(),
+                                         job_id=request.args.get("job_id") or None)
+    return jsonify({"entries": rows, "count": len(rows)})
+
+
 @jobs_bp.get("/api/jobs")
 def list_jobs():
     status = request.args.get("status") or None
     if status is not None and status not in {s.value for s in JobStatus}:
         raise ApiError(400, f"status must be one of {', '.join(s.value for s in JobStatus)}", field="status")
-    raw_limit = request.args.get("limit", "100")
-    try:
-        limit = int(raw_limit)
-    except ValueError:
-        raise ApiError(400, "limit must be an integer", field="limit") from None
-    if not 1 <= limit <= 1000:
-        raise ApiError(400, "limit must be between 1 and 1000", field="limit")
-    jobs = _service().store.list_jobs(status=status, model=request.args.get("model") or None, limit=limit)
+    jobs = _service().store.list_jobs(status=status, model=request.args.get("model") or None, limit=_limit_arg())
     return jsonify({"jobs": [public_view(j) for j in jobs], "count": len(jobs)})
 
 
@@ -293,6 +306,11 @@ def create_app(config: Config | None = None, service: Service | None = None) -> 
     app.extensions["model_manager_views"] = SharedViews(service)
     app.register_blueprint(jobs_bp)
     app.register_blueprint(system_bp)
+
+    @app.after_request
+    def served_by(response):
+        response.headers["X-Model-Manager-Pid"] = str(os.getpid())   # which worker answered
+        return response
 
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError):

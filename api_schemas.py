@@ -57,9 +57,9 @@ class SubmitRequest(BaseModel):
             raise ValueError("must be a model name such as 'qwen2.5:0.5b'")
         return value
 
-    @field_validator("metadata")
+    @field_validator("metadata", "options")
     @classmethod
-    def _metadata_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+    def _storable_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
         bad = sorted(_bad_keys(value))
         if bad:
             raise ValueError(f"keys may not start with '$' or contain '.': {', '.join(bad)}")

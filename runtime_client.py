@@ -93,11 +93,12 @@ class OllamaClient:
         try:
             response = self.session.request(method, self.base_url + path,
                                             timeout=(self.connect_timeout, timeout), **kwargs)
-        except requests.Timeout as exc:
-            raise RuntimeTimeout(f"runtime did not answer {path} within {timeout:.0f}s") from exc
-        except requests.ConnectionError as exc:
-            raise RuntimeUnavailable(f"cannot reach the runtime at {self.base_url}: {_reason(exc)}") from exc
         except requests.RequestException as exc:
+            # With a retry policy, requests reports a read timeout as a ConnectionError.
+            if isinstance(exc, requests.Timeout) or "Read timed out" in str(exc):
+                raise RuntimeTimeout(f"timed out: the runtime did not answer {path} within {timeout:.1f}s") from exc
+            if isinstance(exc, requests.ConnectionError):
+                raise RuntimeUnavailable(f"cannot reach the runtime at {self.base_url}: {_reason(exc)}") from exc
             raise RuntimeUnavailable(f"request to the runtime failed: {_reason(exc)}") from exc
         if response.status_code >= 400:
             text = _error_text(response)
@@ -185,9 +186,10 @@ class OllamaClient:
                 if chunk.get("done"):
                     final = chunk
                     break
-        except requests.Timeout as exc:
-            raise RuntimeTimeout("job timed out waiting for the runtime") from exc
         except requests.RequestException as exc:
+            # requests reports a read timeout while streaming as a ConnectionError
+            if isinstance(exc, requests.Timeout) or "timed out" in str(exc) or time.time() >= deadline:
+                raise RuntimeTimeout("job timed out waiting for the runtime") from exc
             raise RuntimeUnavailable(f"the runtime dropped the connection mid-answer: {_reason(exc)}") from exc
         except ValueError as exc:
             raise RuntimeFailure(f"runtime sent an invalid stream chunk: {exc}") from exc

@@ -189,6 +189,16 @@ class MainProcess:
         except requests.RequestException:
             return False
 
+    def kill(self) -> None:
+        """SIGKILL: no clean-up at all, as a crash or the OOM killer would."""
+        self.process.kill()
+        self.process.wait()
+
+    def restart(self, timeout: float = 60) -> "MainProcess":
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        return self.start(timeout)
+
     def stop(self, sig=None) -> None:
         if self.process is None or self.process.poll() is not None:
             return

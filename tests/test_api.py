@@ -136,6 +136,9 @@ def test_listing_stats_models_and_health(api):
     assert stats["runtime"]["kind"] == "sim" and stats["runtime"]["url"].startswith("http://127.0.0.1:")
     assert set(stats["errors"]) == {"oom", "runtime", "timeout"}
     assert stats["scheduler"]["passes"] > 0 and stats["scheduler"]["loads"] >= 1
+    ledger = api.get("/api/ledger?model=qwen2.5:0.5b&limit=3").get_json()
+    assert 1 <= ledger["count"] <= 3 and ledger["entries"][0]["model"] == "qwen2.5:0.5b"
+    assert api.get("/api/ledger?limit=0").status_code == 400
     models = {m["name"]: m for m in api.get("/api/models").get_json()["models"]}
     assert models["phi3:mini"]["fits"] is False and models["gemma:2b"]["fits"] is True
     assert models["qwen2.5:0.5b"]["learned_bytes"] == 398_000_000      # measured through /api/ps

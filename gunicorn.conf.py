@@ -1,0 +1,27 @@
+"""gunicorn settings for Model Manager: `gunicorn -c gunicorn.conf.py wsgi:app`.
+
+Workers (GUNICORN_WORKERS, default 4) share the job store (SQLite in DATA_DIR, or MongoDB);
+one of them wins the scheduler lease and also runs the scheduler, the runtime it starts (the
+embedded runtime or simulator, when used) and the engine; if it dies another takes over.
+"""
+import os
+
+from config import Config
+
+_config = Config()
+bind = f"{_config.HTTP_HOST}:{_config.HTTP_PORT}"
+workers = int(os.environ.get("GUNICORN_WORKERS", "4"))
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+timeout = 120
+graceful_timeout = 30
+
+
+def post_worker_init(worker):
+    import wsgi
+    wsgi.service.start()
+
+
+def worker_exit(server, worker):
+    import wsgi
+    wsgi.service.stop()

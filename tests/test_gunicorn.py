@@ -1,0 +1,90 @@
+"""Several API workers: gunicorn serves the API from 4 processes while exactly one scheduler runs;
+a job submitted through any worker can be polled through any other; if the scheduler's worker
+dies, another takes over."""
+import os
+import signal
+import subprocess
+import sys
+
+import psutil
+import pytest
+import requests
+
+from conftest import ROOT, free_port, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def gunicorn(tmp_path):
+    port = free_port()
+    env = {**os.environ, "HTTP_PORT": str(port), "DATA_DIR": str(tmp_path / "data"),
+           "LOG_FILE": str(tmp_path / "mm.log"), "BACKEND": "sim", "STORE": "sqlite", "MONGODB_URI": "",
+           "GUNICORN_WORKERS": "4", "SIM_LOAD_GBPS": "50", "SIM_TOKENS_PER_S": "2000", "SIM_DEFAULT_TOKENS": "16"}
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT,
+                            env=env, stdout=open(tmp_path / "gunicorn.log", "wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy():
+        try:
+            return requests.get(url + "/api/health", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+    try:
+        wait_until(healthy, timeout=60, message="gunicorn to serve")
+        yield url, proc, tmp_path
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def simulators(master_pid):
+    return [p for p in psutil.Process(master_pid).children(recursive=True)
+            if "simulator" in " ".join(p.cmdline())]
+
+
+def test_four_workers_one_scheduler_and_any_worker_answers_for_any_job(gunicorn):
+    url, proc, tmp_path = gunicorn
+    workers = psutil.Process(proc.pid).children()
+    assert len([w for w in workers if "simulator" not in " ".join(w.cmdline())]) == 4
+    job_ids, submit_pids = [], set()
+    for i in range(40):                           # a new connection each time: any worker may answer
+        r = requests.post(url + "/api/submit", json={"model": "qwen2.5:0.5b", "prompt": f"q{i}",
+                                                     "priority": ["low", "normal", "high"][i % 3]}, timeout=10)
+        assert r.status_code == 202
+        job_ids.append(r.json()["job_id"])
+        submit_pids.add(r.headers["X-Model-Manager-Pid"])
+    poll_pids = set()
+
+    def done(job_id):
+        r = requests.get(f"{url}/api/job/{job_id}", timeout=10)
+        poll_pids.add(r.headers["X-Model-Manager-Pid"])
+        return r.json()["status"] == "complete"
+    for job_id in job_ids:
+        wait_until(lambda: done(job_id), timeout=60, message=f"job {job_id}")
+    assert len(submit_pids) >= 2 and len(poll_pids) >= 2          # really several workers
+    assert len(simulators(proc.pid)) == 1                         # one scheduler started one runtime
+    leaders = {requests.get(url + "/api/stats", timeout=5).json()["scheduler"]["leader"] for _ in range(12)}
+    assert len(leaders) == 1
+    stats = requests.get(url + "/api/stats", timeout=5).json()
+    assert stats["queue"]["by_status"]["complete"] == 40
+    taking_over = [line for line in (tmp_path / "mm.log").read_text().splitlines() if "taking over" in line]
+    assert len(taking_over) == 1
+
+
+def test_another_worker_takes_over_when_the_schedulers_worker_dies(gunicorn):
+    url, proc, _ = gunicorn
+    leader = wait_until(lambda: requests.get(url + "/api/stats", timeout=5).json()["scheduler"]["leader"],
+                        message="the leader to publish")
+    leader_pid = int(leader.split(":")[1])
+    os.kill(leader_pid, signal.SIGKILL)           # gunicorn starts a new worker; the lease expires
+    r = requests.post(url + "/api/submit", json={"model": "qwen2.5:0.5b", "prompt": "after"}, timeout=10)
+    job_id = r.json()["job_id"]
+    wait_until(lambda: requests.get(f"{url}/api/job/{job_id}", timeout=5).json()["status"] == "complete",
+               timeout=60, message="the job to run under a new scheduler")
+    new_leader = requests.get(url + "/api/stats", timeout=5).json()["scheduler"]["leader"]
+    assert new_leader != leader
+    wait_until(lambda: len(simulators(proc.pid)) == 1, timeout=10, message="the old simulator to exit")

@@ -1,0 +1,15 @@
+"""The WSGI entry point for gunicorn: `gunicorn -c gunicorn.conf.py wsgi:app`.
+
+Each worker process builds its own app and Service on the shared store; gunicorn.conf.py starts
+every worker's Service after the fork, and the workers elect one scheduler among themselves
+(the store's `scheduler` lease), so exactly one scheduler runs however many workers serve.
+"""
+from api import create_app
+from config import Config
+from log_setup import setup_logging
+from service import Service
+
+config = Config()
+setup_logging(config.LOG_FILE, config.LOG_LEVEL)
+service = Service(config)
+app = create_app(config, service)
