@@ -51,7 +51,9 @@ class SharedThroughput:
             self._served += self.per_job_rate() * (now - self._last)
         self._last = now if self._last is None else max(self._last, now)
         done = []
-        while self._heap and self._heap[0][0] <= self._served + 1e-9:
+        # relative tolerance: the counter may be large (bytes of loads), and the float sum that
+        # reaches a job's target at its computed finish time may fall short by rounding
+        while self._heap and self._heap[0][0] <= self._served + 1e-9 * max(1.0, abs(self._served)):
             _, _, key = heapq.heappop(self._heap)
             if key in self._targets:
                 del self._targets[key]

@@ -50,6 +50,7 @@ class Simulator:
         self.catalog = {s.name: s for s in catalog}
         self.gpu = VirtualGpu(int(vram_gb * 1e9), load_gbps * 1e9)
         self.throughput = SharedThroughput(tokens_per_s, batch_gain)
+        self.bandwidth = SharedThroughput(load_gbps * 1e9, 0.0)     # loads in flight share it
         self.default_tokens = default_tokens
         self.clock = clock
         self.models: dict[str, _Resident] = {}
@@ -66,10 +67,10 @@ class Simulator:
         with self._lock:
             while not self._stop:
                 now = self.clock()
-                for key in self.throughput.advance(now):
+                for key in self.throughput.advance(now) + self.bandwidth.advance(now):
                     self._events.pop(key).set()
                 self._expire(now)
-                wakes = [t for t in [self.throughput.next_finish()] if t is not None]
+                wakes = [t for t in (self.throughput.next_finish(), self.bandwidth.next_finish()) if t is not None]
                 wakes += [r.expires for r in self.models.values()
                           if r.expires is not None and r.active == 0 and r.ready.is_set()]
                 timeout = max(min(wakes) - now, 0.0005) if wakes else 1.0
@@ -103,15 +104,20 @@ class Simulator:
         with self._lock:
             r = self.models.get(spec.name)
             if r is None:
-                load_s = self.gpu.begin_load(spec.name, spec.size_bytes)   # may raise SimOutOfMemory
+                self.gpu.begin_load(spec.name, spec.size_bytes)   # may raise SimOutOfMemory
                 r = self.models[spec.name] = _Resident(spec)
+                key = ("load", next(self._ids))
+                loaded = self._events[key] = threading.Event()
+                for done in self.bandwidth.add(key, spec.size_bytes, self.clock()):
+                    self._events.pop(done).set()
+                self._lock.notify_all()
                 owner = True
             else:
-                load_s, owner = 0.0, False
+                owner = False
             r.unload_when_idle = False
         started = self.clock()
         if owner:
-            time.sleep(load_s)
+            loaded.wait()
             with self._lock:
                 r.loaded_at = self.clock()
                 r.ready.set()

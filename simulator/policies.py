@@ -1,0 +1,197 @@
+"""Scheduling policies for the discrete-event simulator (`des.py`): Ollama's own policy, as a
+baseline in two configurations, and Model Manager's scheduler (`vram_scheduler.plan` with the
+queue manager's ordering), driven exactly as the service drives it."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from queue_manager import WaitingIndex
+from simulator.des import Gpu, Job
+from jobs import Priority
+from vram_scheduler import Limits, Phase, ResidentModel, Snapshot, plan
+
+
+@dataclass
+class _Runner:
+    model: str
+    estimate: int
+    ready: bool = False
+    active: int = 0                                   # requests holding the runner (refCount)
+    waiting: list[Job] = field(default_factory=list)  # requests queued inside the runner
+    expire_at: float | None = None
+    expiring: bool = False
+
+
+class OllamaPolicy:
+    """Ollama's own scheduler (server/sched.go), as REFERENCE.md §2 describes it: one pending
+    request worked on at a time in FIFO order; a request for a loaded model goes to its runner,
+    which runs NUM_PARALLEL at once; a model is loaded when its estimate (size + KV cache for
+    NUM_PARALLEL slots) is at most 80% of free memory (free = total - loaded models' estimates)
+    and fewer than MAX_LOADED_MODELS are loaded; otherwise the idle runner with the shortest
+    keep_alive is unloaded (or, none idle, the first busy one once it finishes) while every
+    pending request waits; while another model loads, the request goes to the back of the queue
+    for 250 ms; idle runners expire after keep_alive."""
+
+    def __init__(self, name: str, max_loaded: int, num_parallel: int, keep_alive_s: float = 300.0,
+                 kv_fraction: float = 0.1, fit_fraction: float = 0.8, requeue_delay_s: float = 0.25):
+        self.name = name
+        self.max_loaded = max_loaded            # 0 = no cap
+        self.num_parallel = num_parallel
+        self.keep_alive_s = keep_alive_s
+        self.kv_fraction = kv_fraction
+        self.fit_fraction = fit_fraction
+        self.requeue_delay_s = requeue_delay_s
+        self.pending: list[Job] = []
+        self.runners: dict[str, _Runner] = {}
+        self.waiting_for_unload: str | None = None
+
+    def attach(self, gpu: Gpu) -> None:
+        self.gpu = gpu
+
+    def estimate(self, model: str) -> int:
+        size = self.gpu.models[model].size_bytes
+        return int(size * (1 + self.kv_fraction * self.num_parallel))
+
+    def on_arrival(self, job: Job) -> None:
+        self.pending.append(job)
+
+    def on_load_done(self, model: str) -> None:
+        self.runners[model].ready = True
+        self._feed(self.runners[model])
+
+    def on_job_done(self, job: Job) -> None:
+        runner = self.runners[job.model]
+        runner.active -= 1
+        self._feed(runner)
+        if runner.active == 0 and not runner.waiting:
+            if runner.expiring:
+                self._unload(runner)
+            else:
+                runner.expire_at = self.gpu.now + self.keep_alive_s
+                self.gpu.after(self.keep_alive_s, lambda r=runner, t=runner.expire_at: self._maybe_expire(r, t))
+
+    def _maybe_expire(self, runner: _Runner, when: float) -> None:
+        if self.runners.get(runner.model) is runner and runner.expire_at == when and runner.active == 0 \
+                and not runner.waiting:
+            self._unload(runner)
+
+    def _unload(self, runner: _Runner) -> None:
+        self.gpu.unload(runner.model)
+        del self.runners[runner.model]
+        if self.waiting_for_unload == runner.model:
+            self.waiting_for_unload = None
+
+    def _feed(self, runner: _Runner) -> None:
+        """Start queued requests on a ready runner, NUM_PARALLEL at a time."""
+        while runner.ready and runner.waiting and runner.active < self.num_parallel:
+            runner.active += 1
+            self.gpu.start(runner.waiting.pop(0))
+
+    def _hand_to(self, runner: _Runner, job: Job) -> None:
+        runner.expire_at = None
+        runner.waiting.append(job)
+        self._feed(runner)
+
+    def _free(self) -> int:
+        return self.gpu.memory.total_bytes - sum(r.estimate for r in self.runners.values())
+
+    def step(self) -> None:
+        while self.pending and self.waiting_for_unload is None:
+            job = self.pending[0]
+            runner = self.runners.get(job.model)
+            if runner is not None:
+                self.pending.pop(0)
+                self._hand_to(runner, job)
+                continue
+            if self.max_loaded and len(self.runners) >= self.max_loaded:
+                self._expire_one()
+                continue
+            estimate = self.estimate(job.model)
+            if not self.runners or (not any(not r.ready for r in self.runners.values())
+                                    and estimate <= self.fit_fraction * self._free()):
+                self.pending.pop(0)
+                runner = self.runners[job.model] = _Runner(job.model, estimate)
+                if not self.gpu.load(job.model):
+                    raise RuntimeError(f"{self.name}: out of memory loading {job.model}")
+                self._hand_to(runner, job)
+                continue
+            if any(not r.ready for r in self.runners.values()):
+                # another model is loading: back of the queue in 250 ms, go on with the next one
+                self.pending.pop(0)
+                self.gpu.after(self.requeue_delay_s, lambda job=job: self.pending.append(job))
+                continue
+            self._expire_one()
+
+    def _expire_one(self) -> None:
+        """findRunnerToUnload: all share one keep_alive, so the first idle runner, else the first."""
+        ordered = sorted(self.runners.values(), key=lambda r: r.model)
+        victim = next((r for r in ordered if r.active == 0 and not r.waiting), ordered[0])
+        self.waiting_for_unload = victim.model
+        victim.expiring = True
+        if victim.active == 0 and not victim.waiting:
+            self._unload(victim)
+
+
+class ManagerPolicy:
+    """Model Manager's scheduler: every event is followed by a pass of `vram_scheduler.plan` over
+    the waiting index (priority with aging, grouping by model); a model's need is its size x the
+    estimation multiplier until it has been loaded once, then its measured size."""
+
+    def __init__(self, name: str = "model-manager", margin_bytes: int = 1024 ** 3, multiplier: float = 1.3,
+                 aging_s: float = 60.0, limits: Limits = Limits()):
+        self.name = name
+        self.margin_bytes = margin_bytes
+        self.multiplier = multiplier
+        self.limits = limits
+        self.index = WaitingIndex(aging_s)
+        self.jobs: dict[int, Job] = {}
+        self.running: dict[str, int] = {}
+        self.last_used: dict[str, float] = {}
+        self.learned: dict[str, int] = {}
+
+    def attach(self, gpu: Gpu) -> None:
+        self.gpu = gpu
+
+    def on_arrival(self, job: Job) -> None:
+        self.jobs[job.id] = job
+        self.index.add(str(job.id), job.model, Priority(job.priority).rank, job.arrival)
+
+    def on_job_done(self, job: Job) -> None:
+        self.running[job.model] -= 1
+        self.last_used[job.model] = self.gpu.now
+
+    def on_load_done(self, model: str) -> None:
+        self.learned[model] = self.gpu.models[model].size_bytes     # what /api/ps reports
+        self.last_used[model] = self.gpu.now
+
+    def need(self, model: str) -> int:
+        return self.learned.get(model) or int(self.gpu.models[model].size_bytes * self.multiplier)
+
+    def step(self) -> None:
+        gpu = self.gpu
+        resident = tuple(
+            ResidentModel(m, Phase.LOADED if m in gpu.loaded else Phase.LOADING,
+                          self.learned.get(m) or gpu.models[m].size_bytes if m in gpu.loaded else self.need(m),
+                          self.running.get(m, 0), self.last_used.get(m, 0.0))
+            for m in gpu.loaded | gpu.loading)
+        demand = self.index.demand(gpu.now)
+        capacity = gpu.memory.total_bytes - self.margin_bytes
+        decided = plan(Snapshot(capacity, capacity, resident, tuple(demand),
+                                {d.model: self.need(d.model) for d in demand}, self.limits))
+        if decided.never_fits:
+            raise RuntimeError(f"models that can never fit: {decided.never_fits}")
+        for model in decided.unloads:
+            gpu.unload(model)
+        for model in decided.loads:
+            if not gpu.load(model):
+                raise RuntimeError(f"{self.name}: out of memory loading {model}")
+        for model, n in decided.dispatch:
+            for _ in range(n):
+                job_id = self.index.pop(model, gpu.now)
+                if job_id is None:
+                    break
+                self.running[model] = self.running.get(model, 0) + 1
+                self.last_used[model] = gpu.now
+                gpu.start(self.jobs[int(job_id)])
+        if decided.unloads:
+            self.step()                    # unloads are instant here: plan again with the room freed
