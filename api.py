@@ -85,9 +85,13 @@ class SharedViews:
         found = self._state(REGISTRY_KEY)
         if not found:
             return None, None
-        doc, _ = found
-        return (ModelRegistry.from_description(doc["models"], doc.get("multiplier", 1.3)),
-                doc.get("capacity_bytes") or None)
+        doc, published = found
+        with self._lock:
+            built = self._cache.get("registry-built")
+            if built is None or built[0] != published:
+                registry = ModelRegistry.from_description(doc["models"], doc.get("multiplier", 1.3))
+                built = self._cache["registry-built"] = (published, registry, doc.get("capacity_bytes") or None)
+        return built[1], built[2]
 
 
 def _views() -> SharedViews:
@@ -267,6 +271,12 @@ def stats():
         "jobs": view.get("jobs") or {},
         "runtime": view.get("runtime") or {"kind": None, "url": None, "ok": False, "error": "no scheduler yet"},
     })
+
+
+@system_bp.get("/api/ping")
+def ping():
+    """Liveness: answers as long as the process serves HTTP (readiness is /api/health)."""
+    return {"pong": True}
 
 
 @system_bp.get("/api/health")

@@ -29,7 +29,7 @@ from model_registry import ModelRegistry
 from queue_manager import QueueManager
 from resource_monitor import LoadedModelInfo
 from runtime_client import (ModelNotFound, OllamaClient, RequestCancelled, RuntimeFailure,
-                            RuntimeOutOfMemory)
+                            RuntimeOutOfMemory, RuntimeUnavailable)
 from store.base import JobStore
 from vram_scheduler import Phase, Plan, ResidentModel
 
@@ -101,6 +101,7 @@ class ExecutionEngine:
         self._running: dict[str, RunningJob] = {}
         self._load_failures: Counter[str] = Counter()
         self._retry_after: dict[str, float] = {}
+        self.surprised_at = 0.0    # when the runtime last contradicted the model table
         self._jobs = ThreadPoolExecutor(config.MAX_RUNNING_JOBS, thread_name_prefix="job")
         self._ops = ThreadPoolExecutor(4, thread_name_prefix="model-op")
 
@@ -122,6 +123,12 @@ class ExecutionEngine:
         """Models whose last load failed a moment ago: not to be planned again just yet."""
         with self._lock:
             return {m for m, t in self._retry_after.items() if t > now}
+
+    def surprised(self) -> None:
+        """The runtime answered out of memory or dropped a request: the table may be wrong, so
+        plan nothing until a reading taken after this moment has been reconciled."""
+        with self._lock:
+            self.surprised_at = self.clock()
 
     def reconcile(self, loaded: tuple[LoadedModelInfo, ...], sampled_at: float) -> None:
         """Bring the table in line with what the runtime says it has loaded."""
@@ -226,10 +233,16 @@ class ExecutionEngine:
         if isinstance(exc, RuntimeOutOfMemory):
             self.counters.add("errors.oom")
             self.registry.learn_oom(name)
+            self.surprised()
             log.warning("loading %s ran out of memory: %s", name, exc)
             return
         self.counters.add("errors.runtime")
         log.warning("loading %s failed (%d in a row): %s", name, failures, exc)
+        if isinstance(exc, RuntimeUnavailable):
+            # The runtime is down, not the model: its jobs wait for the runtime to come back.
+            with self._lock:
+                self._load_failures.pop(name, None)
+            return
         if isinstance(exc, ModelNotFound) or failures >= LOAD_FAILURES_BEFORE_GIVING_UP:
             reason = (f"model {name} is not available on the runtime: {exc}" if isinstance(exc, ModelNotFound)
                       else f"model {name} failed to load {failures} times: {exc}")
@@ -325,11 +338,13 @@ class ExecutionEngine:
         metrics = run_metrics(job, final, started, finished, first_token[0] if first_token else None,
                               slot.load_started, slot.load_finished)
         metrics.update(usage)
+        if isinstance(failure, (RuntimeOutOfMemory, RuntimeUnavailable)):
+            self.surprised()
+            with self._lock:   # the runtime may have dropped the model: let /api/ps say
+                slot.changed_at = 0.0
         if failure is not None and isinstance(failure, RuntimeOutOfMemory):
             self.counters.add("errors.oom")
             self.registry.learn_oom(job["model"])
-            with self._lock:   # the runtime may have dropped the model: let /api/ps say
-                slot.changed_at = 0.0
             retries = int(job.get("oom_retries") or 0)
             if retries < self.config.OOM_MAX_RETRIES:
                 if self.store.requeue(job_id, run_id, {"oom_retries": retries + 1,
@@ -348,13 +363,14 @@ class ExecutionEngine:
             fields.update(error=str(failure), error_kind=kind.value)
         elif status is JobStatus.COMPLETE:
             fields["result"] = _result(JobKind(job["kind"]), final or {})
+        ledger = ledger_entry(job, status, fields, self.node, slot.bytes)
         if status is JobStatus.CANCELLED:
             log.info("job %s cancelled while running", job_id)
             self.counters.add("cancelled_running")
-        elif self.store.finish(job_id, run_id, status.value, fields):
+            self.store.record_metrics(ledger)
+        elif self.store.finish(job_id, run_id, status.value, fields, ledger):
             self.counters.add(status.value)
             log.debug("job %s %s in %.3fs", job_id, status.value, finished - started)
-        self.store.record_metrics(ledger_entry(job, status, fields, self.node, slot.bytes))
 
     # --- cancellation ---------------------------------------------------------------------------
     def running_ids(self) -> list[str]:

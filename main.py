@@ -10,16 +10,15 @@ workers elect one scheduler among themselves.
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import threading
 
 from pydantic import ValidationError
-from werkzeug.serving import make_server
 
 from api import create_app
 from config import Config
 from log_setup import get_logger, setup_logging
+from runtime_launcher import make_http_server
 from service import Service
 
 log = get_logger("SYSTEM")
@@ -54,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(config.LOG_FILE, config.LOG_LEVEL)
     service = Service(config)
     app = create_app(config, service)
-    server = make_server(config.HTTP_HOST, config.HTTP_PORT, app, threaded=True)
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = make_http_server(config.HTTP_HOST, config.HTTP_PORT, app)
     if not args.no_scheduler:
         service.start()
     log.info("Model Manager listening on http://%s:%d (store: %s)", config.HTTP_HOST,

@@ -51,14 +51,22 @@ class WaitingIndex:
         return rank + max(now - submitted_at, 0.0) / self.aging_s
 
     def demand(self, now: float) -> list[Demand]:
+        """Per model: waiting count, best effective priority, oldest submission (3 heads each)."""
         out = []
+        aging = self.aging_s
         for model, lines in self._lines.items():
-            waiting = sum(len(line) for line in lines.values())
-            if not waiting:
-                continue
-            heads = [(rank, line[0][0]) for rank, line in lines.items() if line]
-            best = max(self.score(rank, ts, now) for rank, ts in heads)
-            out.append(Demand(model, waiting, best, min(ts for _, ts in heads)))
+            waiting, best, oldest = 0, -1.0, float("inf")
+            for rank, line in lines.items():
+                if line:
+                    waiting += len(line)
+                    head = line[0][0]
+                    score = rank + (now - head) / aging if now > head else rank
+                    if score > best:
+                        best = score
+                    if head < oldest:
+                        oldest = head
+            if waiting:
+                out.append(Demand(model, waiting, best, oldest))
         return out
 
     def pop(self, model: str, now: float) -> str | None:
@@ -102,6 +110,7 @@ class QueueManager:
         self.index = WaitingIndex(aging_s)
         self._on_submit = on_submit
         self._lock = threading.Lock()
+        self.accept_locally = False       # set while this process runs the scheduler
 
     def set_submit_listener(self, listener: Callable[[], None] | None) -> None:
         """Called after each accepted submit (the in-process scheduler wakes on it)."""
@@ -109,8 +118,20 @@ class QueueManager:
 
     # --- accepting ---------------------------------------------------------------------------
     def submit(self, job: JobDoc) -> int:
-        """Store `job`; return its position (waiting jobs ahead). Raises QueueFull."""
+        """Store `job`; return its position (waiting jobs ahead). Raises QueueFull.
+
+        In the scheduler's own process the job goes straight into the index (stored as queued),
+        which spares the scheduler a round trip through the store."""
+        local = self.accept_locally
+        if local:
+            job = {**job, "status": "queued"}
         position = self.store.enqueue(job, self.max_waiting)
+        if local:
+            with self._lock:
+                if self.accept_locally:
+                    self.index.add(job["job_id"], job["model"], int(job["rank"]), float(job["submitted_at"]))
+                else:           # stepped down meanwhile: let the next scheduler take it from the store
+                    self.store.release_taken()
         log.debug("accepted %s for %s (%s), position %d", job["job_id"], job["model"],
                   job["priority"], position)
         if self._on_submit is not None:
@@ -123,8 +144,15 @@ class QueueManager:
         with self._lock:
             self.index.clear()
             released = self.store.release_taken()
+            self.accept_locally = True
         if released:
             log.info("re-took %d queued jobs", released)
+
+    def stop(self) -> None:
+        """This process no longer schedules: jobs go through the store again."""
+        with self._lock:
+            self.accept_locally = False
+            self.index.clear()
 
     def sync(self, limit: int = 5000) -> int:
         """Take newly submitted jobs from the store into the index."""

@@ -32,6 +32,16 @@ class Runtime:
         if self.process is not None:
             self.process.stop()
 
+    def restart_if_dead(self) -> bool:
+        """A runtime this service started (simulator, embedded) that died is started again."""
+        if self.process is None or self.process.alive():
+            return False
+        code = self.process.process.returncode if self.process.process else None
+        log.warning("the %s runtime exited (code %s); starting it again", self.kind, code)
+        self.url = self.process.start()
+        self.client.base_url = self.url
+        return True
+
 
 def ollama_answers(url: str, timeout: float = 1.5) -> bool:
     try:

@@ -81,6 +81,9 @@ class OllamaClient:
         self.base_url = base_url.rstrip("/")
         self.connect_timeout = connect_timeout
         self.session = requests.Session()
+        # The runtime is reached directly; reading proxy settings from the environment on every
+        # request costs more than the rest of the client's work.
+        self.session.trust_env = False
         # One retry when the connection cannot be made; never once the request was sent.
         retry = Retry(total=1, connect=1, read=0, status=0, other=0, backoff_factor=0.2,
                       allowed_methods=None, raise_on_status=False)

@@ -3,8 +3,8 @@ process, and the child's side of that: serve on a free port, say which, and exit
 parent so that a killed service leaves no runtime behind."""
 from __future__ import annotations
 
-import logging
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import requests
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 from log_setup import get_logger
 
@@ -31,10 +31,26 @@ def exit_with_parent(parent_pid: int, interval: float = 0.5) -> None:
         threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+class NoDelayRequestHandler(WSGIRequestHandler):
+    """Sends small writes (streamed chunks) at once: without TCP_NODELAY, Nagle's algorithm and
+    the client's delayed ACK hold each chunk of a stream back by up to 40 ms."""
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass                                         # no line per request
+
+
+def make_http_server(host: str, port: int, app):
+    """werkzeug's threaded server with TCP_NODELAY and no per-request log lines."""
+    return make_server(host, port, app, threaded=True, request_handler=NoDelayRequestHandler)
+
+
 def serve(app, host: str, port: int, ready_file: str | None, parent_pid: int = 0) -> None:
     """Serve a WSGI app (threaded), then write the bound port to `ready_file`."""
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)   # no line per request
-    server = make_server(host, port, app, threaded=True)
+    server = make_http_server(host, port, app)
     exit_with_parent(parent_pid)
     if ready_file:
         tmp = f"{ready_file}.tmp"
@@ -92,6 +108,9 @@ class ManagedRuntime:
                 time.sleep(0.05)
         log.info("%s runtime started at %s (pid %d)", self.kind, self.url, self.process.pid)
         return self.url
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.process is None or self.process.poll() is not None:

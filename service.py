@@ -50,7 +50,7 @@ def build_snapshot(state: ResourceState, resident: tuple[ResidentModel, ...], de
     resident_names = {m.name for m in resident}
     needs = {d.model: need_of(d.model) for d in demand if d.model not in resident_names}
     needs.update({m.name: need_of(m.name) for m in resident if m.name in {d.model for d in demand}})
-    if state.memory_total <= 0:      # memory unknown (runtime or GPU unreadable): plan no loads
+    if state.memory_total <= 0 or not state.runtime_ok:   # memory unknown or runtime down: no loads
         return Snapshot(sum(m.bytes for m in resident), 1 << 62, resident, tuple(demand), needs, limits)
     capacity = state.memory_total - config.safety_margin_bytes
     return Snapshot(capacity - state.used_by_others, capacity, resident, tuple(demand), needs, limits)
@@ -113,7 +113,10 @@ class Service:
         self.counters = Counters()
         self.loop = LoopStats()
         self.state: ResourceState | None = None
-        self._sample_due = True
+        self._reconciled: ResourceState | None = None
+        self._sample_now = threading.Event()
+        self._lease_lost = threading.Event()
+        self._housekeeping_stop = threading.Event()
 
     # --- life cycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -143,7 +146,7 @@ class Service:
 
     def _on_engine_change(self, models_changed: bool) -> None:
         if models_changed:
-            self._sample_due = True
+            self._sample_now.set()      # look at the runtime again: a model came or went
         self._wake.set()
 
     # --- leadership -----------------------------------------------------------------------------
@@ -177,9 +180,12 @@ class Service:
                 on_change=self._on_engine_change, on_job_done=self.completions.notify, clock=self.clock)
             self._recover()
             self._refresh_tags()
+            self._lease_lost.clear()
+            self._housekeeping_stop.clear()
             self._leading.set()
             self._run_loop()
         finally:
+            self.queue.stop()
             if self.engine is not None:
                 self.engine.shutdown(wait=True)
             if self.sampler is not None:
@@ -206,33 +212,67 @@ class Service:
             log.warning("cannot list the runtime's models: %s", exc)
 
     def _run_loop(self) -> None:
-        last_renew = last_publish = last_tags = last_purge = 0.0
+        """Scheduler passes, on every wake-up and every SCHEDULER_LOOP_INTERVAL; everything slower
+        (reading the runtime and GPU, the lease, publishing, clean-up) runs beside it in
+        `_housekeeping`, so that a pass never waits for I/O it does not need."""
+        self._sample()
+        housekeeping = threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True)
+        housekeeping.start()
+        try:
+            while not self._stop.is_set() and not self._lease_lost.is_set():
+                try:
+                    self.run_pass()
+                except Exception:   # one bad pass (a store hiccup, say) must not stop scheduling
+                    log.exception("scheduler pass failed; trying again")
+                    self._stop.wait(0.5)
+                self._wake.wait(self.config.SCHEDULER_LOOP_INTERVAL)
+                self._wake.clear()
+        finally:
+            self._housekeeping_stop.set()
+            self._sample_now.set()
+            housekeeping.join(30)
+
+    def _sample(self) -> None:
+        """Read the runtime's loaded models, memory and the host; the next pass reconciles."""
+        state = self.monitor.sample()
+        self.state = state
+        self.sampler.observe(state)
+        self._wake.set()
+
+    def _housekeeping(self) -> None:
+        last_renew = last_publish = last_tags = last_purge = self.clock()
         published_registry = -1
-        while not self._stop.is_set():
+        while not self._housekeeping_stop.is_set():
+            self._sample_now.wait(min(self.config.RUNTIME_POLL_INTERVAL, PUBLISH_EVERY_S))
+            sample_now = self._sample_now.is_set()
+            self._sample_now.clear()
             now = self.clock()
-            if now - last_renew >= LEASE_RENEW_S:
-                if not self.store.acquire_lease(LEASE, self.owner, LEASE_TTL_S, now):
-                    syslog.warning("lost the scheduler lease; stepping down")
-                    return
-                last_renew = now
-            if now - last_tags >= TAGS_EVERY_S:
-                self._refresh_tags()
-                last_tags = now
-            if now - last_purge >= PURGE_EVERY_S:
-                purged = self.store.purge_finished(now - self.config.JOB_RETENTION_S)
-                if purged:
-                    log.info("deleted %d finished jobs past retention", purged)
-                last_purge = now
             try:
-                self.run_pass()
-            except Exception:   # one bad pass (a store hiccup, say) must not stop scheduling
-                log.exception("scheduler pass failed; trying again")
-                self._stop.wait(0.5)
-            if now - last_publish >= PUBLISH_EVERY_S or self.registry.version != published_registry:
-                published_registry = self.publish()
-                last_publish = now
-            self._wake.wait(self.config.SCHEDULER_LOOP_INTERVAL)
-            self._wake.clear()
+                if now - last_renew >= LEASE_RENEW_S:
+                    if not self.store.acquire_lease(LEASE, self.owner, LEASE_TTL_S, now):
+                        syslog.warning("lost the scheduler lease; stepping down")
+                        self._lease_lost.set()
+                        self._wake.set()
+                        return
+                    last_renew = now
+                if self.runtime.restart_if_dead():
+                    sample_now, last_tags = True, 0.0
+                if sample_now or now - self.state.taken_at >= self.config.RUNTIME_POLL_INTERVAL:
+                    self._sample()
+                if now - last_tags >= TAGS_EVERY_S:
+                    self._refresh_tags()
+                    last_tags = now
+                if now - last_purge >= PURGE_EVERY_S:
+                    purged = self.store.purge_finished(now - self.config.JOB_RETENTION_S)
+                    if purged:
+                        log.info("deleted %d finished jobs past retention", purged)
+                    last_purge = now
+                if now - last_publish >= PUBLISH_EVERY_S or self.registry.version != published_registry:
+                    published_registry = self.publish()
+                    last_publish = now
+            except Exception:
+                log.exception("housekeeping failed; trying again")
+                self._housekeeping_stop.wait(0.5)
 
     # --- one pass -------------------------------------------------------------------------------
     def run_pass(self) -> Plan:
@@ -240,16 +280,17 @@ class Service:
         now = self.clock()
         engine = self.engine
         self.queue.sync()
-        if self._sample_due or self.state is None or now - self.state.taken_at >= self.config.RUNTIME_POLL_INTERVAL:
-            self._sample_due = False
-            self.state = self.monitor.sample()
-            engine.reconcile(self.state.loaded, self.state.taken_at)
-            self.sampler.observe(self.state)
+        state = self.state
+        if state is not self._reconciled:
+            engine.reconcile(state.loaded, state.taken_at)
+            self._reconciled = state
         engine.check_cancellations()
+        if engine.surprised_at and state.taken_at <= engine.surprised_at:
+            self._sample_now.set()      # act again once the runtime has been read afresh
+            return Plan()
         backing_off = engine.backing_off(now)
         demand = [d for d in self.queue.demand(now) if d.model not in backing_off]
-        snapshot = build_snapshot(self.state, engine.resident(), demand, self.registry.need_bytes,
-                                  self.config)
+        snapshot = build_snapshot(state, engine.resident(), demand, self.registry.need_bytes, self.config)
         decided = plan(snapshot)
         for model in decided.never_fits:
             self._fail_never_fits(model, snapshot)

@@ -63,6 +63,7 @@ class Client:
         session = getattr(self._local, "session", None)
         if session is None:
             session = self._local.session = requests.Session()
+            session.trust_env = False        # no proxy lookup per request: it dominates at high rates
         return session
 
     def get(self, path: str, **kw: Any) -> requests.Response:

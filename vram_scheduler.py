@@ -21,7 +21,7 @@ The policy, in the order it is applied:
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -95,6 +95,9 @@ def plan(snapshot: Snapshot) -> Plan:
     loaded_count = sum(1 for m in snapshot.resident if m.phase is not Phase.UNLOADING)
     spare = sorted((m for m in snapshot.resident
                     if m.phase is Phase.LOADED and m.running == 0 and m.name not in demand), key=_lru)
+    # Loaded models with waiting work, in the order they would give way: idle first, then LRU.
+    with_work = sorted((m for m in snapshot.resident if m.phase is Phase.LOADED and m.name in demand),
+                       key=lambda m: (m.running > 0, _lru(m)))
     taken: set[str] = set()      # chosen in this pass to make room: unloading or draining
     dispatched: set[str] = set()
 
@@ -135,7 +138,7 @@ def plan(snapshot: Snapshot) -> Plan:
         shortfall = need - max(free_now, 0) - incoming
         over_cap = 0 if under_cap else loaded_count + 1 - limits.max_loaded
         victims: list[ResidentModel] = []
-        for m in _victim_candidates(snapshot, d, spare, demand, taken | dispatched):
+        for m in _victim_candidates(d, spare, with_work, demand, taken | dispatched, limits.swap_margin):
             if shortfall <= 0 and over_cap <= 0:
                 break
             victims.append(m)
@@ -163,15 +166,13 @@ def _lru(m: ResidentModel) -> tuple[float, str]:
     return (m.last_used, m.name)
 
 
-def _victim_candidates(snapshot: Snapshot, requester: Demand, spare: list[ResidentModel],
-                       demand: Mapping[str, Demand], taken: set[str]) -> list[ResidentModel]:
+def _victim_candidates(requester: Demand, spare: list[ResidentModel], with_work: list[ResidentModel],
+                       demand: Mapping[str, Demand], taken: set[str], margin: float) -> Iterator[ResidentModel]:
     """Models that may make room for `requester`, in the order they should: idle ones without
     waiting work (LRU), then ones whose work is less urgent by SWAP_MARGIN, idle before busy."""
-    margin = snapshot.limits.swap_margin
-    idle_free = [m for m in spare if m.name not in taken]
-    less_urgent = sorted(
-        (m for m in snapshot.resident
-         if m.phase is Phase.LOADED and m.name in demand and m.name not in taken
-         and demand[m.name].score + margin <= requester.score),
-        key=lambda m: (m.running > 0, _lru(m)))
-    return idle_free + less_urgent
+    for m in spare:
+        if m.name not in taken:
+            yield m
+    for m in with_work:
+        if m.name not in taken and demand[m.name].score + margin <= requester.score:
+            yield m

@@ -88,8 +88,11 @@ class JobStore(ABC):
         is no longer queued (cancelled, say)."""
 
     @abstractmethod
-    def finish(self, job_id: str, run_id: str, status: str, fields: dict[str, Any]) -> bool:
-        """Running (owned by `run_id`) -> complete, failed or cancelled."""
+    def finish(self, job_id: str, run_id: str, status: str, fields: dict[str, Any],
+               ledger: dict[str, Any] | None = None) -> bool:
+        """Running (owned by `run_id`) -> complete, failed or cancelled; when that happened and
+        `ledger` is given, record it too (`record_metrics`), in the same transaction where the
+        backend has them."""
 
     @abstractmethod
     def requeue(self, job_id: str, run_id: str, fields: dict[str, Any]) -> bool:

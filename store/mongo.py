@@ -157,10 +157,14 @@ class MongoStore(JobStore):
             return {}
         return {"expire_at": datetime.fromtimestamp(done + self.retention_s, tz=timezone.utc)}
 
-    def finish(self, job_id: str, run_id: str, status: str, fields: dict[str, Any]) -> bool:
+    def finish(self, job_id: str, run_id: str, status: str, fields: dict[str, Any],
+               ledger: dict[str, Any] | None = None) -> bool:
         update = {**_to_mongo(fields), **self._expiry(fields), "status": status}
-        return self.jobs.update_one({"_id": job_id, "status": "running", "run_id": run_id},
+        done = self.jobs.update_one({"_id": job_id, "status": "running", "run_id": run_id},
                                     {"$set": update}).modified_count == 1
+        if done and ledger is not None:
+            self.record_metrics(ledger)
+        return done
 
     def requeue(self, job_id: str, run_id: str, fields: dict[str, Any]) -> bool:
         return self.jobs.update_one({"_id": job_id, "status": "running", "run_id": run_id},

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from store.base import CancelOutcome, JobStore, QueueCounts, QueueFull
 
 _COLUMNS = ("job_id", "status", "model", "priority", "rank", "submitted_at", "completed_at", "run_id")
 _SUMMARY_DROP = ("$.prompt", "$.messages", "$.input", "$.images", "$.result", "$.system")
+BUSY_TIMEOUT_S = 30.0
 _WAITING = tuple(s.value for s in WAITING)
 _FINISHED = tuple(s.value for s in FINISHED)
 
@@ -47,6 +51,23 @@ CREATE INDEX IF NOT EXISTS jobs_model_status ON jobs(model, status, submitted_at
 CREATE INDEX IF NOT EXISTS jobs_submitted ON jobs(submitted_at);
 -- retention cleanup
 CREATE INDEX IF NOT EXISTS jobs_completed ON jobs(completed_at) WHERE completed_at IS NOT NULL;
+-- Waiting jobs per priority rank, kept by triggers, so that the queue-full check and a new
+-- job's position cost O(1) however long the queue is.
+CREATE TABLE IF NOT EXISTS waiting_counts (rank INTEGER PRIMARY KEY, n INTEGER NOT NULL);
+INSERT OR IGNORE INTO waiting_counts (rank, n) VALUES (0, 0), (1, 0), (2, 0);
+CREATE TRIGGER IF NOT EXISTS waiting_insert AFTER INSERT ON jobs
+WHEN NEW.status IN ('pending', 'queued') BEGIN
+    UPDATE waiting_counts SET n = n + 1 WHERE rank = NEW.rank;
+END;
+CREATE TRIGGER IF NOT EXISTS waiting_update AFTER UPDATE OF status ON jobs
+WHEN (OLD.status IN ('pending', 'queued')) != (NEW.status IN ('pending', 'queued')) BEGIN
+    UPDATE waiting_counts SET n = n + (CASE WHEN NEW.status IN ('pending', 'queued') THEN 1 ELSE -1 END)
+    WHERE rank = NEW.rank;
+END;
+CREATE TRIGGER IF NOT EXISTS waiting_delete AFTER DELETE ON jobs
+WHEN OLD.status IN ('pending', 'queued') BEGIN
+    UPDATE waiting_counts SET n = n - 1 WHERE rank = OLD.rank;
+END;
 CREATE TABLE IF NOT EXISTS job_metrics (
     run_key TEXT PRIMARY KEY,   -- job_id:run_id, so that a run is recorded once
     job_id TEXT NOT NULL,
@@ -79,6 +100,14 @@ def _split(job: JobDoc) -> tuple[dict[str, Any], dict[str, Any]]:
     return columns, doc
 
 
+@dataclass
+class _Pending:
+    job: JobDoc
+    max_waiting: int | None
+    result: Any = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
 class SqliteStore(JobStore):
     def __init__(self, path: str | Path, *, _memory_uri: str | None = None):
         self._target = _memory_uri or str(path)
@@ -87,34 +116,45 @@ class SqliteStore(JobStore):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._write_lock = threading.Lock()
+        self._enqueue_lock = threading.Lock()
+        self._enqueue_queue: list[_Pending] = []
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._pid = os.getpid()
         self._shared: sqlite3.Connection | None = None
+        self._writer: sqlite3.Connection | None = None
         with self._conn() as conn:
             conn.executescript(_SCHEMA)
+        with self._write() as conn:      # true up the counts (a file from before the triggers)
+            conn.execute("UPDATE waiting_counts SET n = (SELECT COUNT(*) FROM jobs WHERE jobs.rank = "
+                         "waiting_counts.rank AND status IN ('pending', 'queued'))")
 
     @classmethod
     def in_memory(cls) -> SqliteStore:
         return cls("", _memory_uri=f"file:mm-{id(object())}-{os.getpid()}?mode=memory&cache=shared")
 
     # --- connections ---------------------------------------------------------------------------
-    def _open(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self._target, timeout=30.0, isolation_level=None,
+    def _open(self, busy_timeout_s: float = BUSY_TIMEOUT_S) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._target, timeout=busy_timeout_s, isolation_level=None,
                                check_same_thread=False, uri=self._memory)
         conn.row_factory = sqlite3.Row
         if not self._memory:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
         self._connections.append(conn)
         return conn
 
+    def _after_fork(self) -> None:
+        """Forked (gunicorn): never use a connection, lock or queue across processes."""
+        if os.getpid() != self._pid:
+            self._pid, self._connections, self._shared, self._writer = os.getpid(), [], None, None
+            self._local = threading.local()
+            self._write_lock, self._enqueue_lock, self._enqueue_queue = threading.Lock(), threading.Lock(), []
+
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
-        if os.getpid() != self._pid:   # forked (gunicorn): never share a connection across processes
-            self._pid, self._connections, self._shared = os.getpid(), [], None
-            self._local = threading.local()
+        self._after_fork()
         if self._memory:
             with self._lock:
                 if self._shared is None:
@@ -129,16 +169,43 @@ class SqliteStore(JobStore):
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        # One writer per process at a time: threads queue on a Python lock rather than in SQLite's
-        # busy handler, whose sleeps (up to 100 ms each) would show as latency spikes.
-        with self._write_lock, self._conn() as conn:
-            conn.execute("BEGIN IMMEDIATE")
+        """A write transaction. One writer per process at a time (a Python lock, one connection);
+        between processes SQLite's write lock is retried here every 0.1-2 ms, not in SQLite's
+        busy handler, whose sleeps (1, 2, 5, ... 100 ms) leave the lock idle long after it is free."""
+        self._after_fork()
+        with self._write_lock:
+            if self._memory:
+                with self._conn() as conn:
+                    conn.execute("BEGIN IMMEDIATE")
+                    yield from self._commit(conn)
+                return
+            if self._writer is None:
+                self._writer = self._open(busy_timeout_s=0)
+            self._begin_immediate(self._writer)
+            yield from self._commit(self._writer)
+
+    @staticmethod
+    def _commit(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @staticmethod
+    def _begin_immediate(conn: sqlite3.Connection) -> None:
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        pause = 0.0001
+        while True:
             try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+                    raise
+                time.sleep(pause * (0.5 + random.random()))
+                pause = min(pause * 1.5, 0.002)
 
     @staticmethod
     def _row_to_job(row: sqlite3.Row) -> JobDoc:
@@ -150,22 +217,66 @@ class SqliteStore(JobStore):
 
     # --- jobs: submission and reading ----------------------------------------------------------
     def enqueue(self, job: JobDoc, max_waiting: int | None = None) -> int:
-        columns, doc = _split(job)
+        """Jobs submitted at the same moment by several threads go in together, in one
+        transaction (group commit): under load the per-job cost of SQLite's write lock and commit
+        is shared, and alone a job waits for nobody."""
+        entry = _Pending(job, max_waiting)
+        with self._enqueue_lock:
+            self._enqueue_queue.append(entry)
+            leader = len(self._enqueue_queue) == 1
+        if leader:
+            try:
+                self._write_batch()
+            except BaseException:
+                pass                     # every entry of the batch, this one too, carries the error
+        entry.done.wait()
+        if isinstance(entry.result, BaseException):
+            raise entry.result
+        return entry.result
+
+    def _write_batch(self) -> None:
+        # The first caller of a batch writes it, taking with it every job queued meanwhile
+        # (they queued while it waited for the write lock). Whatever happens, every job of the
+        # batch gets an answer.
+        batch: list[_Pending] = []
+        try:
+            self._insert_batch(batch)
+        except BaseException as exc:
+            with self._enqueue_lock:
+                if not batch:
+                    batch, self._enqueue_queue = self._enqueue_queue, []
+            for entry in batch:
+                if entry.result is None:
+                    entry.result = exc
+            raise
+        finally:
+            for entry in batch:
+                entry.done.set()
+
+    def _insert_batch(self, batch: list[_Pending]) -> None:
         with self._write() as conn:
-            if max_waiting is not None:
-                waiting = conn.execute(
-                    "SELECT COUNT(*) FROM jobs WHERE status IN (?, ?)", _WAITING).fetchone()[0]
-                if waiting >= max_waiting:
-                    raise QueueFull(waiting)
-            ahead = conn.execute(
-                "SELECT COUNT(*) FROM jobs WHERE status IN (?, ?) AND "
-                "(rank > ? OR (rank = ? AND submitted_at <= ?))",
-                (*_WAITING, columns["rank"], columns["rank"], columns["submitted_at"])).fetchone()[0]
-            conn.execute(
-                "INSERT INTO jobs (job_id, status, model, priority, rank, submitted_at, completed_at,"
-                " run_id, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (*(columns[k] for k in _COLUMNS), _dumps(doc)))
-        return ahead
+            with self._enqueue_lock:
+                batch.extend(self._enqueue_queue)
+                self._enqueue_queue = []
+            counts = dict(conn.execute("SELECT rank, n FROM waiting_counts").fetchall())
+            for entry in batch:
+                columns, doc = _split(entry.job)
+                waiting = sum(counts.values())
+                if entry.max_waiting is not None and waiting >= entry.max_waiting:
+                    entry.result = QueueFull(waiting)
+                    continue
+                # A new job is the latest of its priority: everything waiting at its rank or above is ahead.
+                entry.result = sum(n for rank, n in counts.items() if rank >= columns["rank"])
+                try:
+                    conn.execute(
+                        "INSERT INTO jobs (job_id, status, model, priority, rank, submitted_at, completed_at,"
+                        " run_id, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (*(columns[k] for k in _COLUMNS), _dumps(doc)))
+                except sqlite3.IntegrityError as exc:
+                    entry.result = exc
+                    continue
+                if columns["status"] in _WAITING:
+                    counts[columns["rank"]] = counts.get(columns["rank"], 0) + 1
 
     def get(self, job_id: str) -> JobDoc | None:
         with self._conn() as conn:
@@ -211,6 +322,9 @@ class SqliteStore(JobStore):
 
     # --- jobs: transitions ---------------------------------------------------------------------
     def take_new(self, limit: int = 1000) -> list[JobDoc]:
+        with self._conn() as conn:      # a read first: most passes find nothing new to take
+            if conn.execute("SELECT 1 FROM jobs WHERE status = 'pending' LIMIT 1").fetchone() is None:
+                return []
         with self._write() as conn:
             rows = conn.execute(
                 "UPDATE jobs SET status = 'queued' WHERE job_id IN (SELECT job_id FROM jobs "
@@ -232,13 +346,17 @@ class SqliteStore(JobStore):
                 (run_id, _dumps(fields), job_id)).fetchone()
         return self._row_to_job(row) if row else None
 
-    def finish(self, job_id: str, run_id: str, status: str, fields: dict[str, Any]) -> bool:
+    def finish(self, job_id: str, run_id: str, status: str, fields: dict[str, Any],
+               ledger: dict[str, Any] | None = None) -> bool:
         _, doc = _split(fields)
         with self._write() as conn:
-            return conn.execute(
+            done = conn.execute(
                 "UPDATE jobs SET status = ?, completed_at = ?, doc = json_patch(doc, ?) "
                 "WHERE job_id = ? AND status = 'running' AND run_id = ?",
                 (status, fields.get("completed_at"), _dumps(doc), job_id, run_id)).rowcount == 1
+            if done and ledger is not None:
+                self._insert_metrics(conn, ledger)
+            return done
 
     def requeue(self, job_id: str, run_id: str, fields: dict[str, Any]) -> bool:
         with self._write() as conn:
@@ -292,9 +410,13 @@ class SqliteStore(JobStore):
     # --- ledger --------------------------------------------------------------------------------
     def record_metrics(self, doc: dict[str, Any]) -> None:
         with self._write() as conn:
-            conn.execute(
-                "INSERT OR IGNORE INTO job_metrics (run_key, job_id, model, finished_at, doc) VALUES (?, ?, ?, ?, ?)",
-                (f"{doc['job_id']}:{doc.get('run_id')}", doc["job_id"], doc["model"], doc["finished_at"], _dumps(doc)))
+            self._insert_metrics(conn, doc)
+
+    @staticmethod
+    def _insert_metrics(conn: sqlite3.Connection, doc: dict[str, Any]) -> None:
+        conn.execute(
+            "INSERT OR IGNORE INTO job_metrics (run_key, job_id, model, finished_at, doc) VALUES (?, ?, ?, ?, ?)",
+            (f"{doc['job_id']}:{doc.get('run_id')}", doc["job_id"], doc["model"], doc["finished_at"], _dumps(doc)))
 
     def list_metrics(self, model: str | None = None, limit: int = 100,
                      job_id: str | None = None) -> list[dict[str, Any]]:

@@ -194,3 +194,22 @@ def test_job_fields_mongodb_keys_would_refuse_round_trip(store):
     assert again["format"]["$schema"].startswith("http") and again["tools"][0]["function"]["name"] == "f"
     store.put_state("registry", {"models": [{"name": "qwen2.5:0.5b"}], "by_model": {"qwen2.5:0.5b": 1}}, now=1.0)
     assert store.get_state("registry")[0]["by_model"] == {"qwen2.5:0.5b": 1}
+
+
+def test_waiting_count_follows_every_transition(store):
+    for i in range(4):
+        store.enqueue(sample_job(job_id=f"j{i}"), max_waiting=4)
+    with pytest.raises(QueueFull):
+        store.enqueue(sample_job(job_id="x"), max_waiting=4)
+    store.take_new()                                   # pending -> queued: still waiting
+    with pytest.raises(QueueFull):
+        store.enqueue(sample_job(job_id="x"), max_waiting=4)
+    store.claim("j0", "r0", {})                        # running: no longer waiting
+    store.cancel("j1", {"completed_at": 1.0})
+    store.fail_waiting("j2", {"completed_at": 1.0})
+    assert store.enqueue(sample_job(job_id="y", priority=Priority.HIGH), max_waiting=4) == 0
+    store.requeue("j0", "r0", {})                      # back to waiting
+    assert store.counts().waiting == 3
+    assert store.enqueue(sample_job(job_id="z"), max_waiting=4) == 3
+    with pytest.raises(QueueFull):
+        store.enqueue(sample_job(job_id="w"), max_waiting=4)

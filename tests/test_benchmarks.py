@@ -1,0 +1,39 @@
+"""The benchmarks run (small versions), print their JSON, and the deterministic ones hold the
+scheduler to what it must beat: Ollama's default policy, on the same trace."""
+import json
+
+import pytest
+
+from bench import scheduler_pass, scheduling_quality
+
+
+def last_json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_scheduling_quality_beats_ollama_default_without_oom(capsys):
+    assert scheduling_quality.main(["--jobs", "400", "--json"]) == 0
+    result = last_json(capsys)
+    assert set(result) >= {"loads_ratio", "makespan_ratio", "high_p95_wait_ratio", "oom_errors"}
+    assert result["oom_errors"] == 0
+    for regime in result["regimes"].values():
+        vs_default = regime["vs_ollama-default"]
+        assert vs_default["makespan_ratio"] < 0.9 and vs_default["high_p95_wait_ratio"] < 0.75
+        assert regime["vs_ollama-tuned"]["high_p95_wait_ratio"] < 1.0
+        assert regime["model-manager"]["peak_gb"] <= 24
+
+
+def test_scheduler_pass_bench_reports_its_key(capsys):
+    assert scheduler_pass.main(["--repeats", "30", "--json"]) == 0
+    result = last_json(capsys)
+    assert result["max_pass_ms_10k"] > 0 and len(result["passes"]) == 6
+
+
+@pytest.mark.slow
+def test_spam_against_the_simulator_loses_nothing_and_never_5xx(main_process, capsys):
+    import submit_test_job
+    proc = main_process(QUEUE_MAX_SIZE=300, SIM_TOKENS_PER_S=2000, SIM_DEFAULT_TOKENS=16)
+    code = submit_test_job.main(["--url", proc.url, "--spam", "1500", "--concurrency", "32", "--json", "--quiet"])
+    summary = last_json(capsys)
+    assert code == 0 and summary["lost"] == 0 and summary["server_errors_5xx"] == 0
+    assert summary["submitted"] + summary["rejected_by_status"].get("429", 0) == 1500
