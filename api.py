@@ -63,8 +63,9 @@ class SharedViews:
             if hit and now - hit[0] < VIEW_CACHE_S:
                 return hit[1]
         value = self.service.store.get_state(key)
-        with self._lock:
-            self._cache[key] = (now, value)
+        if value is not None:             # "nothing published yet" is asked again next time
+            with self._lock:
+                self._cache[key] = (now, value)
         return value
 
     def scheduler(self) -> tuple[dict[str, Any] | None, float | None]:

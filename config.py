@@ -27,6 +27,8 @@ class Config(BaseSettings):
     # --- HTTP API -------------------------------------------------------------------------
     HTTP_HOST: str = Field("127.0.0.1", description="Address the API listens on.")
     HTTP_PORT: int = Field(5001, ge=0, le=65535, description="Port the API listens on (`--http-port`).")
+    HTTP_THREADS: int = Field(
+        64, ge=1, description="`python main.py`: request threads (a long poll, `?wait=`, holds one while it waits).")
     MAX_PROMPT_BYTES: int = Field(
         4 * MIB, gt=0, description="Largest request body or prompt accepted; larger gets 413.")
     QUEUE_MAX_SIZE: int = Field(

@@ -15,10 +15,11 @@ import threading
 
 from pydantic import ValidationError
 
-from api import create_app
+from waitress.server import create_server
+
+from api import MAX_WAIT_S, create_app
 from config import Config
 from log_setup import get_logger, setup_logging
-from runtime_launcher import make_http_server
 from service import Service
 
 log = get_logger("SYSTEM")
@@ -53,24 +54,29 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(config.LOG_FILE, config.LOG_LEVEL)
     service = Service(config)
     app = create_app(config, service)
-    server = make_http_server(config.HTTP_HOST, config.HTTP_PORT, app)
+    # waitress: a production WSGI server in this one process (keep-alive, a thread pool);
+    # long polls (?wait=) hold a thread each, hence HTTP_THREADS.
+    server = create_server(app, host=config.HTTP_HOST, port=config.HTTP_PORT, threads=config.HTTP_THREADS,
+                           connection_limit=max(100, config.HTTP_THREADS * 4), channel_timeout=MAX_WAIT_S + 60,
+                           ident="model-manager")
     if not args.no_scheduler:
         service.start()
     log.info("Model Manager listening on http://%s:%d (store: %s)", config.HTTP_HOST,
-             server.server_port, config.store_kind)
+             server.effective_port, config.store_kind)
 
     stopping = threading.Event()
 
     def shutdown(signum, frame) -> None:
-        if not stopping.is_set():
-            stopping.set()
-            log.info("shutting down (signal %d)", signum)
-            threading.Thread(target=server.shutdown, daemon=True).start()
+        log.info("shutting down (signal %d)", signum)
+        stopping.set()
 
     signal.signal(signal.SIGINT, shutdown)
     signal.signal(signal.SIGTERM, shutdown)
+    # The server runs in a daemon thread: on a signal the service stops cleanly (jobs in flight
+    # are re-queued at the next start) and the process exits with it.
+    threading.Thread(target=server.run, name="http", daemon=True).start()
     try:
-        server.serve_forever()
+        stopping.wait()
     finally:
         service.stop()
         service.store.close()

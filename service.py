@@ -216,6 +216,7 @@ class Service:
         (reading the runtime and GPU, the lease, publishing, clean-up) runs beside it in
         `_housekeeping`, so that a pass never waits for I/O it does not need."""
         self._sample()
+        self.publish()                  # other workers see the new scheduler at once
         housekeeping = threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True)
         housekeeping.start()
         try:
@@ -255,7 +256,7 @@ class Service:
                         self._wake.set()
                         return
                     last_renew = now
-                if self.runtime.restart_if_dead():
+                if not self._stop.is_set() and self.runtime.restart_if_dead():
                     sample_now, last_tags = True, 0.0
                 if sample_now or now - self.state.taken_at >= self.config.RUNTIME_POLL_INTERVAL:
                     self._sample()

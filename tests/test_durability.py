@@ -68,3 +68,16 @@ def test_kill_9_then_restart_can_fail_running_jobs_instead(main_process):
         assert jobs[job_id]["status"] == "complete"
     listed = requests.get(proc.url + "/api/jobs", params={"status": "failed"}, timeout=5).json()
     assert sorted(j["job_id"] for j in listed["jobs"]) == sorted(running)
+
+
+def test_sigterm_stops_the_service_and_its_runtime(main_process):
+    import signal
+
+    import psutil
+    proc = main_process()
+    children = psutil.Process(proc.process.pid).children(recursive=True)
+    assert any("simulator" in " ".join(c.cmdline()) for c in children)
+    proc.process.send_signal(signal.SIGTERM)
+    assert proc.process.wait(20) == 0
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive
