@@ -51,3 +51,10 @@ def test_log_lines_name_time_and_component(tmp_path):
     assert re.fullmatch(r"\[\d\d:\d\d:\d\d\.\d{3}\] \[SCHEDULER\] plan: load m", lines[0])
     assert re.fullmatch(r"\[\d\d:\d\d:\d\d\.\d{3}\] \[API\] bad request", lines[1])
     setup_logging(None, "INFO", stderr=False)
+
+
+def test_readme_documents_every_setting():
+    from conftest import ROOT
+    readme = (ROOT / "README.md").read_text()
+    missing = [name for name in Config.model_fields if f"`{name}`" not in readme]
+    assert not missing, f"README lacks {missing}: paste `python config.py --markdown` into it"
