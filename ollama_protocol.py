@@ -62,6 +62,27 @@ def ns(seconds: float) -> int:
     return int(seconds * 1e9)
 
 
+def answer(kind: str, model: str, text: str, **fields: Any) -> dict[str, Any]:
+    """An answer object of /api/generate (`response`) or /api/chat (`message`): a stream chunk,
+    or with `done=True` and the figures, the final one."""
+    out: dict[str, Any] = {"model": model, "created_at": now_iso()}
+    if kind == "chat":
+        out["message"] = {"role": "assistant", "content": text}
+    else:
+        out["response"] = text
+    out["done"] = False
+    out.update(fields)
+    return out
+
+
+def final_answer(kind: str, model: str, text: str, *, done_reason: str, total_s: float, load_s: float,
+                 prompt_tokens: int, prompt_s: float, output_tokens: int, output_s: float) -> dict[str, Any]:
+    """The last object of an answer, with Ollama's figures (durations in nanoseconds)."""
+    return answer(kind, model, text, done=True, done_reason=done_reason, total_duration=ns(total_s),
+                  load_duration=ns(load_s), prompt_eval_count=prompt_tokens, prompt_eval_duration=ns(prompt_s),
+                  eval_count=output_tokens, eval_duration=ns(output_s))
+
+
 def error(status: int, message: str) -> tuple[Response, int]:
     return jsonify({"error": message}), status
 

@@ -23,6 +23,7 @@ import psutil
 
 from embedded_runtime.catalog import CATALOG, EmbeddedModel, ModelFiles, ModelUnavailable
 from embedded_runtime.runner import AUTHKEY_ENV
+from runtime_launcher import terminate
 
 ROOT = Path(__file__).resolve().parent.parent
 REAP_EVERY_S = 0.5
@@ -91,13 +92,7 @@ class Runner:
             conn.close()
 
     def stop(self, timeout: float = 5.0) -> None:
-        if self.alive():
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, timeout)
         try:
             os.unlink(self.socket)
         except OSError:

@@ -185,12 +185,7 @@ def create_embedded_app(pool: RunnerPool) -> Flask:
             runner, _ = pool.acquire(model.name, keep_alive)
             pool.release(runner, keep_alive)
             reason = "load"
-        out = {"model": model.name, "created_at": proto.now_iso(), "done": True, "done_reason": reason}
-        if kind == "chat":
-            out["message"] = {"role": "assistant", "content": ""}
-        else:
-            out["response"] = ""
-        return out
+        return proto.answer(kind, model.name, "", done=True, done_reason=reason)
 
     @app.post("/api/generate")
     def generate():
@@ -216,18 +211,11 @@ def _collect(messages: Iterator[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
 
 
 def _final(kind: str, name: str, text: str, answer: dict[str, Any], started: float, load_s: float) -> dict[str, Any]:
-    out: dict[str, Any] = {"model": name, "created_at": proto.now_iso()}
-    if kind == "chat":
-        out["message"] = {"role": "assistant", "content": text}
-    else:
-        out["response"] = text
-    out.update(done=True, done_reason="length" if answer.get("finish_reason") == "length" else "stop",
-               total_duration=proto.ns(time.time() - started), load_duration=proto.ns(load_s),
-               prompt_eval_count=answer.get("prompt_tokens", 0),
-               prompt_eval_duration=proto.ns(answer.get("prompt_ms", 0.0) / 1000),
-               eval_count=answer.get("output_tokens", 0),
-               eval_duration=proto.ns(answer.get("output_ms", 0.0) / 1000))
-    return out
+    return proto.final_answer(
+        kind, name, text, done_reason="length" if answer.get("finish_reason") == "length" else "stop",
+        total_s=time.time() - started, load_s=load_s, prompt_tokens=answer.get("prompt_tokens", 0),
+        prompt_s=answer.get("prompt_ms", 0.0) / 1000, output_tokens=answer.get("output_tokens", 0),
+        output_s=answer.get("output_ms", 0.0) / 1000)
 
 
 class _Once:
@@ -252,12 +240,7 @@ def _stream(runner: Runner, messages: Iterator[dict[str, Any]], kind: str, start
     try:
         for message in messages:
             if message["type"] == "piece":
-                chunk: dict[str, Any] = {"model": runner.model.name, "created_at": proto.now_iso(), "done": False}
-                if kind == "chat":
-                    chunk["message"] = {"role": "assistant", "content": message["text"]}
-                else:
-                    chunk["response"] = message["text"]
-                yield chunk
+                yield proto.answer(kind, runner.model.name, message["text"])
             elif message["type"] == "error":
                 yield {"error": message["message"]}
                 return

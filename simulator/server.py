@@ -262,8 +262,7 @@ def create_sim_app(sim: Simulator) -> Flask:
             prompt_empty = True
         if prompt_empty and keep_alive == 0:
             sim.unload(spec.name)
-            return {"model": spec.name, "created_at": proto.now_iso(), "response": "", "done": True,
-                    "done_reason": "unload"}
+            return proto.answer(kind, spec.name, "", done=True, done_reason="unload")
         if "completion" not in spec.capabilities:
             return proto.error(400, f'"{spec.name}" does not support {kind}')
         try:
@@ -271,10 +270,7 @@ def create_sim_app(sim: Simulator) -> Flask:
         except SimOutOfMemory as exc:
             return proto.error(500, str(exc))
         if prompt_empty:
-            done = {"model": spec.name, "created_at": proto.now_iso(), "done": True, "done_reason": "load"}
-            done["message" if kind == "chat" else "response"] = (
-                {"role": "assistant", "content": ""} if kind == "chat" else "")
-            return done
+            return proto.answer(kind, spec.name, "", done=True, done_reason="load")
         options = req.get("options") or {}
         tokens = int(options.get("num_predict") or sim.default_tokens)
         if tokens < 0:
@@ -284,21 +280,14 @@ def create_sim_app(sim: Simulator) -> Flask:
         started = time.time()
 
         def chunk(text: str) -> dict[str, Any]:
-            out = {"model": spec.name, "created_at": proto.now_iso(), "done": False}
-            if kind == "chat":
-                out["message"] = {"role": "assistant", "content": text}
-            else:
-                out["response"] = text
-            return out
+            return proto.answer(kind, spec.name, text)
 
         def final(text: str) -> dict[str, Any]:
             elapsed = time.time() - started
-            out = chunk(text)
-            out.update(done=True, done_reason="length" if options.get("num_predict") else "stop",
-                       total_duration=proto.ns(elapsed + load_s), load_duration=proto.ns(load_s),
-                       prompt_eval_count=prompt_tokens, prompt_eval_duration=proto.ns(0.0001),
-                       eval_count=tokens, eval_duration=proto.ns(max(elapsed, 1e-6)))
-            return out
+            return proto.final_answer(
+                kind, spec.name, text, done_reason="length" if options.get("num_predict") else "stop",
+                total_s=elapsed + load_s, load_s=load_s, prompt_tokens=prompt_tokens, prompt_s=0.0001,
+                output_tokens=tokens, output_s=max(elapsed, 1e-6))
 
         if proto.wants_stream(req):
             def stream() -> Iterator[dict[str, Any]]:
