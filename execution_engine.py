@@ -295,14 +295,14 @@ class ExecutionEngine:
         return body
 
     def _run_job(self, job: JobDoc, slot: ModelSlot) -> None:
-        job_id, run_id = job["job_id"], job["run_id"]
+        job_id = job["job_id"]
         running = self._running[job_id]
         kind = JobKind(job["kind"])
         started = job.get("started_at") or self.clock()
         deadline = started + float(job.get("timeout_s") or self.config.JOB_TIMEOUT_S)
         first_token: list[float] = []
         sample = self.meter.start(job["model"]) if self.meter else None
-        status, fields, final, failure = JobStatus.COMPLETE, {}, None, None
+        status, final, failure = JobStatus.COMPLETE, None, None
         try:
             body = self._request_body(job)
             if kind is JobKind.EMBED:

@@ -14,7 +14,7 @@ import itertools
 import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from simulator.physics import SharedThroughput, SimOutOfMemory, VirtualGpu

@@ -173,5 +173,5 @@ class JobStore(ABC):
     def footprints(self) -> dict[str, int]:
         """Every remembered model footprint, in bytes."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional for backends without connections
         """Release connections."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jobs import FINISHED, WAITING, JobDoc, JobStatus
+from jobs import FINISHED, WAITING, JobDoc
 from store.base import CancelOutcome, JobStore, QueueCounts, QueueFull
 
 _COLUMNS = ("job_id", "status", "model", "priority", "rank", "submitted_at", "completed_at", "run_id")

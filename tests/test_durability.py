@@ -1,6 +1,5 @@
 """Jobs survive a kill -9 of the service: pending jobs run after a restart, running ones are
 re-queued (or failed, if so configured); none is lost and none completes twice."""
-import json
 
 import pytest
 import requests

@@ -1,8 +1,5 @@
 """The embedded runtime, for real: llama.cpp inference on small models from PyPI, spoken to
 through the execution engine's Ollama client and through the official `ollama` client."""
-import json
-import shutil
-import sys
 import time
 
 import ollama
@@ -11,7 +8,7 @@ import requests
 
 from conftest import require_models, wait_until
 from embedded_runtime.catalog import CATALOG, EmbeddedModel, ModelFiles, ModelUnavailable, is_installed, sha256_of
-from runtime_client import OllamaClient, RuntimeFailure
+from runtime_client import OllamaClient
 from runtime_launcher import ManagedRuntime
 
 pytestmark = pytest.mark.embedded

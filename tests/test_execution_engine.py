@@ -3,7 +3,6 @@ cancellation of running jobs, and a runtime that goes away. No job is left runni
 import json
 import time
 
-import pytest
 import requests
 
 from conftest import wait_until

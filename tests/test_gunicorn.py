@@ -64,7 +64,7 @@ def test_four_workers_one_scheduler_and_any_worker_answers_for_any_job(gunicorn)
         poll_pids.add(r.headers["X-Model-Manager-Pid"])
         return r.json()["status"] == "complete"
     for job_id in job_ids:
-        wait_until(lambda: done(job_id), timeout=60, message=f"job {job_id}")
+        wait_until(lambda job_id=job_id: done(job_id), timeout=60, message=f"job {job_id}")
     assert len(submit_pids) >= 2 and len(poll_pids) >= 2          # really several workers
     assert len(simulators(proc.pid)) == 1                         # one scheduler started one runtime
     leaders = {requests.get(url + "/api/stats", timeout=5).json()["scheduler"]["leader"] for _ in range(12)}

@@ -6,7 +6,6 @@ import requests
 
 from runtime_client import ModelNotFound, OllamaClient, RuntimeOutOfMemory
 from runtime_launcher import ManagedRuntime
-from conftest import ROOT
 from simulator.physics import SharedThroughput, SimOutOfMemory, VirtualGpu
 
 
