@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                            ident="model-manager")
     if not args.no_scheduler:
         service.start()
-    log.info("Model Manager listening on http://%s:%d (store: %s)", config.HTTP_HOST,
+    log.info("Model Manager listening on http://%s:%s (store: %s)", config.HTTP_HOST,
              server.effective_port, config.store_kind)
 
     stopping = threading.Event()

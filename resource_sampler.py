@@ -207,8 +207,15 @@ class RunnerPids:
         state = self.latest()
         if state is not None:
             info = next((m for m in state.loaded if m.name == model), None)
-            if info is not None and info.pid:
-                return info.pid
+            if info is not None:
+                return info.pid or self._ollama_runner(model)
+        # Not in the last reading (it loaded a moment ago): ask the runtime now.
+        try:
+            entry = next((e for e in self.client.ps() if e.get("name") == model), None)
+        except RuntimeFailure:
+            entry = None
+        if entry is not None and isinstance(entry.get("pid"), int):
+            return entry["pid"]
         return self._ollama_runner(model)
 
     def _ollama_runner(self, model: str) -> int | None:

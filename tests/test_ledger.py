@@ -35,7 +35,8 @@ def submit(client, **body):
 def test_embedded_job_ledger_agrees_with_the_os_within_ten_percent(running_service, model_cache):
     require_models("smollm2:135m")
     service, client = running_service(BACKEND="embedded", EMBEDDED_MODEL_CACHE=model_cache)
-    submit(client, model="smollm2:135m", prompt="warm up", options={"num_predict": 4})
+    first = submit(client, model="smollm2:135m", prompt="warm up", options={"num_predict": 4})
+    assert first["metrics"]["runtime_pid"] > 0           # even the job that waited for the load
     pid = next(m["pid"] for m in requests.get(service.runtime.url + "/api/ps", timeout=5).json()["models"])
     cpu_before = proc_cpu_seconds(pid)
     job = submit(client, model="smollm2:135m", prompt="Write a short poem about autumn leaves.",
