@@ -271,8 +271,13 @@ def create_sim_app(sim: Simulator) -> Flask:
             return proto.error(500, str(exc))
         if prompt_empty:
             return proto.answer(kind, spec.name, "", done=True, done_reason="load")
-        options = req.get("options") or {}
-        tokens = int(options.get("num_predict") or sim.default_tokens)
+        options = req.get("options")
+        options = {} if options is None else options
+        if not isinstance(options, dict):
+            raise proto.BadRequest("options must be an object")
+        tokens = options.get("num_predict") or sim.default_tokens
+        if not isinstance(tokens, int) or isinstance(tokens, bool):
+            raise proto.BadRequest("options.num_predict must be an integer")
         if tokens < 0:
             tokens = sim.default_tokens
         seed = str(req.get("prompt") or req.get("messages"))

@@ -88,5 +88,8 @@ def test_bad_requests_get_400(sim):
     assert requests.post(f"{sim}/api/generate", data="{", timeout=5).status_code == 400
     assert requests.post(f"{sim}/api/generate", json={"model": "phi3:mini", "keep_alive": "soon"}).status_code == 400
     assert requests.post(f"{sim}/api/generate", json={"prompt": "x"}).status_code == 400
+    for options in ([], {"num_predict": "many"}):
+        r = requests.post(f"{sim}/api/generate", json={"model": "phi3:mini", "prompt": "x", "options": options})
+        assert r.status_code == 400 and "options" in r.json()["error"]
 
 
