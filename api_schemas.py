@@ -68,11 +68,11 @@ class SubmitRequest(BaseModel):
     @model_validator(mode="after")
     def _content_for_kind(self) -> SubmitRequest:
         if self.kind is JobKind.GENERATE and self.prompt is None:
-            raise _field_error("prompt", "is required for kind 'generate'")
+            raise FieldError("prompt", "is required for kind 'generate'")
         if self.kind is JobKind.CHAT and not self.messages:
-            raise _field_error("messages", "must be a non-empty list for kind 'chat'")
+            raise FieldError("messages", "must be a non-empty list for kind 'chat'")
         if self.kind is JobKind.EMBED and self.input is None and self.prompt is None:
-            raise _field_error("input", "is required for kind 'embed' (a string or a list of strings)")
+            raise FieldError("input", "is required for kind 'embed' (a string or a list of strings)")
         return self
 
 
@@ -81,10 +81,6 @@ class FieldError(ValueError):
         super().__init__(f"{field} {message}")
         self.field = field
         self.message = message
-
-
-def _field_error(field: str, message: str) -> FieldError:
-    return FieldError(field, message)
 
 
 def _bad_keys(value: Any, prefix: str = "") -> list[str]:

@@ -69,10 +69,6 @@ class Counters:
         with self._lock:
             self._counts[name] += n
 
-    def get(self, name: str) -> int:
-        with self._lock:
-            return self._counts[name]
-
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)
@@ -110,10 +106,6 @@ class ExecutionEngine:
         with self._lock:
             return tuple(ResidentModel(s.name, s.phase, s.bytes, s.running, s.last_used)
                          for s in self._slots.values())
-
-    def running_jobs(self) -> dict[str, int]:
-        with self._lock:
-            return {name: s.running for name, s in self._slots.items()}
 
     def slots(self) -> list[ModelSlot]:
         with self._lock:

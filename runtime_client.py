@@ -25,7 +25,6 @@ OOM_MARKERS = ("out of memory", "requires more system memory", "unable to alloca
 class RuntimeFailure(Exception):
     """A request to the runtime failed."""
     kind = ErrorKind.RUNTIME
-    retryable = False
 
 
 class RuntimeUnavailable(RuntimeFailure):
@@ -42,12 +41,10 @@ class ModelNotFound(RuntimeFailure):
 
 class RuntimeOutOfMemory(RuntimeFailure):
     kind = ErrorKind.OOM
-    retryable = True
 
 
 class RuntimeBusy(RuntimeFailure):
     """The runtime's own queue is full (HTTP 503)."""
-    retryable = True
 
 
 class RequestCancelled(Exception):

@@ -70,7 +70,6 @@ CATALOG: dict[str, EmbeddedModel] = {m.name: m for m in (
         "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", 253 * MB,
         "gemma3", "268M", "Q4_K_M", False, 32768),
 )}
-DEFAULT_MODEL = "smollm2:135m"
 
 
 class ModelUnavailable(Exception):
