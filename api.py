@@ -22,6 +22,7 @@ from config import Config
 from jobs import FINISHED, JobStatus, new_job, public_view
 from log_setup import get_logger
 from model_registry import ModelRegistry
+from model_settings import ModelSettings, reload_option_error
 from service import REGISTRY_KEY, STATE_KEY, Service
 from store import QueueFull
 
@@ -103,6 +104,11 @@ def _config() -> Config:
     return _service().config
 
 
+def _settings() -> ModelSettings:
+    """Each model's context length, from the configuration every worker shares."""
+    return current_app.extensions["model_manager_settings"]
+
+
 def _float_arg(name: str, default: float, low: float, high: float) -> float:
     raw = request.args.get(name)
     if raw is None:
@@ -157,6 +163,9 @@ def submit():
         raise ApiError(400, f"timeout_s may be at most MAX_JOB_TIMEOUT_S = {config.MAX_JOB_TIMEOUT_S:g}",
                        field="timeout_s")
     model = _check_model(req)
+    option_error = reload_option_error(req.options, model, _settings())
+    if option_error:
+        raise ApiError(400, option_error, field=option_error.split(":", 1)[0])
     job = new_job(model=model, kind=req.kind, priority=req.priority, submitted_at=time.time(),
                   timeout_s=timeout_s, prompt=req.prompt, system=req.system,
                   messages=[m.model_dump(exclude_none=True) for m in req.messages] if req.messages else None,
@@ -315,6 +324,7 @@ def create_app(config: Config | None = None, service: Service | None = None) -> 
     app.json.sort_keys = False
     app.extensions["model_manager"] = service
     app.extensions["model_manager_views"] = SharedViews(service)
+    app.extensions["model_manager_settings"] = ModelSettings.from_config(config)
     app.register_blueprint(jobs_bp)
     app.register_blueprint(system_bp)
 

@@ -9,14 +9,35 @@ nothing else reads the environment.
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIB = 1024 * 1024
+
+PerModel = Annotated[dict[str, int], NoDecode]
+
+
+def parse_per_model(value: Any) -> Any:
+    """`"qwen2.5:0.5b=4, phi3:mini=2"` (or a JSON object) -> {"qwen2.5:0.5b": 4, "phi3:mini": 2}."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if not text:
+        return {}
+    if text.startswith("{"):
+        return json.loads(text)
+    out: dict[str, str] = {}
+    for item in text.split(","):
+        name, sep, number = item.strip().rpartition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"expected model=number pairs separated by commas, got {item.strip()!r}")
+        out[name.strip()] = number.strip()
+    return out
 
 
 class Config(BaseSettings):
@@ -46,6 +67,19 @@ class Config(BaseSettings):
         1.0, gt=0, description="Seconds between reads of the runtime's loaded models (`/api/ps`) and GPU memory.")
     LOAD_TIMEOUT_S: float = Field(300.0, gt=0, description="Longest a model load may take before it counts as failed.")
     RUNTIME_CONNECT_TIMEOUT_S: float = Field(5.0, gt=0, description="Connect timeout for calls to the runtime.")
+    OLLAMA_NUM_PARALLEL: int = Field(
+        1, ge=1, description="Slots per model on Ollama: requests one loaded model serves at once. Set it to the "
+        "Ollama server's own OLLAMA_NUM_PARALLEL (default 1); a model is never sent more requests than it has "
+        "slots, so waiting work keeps its priority here instead of queueing first come, first served inside Ollama. "
+        "Each slot costs KV-cache memory (NUM_CTX tokens).")
+    MODEL_NUM_PARALLEL: PerModel = Field(
+        default_factory=dict, description="Per-model slots, overriding the runtime's (`name=N,name=N`); it must match "
+        "what the runtime really gives that model. Embedding models always get 1, as in Ollama.")
+    NUM_CTX: int = Field(
+        4096, ge=64, description="Context length per slot that every model is loaded with; sent as `options.num_ctx` "
+        "with every load and request, and budgeted as KV cache (capped at the model's trained context).")
+    MODEL_NUM_CTX: PerModel = Field(
+        default_factory=dict, description="Per-model context length, overriding NUM_CTX (`name=N,name=N`).")
 
     # --- Scheduler ----------------------------------------------------------------------------
     SCHEDULER_LOOP_INTERVAL: float = Field(
@@ -58,8 +92,8 @@ class Config(BaseSettings):
         1.3, ge=1.0, description="A model's need = its size x this, until learned from the runtime's reported size_vram.")
     HOST_MEMORY_FRACTION: float = Field(
         0.5, gt=0, le=1, description="Without a GPU: share of host RAM available at start-up that models may use.")
-    MAX_CONCURRENT_PER_MODEL: int = Field(20, gt=0, description="Most jobs running at once on one model.")
-    MAX_RUNNING_JOBS: int = Field(64, gt=0, description="Most jobs running at once over all models.")
+    MAX_RUNNING_JOBS: int = Field(
+        64, gt=0, description="Most jobs running at once over all models (each model is also held to its slots).")
     MAX_LOADED_MODELS: int = Field(0, ge=0, description="Most models loaded at once; 0 = as many as fit.")
     QUEUE_AGING_S: float = Field(
         60.0, gt=0, description="Seconds of waiting worth one priority level, so that low priority cannot starve.")
@@ -67,6 +101,12 @@ class Config(BaseSettings):
         1.0, ge=0, description="Priority levels (after aging) by which waiting work must outrank a busy "
         "loaded model before that model stops taking new jobs to make room; larger = more grouping by model.")
     OOM_MAX_RETRIES: int = Field(3, ge=0, description="Times a job is re-queued after an out-of-memory answer before it fails.")
+    OOM_GROWTH: float = Field(
+        1.25, gt=1.0, description="After an out-of-memory incident, a model's planned need grows by this factor (once "
+        "per incident, never past the capacity) until its next successful load measures it.")
+    MAX_LOAD_FAILURES: int = Field(
+        3, ge=1, description="Failed loads of a model in a row (out of memory included) before its waiting jobs fail.")
+    LOAD_RETRY_DELAY_S: float = Field(2.0, ge=0, description="Seconds before a model whose load failed is tried again.")
 
     # --- Jobs ---------------------------------------------------------------------------------
     JOB_TIMEOUT_S: float = Field(300.0, gt=0, description="Default per-job timeout (a job's `timeout_s` overrides it).")
@@ -87,9 +127,9 @@ class Config(BaseSettings):
 
     # --- Embedded runtime (--backend embedded) ------------------------------------------------
     EMBEDDED_THREADS: int = Field(1, ge=1, description="Embedded runtime: CPU threads per runner (one model).")
-    EMBEDDED_NUM_CTX: int = Field(2048, ge=64, description="Embedded runtime: context length per request slot.")
     EMBEDDED_NUM_PARALLEL: int = Field(
-        1, ge=1, description="Embedded runtime: requests one runner works on at once (more wait in line).")
+        1, ge=1, description="Embedded runtime: slots per runner, the requests one model works on at once "
+        "(more wait in line, first come, first served).")
     EMBEDDED_MODEL_CACHE: Path | None = Field(
         None, description="Embedded runtime: where chunked models are joined and checked (default DATA_DIR/models).")
     EMBEDDED_BINDING: Literal["xllamacpp"] = Field("xllamacpp", description="Embedded runtime: llama.cpp binding.")
@@ -108,6 +148,24 @@ class Config(BaseSettings):
     SIM_DEFAULT_TOKENS: int = Field(
         64, gt=0, description="Simulator: tokens generated when a request does not set options.num_predict.")
     SIM_PORT: int = Field(0, ge=0, le=65535, description="Simulator: port when main.py starts it (0 = any free port).")
+    SIM_NUM_PARALLEL: int = Field(
+        1, ge=1, description="Simulator: slots per model, like Ollama's OLLAMA_NUM_PARALLEL; further requests wait "
+        "inside the simulator first come, first served.")
+    SIM_MAX_QUEUE: int = Field(
+        512, ge=1, description="Simulator: requests waiting inside it before it answers 503 (Ollama's OLLAMA_MAX_QUEUE).")
+
+    @field_validator("MODEL_NUM_PARALLEL", "MODEL_NUM_CTX", mode="before")
+    @classmethod
+    def _per_model(cls, value: Any) -> Any:
+        return parse_per_model(value)
+
+    @field_validator("MODEL_NUM_PARALLEL", "MODEL_NUM_CTX")
+    @classmethod
+    def _positive(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = [name for name, n in value.items() if n < 1]
+        if bad:
+            raise ValueError(f"must be at least 1 for {', '.join(bad)}")
+        return value
 
     @property
     def store_kind(self) -> str:
@@ -128,8 +186,8 @@ def settings_markdown() -> str:
     """The README's configuration table, generated so that it cannot drift from the code."""
     lines = ["| Variable | Default | Meaning |", "|---|---|---|"]
     for name, field in Config.model_fields.items():
-        default = field.default
-        shown = "" if default is None else str(default)
+        default = field.get_default(call_default_factory=True)
+        shown = "" if default is None or default == {} else str(default)
         lines.append(f"| `{name}` | `{shown}` | {field.description} |")
     return "\n".join(lines)
 

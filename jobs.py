@@ -1,16 +1,49 @@
 """What a job is: its life cycle, priority and kind, and the document that stores it.
 
-A job document is a plain dict (it crosses process and database boundaries as one); this module
-owns its shape. Times are stored as Unix seconds (floats) and shown as ISO 8601 by `public_view`.
+A job document is a plain dict (it crosses process and database boundaries as one), typed by
+`JobDoc`; this module owns its shape. Times are stored as Unix seconds (floats) and shown as
+ISO 8601 by `public_view`.
 """
 from __future__ import annotations
 
 import uuid
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any
+from typing import Any, TypedDict
 
-JobDoc = dict[str, Any]
+
+class JobDoc(TypedDict, total=False):
+    """A job as the store keeps it."""
+    job_id: str
+    status: str                  # a JobStatus value
+    model: str
+    kind: str                    # a JobKind value
+    priority: str                # a Priority value
+    rank: int                    # Priority.rank, for ordering in the store
+    prompt: str | None
+    messages: list[dict[str, Any]] | None
+    input: Any
+    system: str | None
+    options: dict[str, Any]
+    images: list[str]
+    metadata: dict[str, Any]
+    format: Any
+    think: Any
+    tools: list[dict[str, Any]] | None
+    timeout_s: float
+    submitted_at: float
+    started_at: float | None     # when its request got a slot on the runtime
+    completed_at: float | None
+    result: dict[str, Any] | None
+    error: str | None
+    error_kind: str | None       # an ErrorKind value
+    metrics: dict[str, Any]
+    attempts: int                # runs that ended (one per finished run, re-queued ones included)
+    oom_retries: int             # re-queues after a passing failure (out of memory, runtime busy)
+    run_id: str | None           # the run that owns it while running
+    node: str
+    recovered: bool
+    last_error: str
 
 
 class JobStatus(str, Enum):
@@ -71,7 +104,7 @@ def new_job(*, model: str, kind: JobKind, priority: Priority, submitted_at: floa
             input: Any = None, system: str | None = None, options: dict | None = None,
             images: list | None = None, metadata: dict | None = None,
             job_id: str | None = None) -> JobDoc:
-    return {
+    return JobDoc(**{
         "job_id": job_id or new_job_id(),
         "status": JobStatus.PENDING.value,
         "model": model,
@@ -95,7 +128,7 @@ def new_job(*, model: str, kind: JobKind, priority: Priority, submitted_at: floa
         "metrics": {},
         "attempts": 0,
         "oom_retries": 0,
-    }
+    })
 
 
 def iso(ts: float | None) -> str | None:

@@ -1,8 +1,12 @@
 """What each model needs: a built-in catalog, the runtime's own list, and what was measured.
 
-A model's memory need is its size x VRAM_ESTIMATION_MULTIPLIER until the runtime has reported
-what it really used (`/api/ps`); from then on the measured figure, kept in the store across
-restarts. An out-of-memory answer raises the figure so that the next try asks for more room.
+A model's memory need is estimated as Ollama estimates it (`model_memory`): weights x
+VRAM_ESTIMATION_MULTIPLIER plus the KV cache of its slots at its context length, from the
+model's architecture (the catalog's, or the runtime's `/api/show`). Once the runtime has
+reported what the model really took while loaded with the same settings (`/api/ps`), the
+measured figure replaces the estimate, kept in the store across restarts (keyed by the
+settings it was measured under). An out-of-memory incident raises the figure once, capped at
+the capacity, until the next successful load measures it again.
 """
 from __future__ import annotations
 
@@ -10,18 +14,23 @@ import difflib
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from log_setup import get_logger
+from model_memory import ModelArch, arch_from_model_info, estimated_need, grown_need, kv_cache_bytes
+from model_settings import ModelSettings, canonical_name
 from store.base import JobStore
 
 log = get_logger("REGISTRY")
 
 GB = 1000 ** 3
 MB = 1000 ** 2
-OOM_GROWTH = 1.25   # after an out-of-memory answer, a model's need grows by at least this factor
 LEARN_TOLERANCE = 0.02   # measurements within 2% of the known footprint change nothing
+_KEY_SEPARATOR = "|"
+
+__all__ = ["DESIGN_CATALOG", "ModelArch", "ModelEntry", "ModelRegistry", "ModelSpec", "canonical_name",
+           "spec_from_runtime"]
 
 
 @dataclass(frozen=True)
@@ -32,31 +41,32 @@ class ModelSpec:
     family: str = ""
     parameter_size: str = ""
     install: str = ""                    # the command that installs it, when not `ollama pull <name>`
+    arch: ModelArch | None = None        # sizes the KV cache; None until the runtime describes it
 
     @property
     def install_hint(self) -> str:
         return self.install or f"ollama pull {self.name}"
 
+    @property
+    def embedding_only(self) -> bool:
+        return "completion" not in self.capabilities
 
-# The ten models of the original design, with the sizes the Ollama library lists.
+
+# The ten models of the original design, with the sizes the Ollama library lists and their
+# architectures (layers, heads, KV heads, embedding, trained context, head size when stated).
 DESIGN_CATALOG: tuple[ModelSpec, ...] = (
-    ModelSpec("smollm:360m", 229 * MB, ("completion",), "llama", "362M"),
-    ModelSpec("all-minilm:latest", 46 * MB, ("embedding",), "bert", "23M"),
-    ModelSpec("nomic-embed-text:latest", 274 * MB, ("embedding",), "nomic-bert", "137M"),
-    ModelSpec("qwen2.5:0.5b", 398 * MB, ("completion",), "qwen2", "494M"),
-    ModelSpec("tinyllama:1.1b", 638 * MB, ("completion",), "llama", "1.1B"),
-    ModelSpec("smollm:1.7b", 991 * MB, ("completion",), "llama", "1.7B"),
-    ModelSpec("llama3.2:1b", 1300 * MB, ("completion",), "llama", "1.2B"),
-    ModelSpec("gemma:2b", 1700 * MB, ("completion",), "gemma", "3B"),
-    ModelSpec("qwen2.5:1.5b", 986 * MB, ("completion",), "qwen2", "1.5B"),
-    ModelSpec("phi3:mini", 2200 * MB, ("completion",), "phi3", "3.8B"),
+    ModelSpec("smollm:360m", 229 * MB, ("completion",), "llama", "362M", arch=ModelArch(32, 15, 5, 960, 2048)),
+    ModelSpec("all-minilm:latest", 46 * MB, ("embedding",), "bert", "23M", arch=ModelArch(6, 12, 12, 384, 512)),
+    ModelSpec("nomic-embed-text:latest", 274 * MB, ("embedding",), "nomic-bert", "137M",
+              arch=ModelArch(12, 12, 12, 768, 2048)),
+    ModelSpec("qwen2.5:0.5b", 398 * MB, ("completion",), "qwen2", "494M", arch=ModelArch(24, 14, 2, 896, 32768)),
+    ModelSpec("tinyllama:1.1b", 638 * MB, ("completion",), "llama", "1.1B", arch=ModelArch(22, 32, 4, 2048, 2048)),
+    ModelSpec("smollm:1.7b", 991 * MB, ("completion",), "llama", "1.7B", arch=ModelArch(24, 32, 32, 2048, 2048)),
+    ModelSpec("llama3.2:1b", 1300 * MB, ("completion",), "llama", "1.2B", arch=ModelArch(16, 32, 8, 2048, 131072)),
+    ModelSpec("gemma:2b", 1700 * MB, ("completion",), "gemma", "3B", arch=ModelArch(18, 8, 1, 2048, 8192, 256)),
+    ModelSpec("qwen2.5:1.5b", 986 * MB, ("completion",), "qwen2", "1.5B", arch=ModelArch(28, 12, 2, 1536, 32768)),
+    ModelSpec("phi3:mini", 2200 * MB, ("completion",), "phi3", "3.8B", arch=ModelArch(32, 32, 32, 3072, 4096)),
 )
-
-
-def canonical_name(name: str) -> str:
-    """Ollama's own rule: a name without a tag means `:latest`."""
-    name = name.strip()
-    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 
 def spec_from_runtime(entry: dict[str, Any]) -> ModelSpec:
@@ -74,28 +84,32 @@ def spec_from_runtime(entry: dict[str, Any]) -> ModelSpec:
 @dataclass
 class ModelEntry:
     spec: ModelSpec
-    learned_bytes: int | None = None
+    learned_bytes: int | None = None     # measured (or grown after out of memory) under the current settings
     on_runtime: bool | None = None       # None: the runtime's list has not been read
+    oom_incarnation: int | None = None   # the load whose out-of-memory answers the last growth answered
+    published_need: int | None = None    # a read-only copy's need, as the scheduler published it
 
 
 class ModelRegistry:
     """Known models and their memory needs. Thread-safe."""
 
     def __init__(self, multiplier: float, store: JobStore | None = None,
-                 catalog: Iterable[ModelSpec] = DESIGN_CATALOG):
+                 catalog: Iterable[ModelSpec] = DESIGN_CATALOG, settings: ModelSettings | None = None):
         self.multiplier = multiplier
+        self.settings = settings or ModelSettings()
         self._store = store
         self._lock = threading.Lock()
         self._models: dict[str, ModelEntry] = {s.name: ModelEntry(s) for s in catalog}
         self._runtime_listed = False
         self.version = 0                 # bumped on every change, so publishers know when to republish
         if store is not None:
-            for name, size in store.footprints().items():
+            for key, size in store.footprints().items():
+                name, _, signature = key.partition(_KEY_SEPARATOR)
                 entry = self._models.get(name)
-                if entry is not None:
+                if entry is None:
+                    entry = self._models[name] = ModelEntry(ModelSpec(name, 0))
+                if signature == self._signature(entry):      # measured under today's settings
                     entry.learned_bytes = size
-                else:
-                    self._models[name] = ModelEntry(ModelSpec(name, 0), learned_bytes=size)
 
     # --- lookups -------------------------------------------------------------------------------
     def resolve(self, name: str) -> str | None:
@@ -115,17 +129,37 @@ class ModelRegistry:
             return sorted(self._models)
 
     def need_bytes(self, name: str) -> int:
-        """Memory to plan for `name`: measured if known, else size x multiplier."""
+        """Memory to plan for `name`: measured if known, else the estimate (weights and KV cache)."""
         with self._lock:
             entry = self._models.get(name)
-            if entry is None:
-                return 0
-            return self._need(entry)
+            return 0 if entry is None else self._need(entry)
+
+    def slots(self, name: str) -> int:
+        """Requests `name` serves at once on the runtime."""
+        with self._lock:
+            entry = self._models.get(name)
+            embedding = entry is not None and entry.spec.embedding_only
+        return self.settings.slots_for(name, embedding)
+
+    def knows_arch(self, name: str) -> bool:
+        with self._lock:
+            entry = self._models.get(name)
+            return entry is not None and entry.spec.arch is not None
+
+    def _signature(self, entry: ModelEntry) -> str:
+        return self.settings.signature(entry.spec.name, entry.spec.embedding_only)
+
+    def _estimate(self, entry: ModelEntry) -> int:
+        spec = entry.spec
+        return estimated_need(spec.size_bytes, self.multiplier, spec.arch, self.settings.ctx_for(spec.name),
+                              self.settings.slots_for(spec.name, spec.embedding_only))
 
     def _need(self, entry: ModelEntry) -> int:
+        if entry.published_need is not None:
+            return entry.published_need
         if entry.learned_bytes:
             return entry.learned_bytes
-        return int(entry.spec.size_bytes * self.multiplier)
+        return self._estimate(entry)
 
     def suggestions(self, name: str, limit: int = 3) -> list[str]:
         names = self.names()
@@ -144,32 +178,61 @@ class ModelRegistry:
         return [n for _, n in sorted(rows, reverse=True)]
 
     # --- learning ------------------------------------------------------------------------------
-    def learn(self, name: str, size_bytes: int) -> None:
-        """The runtime reported `name` using `size_bytes` while loaded."""
+    def learn(self, name: str, size_bytes: int, incarnation: int | None = None) -> None:
+        """The runtime reported `name` using `size_bytes` while loaded with today's settings.
+        `incarnation` says which load of the model that was: the load that ran out of memory
+        teaches nothing; the next successful one replaces the grown figure."""
         if size_bytes <= 0:
             return
         with self._lock:
             entry = self._models.setdefault(name, ModelEntry(ModelSpec(name, size_bytes)))
+            if entry.oom_incarnation is not None:
+                if incarnation is not None and incarnation <= entry.oom_incarnation:
+                    return
+                entry.oom_incarnation = None
             if entry.learned_bytes and abs(size_bytes - entry.learned_bytes) <= LEARN_TOLERANCE * entry.learned_bytes:
                 return                   # the same footprint, give or take what a process's RSS wobbles
             before = self._need(entry)
             entry.learned_bytes = size_bytes
+            key = name + _KEY_SEPARATOR + self._signature(entry)
             self.version += 1
         log.info("%s measured at %.0f MB (planned %.0f MB)", name, size_bytes / MB, before / MB)
-        if self._store is not None:
-            self._store.save_footprint(name, size_bytes, time.time())
+        self._save(key, size_bytes)
 
-    def learn_oom(self, name: str) -> int:
-        """The runtime ran out of memory loading `name`: plan for more next time."""
+    def learn_oom(self, name: str, incarnation: int, capacity_bytes: int, factor: float) -> int:
+        """The runtime ran out of memory with load `incarnation` of `name`: plan for more, once
+        per incident (every job answered out of memory by one load says the same thing)."""
         with self._lock:
             entry = self._models.setdefault(name, ModelEntry(ModelSpec(name, 0)))
-            grown = int(max(self._need(entry), 1) * OOM_GROWTH)
+            current = self._need(entry)
+            if entry.oom_incarnation is not None and incarnation <= entry.oom_incarnation:
+                return current
+            entry.oom_incarnation = incarnation
+            grown = grown_need(max(current, 1), capacity_bytes, factor)
+            if grown == current:
+                return current
             entry.learned_bytes = grown
+            key = name + _KEY_SEPARATOR + self._signature(entry)
             self.version += 1
         log.warning("%s ran out of memory: now planned at %.0f MB", name, grown / MB)
-        if self._store is not None:
-            self._store.save_footprint(name, grown, time.time())
+        self._save(key, grown)
         return grown
+
+    def _save(self, key: str, size_bytes: int) -> None:
+        if self._store is not None:
+            self._store.save_footprint(key, size_bytes, time.time())
+
+    def learn_architecture(self, name: str, model_info: dict[str, Any]) -> bool:
+        """The runtime's `/api/show` → `model_info` for `name`; True when it gave an architecture."""
+        arch = arch_from_model_info(model_info or {})
+        if arch is None:
+            return False
+        with self._lock:
+            entry = self._models.setdefault(name, ModelEntry(ModelSpec(name, 0)))
+            if entry.spec.arch != arch:
+                entry.spec = replace(entry.spec, arch=arch)
+                self.version += 1
+        return True
 
     def update_from_runtime(self, entries: Iterable[dict[str, Any]]) -> None:
         """Merge the runtime's `/api/tags` list: new models become known, and every model is
@@ -185,9 +248,10 @@ class ModelRegistry:
                     changed = True
                     continue
                 if entry.spec.size_bytes != spec.size_bytes and spec.size_bytes:
-                    entry.spec = ModelSpec(name, spec.size_bytes, spec.capabilities or entry.spec.capabilities,
-                                           spec.family or entry.spec.family,
-                                           spec.parameter_size or entry.spec.parameter_size, entry.spec.install)
+                    entry.spec = replace(entry.spec, size_bytes=spec.size_bytes,
+                                       capabilities=spec.capabilities or entry.spec.capabilities,
+                                       family=spec.family or entry.spec.family,
+                                       parameter_size=spec.parameter_size or entry.spec.parameter_size)
                     changed = True
                 if entry.on_runtime is not True:
                     entry.on_runtime, changed = True, True
@@ -200,18 +264,27 @@ class ModelRegistry:
     # --- publishing ----------------------------------------------------------------------------
     def describe(self) -> list[dict[str, Any]]:
         with self._lock:
-            return [{
-                "name": name,
-                "size": e.spec.size_bytes,
-                "estimated_bytes": int(e.spec.size_bytes * self.multiplier),
-                "learned_bytes": e.learned_bytes,
-                "need_bytes": self._need(e),
-                "capabilities": list(e.spec.capabilities),
-                "family": e.spec.family,
-                "parameter_size": e.spec.parameter_size,
-                "on_runtime": e.on_runtime,
-                "install": e.spec.install_hint,
-            } for name, e in sorted(self._models.items())]
+            rows = []
+            for name, e in sorted(self._models.items()):
+                spec = e.spec
+                ctx, slots = self.settings.ctx_for(name), self.settings.slots_for(name, spec.embedding_only)
+                rows.append({
+                    "name": name,
+                    "size": spec.size_bytes,
+                    "estimated_bytes": self._estimate(e),
+                    "kv_cache_bytes": kv_cache_bytes(spec.arch, ctx, slots, spec.size_bytes),
+                    "learned_bytes": e.learned_bytes,
+                    "need_bytes": self._need(e),
+                    "num_ctx": ctx,
+                    "slots": slots,
+                    "arch_known": spec.arch is not None,
+                    "capabilities": list(spec.capabilities),
+                    "family": spec.family,
+                    "parameter_size": spec.parameter_size,
+                    "on_runtime": e.on_runtime,
+                    "install": spec.install_hint,
+                })
+            return rows
 
     @classmethod
     def from_description(cls, rows: list[dict[str, Any]], multiplier: float) -> ModelRegistry:
@@ -220,6 +293,8 @@ class ModelRegistry:
         for row in rows:
             spec = ModelSpec(row["name"], row["size"], tuple(row["capabilities"]), row.get("family", ""),
                              row.get("parameter_size", ""), row.get("install", ""))
-            registry._models[row["name"]] = ModelEntry(spec, row.get("learned_bytes"), row.get("on_runtime"))
+            registry._models[row["name"]] = ModelEntry(spec, row.get("learned_bytes"), row.get("on_runtime"),
+                                                       published_need=row.get("need_bytes"))
         registry._runtime_listed = any(r.get("on_runtime") is not None for r in rows)
         return registry
+

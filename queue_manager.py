@@ -6,33 +6,47 @@ from the store by `QueueManager.sync()`. Ordering never scans the whole queue: w
 and priority jobs are FIFO, so the head of each (model, priority) line is its most urgent job,
 and a scheduler pass looks at three heads per model whatever the queue's length.
 
-Order: effective priority = rank (low 0, normal 1, high 2) + seconds waited / QUEUE_AGING_S.
+Order: effective priority = rank (low 0, normal 1, high 2) + min(seconds waited / QUEUE_AGING_S,
+AGING_CAP). Aging orders jobs within a priority and across models, but never lifts a job above
+the next priority: under overload, unbounded aging would make every queue first come, first
+served and high priority would wait behind the backlog. What keeps lower priorities from
+starving instead is a share of the service (PRIORITY_SHARES, high 8 : normal 3 : low 1 by
+default): the index counts the slots it gave each priority over the last SHARE_WINDOW grants,
+and when a waiting priority has had less than its share (relative to its weight, among the
+priorities that have work waiting), it is served next, and its models become the most urgent.
 """
 from __future__ import annotations
 
 import bisect
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from jobs import JobDoc, Priority
+from jobs import JobDoc, JobStatus, Priority
 from log_setup import get_logger
 from store.base import JobStore
 from vram_scheduler import Demand
 
 log = get_logger("QUEUE")
 RANKS = tuple(sorted(p.rank for p in Priority))
+AGING_CAP = 0.9                    # aging never lifts a job a whole priority level
+SHARE_WINDOW = 200                 # grants over which each priority's share of the service is counted
+OWED_AFTER = 2.0                   # grants short of its share before a priority is served out of turn
+DEFAULT_SHARES = {Priority.LOW.rank: 1.0, Priority.NORMAL.rank: 3.0, Priority.HIGH.rank: 8.0}
 
 
 class WaitingIndex:
     """Waiting job ids per model and priority rank, each line in submission order. Not
     thread-safe: the scheduler's loop owns it."""
 
-    def __init__(self, aging_s: float):
+    def __init__(self, aging_s: float, shares: Mapping[int, float] | None = None):
         self.aging_s = aging_s
+        self.shares = dict(shares or DEFAULT_SHARES)
         self._lines: dict[str, dict[int, deque[tuple[float, str]]]] = {}
         self._size = 0
+        self._waiting = dict.fromkeys(RANKS, 0)          # waiting jobs per rank
+        self._granted = dict.fromkeys(RANKS, 0.0)        # slots given per rank, decayed over SHARE_WINDOW
 
     def __len__(self) -> int:
         return self._size
@@ -46,21 +60,48 @@ class WaitingIndex:
         else:                              # a re-queued job goes back to its place in line
             bisect.insort(line, item)
         self._size += 1
+        self._waiting[rank] = self._waiting.get(rank, 0) + 1
 
-    def score(self, rank: int, submitted_at: float, now: float) -> float:
-        return rank + max(now - submitted_at, 0.0) / self.aging_s
+    # --- shares ------------------------------------------------------------------------------
+    def owed(self) -> int | None:
+        """The priority furthest short of its share of the service (its weight's part of the
+        grants to the priorities with work waiting), when it is short by OWED_AFTER grants or
+        more and is not the most urgent priority waiting anyway."""
+        waiting = [r for r, n in self._waiting.items() if n > 0]
+        if len(waiting) < 2:
+            return None
+        weight = sum(self.shares.get(r, 1.0) for r in waiting)
+        granted = sum(self._granted.get(r, 0.0) for r in waiting)
+        deficit = {r: self.shares.get(r, 1.0) / weight * granted - self._granted.get(r, 0.0) for r in waiting}
+        nxt = max(waiting, key=lambda r: (deficit[r], r))
+        if deficit[nxt] < OWED_AFTER or nxt == max(waiting):
+            return None
+        return nxt
 
+    def _grant(self, rank: int) -> None:
+        keep = 1.0 - 1.0 / SHARE_WINDOW
+        for r in self._granted:
+            self._granted[r] *= keep
+        self._granted[rank] = self._granted.get(rank, 0.0) + 1.0
+
+    def score(self, rank: int, submitted_at: float, now: float, owed: int | None = None) -> float:
+        aged = min(max(now - submitted_at, 0.0) / self.aging_s, AGING_CAP)
+        if rank == owed:
+            return max(RANKS) + 1 + aged
+        return rank + aged
+
+    # --- reading and taking ------------------------------------------------------------------
     def demand(self, now: float) -> list[Demand]:
         """Per model: waiting count, best effective priority, oldest submission (3 heads each)."""
         out = []
-        aging = self.aging_s
+        owed = self.owed()
         for model, lines in self._lines.items():
             waiting, best, oldest = 0, -1.0, float("inf")
             for rank, line in lines.items():
                 if line:
                     waiting += len(line)
                     head = line[0][0]
-                    score = rank + (now - head) / aging if now > head else rank
+                    score = self.score(rank, head, now, owed)
                     if score > best:
                         best = score
                     if head < oldest:
@@ -74,10 +115,11 @@ class WaitingIndex:
         lines = self._lines.get(model)
         if not lines:
             return None
+        owed = self.owed()
         best_rank, best_score = None, -1.0
         for rank, line in lines.items():
             if line:
-                s = self.score(rank, line[0][0], now)
+                s = self.score(rank, line[0][0], now, owed)
                 if s > best_score:
                     best_rank, best_score = rank, s
         if best_rank is None:
@@ -85,19 +127,25 @@ class WaitingIndex:
             return None
         _, job_id = lines[best_rank].popleft()
         self._size -= 1
+        self._waiting[best_rank] -= 1
+        self._grant(best_rank)
         if not any(lines.values()):
             del self._lines[model]
         return job_id
 
     def drop_model(self, model: str) -> list[str]:
         lines = self._lines.pop(model, {})
-        ids = [job_id for line in lines.values() for _, job_id in line]
+        ids = []
+        for rank, line in lines.items():
+            self._waiting[rank] -= len(line)
+            ids.extend(job_id for _, job_id in line)
         self._size -= len(ids)
         return ids
 
     def clear(self) -> None:
         self._lines.clear()
         self._size = 0
+        self._waiting = dict.fromkeys(RANKS, 0)
 
 
 class QueueManager:
@@ -124,7 +172,7 @@ class QueueManager:
         which spares the scheduler a round trip through the store."""
         local = self.accept_locally
         if local:
-            job = {**job, "status": "queued"}
+            job = {**job, "status": JobStatus.QUEUED.value}
         position = self.store.enqueue(job, self.max_waiting)
         if local:
             with self._lock:

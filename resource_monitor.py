@@ -28,6 +28,7 @@ class LoadedModelInfo:
     expires_at: str | None
     footprint: int               # bytes it takes from the memory the scheduler plans with
     pid: int | None = None       # the runner process, where the runtime says (the embedded one does)
+    context_length: int = 0      # the context it was loaded with (0: the runtime does not say)
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class MemorySource(Protocol):
     """Where the planning total and current use come from."""
     name: str
     counts_vram: bool            # a model's footprint is its size_vram (GPU) or its size (RAM)
+    energy_source: object        # something with energy_total_j() (NVML, the simulator), or None
 
     def read(self, loaded_bytes: int) -> tuple[int, int, tuple[GpuReading, ...]]:
         """(total, used, per-GPU readings); `loaded_bytes` is what the loaded models take."""
@@ -77,6 +79,7 @@ class GpuMemory:
         self.gpu = gpu
         self.name = gpu.name
         self.cap_bytes = cap_bytes
+        self.energy_source = gpu
 
     def read(self, loaded_bytes: int) -> tuple[int, int, tuple[GpuReading, ...]]:
         readings = tuple(self.gpu.read())
@@ -92,6 +95,7 @@ class GpuMemory:
 class FixedMemory:
     """No GPU: a fixed budget (VRAM_TOTAL_MB, or a share of host RAM) used by the loaded models."""
     counts_vram = False
+    energy_source = None
 
     def __init__(self, total_bytes: int, name: str):
         self.total_bytes = total_bytes
@@ -102,12 +106,18 @@ class FixedMemory:
 
 
 class SimulatorMemory:
-    """The GPU simulator's virtual GPU, read from its `/api/sim/stats`."""
+    """The GPU simulator's virtual GPU, read from its `/api/sim/stats` (its simulated energy
+    counter too)."""
     counts_vram = True
     name = "sim"
 
     def __init__(self, client: OllamaClient):
         self.client = client
+        self.energy_source = self
+
+    def energy_total_j(self) -> float | None:
+        value = self.client.get_json("/api/sim/stats", timeout=2.0).get("energy_j")
+        return float(value) if value is not None else None
 
     def read(self, loaded_bytes: int) -> tuple[int, int, tuple[GpuReading, ...]]:
         stats = self.client.get_json("/api/sim/stats")
@@ -129,7 +139,8 @@ def parse_ps(entries: list[dict], counts_vram: bool) -> tuple[LoadedModelInfo, .
         out.append(LoadedModelInfo(
             name=str(e.get("name") or e.get("model")), size=size, size_vram=size_vram,
             expires_at=e.get("expires_at"), footprint=size_vram if counts_vram else size,
-            pid=int(e["pid"]) if isinstance(e.get("pid"), int) else None))
+            pid=int(e["pid"]) if isinstance(e.get("pid"), int) else None,
+            context_length=int(e.get("context_length") or 0)))
     return tuple(out)
 
 

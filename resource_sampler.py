@@ -1,11 +1,20 @@
-"""What a job used while it ran: the runtime process's CPU and memory, the host's CPU, and the
-GPU's memory, utilisation and energy. The engine starts a `JobSample` when a job starts and adds
-what `stop()` returns to the job's metrics and its ledger entry.
+"""What a job used while it ran: its share of the runtime process's CPU, the process's memory,
+the host's CPU, and its share of the GPU's energy and busy time. The engine starts a
+`JobSample` when a job gets its slot and adds what `stop()` returns to the job's metrics and
+its ledger entry.
 
-Cheap by construction: CPU time comes from two reads of the process's own counters (start and
-stop: exact, not sampled); peak RSS from one psutil read per running job every SAMPLE_INTERVAL_S;
-GPU figures from the readings the resource monitor takes anyway (`observe`), plus two reads of
-NVML's energy counter. The sampler keeps count of its own CPU time (`cost()`).
+Shared resources are divided, not charged whole to every job (`resource_shares`): a runner
+process serving several jobs at once, or a GPU serving several models, has its counters split
+among the jobs active in each interval, so that the jobs' CPU seconds (and joules, and GPU busy
+seconds) add up to what the OS (or the driver) counted. Each figure says how many jobs shared it
+(`runner_jobs_max`/`_mean`, `gpu_jobs_max`/`_mean`). Memory (peak RSS, GPU memory in use) is
+reported as the process's or device's own: memory held by a loaded model is not consumed by a
+job, and `model_size_bytes` says what the model itself took.
+
+Cheap by construction: the process's CPU counter is read when a job starts or stops (exact, not
+sampled); peak RSS once per running job every SAMPLE_INTERVAL_S; GPU utilisation from the
+readings the resource monitor takes anyway (`observe`); the GPU energy counter when a job starts
+or stops. The sampler keeps count of its own CPU time (`cost()`).
 """
 from __future__ import annotations
 
@@ -18,9 +27,9 @@ from typing import Any
 
 import psutil
 
-from gpu_probe import GpuSource
 from log_setup import get_logger
 from resource_monitor import ResourceState
+from resource_shares import Share, SharedCounter
 from runtime_client import OllamaClient, RuntimeFailure
 
 log = get_logger("MONITOR")
@@ -36,12 +45,9 @@ class _Running:
     model: str
     started: float
     process: psutil.Process | None
-    proc_cpu0: float
     host_cpu0: Any
-    energy0: float | None
     peak_rss: int = 0
     gpu_used: list[int] = field(default_factory=list)
-    gpu_util: list[float] = field(default_factory=list)
     model_size: int = 0
     model_size_vram: int = 0
 
@@ -55,17 +61,40 @@ class JobSampleHandle:
         return self._sampler._finish(self._running)
 
 
-class ResourceSampler:
-    """The `JobMeter` of job_metrics: samples what each running job's runtime process uses."""
+class _GpuBusy:
+    """Seconds the GPU was busy (utilisation x time), integrated from the monitor's readings."""
 
-    def __init__(self, pid_of: Callable[[str], int | None], gpu: GpuSource | None = None,
-                 interval: float = SAMPLE_INTERVAL_S):
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.util = 0.0
+        self.at: float | None = None
+
+    def observe(self, util_pct: float, at: float) -> None:
+        if self.at is not None and at > self.at:
+            self.total += self.util / 100.0 * (at - self.at)
+        self.util, self.at = util_pct, at
+
+    def value(self, now: float) -> float | None:
+        if self.at is None:
+            return None
+        return self.total + self.util / 100.0 * max(now - self.at, 0.0)
+
+
+class ResourceSampler:
+    """The `JobMeter` of job_metrics: what each running job's runtime process and GPU did."""
+
+    def __init__(self, pid_of: Callable[[str], int | None], gpu: Any = None,
+                 interval: float = SAMPLE_INTERVAL_S, clock: Callable[[], float] = time.time):
         self.pid_of = pid_of
-        self.gpu = gpu
+        self.gpu = gpu                      # anything with energy_total_j() (NVML, the simulator), or None
         self.interval = interval
+        self.clock = clock
         self._lock = threading.Lock()
-        self._running: set[int] = set()
         self._jobs: dict[int, _Running] = {}
+        self._cpu: dict[int, SharedCounter] = {}      # per runner process
+        self._energy = SharedCounter()
+        self._busy = SharedCounter()
+        self._gpu_busy = _GpuBusy()
         self._latest: ResourceState | None = None
         self._own_cpu = 0.0
         self._since = time.monotonic()
@@ -92,21 +121,24 @@ class ResourceSampler:
         if pid:
             try:
                 process = psutil.Process(pid)
-                proc_cpu0 = _busy_cpu_seconds(process.cpu_times())
-                rss = process.memory_info().rss
             except psutil.Error:
-                process, proc_cpu0, rss = None, 0.0, 0
-        else:
-            proc_cpu0, rss = 0.0, 0
-        running = _Running(model, time.monotonic(), process, proc_cpu0, psutil.cpu_times(),
-                           self._energy(), peak_rss=rss)
+                process = None
+        running = _Running(model, self.clock(), process, psutil.cpu_times())
         latest = self._latest
         if latest is not None:
             info = next((m for m in latest.loaded if m.name == model), None)
             if info is not None:
                 running.model_size, running.model_size_vram = info.size, info.size_vram
+        key = id(running)
         with self._lock:
-            self._jobs[id(running)] = running
+            now = self.clock()
+            running.started = now
+            if process is not None:
+                self._cpu.setdefault(process.pid, SharedCounter()).join(key, self._process_cpu(running), now)
+                running.peak_rss = self._rss(running)
+            self._energy.join(key, self._energy_j(), now)
+            self._busy.join(key, self._gpu_busy.value(now), now)
+            self._jobs[key] = running
         return JobSampleHandle(self, running)
 
     def _finish(self, running: _Running) -> dict[str, Any]:
@@ -117,33 +149,56 @@ class ResourceSampler:
             self._count(cpu0)
 
     def _stop_sample(self, running: _Running) -> dict[str, Any]:
+        key = id(running)
+        cpu_share = None
         with self._lock:
-            self._jobs.pop(id(running), None)
-        wall = max(time.monotonic() - running.started, 1e-9)
+            now = self.clock()
+            self._jobs.pop(key, None)
+            if running.process is not None:
+                counter = self._cpu.get(running.process.pid)
+                if counter is not None:
+                    cpu_share = counter.leave(key, self._process_cpu(running), now)
+                    if not counter:
+                        del self._cpu[running.process.pid]
+                running.peak_rss = max(running.peak_rss, self._rss(running))
+            energy_now = self._energy_j()
+            energy_share = self._energy.leave(key, energy_now, now)
+            busy_share = self._busy.leave(key, self._gpu_busy.value(now), now)
+        wall = max(now - running.started, 1e-9)
         out: dict[str, Any] = {"model_size_bytes": running.model_size, "model_size_vram_bytes": running.model_size_vram}
         host1 = psutil.cpu_times()
         busy = _busy_cpu_seconds(host1) - _busy_cpu_seconds(running.host_cpu0)
         total = sum(host1) - sum(running.host_cpu0)
         out["host_cpu_pct"] = round(100.0 * busy / total, 2) if total > 0 else 0.0
-        if running.process is not None:
-            try:
-                cpu = _busy_cpu_seconds(running.process.cpu_times()) - running.proc_cpu0
-                running.peak_rss = max(running.peak_rss, running.process.memory_info().rss)
-                out.update(runtime_pid=running.process.pid, runtime_cpu_s=round(cpu, 4),
-                           runtime_cpu_pct=round(100.0 * cpu / wall, 2), runtime_peak_rss_bytes=running.peak_rss)
-            except psutil.Error:
-                pass          # the runner is gone (crashed): no process figures for this job
+        if running.process is not None and cpu_share is not None and running.peak_rss:
+            out.update(runtime_pid=running.process.pid, runtime_cpu_s=round(cpu_share.amount, 4),
+                       runtime_cpu_pct=round(100.0 * cpu_share.amount / wall, 2),
+                       runtime_peak_rss_bytes=running.peak_rss, **_sharing("runner", cpu_share, now))
         if not running.gpu_used and self._latest is not None and self._latest.gpus:
-            self._observe_into(running, self._latest)
+            self._observe_memory(running, self._latest)
         if running.gpu_used:
             out["gpu_memory_used_bytes"] = int(sum(running.gpu_used) / len(running.gpu_used))
             out["gpu_memory_used_max_bytes"] = max(running.gpu_used)
-        if running.gpu_util:
-            out["gpu_utilization_pct"] = round(sum(running.gpu_util) / len(running.gpu_util), 2)
-        energy1 = self._energy()
-        if running.energy0 is not None and energy1 is not None:
-            out["gpu_energy_j"] = round(energy1 - running.energy0, 3)
+        if busy_share is not None and self._gpu_busy.at is not None:
+            out["gpu_utilization_pct"] = round(100.0 * busy_share.amount / wall, 2)
+            out["gpu_busy_s"] = round(busy_share.amount, 4)
+            out.update(_sharing("gpu", busy_share, now))
+        if energy_share is not None and energy_now is not None:
+            out["gpu_energy_j"] = round(energy_share.amount, 3)
         return out
+
+    def _process_cpu(self, running: _Running) -> float | None:
+        try:
+            return _busy_cpu_seconds(running.process.cpu_times())
+        except psutil.Error:
+            return None                       # the runner is gone (crashed): no figure for this stretch
+
+    @staticmethod
+    def _rss(running: _Running) -> int:
+        try:
+            return running.process.memory_info().rss
+        except psutil.Error:
+            return 0
 
     # --- readings -------------------------------------------------------------------------------
     def observe(self, state: ResourceState) -> None:
@@ -151,18 +206,18 @@ class ResourceSampler:
         self._latest = state
         if not state.gpus:
             return
+        utils = [g.utilization_pct for g in state.gpus if g.utilization_pct is not None]
         with self._lock:
+            if utils:
+                self._gpu_busy.observe(sum(utils) / len(utils), state.taken_at)
             for running in self._jobs.values():
-                self._observe_into(running, state)
+                self._observe_memory(running, state)
 
     @staticmethod
-    def _observe_into(running: _Running, state: ResourceState) -> None:
+    def _observe_memory(running: _Running, state: ResourceState) -> None:
         running.gpu_used.append(sum(g.memory_total - g.memory_free for g in state.gpus))
-        utils = [g.utilization_pct for g in state.gpus if g.utilization_pct is not None]
-        if utils:
-            running.gpu_util.append(sum(utils) / len(utils))
 
-    def _energy(self) -> float | None:
+    def _energy_j(self) -> float | None:
         reader = getattr(self.gpu, "energy_total_j", None)
         if reader is None:
             return None
@@ -178,10 +233,7 @@ class ResourceSampler:
                 jobs = list(self._jobs.values())
             for running in jobs:
                 if running.process is not None:
-                    try:
-                        running.peak_rss = max(running.peak_rss, running.process.memory_info().rss)
-                    except psutil.Error:
-                        pass
+                    running.peak_rss = max(running.peak_rss, self._rss(running))
             self._count(cpu0)
 
     def cost(self) -> dict[str, float]:
@@ -191,6 +243,10 @@ class ResourceSampler:
 
     def close(self) -> None:
         self._stop.set()
+
+
+def _sharing(prefix: str, share: Share, now: float) -> dict[str, Any]:
+    return {f"{prefix}_jobs_max": share.max_sharing, f"{prefix}_jobs_mean": round(share.mean_sharing(now), 3)}
 
 
 class RunnerPids:

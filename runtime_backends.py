@@ -27,6 +27,7 @@ class Runtime:
     memory: MemorySource
     process: ManagedRuntime | None = None
     catalog: tuple[ModelSpec, ...] = ()   # models this runtime could serve once installed
+    num_parallel: int | None = None       # slots per model, when the runtime says (None: OLLAMA_NUM_PARALLEL)
 
     def stop(self) -> None:
         if self.process is not None:
@@ -79,11 +80,12 @@ def open_runtime(config: Config) -> Runtime:
         process = ManagedRuntime("sim", "simulator", [
             "--vram-gb", str(config.SIM_VRAM_GB), "--load-gbps", str(config.SIM_LOAD_GBPS),
             "--tokens-per-s", str(config.SIM_TOKENS_PER_S), "--batch-gain", str(config.SIM_BATCH_GAIN),
-            "--default-tokens", str(config.SIM_DEFAULT_TOKENS)],
+            "--default-tokens", str(config.SIM_DEFAULT_TOKENS), "--num-parallel", str(config.SIM_NUM_PARALLEL),
+            "--max-queue", str(config.SIM_MAX_QUEUE), "--num-ctx", str(config.NUM_CTX)],
             config.DATA_DIR / "logs" / "simulator.log", fixed_port=config.SIM_PORT)
         url = process.start()
         client = OllamaClient(url, config.RUNTIME_CONNECT_TIMEOUT_S, pool)
-        return Runtime("sim", url, client, SimulatorMemory(client), process)
+        return Runtime("sim", url, client, SimulatorMemory(client), process, num_parallel=config.SIM_NUM_PARALLEL)
     if kind == "embedded":
         from embedded_runtime.catalog import CATALOG
         from embedded_runtime.launch import start_embedded
@@ -91,7 +93,8 @@ def open_runtime(config: Config) -> Runtime:
         client = OllamaClient(process.url, config.RUNTIME_CONNECT_TIMEOUT_S, pool)
         catalog = tuple(ModelSpec(m.name, m.size_bytes, ("completion",), m.family, m.parameter_size,
                                   m.install_command) for m in CATALOG.values())
-        return Runtime("embedded", process.url, client, host_memory(config), process, catalog)
+        return Runtime("embedded", process.url, client, host_memory(config), process, catalog,
+                       num_parallel=config.EMBEDDED_NUM_PARALLEL)
     client = OllamaClient(config.OLLAMA_URL, config.RUNTIME_CONNECT_TIMEOUT_S, pool)
     gpu = detect_gpu()
     if gpu is not None:

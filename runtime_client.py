@@ -1,50 +1,73 @@
 """An HTTP client for the Ollama API (Ollama itself, the embedded runtime, or the simulator).
 
-Inference calls stream from the runtime and are put back together here, so that a job can be
-cancelled or timed out between chunks (closing the connection makes Ollama stop generating)
-and its time to first token is known. Failures come back as `RuntimeFailure` subclasses that
-say what went wrong in words a user can act on.
+Control calls (ps, tags, show, load, unload) go through a pooled `requests` session. Inference
+requests are streamed over a connection of their own (`http.client`), registered with a
+`RequestHandle`, so that another thread can stop one at once: a cancelled job, or one whose
+deadline passed, has its socket shut down, which unblocks the read and makes the runtime stop
+generating (Ollama cancels a request whose client went away). Failures come back as
+`RuntimeFailure` subclasses that say what went wrong in words a user can act on, each with the
+`FailureKind` the scheduling policy acts on.
 """
 from __future__ import annotations
 
+import http.client
 import json
+import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from jobs import ErrorKind
+from scheduling_policy import FailureKind
 
-OOM_MARKERS = ("out of memory", "requires more system memory", "unable to allocate",
-               "failed to allocate", "cudamalloc failed", "insufficient memory", "oom")
+# Ollama's own list (llm/status.go), plus the wording of older releases' load errors.
+OOM_MARKERS = ("out of memory", "out of device memory", "cudamalloc failed", "hipmalloc failed", "failed to allocate",
+               "allocation failed", "not enough memory", "insufficient memory", "vk_error_out_of_device_memory",
+               "erroroutofmemory", "requires more system memory", "unable to allocate")
+NOT_FOUND_MARKERS = ("not found", "no such file")
+CONNECT_RETRY_DELAY_S = 0.2
 
 
 class RuntimeFailure(Exception):
     """A request to the runtime failed."""
-    kind = ErrorKind.RUNTIME
+    failure = FailureKind.OTHER
+
+    @property
+    def kind(self):
+        return self.failure.error_kind
 
 
 class RuntimeUnavailable(RuntimeFailure):
     """The runtime did not answer (refused, reset or dropped the connection)."""
+    failure = FailureKind.UNAVAILABLE
 
 
 class RuntimeTimeout(RuntimeFailure):
-    kind = ErrorKind.TIMEOUT
+    failure = FailureKind.TIMEOUT
 
 
 class ModelNotFound(RuntimeFailure):
     """The runtime does not have the model (HTTP 404)."""
+    failure = FailureKind.NOT_FOUND
 
 
 class RuntimeOutOfMemory(RuntimeFailure):
-    kind = ErrorKind.OOM
+    failure = FailureKind.OUT_OF_MEMORY
 
 
 class RuntimeBusy(RuntimeFailure):
     """The runtime's own queue is full (HTTP 503)."""
+    failure = FailureKind.BUSY
+
+
+class RuntimeRefused(RuntimeFailure):
+    """The runtime refused the request as malformed or unsupported (HTTP 4xx)."""
+    failure = FailureKind.REFUSED
 
 
 class RequestCancelled(Exception):
@@ -53,16 +76,22 @@ class RequestCancelled(Exception):
 
 def is_oom_message(message: str) -> bool:
     lowered = message.lower()
+    if any(marker in lowered for marker in NOT_FOUND_MARKERS):
+        return False                     # `model "bloom" not found` is not out of memory
     return any(marker in lowered for marker in OOM_MARKERS)
 
 
-def _failure_from_response(status: int, message: str) -> RuntimeFailure:
+def failure_from_answer(status: int, message: str) -> RuntimeFailure:
+    """The failure an error answer means: not found first, then out of memory, then by status."""
+    lowered = message.lower()
+    if status == 404 or (status >= 400 and any(m in lowered for m in NOT_FOUND_MARKERS) and "model" in lowered):
+        return ModelNotFound(message)
     if is_oom_message(message):
         return RuntimeOutOfMemory(message)
-    if status == 404:
-        return ModelNotFound(message)
     if status == 503:
         return RuntimeBusy(message)
+    if 400 <= status < 500 and status != 408:
+        return RuntimeRefused(f"runtime answered HTTP {status}: {message}")
     return RuntimeFailure(f"runtime answered HTTP {status}: {message}")
 
 
@@ -71,6 +100,57 @@ def _error_text(response: requests.Response) -> str:
         return str(response.json().get("error") or response.text)
     except ValueError:
         return response.text.strip() or response.reason
+
+
+def _error_body_text(raw: bytes, reason: str) -> str:
+    try:
+        return str(json.loads(raw).get("error") or raw.decode(errors="replace"))
+    except (ValueError, AttributeError):
+        return raw.decode(errors="replace").strip() or reason
+
+
+class RequestHandle:
+    """One inference request that another thread may stop at once (`stop`): its socket is shut
+    down, which unblocks whatever read is waiting on it."""
+
+    def __init__(self, deadline: float):
+        self.deadline = deadline
+        self.reason: str | None = None           # "cancelled" or "timeout" once stopped
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+
+    def attach(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sock = sock
+            stopped = self.reason is not None
+        if stopped:
+            _shutdown(sock)
+
+    def detach(self) -> None:
+        with self._lock:
+            self._sock = None
+
+    def stop(self, reason: str) -> None:
+        with self._lock:
+            if self.reason is not None:
+                return
+            self.reason = reason
+            sock = self._sock
+        if sock is not None:
+            _shutdown(sock)
+
+    def raise_if_stopped(self) -> None:
+        if self.reason == "cancelled":
+            raise RequestCancelled()
+        if self.reason == "timeout" or time.time() >= self.deadline:
+            raise RuntimeTimeout("job timed out: the runtime did not finish within the job's timeout_s")
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 class OllamaClient:
@@ -82,11 +162,24 @@ class OllamaClient:
         # request costs more than the rest of the client's work.
         self.session.trust_env = False
         # One retry when the connection cannot be made; never once the request was sent.
-        retry = Retry(total=1, connect=1, read=0, status=0, other=0, backoff_factor=0.2,
+        retry = Retry(total=1, connect=1, read=0, status=0, other=0, backoff_factor=CONNECT_RETRY_DELAY_S,
                       allowed_methods=None, raise_on_status=False)
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=retry)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    @base_url.setter
+    def base_url(self, url: str) -> None:
+        self._base_url = url.rstrip("/")
+        parts = urlsplit(self._base_url)
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or (443 if self._https else 80)
+        self._prefix = parts.path.rstrip("/")
 
     # --- plumbing -------------------------------------------------------------------------------
     def _request(self, method: str, path: str, timeout: float, **kwargs: Any) -> requests.Response:
@@ -103,7 +196,7 @@ class OllamaClient:
         if response.status_code >= 400:
             text = _error_text(response)
             response.close()
-            raise _failure_from_response(response.status_code, text)
+            raise failure_from_answer(response.status_code, text)
         return response
 
     def _json(self, method: str, path: str, timeout: float = 10.0, **kwargs: Any) -> dict[str, Any]:
@@ -133,49 +226,107 @@ class OllamaClient:
         return self._json("GET", path, timeout)
 
     # --- models ---------------------------------------------------------------------------------
-    def load(self, model: str, keep_alive: str | int, timeout: float,
-             embedding: bool = False) -> dict[str, Any]:
+    def load(self, model: str, keep_alive: str | int, timeout: float, embedding: bool = False,
+             options: dict[str, Any] | None = None) -> dict[str, Any]:
         """Load without generating: a generate request with no prompt (an embed request with no
-        input for embedding-only models, which refuse /api/generate)."""
+        input for embedding-only models, which refuse /api/generate). `options` carries the
+        runner options (num_ctx) the model is to be loaded with."""
+        body: dict[str, Any] = {"model": model, "keep_alive": _keep_alive(keep_alive)}
+        if options:
+            body["options"] = options
         if embedding:
-            return self._json("POST", "/api/embed", timeout,
-                              json={"model": model, "input": [], "keep_alive": _keep_alive(keep_alive)})
-        return self._json("POST", "/api/generate", timeout,
-                          json={"model": model, "keep_alive": _keep_alive(keep_alive), "stream": False})
+            return self._json("POST", "/api/embed", timeout, json={**body, "input": []})
+        return self._json("POST", "/api/generate", timeout, json={**body, "stream": False})
 
     def unload(self, model: str, timeout: float = 60.0) -> dict[str, Any]:
         return self._json("POST", "/api/generate", timeout,
                           json={"model": model, "keep_alive": 0, "stream": False})
 
     # --- inference ------------------------------------------------------------------------------
-    def embed(self, body: dict[str, Any], deadline: float) -> dict[str, Any]:
-        return self._json("POST", "/api/embed", _remaining(deadline), json=body)
+    def _open(self, path: str, body: dict[str, Any], handle: RequestHandle
+              ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """Send an inference request on a connection registered with `handle`."""
+        payload = json.dumps(body).encode()
+        for attempt in (1, 2):
+            handle.raise_if_stopped()
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            conn = cls(self._host, self._port, timeout=self.connect_timeout)
+            try:
+                conn.connect()
+            except OSError as exc:
+                conn.close()
+                if attempt == 1 and isinstance(exc, ConnectionRefusedError):
+                    time.sleep(CONNECT_RETRY_DELAY_S)       # one retry when the connection cannot be made
+                    continue
+                raise RuntimeUnavailable(f"cannot reach the runtime at {self.base_url}: {_reason(exc)}") from exc
+            # No read timeout of its own beyond the job's deadline: the engine's deadline watch
+            # stops the request exactly then, even if the runtime stalls mid-answer.
+            conn.sock.settimeout(max(handle.deadline - time.time(), 0.001) + 1.0)
+            handle.attach(conn.sock)
+            try:
+                conn.request("POST", self._prefix + path, body=payload,
+                             headers={"Content-Type": "application/json", "Accept": "application/x-ndjson"})
+                response = conn.getresponse()
+            except (OSError, http.client.HTTPException) as exc:
+                handle.detach()
+                conn.close()
+                self._raise_stopped_or(handle, exc, "before answering")
+            if response.status >= 400:
+                text = _error_body_text(response.read(), response.reason)
+                handle.detach()
+                conn.close()
+                raise failure_from_answer(response.status, text)
+            return conn, response
+        raise AssertionError("unreachable")
 
-    def stream(self, path: str, body: dict[str, Any], deadline: float,
-               should_stop: Callable[[], bool] = lambda: False,
+    @staticmethod
+    def _raise_stopped_or(handle: RequestHandle, exc: BaseException, when: str):
+        handle.raise_if_stopped()
+        if isinstance(exc, socket.timeout):
+            raise RuntimeTimeout("job timed out waiting for the runtime") from exc
+        raise RuntimeUnavailable(f"the runtime dropped the connection {when}: {_reason(exc)}") from exc
+
+    def embed(self, body: dict[str, Any], deadline: float, handle: RequestHandle | None = None) -> dict[str, Any]:
+        handle = handle or RequestHandle(deadline)
+        conn, response = self._open("/api/embed", body, handle)
+        try:
+            raw = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self._raise_stopped_or(handle, exc, "mid-answer")
+        finally:
+            handle.detach()
+            conn.close()
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise RuntimeFailure("runtime sent invalid JSON for /api/embed") from exc
+
+    def stream(self, path: str, body: dict[str, Any], deadline: float, handle: RequestHandle | None = None,
                on_first_token: Callable[[], None] | None = None) -> dict[str, Any]:
         """POST a streaming /api/generate or /api/chat and return the final object with the whole
         `response` (generate) or `message` (chat) put back together."""
-        body = {**body, "stream": True}
-        response = self._request("POST", path, _remaining(deadline), json=body, stream=True)
+        handle = handle or RequestHandle(deadline)
+        conn, response = self._open(path, {**body, "stream": True}, handle)
+        chat = path.endswith("/chat")
         pieces: list[str] = []
         thinking: list[str] = []
         tool_calls: list[Any] = []
         final: dict[str, Any] | None = None
         try:
-            for line in response.iter_lines():
-                if should_stop():
-                    raise RequestCancelled()
-                if time.time() > deadline:
-                    raise RuntimeTimeout("job timed out while generating")
+            while True:
+                line = response.readline()
+                if not line:
+                    break
+                handle.raise_if_stopped()
+                line = line.strip()
                 if not line:
                     continue
                 chunk = json.loads(line)
                 if "error" in chunk:
-                    raise _failure_from_response(500, str(chunk["error"]))
+                    raise failure_from_answer(500, str(chunk["error"]))
                 if on_first_token is not None and not pieces:
                     on_first_token()
-                if path.endswith("/chat"):
+                if chat:
                     message = chunk.get("message") or {}
                     pieces.append(message.get("content") or "")
                     thinking.append(message.get("thinking") or "")
@@ -186,19 +337,18 @@ class OllamaClient:
                 if chunk.get("done"):
                     final = chunk
                     break
-        except requests.RequestException as exc:
-            # requests reports a read timeout while streaming as a ConnectionError
-            if isinstance(exc, requests.Timeout) or "timed out" in str(exc) or time.time() >= deadline:
-                raise RuntimeTimeout("job timed out waiting for the runtime") from exc
-            raise RuntimeUnavailable(f"the runtime dropped the connection mid-answer: {_reason(exc)}") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            self._raise_stopped_or(handle, exc, "mid-answer")
         except ValueError as exc:
             raise RuntimeFailure(f"runtime sent an invalid stream chunk: {exc}") from exc
         finally:
-            response.close()
+            handle.detach()
+            conn.close()
         if final is None:
+            handle.raise_if_stopped()
             raise RuntimeUnavailable("the runtime closed the stream before the answer was done")
         text = "".join(pieces)
-        if path.endswith("/chat"):
+        if chat:
             message = {"role": "assistant", "content": text}
             if any(thinking):
                 message["thinking"] = "".join(thinking)
@@ -212,13 +362,6 @@ class OllamaClient:
         return final
 
 
-def _remaining(deadline: float) -> float:
-    remaining = deadline - time.time()
-    if remaining <= 0:
-        raise RuntimeTimeout("job timed out before its request was sent")
-    return remaining
-
-
 def _keep_alive(value: str | int) -> str | int:
     text = str(value).strip()
     try:
@@ -227,10 +370,14 @@ def _keep_alive(value: str | int) -> str | int:
         return text
 
 
-def _reason(exc: Exception) -> str:
+def _reason(exc: BaseException) -> str:
     text = str(exc)
     for marker in ("Connection refused", "Connection reset", "Connection aborted", "Read timed out",
                    "Remote end closed connection", "IncompleteRead"):
         if marker in text:
             return marker
-    return text[:200]
+    if isinstance(exc, ConnectionRefusedError):
+        return "Connection refused"
+    if isinstance(exc, ConnectionResetError):
+        return "Connection reset"
+    return text[:200] or type(exc).__name__

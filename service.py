@@ -14,20 +14,24 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from config import Config
-from execution_engine import Counters, ExecutionEngine
+from counters import Counters
+from execution_engine import ExecutionEngine
 from jobs import ErrorKind
 from log_setup import get_logger
 from model_registry import DESIGN_CATALOG, ModelRegistry
+from model_settings import ModelSettings
 from queue_manager import QueueManager
-from resource_monitor import GpuMemory, ResourceMonitor, ResourceState
+from resource_monitor import ResourceMonitor, ResourceState
 from resource_sampler import ResourceSampler, RunnerPids
 from runtime_backends import Runtime, open_runtime
+from runtime_client import RuntimeFailure
+from scheduler_core import SchedulerCore
 from store import JobStore, open_store
-from vram_scheduler import Demand, Limits, Plan, ResidentModel, Snapshot, plan
+from vram_scheduler import Plan
 
 log = get_logger("SCHEDULER")
 syslog = get_logger("SYSTEM")
@@ -40,20 +44,6 @@ TAGS_EVERY_S = 30.0
 PURGE_EVERY_S = 60.0
 STATE_KEY = "scheduler"
 REGISTRY_KEY = "registry"
-
-
-def build_snapshot(state: ResourceState, resident: tuple[ResidentModel, ...], demand: list[Demand],
-                   need_of: Callable[[str], int], config: Config) -> Snapshot:
-    """The scheduler's input, from the monitor's reading and the engine's model table."""
-    limits = Limits(config.MAX_CONCURRENT_PER_MODEL, config.MAX_RUNNING_JOBS,
-                    config.MAX_LOADED_MODELS, config.SWAP_MARGIN)
-    resident_names = {m.name for m in resident}
-    needs = {d.model: need_of(d.model) for d in demand if d.model not in resident_names}
-    needs.update({m.name: need_of(m.name) for m in resident if m.name in {d.model for d in demand}})
-    if state.memory_total <= 0 or not state.runtime_ok:   # memory unknown or runtime down: no loads
-        return Snapshot(sum(m.bytes for m in resident), 1 << 62, resident, tuple(demand), needs, limits)
-    capacity = state.memory_total - config.safety_margin_bytes
-    return Snapshot(capacity - state.used_by_others, capacity, resident, tuple(demand), needs, limits)
 
 
 class CompletionEvents:
@@ -85,9 +75,7 @@ class CompletionEvents:
 
 @dataclass
 class LoopStats:
-    passes: int = 0
     last_pass_ms: float = 0.0
-    last_plan: Plan = field(default_factory=Plan)
 
 
 class Service:
@@ -108,12 +96,12 @@ class Service:
         self.runtime: Runtime | None = None
         self.registry: ModelRegistry | None = None
         self.engine: ExecutionEngine | None = None
+        self.core: SchedulerCore | None = None
         self.monitor: ResourceMonitor | None = None
         self.sampler: ResourceSampler | None = None
         self.counters = Counters()
         self.loop = LoopStats()
         self.state: ResourceState | None = None
-        self._reconciled: ResourceState | None = None
         self._sample_now = threading.Event()
         self._lease_lost = threading.Event()
         self._housekeeping_stop = threading.Event()
@@ -144,10 +132,8 @@ class Service:
     def wake(self) -> None:
         self._wake.set()
 
-    def _on_engine_change(self, models_changed: bool) -> None:
-        if models_changed:
-            self._sample_now.set()      # look at the runtime again: a model came or went
-        self._wake.set()
+    def _want_reading(self) -> None:
+        self._sample_now.set()          # look at the runtime again: a model came or went
 
     # --- leadership -----------------------------------------------------------------------------
     def _candidate(self) -> None:
@@ -169,15 +155,18 @@ class Service:
         syslog.info("scheduler %s taking over", self.owner)
         self.runtime = open_runtime(config)
         try:
+            settings = ModelSettings.from_config(config, self.runtime.num_parallel)
             self.registry = ModelRegistry(config.VRAM_ESTIMATION_MULTIPLIER, self.store,
-                                          DESIGN_CATALOG + self.runtime.catalog)
+                                          DESIGN_CATALOG + self.runtime.catalog, settings)
             self.monitor = ResourceMonitor(self.runtime.client, self.runtime.memory, self.clock)
-            gpu = self.runtime.memory.gpu if isinstance(self.runtime.memory, GpuMemory) else None
-            self.sampler = ResourceSampler(RunnerPids(self.runtime.client, lambda: self.state), gpu)
+            self.sampler = ResourceSampler(RunnerPids(self.runtime.client, lambda: self.state),
+                                           self.runtime.memory.energy_source)
+            node = f"{socket.gethostname()}/{self.runtime.kind}@{self.runtime.url}"
             self.engine = ExecutionEngine(
-                self.runtime.client, self.store, self.registry, self.queue, config, self.counters,
-                node=f"{socket.gethostname()}/{self.runtime.kind}@{self.runtime.url}", meter=self.sampler,
-                on_change=self._on_engine_change, on_job_done=self.completions.notify, clock=self.clock)
+                self.runtime.client, self.store, config, settings, self.counters, node, post=self._post,
+                meter=self.sampler, on_job_done=self.completions.notify, clock=self.clock)
+            self.core = SchedulerCore(self.queue, self.registry, self.engine, config, self.counters, node,
+                                      want_reading=self._want_reading)
             self._recover()
             self._refresh_tags()
             self._lease_lost.clear()
@@ -205,11 +194,26 @@ class Service:
                            "re-queued" if requeue else "failed")
         self.queue.start()
 
+    def _post(self, event) -> None:
+        self.core.post(event)
+        self._wake.set()
+
     def _refresh_tags(self) -> None:
+        """The runtime's models, and the architecture of any whose KV cache cannot be sized yet."""
+        client = self.runtime.client
         try:
-            self.registry.update_from_runtime(self.runtime.client.tags())
+            self.registry.update_from_runtime(client.tags())
         except Exception as exc:   # a runtime that is down must not stop the scheduler
             log.warning("cannot list the runtime's models: %s", exc)
+            return
+        for name in self.registry.names():
+            entry = self.registry.get(name)
+            if entry is None or entry.on_runtime is not True or entry.spec.arch is not None:
+                continue
+            try:
+                self.registry.learn_architecture(name, client.show(name).get("model_info") or {})
+            except RuntimeFailure as exc:
+                log.debug("cannot describe %s: %s", name, exc)
 
     def _run_loop(self) -> None:
         """Scheduler passes, on every wake-up and every SCHEDULER_LOOP_INTERVAL; everything slower
@@ -278,40 +282,9 @@ class Service:
     # --- one pass -------------------------------------------------------------------------------
     def run_pass(self) -> Plan:
         started = time.perf_counter()
-        now = self.clock()
-        engine = self.engine
-        self.queue.sync()
-        state = self.state
-        if state is not self._reconciled:
-            engine.reconcile(state.loaded, state.taken_at)
-            self._reconciled = state
-        engine.check_cancellations()
-        if engine.surprised_at and state.taken_at <= engine.surprised_at:
-            self._sample_now.set()      # act again once the runtime has been read afresh
-            return Plan()
-        backing_off = engine.backing_off(now)
-        demand = [d for d in self.queue.demand(now) if d.model not in backing_off]
-        snapshot = build_snapshot(state, engine.resident(), demand, self.registry.need_bytes, self.config)
-        decided = plan(snapshot)
-        for model in decided.never_fits:
-            self._fail_never_fits(model, snapshot)
-        engine.apply(decided, now)
-        self.loop.passes += 1
+        decided = self.core.run_pass(self.state, self.clock())
         self.loop.last_pass_ms = (time.perf_counter() - started) * 1000
-        self.loop.last_plan = decided
-        if decided.loads or decided.unloads:
-            log.info("plan: load %s, unload %s, waiting for memory %s", decided.loads or "-",
-                     decided.unloads or "-", decided.waiting_for_memory or "-")
         return decided
-
-    def _fail_never_fits(self, model: str, snapshot: Snapshot) -> None:
-        need = snapshot.need_bytes.get(model, 0)
-        reason = (f"model {model} needs {need / 1e9:.2f} GB but at most {snapshot.capacity_bytes / 1e9:.2f} GB "
-                  f"can ever be used (memory minus VRAM_SAFETY_MARGIN_MB)")
-        failed = self.queue.fail_model(model, {"error": reason, "error_kind": ErrorKind.RUNTIME.value,
-                                                "completed_at": self.clock()})
-        if failed:
-            log.warning("failed %d jobs: %s", failed, reason)
 
     # --- what the API workers read --------------------------------------------------------------
     def capacity_bytes(self) -> int:
@@ -322,8 +295,8 @@ class Service:
         return state.memory_total - self.config.safety_margin_bytes
 
     def scheduler_view(self) -> dict[str, Any]:
-        state, engine, runtime = self.state, self.engine, self.runtime
-        slots = engine.slots()
+        state, core, runtime = self.state, self.core, self.runtime
+        models = core.states()
         capacity = self.capacity_bytes()
         loaded_info = {m.name: m for m in state.loaded} if state else {}
         counters = self.counters.snapshot()
@@ -341,25 +314,29 @@ class Service:
                          "source": state.memory_source if state else runtime.memory.name},
                 "gpus": [vars(g) for g in state.gpus] if state else [],
                 "loaded_models": [{
-                    "name": s.name, "phase": s.phase.value, "running": s.running,
-                    "size": loaded_info[s.name].size if s.name in loaded_info else s.bytes,
-                    "size_vram": loaded_info[s.name].size_vram if s.name in loaded_info else 0,
-                    "planned_bytes": s.bytes,
-                    "idle_since": s.last_used if s.running == 0 else None,
-                    "expires_at": loaded_info[s.name].expires_at if s.name in loaded_info else None,
-                } for s in sorted(slots, key=lambda s: s.name)],
+                    "name": m.name, "phase": m.phase.value, "running": m.running, "slots": m.slots,
+                    "size": loaded_info[m.name].size if m.name in loaded_info else m.bytes,
+                    "size_vram": loaded_info[m.name].size_vram if m.name in loaded_info else 0,
+                    "planned_bytes": m.bytes,
+                    "context_length": loaded_info[m.name].context_length if m.name in loaded_info else None,
+                    "idle_since": m.last_used if m.running == 0 else None,
+                    "expires_at": loaded_info[m.name].expires_at if m.name in loaded_info else None,
+                } for m in sorted(models, key=lambda m: m.name)],
                 "host": vars(state.host) if state and state.host else {},
             },
             "scheduler": {
-                "passes": self.loop.passes, "last_pass_ms": round(self.loop.last_pass_ms, 3),
+                "passes": core.passes, "last_pass_ms": round(self.loop.last_pass_ms, 3),
                 "loads": counters.get("loads", 0), "unloads": counters.get("unloads", 0),
-                "waiting_for_memory": self.loop.last_plan.waiting_for_memory,
-                "draining": self.loop.last_plan.draining,
+                "waiting_for_memory": core.last_plan.waiting_for_memory,
+                "draining": core.last_plan.draining,
+                "slots_in_use": sum(m.running for m in models),
+                "slots_total": sum(m.slots for m in models),
+                "requeued": counters.get("requeued", 0),
                 "queued_in_scheduler": self.queue.waiting(),
                 "sampler": self.sampler.cost() if self.sampler else {},
             },
             "errors": {k.value: counters.get(f"errors.{k.value}", 0) for k in ErrorKind},
-            "jobs": {k: counters.get(k, 0) for k in ("complete", "failed", "cancelled_running")},
+            "jobs": {k: counters.get(k, 0) for k in ("complete", "failed", "cancelled_running", "requeued")},
         }
 
     def publish(self) -> int:
@@ -372,3 +349,4 @@ class Service:
                                             "capacity_bytes": self.capacity_bytes(),
                                             "multiplier": self.registry.multiplier}, now)
         return version
+

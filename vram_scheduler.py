@@ -8,8 +8,10 @@ The policy, in the order it is applied:
 * Work is taken model by model in order of urgency: a model's score is the best effective
   priority among its waiting jobs (priority rank + seconds waited / QUEUE_AGING_S), so that
   high priority goes first and low priority cannot starve.
-* A loaded model with waiting work gets up to MAX_CONCURRENT_PER_MODEL jobs running, within
-  MAX_RUNNING_JOBS overall. That drains a loaded model's work before a swap (grouping by model).
+* A loaded model with waiting work gets as many jobs as it has free slots (the requests the
+  runtime serves at once for it), within MAX_RUNNING_JOBS overall, and never more: a request
+  beyond a model's slots would wait inside the runtime, first come, first served, where priority
+  is lost. Waiting work stays in the queue, and each slot that frees goes to the most urgent job.
 * A model that is not loaded is loaded when its need fits in the free budget. Otherwise room
   is made, least recently used first, from idle models with no waiting work, then from models
   whose waiting work is at least SWAP_MARGIN priority levels less urgent: idle ones are
@@ -40,6 +42,7 @@ class ResidentModel:
     bytes: int
     running: int = 0
     last_used: float = 0.0       # when a job last started or finished on it: the LRU key
+    slots: int = 1               # requests the runtime serves at once for it
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,6 @@ class Demand:
 
 @dataclass(frozen=True)
 class Limits:
-    max_per_model: int = 20
     max_running: int = 64
     max_loaded: int = 0          # 0 = no cap
     swap_margin: float = 1.0
@@ -91,7 +93,7 @@ def plan(snapshot: Snapshot) -> Plan:
     # Memory not yet promised: free now, and on its way back from unloads in flight.
     free_now = snapshot.budget_bytes - sum(m.bytes for m in snapshot.resident)
     incoming = sum(m.bytes for m in snapshot.resident if m.phase is Phase.UNLOADING)
-    slots = limits.max_running - sum(m.running for m in snapshot.resident)
+    free_overall = limits.max_running - sum(m.running for m in snapshot.resident)
     loaded_count = sum(1 for m in snapshot.resident if m.phase is not Phase.UNLOADING)
     spare = sorted((m for m in snapshot.resident
                     if m.phase is Phase.LOADED and m.running == 0 and m.name not in demand), key=_lru)
@@ -117,11 +119,11 @@ def plan(snapshot: Snapshot) -> Plan:
             continue
         if current is not None:
             if current.phase is Phase.LOADED and d.model not in taken:
-                n = min(d.waiting, limits.max_per_model - current.running, slots)
+                n = min(d.waiting, current.slots - current.running, free_overall)
                 if n > 0:
                     result.dispatch.append((d.model, n))
                     dispatched.add(d.model)
-                    slots -= n
+                    free_overall -= n
             continue
 
         need = snapshot.need_bytes.get(d.model, 0)

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     cache = ROOT / ".cache" / "models"
     files = ModelFiles(cache)
     results, rows = {}, []
-    env = {"EMBEDDED_MODEL_CACHE": str(cache), "EMBEDDED_NUM_CTX": str(NUM_CTX), "EMBEDDED_THREADS": "1"}
+    env = {"EMBEDDED_MODEL_CACHE": str(cache), "NUM_CTX": str(NUM_CTX), "EMBEDDED_THREADS": "1"}
     with Service(["--backend", "embedded"], env) as service:
         for name in args.models:
             model = binding.load(str(files.path(CATALOG[name])), NUM_CTX, 1, 1)

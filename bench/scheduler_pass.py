@@ -38,7 +38,7 @@ def world(pending: int, n_models: int, seed: int = 1):
     for name in names:              # the most popular models fill the memory, as they would
         if used + sizes[name] > 30 * GB:
             break
-        resident.append(ResidentModel(name, Phase.LOADED, sizes[name], rng.choice((0, 0, 3)), rng.uniform(0, 100)))
+        resident.append(ResidentModel(name, Phase.LOADED, sizes[name], rng.choice((0, 0, 3)), rng.uniform(0, 100), 4))
         used += sizes[name]
     return index, tuple(resident), sizes
 
@@ -46,7 +46,7 @@ def world(pending: int, n_models: int, seed: int = 1):
 def one_pass(index: WaitingIndex, resident, sizes, now: float):
     demand = index.demand(now)
     snapshot = Snapshot(32 * GB, 32 * GB, resident, tuple(demand), {d.model: sizes[d.model] for d in demand},
-                        Limits(max_per_model=20, max_running=64))
+                        Limits(max_running=64))
     return plan(snapshot)
 
 

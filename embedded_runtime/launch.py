@@ -8,7 +8,7 @@ from runtime_launcher import ManagedRuntime
 def start_embedded(config: Config) -> ManagedRuntime:
     process = ManagedRuntime("embedded", "embedded_runtime", [
         "--cache-dir", str(config.model_cache_dir.resolve()), "--log-dir", str((config.DATA_DIR / "logs").resolve()),
-        "--threads", str(config.EMBEDDED_THREADS), "--num-ctx", str(config.EMBEDDED_NUM_CTX),
+        "--threads", str(config.EMBEDDED_THREADS), "--num-ctx", str(config.NUM_CTX),
         "--parallel", str(config.EMBEDDED_NUM_PARALLEL), "--binding", config.EMBEDDED_BINDING],
         config.DATA_DIR / "logs" / "embedded_runtime.log")
     process.start()

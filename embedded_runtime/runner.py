@@ -5,8 +5,9 @@
 The runner loads the model, prints one line `READY` on stdout, and answers requests on a Unix
 socket (multiprocessing.connection, authenticated by a key passed in the environment). Each
 connection carries one request; pieces of text go back as they are generated, then a final
-message. At most `--parallel` requests run at once; a request whose client has gone away is
-dropped while it waits, and stops generating as soon as a piece cannot be delivered.
+message. At most `--parallel` requests run at once, the others wait their turn in arrival order
+(as in Ollama); a request whose client has gone away is dropped while it waits, and stops
+generating as soon as a piece cannot be delivered.
 
 Messages out: {"type": "piece", "text": ...}, {"type": "done", "answer": {...}},
 {"type": "error", "status": int, "message": str}.
@@ -17,6 +18,8 @@ import argparse
 import os
 import sys
 import threading
+from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict
 from multiprocessing.connection import Connection, Listener
 
@@ -35,16 +38,49 @@ def _client_gone(conn: Connection) -> bool:
         return True
 
 
-def serve_one(conn: Connection, model: LoadedModel, slots: threading.Semaphore) -> None:
+class SlotGate:
+    """`slots` requests at a time, the waiting ones let in first come, first served.
+
+    threading.Semaphore wakes any waiter, and one that polls with a timeout to notice a client
+    gone goes to the back at every poll; Ollama serves waiting requests in arrival order, and a
+    scheduler in front of it counts on that."""
+
+    def __init__(self, slots: int):
+        self._free = slots
+        self._waiting: deque[object] = deque()
+        self._cond = threading.Condition()
+
+    def enter(self, client_gone: Callable[[], bool]) -> bool:
+        """Wait for a slot in turn; False (and no slot) when `client_gone()` while waiting."""
+        ticket = object()
+        with self._cond:
+            self._waiting.append(ticket)
+            try:
+                while self._free == 0 or self._waiting[0] is not ticket:
+                    if client_gone():
+                        return False
+                    self._cond.wait(WAIT_POLL_S)
+                self._free -= 1
+                return True
+            finally:
+                self._waiting.remove(ticket)
+                self._cond.notify_all()          # the next in line may go now, or be first in line
+
+    def leave(self) -> None:
+        with self._cond:
+            self._free += 1
+            self._cond.notify_all()
+
+
+def serve_one(conn: Connection, model: LoadedModel, slots: SlotGate) -> None:
     try:
         request = conn.recv()
     except (EOFError, OSError):
         conn.close()
         return
     try:
-        while not slots.acquire(timeout=WAIT_POLL_S):
-            if _client_gone(conn):
-                return
+        if not slots.enter(lambda: _client_gone(conn)):
+            return
         try:
             def send_piece(text: str) -> bool:
                 try:
@@ -62,7 +98,7 @@ def serve_one(conn: Connection, model: LoadedModel, slots: threading.Semaphore) 
         except (ValueError, TypeError, KeyError) as exc:
             conn.send({"type": "error", "status": 400, "message": str(exc)})
         finally:
-            slots.release()
+            slots.leave()
     except (OSError, EOFError):
         pass
     finally:
@@ -87,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAILED {exc}", flush=True)
         return 1
     listener = Listener(args.socket, family="AF_UNIX", authkey=authkey)
-    slots = threading.Semaphore(args.parallel)
+    slots = SlotGate(args.parallel)
     print("READY", flush=True)
     while True:
         try:

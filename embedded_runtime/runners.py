@@ -36,6 +36,7 @@ class RunnerFailed(Exception):
 @dataclass
 class Runner:
     model: EmbeddedModel
+    num_ctx: int                       # context length of each slot, as loaded
     process: subprocess.Popen
     socket: str
     authkey: bytes
@@ -45,6 +46,7 @@ class Runner:
     expires: float | None = None
     active: int = 0
     unload_when_idle: bool = False
+    reloading: bool = False            # to be replaced (another num_ctx): takes no new requests
     ready: threading.Event = field(default_factory=threading.Event)
     error: str | None = None
 
@@ -120,22 +122,43 @@ class RunnerPool:
         self._reaper.start()
 
     # --- loading --------------------------------------------------------------------------------
-    def acquire(self, name: str, keep_alive_s: float | None) -> tuple[Runner, float]:
+    def acquire(self, name: str, keep_alive_s: float | None, num_ctx: int | None = None) -> tuple[Runner, float]:
         """The runner for `name`, started if needed, marked busy; returns (runner, load seconds
-        spent for this call). Callers must `release` it."""
+        spent for this call). Callers must `release` it.
+
+        `num_ctx` (capped at the model's trained context) is the context to load the model with;
+        None takes the loaded runner as it is, or the pool's default for a new one. As in Ollama,
+        a loaded runner with another num_ctx is reloaded: it takes no new requests, its requests
+        in flight finish, it stops, and a new one starts."""
         model = CATALOG.get(name)
         if model is None:
             raise KeyError(name)
         path = self.files.path(model)     # joins and verifies outside the lock; may raise ModelUnavailable
+        wanted = min(num_ctx or self.num_ctx, model.context_length)
         with self._lock:
-            runner = self.runners.get(name)
-            if runner is not None and runner.ready.is_set() and not runner.alive():
-                self._forget(name)
-                runner = None
-            owner = runner is None
-            if owner:
-                runner = self._spawn(model, path)
-                self.runners[name] = runner
+            owner = False                     # this call starts the runner and waits for it to load
+            while True:
+                runner = self.runners.get(name)
+                if runner is not None and runner.ready.is_set() and not runner.alive():
+                    self._forget(name)
+                    runner = None
+                if runner is None:
+                    runner, owner = self._start(model, path, wanted), True
+                    break
+                if runner.reloading:          # another request's reload is under way: use its runner
+                    self._lock.wait()
+                    continue
+                if num_ctx is None or runner.num_ctx == wanted:
+                    break
+                runner.reloading = True
+                while runner.active > 0 and self.runners.get(name) is runner:
+                    self._lock.wait()
+                if self.runners.get(name) is runner:      # not gone meanwhile (crashed, unloaded)
+                    # Stopped before the new one starts, so that the two never hold memory at
+                    # once; a runner exits at SIGTERM within milliseconds.
+                    self.runners.pop(name).stop()
+                    runner, owner = self._start(model, path, wanted), True
+                    break
             runner.active += 1
             runner.unload_when_idle = False
         started = time.time()
@@ -151,19 +174,23 @@ class RunnerPool:
             raise
         return runner, (time.time() - started) if owner else 0.0
 
-    def _spawn(self, model: EmbeddedModel, path: Path) -> Runner:
+    def _start(self, model: EmbeddedModel, path: Path, num_ctx: int) -> Runner:
+        """Start a runner process for `model` and make it the model's runner (it loads meanwhile)."""
         authkey = secrets.token_bytes(16)
         socket = str(self._socket_dir / f"{model.sha256[:16]}-{secrets.token_hex(4)}.sock")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"runner-{model.name.replace(':', '-')}.log", "ab")
         process = subprocess.Popen(
             [sys.executable, "-m", "embedded_runtime.runner", "--model-path", str(path), "--socket", socket,
-             "--ctx", str(self.num_ctx), "--threads", str(self.threads), "--parallel", str(self.parallel),
+             "--ctx", str(num_ctx), "--threads", str(self.threads), "--parallel", str(self.parallel),
              "--binding", self.binding, "--parent-pid", str(os.getpid())],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=log, env={**os.environ, AUTHKEY_ENV: authkey.hex()},
             text=True)
         log.close()
-        return Runner(model, process, socket, authkey.hex().encode(), time.time(), 0.0)
+        runner = Runner(model, num_ctx, process, socket, authkey.hex().encode(), time.time(), 0.0)
+        self.runners[model.name] = runner
+        self._lock.notify_all()
+        return runner
 
     def _wait_ready(self, runner: Runner) -> None:
         line = ""
@@ -211,6 +238,7 @@ class RunnerPool:
         runner = self.runners.pop(name, None)
         if runner is not None:
             threading.Thread(target=runner.stop, daemon=True).start()
+            self._lock.notify_all()
         return runner
 
     def _expire(self, now: float) -> None:

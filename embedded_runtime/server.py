@@ -3,7 +3,8 @@ clients use) over real llama.cpp inference on the CPU, one runner process per lo
 
 Endpoints: /api/generate, /api/chat (streaming by default, as in Ollama, or not), /api/embed
 (refused: none of these models makes embeddings), /api/ps, /api/tags, /api/show, /api/version;
-loading and unloading through keep_alive as in Ollama.
+loading and unloading through keep_alive as in Ollama, and a model loaded with the context of
+the request's `options.num_ctx` (reloaded when a later request asks for another one).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from flask import Flask, request
 
 import ollama_protocol as proto
 from embedded_runtime.catalog import CATALOG, EmbeddedModel, ModelUnavailable, installed_models
+from embedded_runtime.gguf_metadata import GGUFError, cached_metadata
 from embedded_runtime.runners import Runner, RunnerFailed, RunnerPool
 
 VERSION = "0.0.0-embedded"
@@ -42,6 +44,16 @@ def sampling(options: Any) -> dict[str, Any]:
     if isinstance(out.get("max_tokens"), int) and out["max_tokens"] < 0:
         del out["max_tokens"]            # Ollama's -1: until the model stops
     return out
+
+
+def requested_num_ctx(options: Any) -> int | None:
+    """`options.num_ctx`: the context to load the model with (None: the runtime's default)."""
+    if not isinstance(options, dict) or options.get("num_ctx") is None:
+        return None
+    num_ctx = options["num_ctx"]
+    if isinstance(num_ctx, bool) or not isinstance(num_ctx, int) or num_ctx <= 0:
+        raise proto.BadRequest("options.num_ctx must be a positive integer")
+    return num_ctx
 
 
 def response_format(fmt: Any) -> dict[str, Any]:
@@ -112,17 +124,19 @@ def create_embedded_app(pool: RunnerPool) -> Flask:
             "name": r.model.name, "model": r.model.name, "size": r.rss(), "size_vram": 0,
             "digest": r.model.sha256, "details": _details(r.model),
             "expires_at": proto.rfc3339(r.expires) if r.expires is not None else proto.expires_at(None, 0),
-            "context_length": pool.num_ctx, "pid": r.pid,
+            "context_length": r.num_ctx, "num_parallel": pool.parallel, "pid": r.pid,
         } for r in pool.loaded()]}
 
     @app.post("/api/show")
     def show():
         model = model_for(proto.require_model(proto.json_body(request.get_data())))
+        try:
+            model_info = cached_metadata(pool.files.path(model))
+        except (OSError, GGUFError) as exc:
+            raise Refused(500, f"cannot read the metadata of {model.name}: {exc}") from None
         return {"details": _details(model), "parameters": f"num_ctx {pool.num_ctx}",
                 "template": "{{ .Prompt }}" if not model.chat_template else "(the model's own chat template)",
-                "model_info": {"general.architecture": model.family,
-                               f"{model.family}.context_length": model.context_length},
-                "capabilities": ["completion"]}
+                "model_info": model_info, "capabilities": ["completion"]}
 
     @app.post("/api/embed")
     @app.post("/api/embeddings")
@@ -134,6 +148,7 @@ def create_embedded_app(pool: RunnerPool) -> Flask:
         body = proto.json_body(request.get_data())
         model = model_for(proto.require_model(body))
         keep_alive = proto.parse_keep_alive(body.get("keep_alive"))
+        num_ctx = requested_num_ctx(body.get("options"))
         if kind == "generate":
             prompt = body.get("prompt")
             if prompt is not None and not isinstance(prompt, str):
@@ -142,7 +157,7 @@ def create_embedded_app(pool: RunnerPool) -> Flask:
         else:
             empty = not body.get("messages")
         if empty:
-            return load_or_unload(model, keep_alive, kind)
+            return load_or_unload(model, keep_alive, num_ctx, kind)
         if body.get("images"):
             raise Refused(400, "this model does not take images")
         params = {**sampling(body.get("options")), **response_format(body.get("format"))}
@@ -160,7 +175,7 @@ def create_embedded_app(pool: RunnerPool) -> Flask:
             op, req = "chat", {"messages": messages, **params}
         stream = proto.wants_stream(body)
         started = time.time()
-        runner, load_s = pool.acquire(model.name, keep_alive)
+        runner, load_s = pool.acquire(model.name, keep_alive, num_ctx)
         messages = runner.request(op, req, stream)
         if stream:
             done = _Once(lambda: (messages.close(), pool.release(runner, keep_alive)))
@@ -177,12 +192,12 @@ def create_embedded_app(pool: RunnerPool) -> Flask:
             pool.release(runner, keep_alive)
         return _final(kind, runner.model.name, text, answer, started, load_s)
 
-    def load_or_unload(model: EmbeddedModel, keep_alive: float | None, kind: str):
+    def load_or_unload(model: EmbeddedModel, keep_alive: float | None, num_ctx: int | None, kind: str):
         if keep_alive == 0:
             pool.unload(model.name)
             reason = "unload"
         else:
-            runner, _ = pool.acquire(model.name, keep_alive)
+            runner, _ = pool.acquire(model.name, keep_alive, num_ctx)
             pool.release(runner, keep_alive)
             reason = "load"
         return proto.answer(kind, model.name, "", done=True, done_reason=reason)

@@ -19,13 +19,29 @@ def main(argv: list[str] | None = None) -> None:
                         help="throughput with n jobs = tokens-per-s x (1 + gain x log2 n)")
     parser.add_argument("--default-tokens", type=int, default=64,
                         help="tokens per answer when a request does not set num_predict")
+    parser.add_argument("--num-parallel", type=int, default=1,
+                        help="slots per model, like OLLAMA_NUM_PARALLEL (embedding-only models get 1)")
+    parser.add_argument("--max-queue", type=int, default=512,
+                        help="requests that may wait for a slot before 503, like OLLAMA_MAX_QUEUE")
+    parser.add_argument("--num-ctx", type=int, default=4096,
+                        help="context of a model loaded by a request without options.num_ctx")
+    parser.add_argument("--idle-watts", type=float, default=60.0, help="simulated power when idle")
+    parser.add_argument("--busy-watts", type=float, default=300.0, help="simulated power while generating")
     parser.add_argument("--ready-file", help="write the bound port here once listening")
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process is gone")
     args = parser.parse_args(argv)
     if args.vram_gb <= 0 or args.load_gbps <= 0 or args.tokens_per_s <= 0:
         parser.error("--vram-gb, --load-gbps and --tokens-per-s must be positive")
+    if args.num_parallel < 1 or args.max_queue < 1:
+        parser.error("--num-parallel and --max-queue must be at least 1")
+    if args.num_ctx < 64:
+        parser.error("--num-ctx must be at least 64")
+    if args.idle_watts < 0 or args.busy_watts < args.idle_watts:
+        parser.error("--idle-watts must be >= 0 and --busy-watts >= --idle-watts")
     sim = Simulator(vram_gb=args.vram_gb, load_gbps=args.load_gbps, tokens_per_s=args.tokens_per_s,
-                    batch_gain=args.batch_gain, default_tokens=args.default_tokens)
+                    batch_gain=args.batch_gain, default_tokens=args.default_tokens,
+                    num_parallel=args.num_parallel, max_queue=args.max_queue, num_ctx=args.num_ctx,
+                    idle_watts=args.idle_watts, busy_watts=args.busy_watts)
     serve(create_sim_app(sim), args.host, args.port, args.ready_file, args.parent_pid)
 
 

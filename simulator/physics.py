@@ -8,6 +8,7 @@ virtual time (thousands of jobs in seconds). Nothing here sleeps or reads a cloc
 * Throughput: the jobs running at once share the GPU's generation throughput. With n jobs the
   GPU produces `tokens_per_s x (1 + batch_gain x log2 n)` tokens per second in all, split evenly:
   batching helps a little, so running more at once is not free.
+* Energy (`EnergyMeter`): idle power while nothing generates, busy power while anything does.
 """
 from __future__ import annotations
 
@@ -121,3 +122,27 @@ class VirtualGpu:
             return False
         self.unloads += 1
         return True
+
+
+class EnergyMeter:
+    """The simulated GPU's energy counter: `idle_w` watts while nothing generates, `busy_w` while
+    anything does, integrated over time in joules (the way NVML's total energy counter grows)."""
+
+    def __init__(self, idle_w: float, busy_w: float, now: float):
+        self.idle_w = idle_w
+        self.busy_w = busy_w
+        self.joules = 0.0
+        self.busy = False
+        self._last = now
+
+    @property
+    def watts(self) -> float:
+        return self.busy_w if self.busy else self.idle_w
+
+    def update(self, now: float, busy: bool) -> float:
+        """Count the energy up to `now` at the power so far, then switch to `busy`; the total."""
+        if now > self._last:
+            self.joules += self.watts * (now - self._last)
+            self._last = now
+        self.busy = busy
+        return self.joules

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from jobs import Priority
+from model_memory import estimated_need
 from queue_manager import WaitingIndex
 from simulator.des import Gpu, Job
-from jobs import Priority
 from vram_scheduler import Limits, Phase, ResidentModel, Snapshot, plan
 
 
@@ -33,12 +34,12 @@ class OllamaPolicy:
     for 250 ms; idle runners expire after keep_alive."""
 
     def __init__(self, name: str, max_loaded: int, num_parallel: int, keep_alive_s: float = 300.0,
-                 kv_fraction: float = 0.1, fit_fraction: float = 0.8, requeue_delay_s: float = 0.25):
+                 fit_fraction: float = 0.8, requeue_delay_s: float = 0.25):
         self.name = name
         self.max_loaded = max_loaded            # 0 = no cap
         self.num_parallel = num_parallel
+        self.slots_per_model = num_parallel
         self.keep_alive_s = keep_alive_s
-        self.kv_fraction = kv_fraction
         self.fit_fraction = fit_fraction
         self.requeue_delay_s = requeue_delay_s
         self.pending: list[Job] = []
@@ -49,8 +50,7 @@ class OllamaPolicy:
         self.gpu = gpu
 
     def estimate(self, model: str) -> int:
-        size = self.gpu.models[model].size_bytes
-        return int(size * (1 + self.kv_fraction * self.num_parallel))
+        return self.gpu.footprint(model, self.num_parallel)
 
     def on_arrival(self, job: Job) -> None:
         self.pending.append(job)
@@ -111,7 +111,7 @@ class OllamaPolicy:
                                     and estimate <= self.fit_fraction * self._free()):
                 self.pending.pop(0)
                 runner = self.runners[job.model] = _Runner(job.model, estimate)
-                if not self.gpu.load(job.model):
+                if not self.gpu.load(job.model, self.num_parallel):
                     raise RuntimeError(f"{self.name}: out of memory loading {job.model}")
                 self._hand_to(runner, job)
                 continue
@@ -134,15 +134,18 @@ class OllamaPolicy:
 
 class ManagerPolicy:
     """Model Manager's scheduler: every event is followed by a pass of `vram_scheduler.plan` over
-    the waiting index (priority with aging, grouping by model); a model's need is its size x the
-    estimation multiplier until it has been loaded once, then its measured size."""
+    the waiting index (priority with aging, grouping by model); each model has `slots_per_model`
+    slots and is never given more jobs than that; a model's need is its size x the estimation
+    multiplier plus the KV cache of its slots until it has been loaded once, then what the load
+    really took (as `/api/ps` would report it)."""
 
     def __init__(self, name: str = "model-manager", margin_bytes: int = 1024 ** 3, multiplier: float = 1.3,
-                 aging_s: float = 60.0, limits: Limits = Limits()):
+                 aging_s: float = 60.0, limits: Limits = Limits(), slots_per_model: int = 4):
         self.name = name
         self.margin_bytes = margin_bytes
         self.multiplier = multiplier
         self.limits = limits
+        self.slots_per_model = slots_per_model
         self.index = WaitingIndex(aging_s)
         self.jobs: dict[int, Job] = {}
         self.running: dict[str, int] = {}
@@ -161,18 +164,21 @@ class ManagerPolicy:
         self.last_used[job.model] = self.gpu.now
 
     def on_load_done(self, model: str) -> None:
-        self.learned[model] = self.gpu.models[model].size_bytes     # what /api/ps reports
+        self.learned[model] = self.gpu.memory.resident[model]          # what /api/ps reports
         self.last_used[model] = self.gpu.now
 
     def need(self, model: str) -> int:
-        return self.learned.get(model) or int(self.gpu.models[model].size_bytes * self.multiplier)
+        if model in self.learned:
+            return self.learned[model]
+        m = self.gpu.models[model]
+        return estimated_need(m.size_bytes, self.multiplier, m.arch, self.gpu.num_ctx, self.slots_per_model)
 
     def step(self) -> None:
         gpu = self.gpu
         resident = tuple(
             ResidentModel(m, Phase.LOADED if m in gpu.loaded else Phase.LOADING,
-                          self.learned.get(m) or gpu.models[m].size_bytes if m in gpu.loaded else self.need(m),
-                          self.running.get(m, 0), self.last_used.get(m, 0.0))
+                          gpu.memory.resident[m] if m in gpu.loaded else self.need(m),
+                          self.running.get(m, 0), self.last_used.get(m, 0.0), self.slots_per_model)
             for m in gpu.loaded | gpu.loading)
         demand = self.index.demand(gpu.now)
         capacity = gpu.memory.total_bytes - self.margin_bytes
@@ -183,7 +189,7 @@ class ManagerPolicy:
         for model in decided.unloads:
             gpu.unload(model)
         for model in decided.loads:
-            if not gpu.load(model):
+            if not gpu.load(model, self.slots_per_model):
                 raise RuntimeError(f"{self.name}: out of memory loading {model}")
         for model, n in decided.dispatch:
             for _ in range(n):

@@ -2,204 +2,81 @@
 capacity planning without a GPU. It answers the Ollama API that Model Manager uses, with
 simulated timings and placeholder text: it is a simulator, not a model.
 
-Loads take size / SIM_LOAD_GBPS seconds, the jobs running at once share the GPU's throughput
-(`physics.SharedThroughput`), a load that does not fit fails with Ollama's out-of-memory error,
-and idle models expire after their keep_alive as in Ollama. `GET /api/sim/stats` says what
-happened: loads, unloads, out-of-memory errors, peak memory.
+It behaves like Ollama where a scheduler in front of Ollama must respect it:
+
+* Slots: each loaded model serves at most `num_parallel` requests at once (embedding-only models
+  one); the others wait inside the simulator, first come, first served, per model
+  (`runtime_slots`). Beyond `max_queue` waiting requests it answers 503 as Ollama does.
+* Memory: a load reserves the weights plus the KV cache of the model's slots at its context
+  (`model_memory.kv_cache_bytes`) and takes that size / load bandwidth; a load that does not fit
+  fails with Ollama's out-of-memory error. A request whose `options.num_ctx` differs from the
+  loaded model's waits for the model's running requests, then reloads it with that context.
+* Time: the jobs running at once share the GPU's throughput (`physics.SharedThroughput`); idle
+  models expire after their keep_alive; a client that closes its connection cancels its request.
+
+The runtime itself (models, loads, slots, generation) is `simulator.virtual_runtime`; this module
+is its HTTP API.
+
+`GET /api/sim/stats` says what happened (loads, memory, slots, the order requests got their
+slots, simulated energy); `POST /api/sim/faults` injects faults for tests (`simulator.faults`).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import itertools
-import threading
-import time
+import json
+import select
+import socket
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask, Response, request
 
 import ollama_protocol as proto
-from model_registry import DESIGN_CATALOG, ModelSpec, canonical_name
-from simulator.physics import SharedThroughput, SimOutOfMemory, VirtualGpu
+from model_memory import model_info_of
+from model_registry import ModelSpec
+from simulator.faults import Fault
+from simulator.physics import SimOutOfMemory
+from simulator.runtime_slots import ClientGone, ServerBusy, Waiter
+from simulator.virtual_runtime import Simulator, details_of, digest_of
+
+__all__ = ["Simulator", "create_sim_app"]
 
 VERSION = "0.0.0-sim"
-STREAM_TICK_S = 0.25
+PROMPT_EVAL_S = 0.0001
 EMBED_DIM = 384
 _WORDS = ("the", "model", "answers", "with", "simulated", "tokens", "from", "a", "virtual", "GPU",
           "while", "the", "scheduler", "keeps", "memory", "within", "its", "budget", "and", "jobs",
           "share", "throughput", "fairly", "between", "priorities")
 
 
-@dataclass
-class _Resident:
-    spec: ModelSpec
-    ready: threading.Event = field(default_factory=threading.Event)
-    loaded_at: float = 0.0
-    keep_alive_s: float | None = proto.DEFAULT_KEEP_ALIVE_S
-    expires: float | None = None         # wall time it expires when idle; None = never
-    active: int = 0
-    unload_when_idle: bool = False
-    failed: str | None = None
+class ClientProbe:
+    """Whether a request's HTTP client has closed its connection, read from the server's socket
+    (werkzeug's `werkzeug.socket`); without a socket, the client never seems gone."""
 
+    def __init__(self, sock: socket.socket | None):
+        self.sock = sock
 
-class Simulator:
-    def __init__(self, catalog: tuple[ModelSpec, ...] = DESIGN_CATALOG, vram_gb: float = 24.0,
-                 load_gbps: float = 2.0, tokens_per_s: float = 400.0, batch_gain: float = 0.25,
-                 default_tokens: int = 64, clock=time.time):
-        self.catalog = {s.name: s for s in catalog}
-        self.gpu = VirtualGpu(int(vram_gb * 1e9), load_gbps * 1e9)
-        self.throughput = SharedThroughput(tokens_per_s, batch_gain)
-        self.bandwidth = SharedThroughput(load_gbps * 1e9, 0.0)     # loads in flight share it
-        self.default_tokens = default_tokens
-        self.clock = clock
-        self.models: dict[str, _Resident] = {}
-        self.completed = 0
-        self._events: dict[int, threading.Event] = {}
-        self._ids = itertools.count()
-        self._lock = threading.Condition()
-        self._stop = False
-        self._ticker = threading.Thread(target=self._tick, name="sim-ticker", daemon=True)
-        self._ticker.start()
-
-    # --- the clock thread: finishes jobs and expires idle models ---------------------------------
-    def _tick(self) -> None:
-        with self._lock:
-            while not self._stop:
-                now = self.clock()
-                for key in self.throughput.advance(now) + self.bandwidth.advance(now):
-                    self._events.pop(key).set()
-                self._expire(now)
-                wakes = [t for t in (self.throughput.next_finish(), self.bandwidth.next_finish()) if t is not None]
-                wakes += [r.expires for r in self.models.values()
-                          if r.expires is not None and r.active == 0 and r.ready.is_set()]
-                timeout = max(min(wakes) - now, 0.0005) if wakes else 1.0
-                self._lock.wait(min(timeout, 1.0))
-
-    def _expire(self, now: float) -> None:
-        for name, r in list(self.models.items()):
-            if r.active == 0 and r.ready.is_set() and (
-                    r.unload_when_idle or (r.expires is not None and r.expires <= now)):
-                self._drop(name)
-
-    def _drop(self, name: str) -> None:
-        self.models.pop(name, None)
-        self.gpu.unload(name)
-
-    def close(self) -> None:
-        with self._lock:
-            self._stop = True
-            self._lock.notify_all()
-
-    # --- models ----------------------------------------------------------------------------------
-    def spec(self, name: str) -> ModelSpec | None:
-        return self.catalog.get(name) or self.catalog.get(canonical_name(name))
-
-    def _touch(self, r: _Resident, keep_alive_s: float | None) -> None:
-        r.keep_alive_s = keep_alive_s
-        r.expires = None if keep_alive_s is None else self.clock() + keep_alive_s
-
-    def ensure_loaded(self, spec: ModelSpec, keep_alive_s: float | None) -> float:
-        """Load `spec` if needed (blocking for the simulated load time); return seconds spent."""
-        with self._lock:
-            r = self.models.get(spec.name)
-            if r is None:
-                self.gpu.begin_load(spec.name, spec.size_bytes)   # may raise SimOutOfMemory
-                r = self.models[spec.name] = _Resident(spec)
-                key = ("load", next(self._ids))
-                loaded = self._events[key] = threading.Event()
-                for done in self.bandwidth.add(key, spec.size_bytes, self.clock()):
-                    self._events.pop(done).set()
-                self._lock.notify_all()
-                owner = True
-            else:
-                owner = False
-            r.unload_when_idle = False
-        started = self.clock()
-        if owner:
-            loaded.wait()
-            with self._lock:
-                r.loaded_at = self.clock()
-                r.ready.set()
-        else:
-            r.ready.wait()
-        with self._lock:
-            self._touch(r, keep_alive_s)
-            self._lock.notify_all()
-        return self.clock() - started
-
-    def unload(self, name: str) -> None:
-        with self._lock:
-            r = self.models.get(name)
-            if r is None:
-                return
-            r.unload_when_idle = True
-            self._lock.notify_all()
-        r.ready.wait()
-        with self._lock:
-            self._expire(self.clock())
-
-    # --- inference -------------------------------------------------------------------------------
-    def generate(self, spec: ModelSpec, tokens: int, keep_alive_s: float | None) -> Iterator[int]:
-        """Run a job of `tokens` tokens; yields the count of new tokens as they are produced,
-        every STREAM_TICK_S, until done. The model must be loaded."""
-        with self._lock:
-            r = self.models[spec.name]
-            r.active += 1
-            key = next(self._ids)
-            event = self._events[key] = threading.Event()
-            for done in self.throughput.add(key, tokens, self.clock()):
-                self._events.pop(done).set()
-            self._lock.notify_all()
-        sent = 0
+    def gone(self) -> bool:
+        if self.sock is None:
+            return False
         try:
-            while not event.wait(STREAM_TICK_S):
-                with self._lock:
-                    for done in self.throughput.advance(self.clock()):
-                        self._events.pop(done).set()
-                    produced = int(self.throughput.produced(key))
-                if produced > sent:
-                    yield produced - sent
-                    sent = produced
-            if tokens > sent:
-                yield tokens - sent
-        finally:
-            with self._lock:
-                if self._events.pop(key, None) is not None:
-                    self.throughput.remove(key, self.clock())
-                r.active -= 1
-                self.completed += 1
-                self._touch(r, keep_alive_s)
-                self._lock.notify_all()
+            poller = select.poll()
+            poller.register(self.sock, select.POLLIN)
+            if not poller.poll(0):
+                return False
+            return self.sock.recv(1, socket.MSG_PEEK) == b""   # the request was read: only EOF is left
+        except BlockingIOError:
+            return False
+        except (OSError, ValueError):
+            return True
 
-    # --- views -----------------------------------------------------------------------------------
-    def ps(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return [{
-                "name": name, "model": name, "size": r.spec.size_bytes, "size_vram": r.spec.size_bytes,
-                "digest": _digest(name), "details": _details(r.spec),
-                "expires_at": proto.rfc3339(r.expires) if r.expires is not None else proto.expires_at(None, 0),
-                "context_length": 4096,
-            } for name, r in sorted(self.models.items()) if r.ready.is_set()]
-
-    def stats(self) -> dict[str, Any]:
-        with self._lock:
-            return {
-                "loads": self.gpu.loads, "unloads": self.gpu.unloads, "oom_errors": self.gpu.oom_errors,
-                "peak_vram_bytes": self.gpu.peak_bytes, "vram_total_bytes": self.gpu.total_bytes,
-                "vram_used_bytes": self.gpu.used_bytes, "running": len(self.throughput),
-                "completed": self.completed,
-                "utilization_pct": 100.0 if len(self.throughput) else 0.0,
-            }
-
-
-def _digest(name: str) -> str:
-    return hashlib.sha256(name.encode()).hexdigest()
-
-
-def _details(spec: ModelSpec) -> dict[str, Any]:
-    return {"format": "gguf", "family": spec.family, "families": [spec.family],
-            "parameter_size": spec.parameter_size, "quantization_level": "Q4_K_M"}
+    def cut(self) -> None:
+        """Fault injection: close the connection mid-answer."""
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
 
 
 def _words(seed: str, start: int, count: int) -> str:
@@ -213,11 +90,137 @@ def _prompt_tokens(body: dict[str, Any]) -> int:
     return max(1, len(text) // 4)
 
 
+def _prompt_of(kind: str, body: dict[str, Any]) -> str | None:
+    """The prompt of a generate/chat request (the last message's content for chat); None for a
+    request without one, which only loads (or unloads) the model."""
+    if kind == "chat":
+        messages = body.get("messages")
+        if not messages:
+            return None
+        last = messages[-1]
+        return str(last.get("content") or "") if isinstance(last, dict) else str(last)
+    prompt = body.get("prompt")
+    return str(prompt) if prompt else None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class _Options:
+    num_ctx: int | None                  # None: the model's context (the default when loading)
+    num_predict: int | None
+
+
+def _options(body: dict[str, Any]) -> _Options:
+    options = body.get("options")
+    options = {} if options is None else options
+    if not isinstance(options, dict):
+        raise proto.BadRequest("options must be an object")
+    num_ctx = options.get("num_ctx")
+    if num_ctx is not None and (not _is_int(num_ctx) or num_ctx < 1):
+        raise proto.BadRequest("options.num_ctx must be a positive integer")
+    num_predict = options.get("num_predict")
+    if num_predict is not None and not _is_int(num_predict):
+        raise proto.BadRequest("options.num_predict must be an integer")
+    return _Options(num_ctx, num_predict)
+
+
+def _not_found(name: str):
+    return proto.error(404, f"model {json.dumps(name)} not found, try pulling it first")
+
+
+@dataclass
+class _Run:
+    """A generate/chat request that holds its slot: generates, answers, gives the slot back."""
+    sim: Simulator
+    kind: str
+    spec: ModelSpec
+    waiter: Waiter
+    client: ClientProbe
+    tokens: int
+    length_limited: bool
+    seed: str
+    prompt_tokens: int
+    load_s: float
+    fault: Fault | None
+
+    def __post_init__(self) -> None:
+        self.started = self.sim.clock()
+
+    def final(self, text: str) -> dict[str, Any]:
+        elapsed = max(self.sim.clock() - self.started, 2 * PROMPT_EVAL_S)
+        return proto.final_answer(
+            self.kind, self.spec.name, text, done_reason="length" if self.length_limited else "stop",
+            total_s=self.load_s + elapsed, load_s=self.load_s, prompt_tokens=self.prompt_tokens,
+            prompt_s=PROMPT_EVAL_S, output_tokens=self.tokens, output_s=elapsed - PROMPT_EVAL_S)
+
+    def whole(self):
+        """The answer in one object (`"stream": false`)."""
+        try:
+            if self.fault is not None and self.fault.kind == "stall":
+                self.sim.hold_until_gone(self.client)
+                raise ClientGone()
+            produced = sum(self.sim.generate(self.tokens, self.client))
+            return self.final(_words(self.seed, 0, produced))
+        except ClientGone:
+            self.sim.release(self.waiter, cancelled=True)
+            return proto.error(499, "client disconnected")
+        finally:
+            self.sim.release(self.waiter)
+
+    def lines(self) -> Iterator[str]:
+        """The answer as newline-delimited JSON; a fault shows after the first chunk."""
+        try:
+            produced = 0
+            with contextlib.closing(self.sim.generate(self.tokens, self.client)) as job:
+                for new in job:
+                    yield json.dumps(proto.answer(self.kind, self.spec.name, _words(self.seed, produced, new))) + "\n"
+                    produced += new
+                    if self.fault is not None:
+                        break
+            if self.fault is None:
+                yield json.dumps(self.final("")) + "\n"
+            elif self.fault.kind == "garbage":
+                yield "llama_decode: garbled output <<<\n"
+            elif self.fault.kind == "drop":
+                self.client.cut()
+            else:                                # stall
+                self.sim.hold_until_gone(self.client)
+                self.sim.release(self.waiter, cancelled=True)
+        except (ClientGone, GeneratorExit):       # GeneratorExit: the server closed the stream early
+            self.sim.release(self.waiter, cancelled=True)
+        finally:
+            self.sim.release(self.waiter)
+
+    def streamed(self) -> Response:
+        response = Response(self.lines(), mimetype="application/x-ndjson")
+        response.call_on_close(lambda: self.sim.release(self.waiter))    # even if never iterated
+        return response
+
+
 def create_sim_app(sim: Simulator) -> Flask:
     app = Flask("simulator")
 
     def body() -> dict[str, Any]:
         return proto.json_body(request.get_data())
+
+    def client() -> ClientProbe:
+        return ClientProbe(request.environ.get("werkzeug.socket"))
+
+    def enter(spec: ModelSpec, num_ctx: int | None, prompt: str | None, keep_alive: float | None):
+        """Admit a request and wait for its slot (its model, without a prompt): (waiter, seconds
+        waited), or an error answer."""
+        try:
+            waiter = sim.admit(spec, num_ctx, prompt is not None, prompt or "", keep_alive)
+            return waiter, sim.wait(waiter, client())
+        except ServerBusy as exc:
+            return proto.error(503, str(exc)), 0.0
+        except SimOutOfMemory as exc:
+            return proto.error(500, str(exc)), 0.0
+        except ClientGone:
+            return proto.error(499, "client disconnected"), 0.0
 
     @app.errorhandler(proto.BadRequest)
     def bad_request(exc):
@@ -230,7 +233,7 @@ def create_sim_app(sim: Simulator) -> Flask:
     @app.get("/api/tags")
     def tags():
         return {"models": [{"name": s.name, "model": s.name, "modified_at": proto.now_iso(),
-                            "size": s.size_bytes, "digest": _digest(s.name), "details": _details(s)}
+                            "size": s.size_bytes, "digest": digest_of(s.name), "details": details_of(s)}
                            for s in sim.catalog.values()]}
 
     @app.get("/api/ps")
@@ -239,71 +242,57 @@ def create_sim_app(sim: Simulator) -> Flask:
 
     @app.post("/api/show")
     def show():
-        spec = sim.spec(proto.require_model(body()))
+        name = proto.require_model(body())
+        spec = sim.spec(name)
         if spec is None:
-            return proto.error(404, "model not found")
-        return {"details": _details(spec), "parameters": "", "template": "{{ .Prompt }}",
-                "model_info": {"general.architecture": spec.family, "general.parameter_count": 0},
-                "capabilities": list(spec.capabilities)}
+            return proto.error(404, f"model '{name}' not found")
+        info: dict[str, Any] = {"general.architecture": spec.family, "general.parameter_count": 0}
+        if spec.arch is not None:
+            info.update(model_info_of(spec.arch, spec.family))
+        return {"details": details_of(spec), "parameters": f"num_ctx {sim.num_ctx}", "template": "{{ .Prompt }}",
+                "model_info": info, "capabilities": list(spec.capabilities)}
 
     @app.get("/api/sim/stats")
     def stats():
         return sim.stats()
+
+    @app.get("/api/sim/faults")
+    def faults():
+        return sim.faults.pending()
+
+    @app.post("/api/sim/faults")
+    def set_faults():
+        return sim.faults.configure(body())
 
     def infer(kind: str):
         req = body()
         name = proto.require_model(req)
         spec = sim.spec(name)
         if spec is None:
-            return proto.error(404, f"model '{name}' not found, try pulling it first")
+            return _not_found(name)
         keep_alive = proto.parse_keep_alive(req.get("keep_alive"))
-        prompt_empty = kind == "generate" and not req.get("prompt") and not req.get("messages")
-        if kind == "chat" and not req.get("messages"):
-            prompt_empty = True
-        if prompt_empty and keep_alive == 0:
+        prompt = _prompt_of(kind, req)
+        if prompt is None and keep_alive == 0:
             sim.unload(spec.name)
             return proto.answer(kind, spec.name, "", done=True, done_reason="unload")
         if "completion" not in spec.capabilities:
             return proto.error(400, f'"{spec.name}" does not support {kind}')
-        try:
-            load_s = sim.ensure_loaded(spec, keep_alive)
-        except SimOutOfMemory as exc:
-            return proto.error(500, str(exc))
-        if prompt_empty:
-            return proto.answer(kind, spec.name, "", done=True, done_reason="load")
-        options = req.get("options")
-        options = {} if options is None else options
-        if not isinstance(options, dict):
-            raise proto.BadRequest("options must be an object")
-        tokens = options.get("num_predict") or sim.default_tokens
-        if not isinstance(tokens, int) or isinstance(tokens, bool):
-            raise proto.BadRequest("options.num_predict must be an integer")
-        if tokens < 0:
-            tokens = sim.default_tokens
-        seed = str(req.get("prompt") or req.get("messages"))
-        prompt_tokens = _prompt_tokens(req)
-        started = time.time()
-
-        def chunk(text: str) -> dict[str, Any]:
-            return proto.answer(kind, spec.name, text)
-
-        def final(text: str) -> dict[str, Any]:
-            elapsed = time.time() - started
-            return proto.final_answer(
-                kind, spec.name, text, done_reason="length" if options.get("num_predict") else "stop",
-                total_s=elapsed + load_s, load_s=load_s, prompt_tokens=prompt_tokens, prompt_s=0.0001,
-                output_tokens=tokens, output_s=max(elapsed, 1e-6))
-
-        if proto.wants_stream(req):
-            def stream() -> Iterator[dict[str, Any]]:
-                produced = 0
-                for new in sim.generate(spec, tokens, keep_alive):
-                    yield chunk(_words(seed, produced, new))
-                    produced += new
-                yield final("")
-            return proto.ndjson(stream())
-        produced = sum(sim.generate(spec, tokens, keep_alive))
-        return final(_words(seed, 0, produced))
+        options = _options(req)
+        streaming = proto.wants_stream(req)
+        fault = sim.faults.take(kind, streaming) if prompt is not None else None
+        if fault is not None and fault.kind == "error":
+            return proto.error(fault.status, fault.message)
+        waiter, load_s = enter(spec, options.num_ctx, prompt, keep_alive)
+        if not isinstance(waiter, Waiter):
+            return waiter
+        if prompt is None:
+            return proto.answer(kind, spec.name, "", done=True, done_reason="load",
+                                load_duration=proto.ns(load_s))
+        tokens = options.num_predict if options.num_predict and options.num_predict > 0 else sim.default_tokens
+        run = _Run(sim, kind, spec, waiter, client(), tokens,
+                   bool(options.num_predict), str(req.get("prompt") or req.get("messages")), _prompt_tokens(req),
+                   load_s, fault)
+        return run.streamed() if streaming else run.whole()
 
     @app.post("/api/generate")
     def generate():
@@ -319,7 +308,7 @@ def create_sim_app(sim: Simulator) -> Flask:
         name = proto.require_model(req)
         spec = sim.spec(name)
         if spec is None:
-            return proto.error(404, f"model '{name}' not found, try pulling it first")
+            return _not_found(name)
         inputs = req.get("input")
         inputs = [inputs] if isinstance(inputs, str) else list(inputs or [])
         if not all(isinstance(i, str) for i in inputs):
@@ -327,22 +316,36 @@ def create_sim_app(sim: Simulator) -> Flask:
         keep_alive = proto.parse_keep_alive(req.get("keep_alive"))
         if "embedding" not in spec.capabilities:
             return proto.error(400, f'"{spec.name}" does not support embeddings')
-        try:
-            load_s = sim.ensure_loaded(spec, keep_alive)
-        except SimOutOfMemory as exc:
-            return proto.error(500, str(exc))
+        options = _options(req)
+        fault = sim.faults.take("embed", False) if inputs else None
+        if fault is not None:
+            return proto.error(fault.status, fault.message)
+        waiter, load_s = enter(spec, options.num_ctx, inputs[0] if inputs else None, keep_alive)
+        if not isinstance(waiter, Waiter):
+            return waiter
         if not inputs:   # Ollama loads the model and answers with no embeddings
             return {"model": spec.name, "embeddings": [], "load_duration": proto.ns(load_s)}
-        started = time.time()
-        tokens = sum(max(1, len(t) // 4) for t in inputs)
-        for _ in sim.generate(spec, max(1, tokens // 10), keep_alive):
-            pass
-        vectors = []
-        for text in inputs:
-            digest = hashlib.sha256(text.encode()).digest()
-            vectors.append([((digest[i % 32] / 255.0) - 0.5) for i in range(EMBED_DIM)])
-        return {"model": spec.name, "embeddings": vectors,
-                "total_duration": proto.ns(time.time() - started + load_s),
-                "load_duration": proto.ns(load_s), "prompt_eval_count": tokens}
+        return _embed_answer(sim, spec, waiter, client(), inputs, load_s)
 
     return app
+
+
+def _embed_answer(sim: Simulator, spec: ModelSpec, waiter: Waiter, client: ClientProbe, inputs: list[str],
+                  load_s: float):
+    started = sim.clock()
+    tokens = sum(max(1, len(t) // 4) for t in inputs)
+    try:
+        for _ in sim.generate(max(1, tokens // 10), client):
+            pass
+    except ClientGone:
+        sim.release(waiter, cancelled=True)
+        return proto.error(499, "client disconnected")
+    finally:
+        sim.release(waiter)
+    vectors = []
+    for text in inputs:
+        digest = hashlib.sha256(text.encode()).digest()
+        vectors.append([((digest[i % 32] / 255.0) - 0.5) for i in range(EMBED_DIM)])
+    return {"model": spec.name, "embeddings": vectors,
+            "total_duration": proto.ns(sim.clock() - started + load_s),
+            "load_duration": proto.ns(load_s), "prompt_eval_count": tokens}

@@ -141,7 +141,9 @@ def test_listing_stats_models_and_health(api):
     assert api.get("/api/ledger?limit=0").status_code == 400
     models = {m["name"]: m for m in api.get("/api/models").get_json()["models"]}
     assert models["phi3:mini"]["fits"] is False and models["gemma:2b"]["fits"] is True
-    assert models["qwen2.5:0.5b"]["learned_bytes"] == 398_000_000      # measured through /api/ps
+    # measured through /api/ps: the weights and the KV cache of one slot of NUM_CTX tokens
+    assert models["qwen2.5:0.5b"]["learned_bytes"] == 398_000_000 + models["qwen2.5:0.5b"]["kv_cache_bytes"]
+    assert models["qwen2.5:0.5b"]["slots"] == 1 and models["qwen2.5:0.5b"]["num_ctx"] == 4096
     assert api.get("/api/health").status_code == 200
 
 

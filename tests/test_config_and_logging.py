@@ -14,7 +14,8 @@ def test_defaults_environment_and_dotenv(tmp_path, monkeypatch):
     for name in ("QUEUE_MAX_SIZE", "VRAM_SAFETY_MARGIN_MB", "MONGODB_URI", "STORE", "HTTP_PORT"):
         monkeypatch.delenv(name, raising=False)
     cfg = Config()
-    assert (cfg.VRAM_SAFETY_MARGIN_MB, cfg.VRAM_ESTIMATION_MULTIPLIER, cfg.MAX_CONCURRENT_PER_MODEL) == (1024, 1.3, 20)
+    assert (cfg.VRAM_SAFETY_MARGIN_MB, cfg.VRAM_ESTIMATION_MULTIPLIER, cfg.OLLAMA_NUM_PARALLEL, cfg.NUM_CTX) == (
+        1024, 1.3, 1, 4096)
     assert (cfg.QUEUE_MAX_SIZE, cfg.MAX_PROMPT_BYTES, cfg.SCHEDULER_LOOP_INTERVAL) == (1000, 4 * 1024 * 1024, 0.1)
     assert cfg.store_kind == "sqlite"
     (tmp_path / ".env").write_text("QUEUE_MAX_SIZE=42\nMONGODB_URI=mongodb://db:27017\n")

@@ -1,11 +1,13 @@
 """The discrete-event simulator and the two policies it compares, on small traces with known answers."""
 import pytest
 
+from model_memory import ModelArch
 from simulator.des import Job, SimModel, make_trace, run
 from simulator.physics import SharedThroughput
 from simulator.policies import ManagerPolicy, OllamaPolicy
 
 GB = 10 ** 9
+SMALL_KV = ModelArch(8, 8, 8, 512)          # 16 KiB of KV cache per token
 PHYSICS = dict(load_bytes_per_s=1 * GB, tokens_per_s=100.0, batch_gain=0.0)
 
 
@@ -20,7 +22,7 @@ def test_shared_counters_finish_at_their_computed_time_even_when_large():
 
 
 def test_ollama_fifo_blocks_the_queue_while_a_swap_waits_for_a_busy_model():
-    models = [SimModel("a", 6 * GB), SimModel("b", 6 * GB)]
+    models = [SimModel("a", 6 * GB, SMALL_KV), SimModel("b", 6 * GB, SMALL_KV)]
     # a long job on "a", then a job for "b" (which does not fit beside "a"), then a short one for "a"
     trace = [Job(0, "a", "normal", 0.0, 1000), Job(1, "b", "high", 0.1, 10), Job(2, "a", "high", 7.0, 10)]
     result = run(OllamaPolicy("ollama", max_loaded=0, num_parallel=4), trace, models, 10 * GB, **PHYSICS)
@@ -32,9 +34,9 @@ def test_ollama_fifo_blocks_the_queue_while_a_swap_waits_for_a_busy_model():
 
 
 def test_manager_runs_loaded_work_while_a_swap_is_pending_and_honours_priority():
-    models = [SimModel("a", 6 * GB), SimModel("b", 6 * GB)]
+    models = [SimModel("a", 6 * GB, SMALL_KV), SimModel("b", 6 * GB, SMALL_KV)]
     trace = [Job(0, "a", "normal", 0.0, 1000), Job(1, "b", "high", 0.1, 10), Job(2, "a", "high", 7.0, 10)]
-    result = run(ManagerPolicy(margin_bytes=0), trace, models, 10 * GB, **PHYSICS)
+    result = run(ManagerPolicy(margin_bytes=0, multiplier=1.2), trace, models, 10 * GB, **PHYSICS)
     by_id = {j.id: j for j in result.jobs}
     assert by_id[2].started == pytest.approx(7.0)            # its model is loaded: it runs at once
     assert by_id[1].started < by_id[0].finished + 7          # b loads once a has drained
@@ -51,7 +53,7 @@ def test_trace_is_reproducible_and_skewed():
 
 
 def test_neither_policy_runs_out_of_memory_under_pressure():
-    models = [SimModel(f"big{i}", int(7 * GB)) for i in range(5)]
+    models = [SimModel(f"big{i}", int(7 * GB), SMALL_KV) for i in range(5)]
     trace = make_trace(models, 300, 20.0, seed=5)
     for policy in (ManagerPolicy(), OllamaPolicy("default", 3, 1), OllamaPolicy("tuned", 0, 4)):
         result = run(policy, trace, models, 24 * GB, **PHYSICS)

@@ -8,7 +8,7 @@ from conftest import wait_until
 from store.sqlite import SqliteStore
 
 pytestmark = pytest.mark.slow
-SLOW_SIM = dict(SIM_TOKENS_PER_S=100, SIM_DEFAULT_TOKENS=60, MAX_CONCURRENT_PER_MODEL=2, SIM_LOAD_GBPS=50)
+SLOW_SIM = dict(SIM_TOKENS_PER_S=100, SIM_DEFAULT_TOKENS=60, SIM_NUM_PARALLEL=2, SIM_LOAD_GBPS=50)
 
 
 def submit_many(url, n):

@@ -1,5 +1,7 @@
 """The embedded runtime, for real: llama.cpp inference on small models from PyPI, spoken to
 through the execution engine's Ollama client and through the official `ollama` client."""
+import json
+import threading
 import time
 
 import ollama
@@ -8,6 +10,7 @@ import requests
 
 from conftest import require_models, wait_until
 from embedded_runtime.catalog import CATALOG, EmbeddedModel, ModelFiles, ModelUnavailable, is_installed, sha256_of
+from embedded_runtime.runner import SlotGate
 from runtime_client import OllamaClient
 from runtime_launcher import ManagedRuntime
 
@@ -100,6 +103,135 @@ def test_bad_requests_are_400(runtime):
     assert requests.post(f"{runtime}/api/chat", json={"model": "smollm2:135m", "messages": "hi"}).status_code == 400
     r = requests.post(f"{runtime}/api/generate", json={"model": "smollm2:135m", "prompt": "x", "options": []})
     assert r.status_code == 400
+
+
+def _ps(url: str) -> list[dict]:
+    return requests.get(f"{url}/api/ps", timeout=10).json()["models"]
+
+
+def _load(url: str, model: str, **options) -> None:
+    r = requests.post(f"{url}/api/generate", json={"model": model, "keep_alive": "5m", "options": options},
+                      timeout=60)
+    assert r.status_code == 200 and r.json()["done_reason"] == "load", r.text
+
+
+def _unload(url: str, model: str) -> None:
+    requests.post(f"{url}/api/generate", json={"model": model, "keep_alive": 0}, timeout=60)
+    wait_until(lambda: model not in {m["name"] for m in _ps(url)}, message=f"{model} to unload")
+
+
+def _stream_generate(url: str, body: dict, record: dict) -> None:
+    """A streaming /api/generate; notes when its first chunk and its end arrived, and the chunks."""
+    with requests.post(f"{url}/api/generate", json={**body, "stream": True}, stream=True, timeout=60) as r:
+        record["chunks"] = []
+        for line in r.iter_lines():
+            if line:
+                record.setdefault("first", time.monotonic())
+                record["chunks"].append(json.loads(line))
+    record["end"] = time.monotonic()
+
+
+def test_num_ctx_loads_and_a_different_one_reloads_after_requests_in_flight(runtime):
+    name = "smollm2:135m"
+    _unload(runtime, name)
+    _load(runtime, name, num_ctx=1024)
+    [before] = _ps(runtime)
+    assert before["context_length"] == 1024 and before["num_parallel"] == 1
+
+    in_flight: dict = {}
+    worker = threading.Thread(target=_stream_generate, args=(runtime, {
+        "model": name, "prompt": "Count from one to twenty.", "options": {"num_predict": 40, "temperature": 0}},
+        in_flight))
+    worker.start()
+    wait_until(lambda: "first" in in_flight, timeout=30, message="the first request to stream")
+    r = requests.post(f"{runtime}/api/generate", json={"model": name, "prompt": "Hi", "stream": False,
+                                                       "options": {"num_ctx": 2048, "num_predict": 4}}, timeout=60)
+    reloaded_at = time.monotonic()
+    worker.join(30)
+    assert r.status_code == 200 and r.json()["done"] and r.json()["load_duration"] > 0
+    final = in_flight["chunks"][-1]
+    assert final["done"] and "error" not in final          # the request in flight was not cut short
+    assert in_flight["end"] <= reloaded_at
+    [after] = _ps(runtime)
+    assert after["context_length"] == 2048 and after["pid"] != before["pid"]
+    assert after["size"] != before["size"]                  # the runner's RSS: a larger KV cache
+
+    r = requests.post(f"{runtime}/api/generate", json={"model": name, "prompt": "Hi", "stream": False,
+                                                       "options": {"num_predict": 2}}, timeout=60)
+    assert r.status_code == 200 and _ps(runtime)[0]["pid"] == after["pid"]    # no num_ctx: no reload
+    _load(runtime, name, num_ctx=100_000)
+    assert _ps(runtime)[0]["context_length"] == CATALOG[name].context_length == 8192   # the trained context
+    _unload(runtime, name)
+
+
+def test_show_gives_the_gguf_metadata(runtime):
+    r = requests.post(f"{runtime}/api/show", json={"model": "smollm2:135m"}, timeout=30)
+    assert r.status_code == 200
+    assert r.json()["parameters"] == "num_ctx 1024"
+    info = r.json()["model_info"]
+    assert info["general.architecture"] == "llama"
+    assert {k: info[f"llama.{k}"] for k in ("block_count", "attention.head_count", "attention.head_count_kv",
+                                            "embedding_length", "context_length")} == {
+        "block_count": 30, "attention.head_count": 9, "attention.head_count_kv": 3, "embedding_length": 576,
+        "context_length": 8192}
+    assert "tokenizer.ggml.tokens" not in info                 # the vocabulary is left out
+    info = requests.post(f"{runtime}/api/show", json={"model": "gemma3:270m"}, timeout=30).json()["model_info"]
+    assert info["gemma3.attention.key_length"] == 256 and info["gemma3.attention.head_count_kv"] == 1
+
+
+@pytest.mark.parametrize("num_ctx", [0, -5, 1.5, "2048", True])
+def test_bad_num_ctx_is_400(runtime, num_ctx):
+    for path, extra in (("generate", {"prompt": "x"}), ("generate", {}),
+                        ("chat", {"messages": [{"role": "user", "content": "x"}]})):
+        r = requests.post(f"{runtime}/api/{path}", json={"model": "smollm2:135m", "options": {"num_ctx": num_ctx},
+                                                         **extra}, timeout=30)
+        assert r.status_code == 400 and r.json()["error"] == "options.num_ctx must be a positive integer"
+
+
+def test_waiting_requests_are_served_in_arrival_order(runtime):
+    name = "smollm2:135m"
+    _load(runtime, name)                                       # one slot (--parallel 1)
+    records: list[dict] = [{}, {}, {}]
+    workers = []
+    for i, record in enumerate(records):
+        body = {"model": name, "prompt": f"Write a short poem about the number {i}.",
+                "options": {"num_predict": 16, "temperature": 0}}
+        workers.append(threading.Thread(target=_stream_generate, args=(runtime, body, record)))
+        workers[-1].start()
+        time.sleep(0.05)
+    for worker in workers:
+        worker.join(60)
+    assert all(r["chunks"][-1]["done"] for r in records)
+    firsts = [r["first"] for r in records]
+    ends = [r["end"] for r in records]
+    assert firsts == sorted(firsts) and ends == sorted(ends)
+    assert ends[0] <= firsts[1] and ends[1] <= firsts[2]       # one at a time
+    _unload(runtime, name)
+
+
+def test_slot_gate_lets_waiters_in_by_arrival_and_drops_those_whose_client_left():
+    gate = SlotGate(1)
+    assert gate.enter(lambda: False)                             # the one slot is taken
+    order, results, gone = [], {}, {"b": False}
+
+    def wait_turn(name: str) -> None:
+        results[name] = gate.enter(lambda: gone.get(name, False))
+        if results[name]:
+            order.append(name)
+            time.sleep(0.02)
+            gate.leave()
+
+    workers = []
+    for i, name in enumerate("abc"):
+        workers.append(threading.Thread(target=wait_turn, args=(name,)))
+        workers[-1].start()
+        wait_until(lambda i=i: len(gate._waiting) == i + 1, message=f"{name} to queue")
+    gone["b"] = True                                             # b's client hangs up while it waits
+    gate.leave()
+    for worker in workers:
+        worker.join(5)
+    assert order == ["a", "c"] and results == {"a": True, "b": False, "c": True}
+    assert gate.enter(lambda: False)                             # every slot came back
 
 
 def test_chunked_model_is_joined_once_and_checked(tmp_path, monkeypatch):

@@ -22,7 +22,8 @@ def finished(client, job_id, timeout=20):
 
 def test_out_of_memory_answer_is_counted_and_the_job_retried_once_memory_is_freed(running_service):
     # Polling /api/ps rarely, so that the manager does not notice what another client does.
-    service, client = running_service(SIM_VRAM_GB=3.0, VRAM_SAFETY_MARGIN_MB=0, RUNTIME_POLL_INTERVAL=30.0)
+    # gemma:2b takes 1.78 GB with its KV cache, phi3:mini 3.81 GB: one at a time in 4.5 GB.
+    service, client = running_service(SIM_VRAM_GB=4.5, VRAM_SAFETY_MARGIN_MB=0, RUNTIME_POLL_INTERVAL=30.0)
     assert finished(client, submit(client, model="gemma:2b", prompt="warm up"))["status"] == "complete"
     sim = service.runtime.url
     # Another client of the same runtime swaps gemma out for phi3 behind the manager's back.
@@ -38,14 +39,6 @@ def test_out_of_memory_answer_is_counted_and_the_job_retried_once_memory_is_free
     assert sim_stats["oom_errors"] == 1
     loaded = [m["name"] for m in requests.get(f"{sim}/api/ps", timeout=5).json()["models"]]
     assert loaded == ["gemma:2b"]                     # phi3 (idle, not ours) was evicted to make room
-
-
-def test_out_of_memory_raises_the_models_planned_need(running_service):
-    service, _ = running_service()
-    before = service.registry.need_bytes("phi3:mini")
-    service.registry.learn_oom("phi3:mini")
-    assert service.registry.need_bytes("phi3:mini") > before
-    assert service.store.footprints()["phi3:mini"] == service.registry.need_bytes("phi3:mini")
 
 
 def test_timeout_fails_the_job_with_the_reason(running_service):
@@ -67,7 +60,7 @@ def test_cancelling_a_running_job_stops_its_request(running_service):
     wait_until(lambda: requests.get(f"{sim}/api/sim/stats", timeout=5).json()["running"] == 0,
                timeout=5, message="the runtime to stop generating")
     assert client.get(f"/api/job/{job_id}").get_json()["status"] == "cancelled"
-    wait_until(lambda: not service.engine.running_ids(), message="engine to let go of the job")
+    wait_until(lambda: not service.core.running_ids(), message="engine to let go of the job")
 
 
 def test_cancelling_a_waiting_job(running_service):

@@ -2,6 +2,7 @@
 resource figures that agree with the operating system's own accounting of the runner process."""
 import json
 import os
+import threading
 import time
 
 import pytest
@@ -64,6 +65,34 @@ def test_embedded_job_ledger_agrees_with_the_os_within_ten_percent(running_servi
     assert job["metrics"]["runtime_cpu_s"] == ledger["runtime_cpu_s"]
     sampler = client.get("/api/stats").get_json()["scheduler"]["sampler"]
     assert sampler["cpu_pct_of_core"] < 1.0
+
+
+@pytest.mark.embedded
+def test_four_jobs_sharing_one_runner_are_charged_its_cpu_once_between_them(running_service, model_cache):
+    require_models("smollm2:135m")
+    service, client = running_service(BACKEND="embedded", EMBEDDED_MODEL_CACHE=model_cache,
+                                      EMBEDDED_NUM_PARALLEL=4, NUM_CTX=1024)
+    submit(client, model="smollm2:135m", prompt="warm up", options={"num_predict": 2})
+    pid = next(m["pid"] for m in requests.get(service.runtime.url + "/api/ps", timeout=5).json()["models"])
+    cpu_before = proc_cpu_seconds(pid)
+    results = []
+    threads = [threading.Thread(target=lambda i=i: results.append(submit(
+        client, model="smollm2:135m", prompt=f"Write a short story about a robot named R{i}.",
+        options={"num_predict": 64, "temperature": 0.8, "seed": i}))) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    cpu_os = proc_cpu_seconds(pid) - cpu_before
+    assert [j["status"] for j in results] == ["complete"] * 4
+    entries = [service.store.list_metrics(job_id=j["job_id"])[0] for j in results]
+    charged = sum(e["runtime_cpu_s"] for e in entries)
+    assert cpu_os > 0.5, "the jobs were too short to compare CPU time"
+    assert charged == pytest.approx(cpu_os, rel=0.10)             # not 4x: each second charged once
+    assert max(e["runner_jobs_max"] for e in entries) == 4          # they really ran together
+    assert all(1.0 <= e["runner_jobs_mean"] <= e["runner_jobs_max"] for e in entries)
+    assert all(e["model_slots"] == 4 for e in entries)
+    assert sum(e["run_s"] for e in entries) > 0
 
 
 def test_failed_jobs_are_in_the_ledger_with_their_error(running_service):

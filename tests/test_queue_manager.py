@@ -1,4 +1,6 @@
 """Ordering: priority, FIFO within a priority, aging, grouping by model; and claiming."""
+import pytest
+
 from conftest import sample_job
 from jobs import Priority
 from queue_manager import QueueManager, WaitingIndex
@@ -13,14 +15,6 @@ def test_priority_then_fifo_within_a_model():
     order = [index.pop("m", now=5.0) for _ in range(4)]
     assert order == ["high1", "norm1", "norm2", "low1"]
     assert index.pop("m", now=5.0) is None and len(index) == 0
-
-
-def test_aging_lets_low_priority_overtake():
-    index = WaitingIndex(aging_s=10)
-    index.add("old-low", "m", 0, 0.0)
-    index.add("new-high", "m", 2, 100.0)
-    # At t=100 the low job has waited 100 s = 10 levels: 0 + 10 > 2 + 0.
-    assert index.pop("m", now=100.0) == "old-low"
 
 
 def test_requeued_job_returns_to_its_place_in_line():
@@ -66,3 +60,39 @@ def test_submit_wakes_listener_and_start_retakes_queued_jobs(store):
     fresh = QueueManager(store, max_waiting=10, aging_s=60)
     fresh.start()
     assert fresh.sync() == 1 and fresh.waiting() == 1
+
+
+def test_aging_orders_within_a_priority_but_never_lifts_a_job_above_the_next_one():
+    index = WaitingIndex(aging_s=10)
+    index.add("ancient-normal", "m", 1, 0.0)
+    index.add("fresh-high", "m", 2, 1000.0)
+    assert index.pop("m", now=1000.0) == "fresh-high"          # 100 levels of waiting are capped below one
+    index.add("old-low", "a", 0, 0.0)
+    index.add("new-low", "b", 0, 50.0)
+    demand = {d.model: d.score for d in index.demand(now=55.0)}
+    assert demand["a"] > demand["b"]                            # but the older of two equals goes first
+
+
+def test_under_a_flood_of_high_priority_work_lower_priorities_still_get_their_share():
+    index = WaitingIndex(aging_s=60)                           # shares high 8 : normal 3 : low 1
+    for i in range(5000):
+        index.add(f"h{i}", "m", 2, float(i))
+    for i in range(1000):
+        index.add(f"n{i}", "m", 1, float(i))
+        index.add(f"l{i}", "m", 0, float(i))
+    served = [index.pop("m", now=6000.0)[0] for _ in range(1200)]
+    shares = {c: served.count(c) / len(served) for c in "hnl"}
+    assert shares["h"] == pytest.approx(8 / 12, abs=0.03)
+    assert shares["n"] == pytest.approx(3 / 12, abs=0.03)
+    assert shares["l"] == pytest.approx(1 / 12, abs=0.03)
+
+
+def test_a_priority_that_is_owed_its_share_makes_its_model_the_most_urgent():
+    index = WaitingIndex(aging_s=60)
+    for i in range(300):                                       # high work on a loaded model, served a lot
+        index.add(f"h{i}", "loaded", 2, float(i))
+    index.add("l0", "elsewhere", 0, 0.0)                       # low work for a model not loaded
+    for _ in range(100):
+        index.pop("loaded", now=400.0)
+    demand = {d.model: d.score for d in index.demand(now=400.0)}
+    assert demand["elsewhere"] > demand["loaded"]              # low is owed: its model comes first now

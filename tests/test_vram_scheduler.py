@@ -7,8 +7,8 @@ from vram_scheduler import Demand, Limits, Phase, Plan, ResidentModel, Snapshot,
 GB = 10**9
 
 
-def loaded(name, gb, running=0, last_used=0.0, phase=Phase.LOADED):
-    return ResidentModel(name, phase, int(gb * GB), running, last_used)
+def loaded(name, gb, running=0, last_used=0.0, phase=Phase.LOADED, slots=4):
+    return ResidentModel(name, phase, int(gb * GB), running, last_used, slots)
 
 
 def want(model, waiting=1, score=1.0, oldest=0.0):
@@ -100,7 +100,7 @@ def test_grouping_a_loaded_model_keeps_its_work_against_equally_urgent_work():
     resident = [loaded("a", 5, running=1)]
     demand = [want("b", score=1.2, oldest=0), want("a", waiting=5, score=1.1, oldest=1)]
     p = plan(snap(6, resident, demand, {"b": 4}, swap_margin=1.0))
-    assert ("a", 5) in p.dispatch
+    assert ("a", 3) in p.dispatch                 # its three free slots
     assert p.draining == [] and p.unloads == []
 
 
@@ -112,10 +112,15 @@ def test_aging_eventually_lets_old_low_priority_work_through():
     assert p.draining == ["h"]
 
 
-def test_concurrency_limits_per_model_and_overall():
-    resident = [loaded("a", 1, running=18), loaded("b", 1, running=0)]
-    p = plan(snap(10, resident, [want("a", 50, score=2), want("b", 50, score=1)], max_per_model=20, max_running=25))
+def test_a_model_is_never_given_more_jobs_than_its_free_slots_and_all_within_the_overall_limit():
+    resident = [loaded("a", 1, running=18, slots=20), loaded("b", 1, running=0, slots=8)]
+    p = plan(snap(10, resident, [want("a", 50, score=2), want("b", 50, score=1)], max_running=25))
     assert p.dispatch == [("a", 2), ("b", 5)]
+    # One slot, busy: the waiting work stays in the queue (not inside the runtime's own FIFO).
+    p = plan(snap(10, [loaded("c", 1, running=1, slots=1)], [want("c", 9, score=2)]))
+    assert p.dispatch == []
+    p = plan(snap(10, [loaded("c", 1, running=0, slots=1)], [want("c", 9, score=2)]))
+    assert p.dispatch == [("c", 1)]
 
 
 def test_loaded_model_cap():
@@ -136,16 +141,17 @@ def worlds(draw):
     for name in names:
         gb = draw(st.floats(0.1, 8))
         if draw(st.booleans()):
-            resident.append(loaded(name, gb, running=draw(st.integers(0, 3)),
+            slots = draw(st.integers(1, 8))
+            resident.append(loaded(name, gb, running=draw(st.integers(0, slots)),
                                    last_used=draw(st.floats(0, 100)),
-                                   phase=draw(st.sampled_from(list(Phase)))))
+                                   phase=draw(st.sampled_from(list(Phase))), slots=slots))
         if draw(st.booleans()):
             demand.append(want(name, draw(st.integers(1, 30)), draw(st.floats(0, 4)), draw(st.floats(0, 100))))
         needs[name] = gb
     used = sum(m.bytes for m in resident) / GB
     budget = draw(st.floats(max(used - 2, 0), used + 20))      # sometimes over budget already
     return snap(budget, resident, demand, needs, capacity_gb=budget + 1,
-                max_per_model=draw(st.integers(1, 20)), max_running=draw(st.integers(1, 64)),
+                max_running=draw(st.integers(1, 64)),
                 max_loaded=draw(st.integers(0, 4)))
 
 
@@ -166,7 +172,7 @@ def test_plans_never_exceed_budget_nor_touch_busy_models(s):
     running = sum(m.running for m in s.resident) + sum(n for _, n in p.dispatch)
     assert running <= max(s.limits.max_running, sum(m.running for m in s.resident))
     for name, n in p.dispatch:
-        assert by_name[name].phase is Phase.LOADED and by_name[name].running + n <= s.limits.max_per_model
+        assert by_name[name].phase is Phase.LOADED and by_name[name].running + n <= by_name[name].slots
         assert name not in p.unloads
     if s.limits.max_loaded:
         loaded_after = sum(1 for m in s.resident if m.phase is not Phase.UNLOADING) - len(p.unloads) + len(p.loads)

@@ -1,0 +1,252 @@
+"""One scheduler pass at a time: events in, decisions out through `Effects`.
+
+`SchedulerCore` owns the scheduler's state: the table of resident models (`model_table`), each
+model's record of failed loads, and the jobs it has started. A pass (`run_pass`) takes in the
+events that effects reported since the last pass (a load finished, a job finished, ...), brings
+the table in line with the runtime's latest reading, asks `vram_scheduler.plan` what to do, and
+does it through `Effects`: unload, load, start jobs (each claimed from the queue first), cancel.
+What to do when something goes wrong is `scheduling_policy`'s to say.
+
+It never sleeps and starts no thread: the service calls `run_pass` from its loop, and tests call
+it with a fake runtime behind `Effects` and a fake clock.
+"""
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from config import Config
+from counters import Counters
+from jobs import ErrorKind, JobStatus
+from log_setup import get_logger
+from model_memory import effective_ctx
+from model_registry import ModelRegistry
+from model_table import ModelState, ModelTable
+from queue_manager import QueueManager
+from resource_monitor import ResourceState
+from scheduler_events import Effects, Event, JobFinished, LoadFinished, RunContext, UnloadFinished
+from scheduling_policy import (FailureKind, LoadHealth, PolicyLimits, after_load_failure, after_load_success,
+                               backing_off, reading_is_stale)
+from vram_scheduler import Demand, Limits, Plan, ResidentModel, Snapshot, plan
+
+log = get_logger("SCHEDULER")
+
+
+def build_snapshot(state: ResourceState, resident: tuple[ResidentModel, ...], demand: list[Demand],
+                   need_of: Callable[[str], int], limits: Limits, margin_bytes: int) -> Snapshot:
+    """The planner's input, from the monitor's reading and the table of resident models."""
+    resident_names = {m.name for m in resident}
+    demanded = {d.model for d in demand}
+    needs = {name: need_of(name) for name in demanded if name not in resident_names}
+    needs.update({m.name: need_of(m.name) for m in resident if m.name in demanded})
+    if state.memory_total <= 0 or not state.runtime_ok:   # memory unknown or runtime down: no loads
+        return Snapshot(sum(m.bytes for m in resident), 1 << 62, resident, tuple(demand), needs, limits)
+    capacity = state.memory_total - margin_bytes
+    return Snapshot(capacity - state.used_by_others, capacity, resident, tuple(demand), needs, limits)
+
+
+@dataclass(frozen=True)
+class RunningJob:
+    model: str
+    incarnation: int
+
+
+class SchedulerCore:
+    def __init__(self, queue: QueueManager, registry: ModelRegistry, effects: Effects, config: Config,
+                 counters: Counters, node: str, want_reading: Callable[[], None] = lambda: None):
+        self.queue = queue
+        self.registry = registry
+        self.effects = effects
+        self.config = config
+        self.counters = counters
+        self.node = node
+        self.want_reading = want_reading
+        self.limits = Limits(config.MAX_RUNNING_JOBS, config.MAX_LOADED_MODELS, config.SWAP_MARGIN)
+        self.policy = PolicyLimits(config.MAX_LOAD_FAILURES, config.LOAD_RETRY_DELAY_S, config.OOM_MAX_RETRIES)
+        self.table = ModelTable()
+        self.health: dict[str, LoadHealth] = {}
+        self.running: dict[str, RunningJob] = {}
+        self.distrusted_at = 0.0                 # when the runtime last contradicted the table
+        self.capacity_bytes = 0                  # the most any one model could have (0 while unknown)
+        self.last_plan = Plan()
+        self.passes = 0
+        self._events: deque[Event] = deque()
+        self._lock = threading.Lock()            # the table, for readers on other threads
+        self._reconciled: ResourceState | None = None
+
+    # --- what effects report (any thread) ---------------------------------------------------------
+    def post(self, event: Event) -> None:
+        self._events.append(event)
+
+    def states(self) -> list[ModelState]:
+        with self._lock:
+            return self.table.states()
+
+    def running_ids(self) -> list[str]:
+        return list(self.running)
+
+    # --- one pass ---------------------------------------------------------------------------------
+    def run_pass(self, reading: ResourceState | None, now: float) -> Plan:
+        """Take in events and the latest reading, plan, and act. Returns what was decided."""
+        self.queue.sync()
+        with self._lock:
+            self._take_events(now)
+            if reading is not None and reading is not self._reconciled:
+                self._reconcile(reading)
+        self._check_cancellations()
+        if reading is None or reading_is_stale(self.distrusted_at, reading.taken_at):
+            self.want_reading()             # act again once the runtime has been read afresh
+            return Plan()
+        held_back = backing_off(self.health, now)
+        demand = [d for d in self.queue.demand(now) if d.model not in held_back]
+        with self._lock:
+            resident = self.table.resident()
+        snapshot = build_snapshot(reading, resident, demand, self.registry.need_bytes, self.limits,
+                                  self.config.safety_margin_bytes)
+        decided = plan(snapshot)
+        for model in decided.never_fits:
+            self._fail_never_fits(model, snapshot, now)
+        for model in decided.unloads:
+            self._unload(model, now)
+        for model in decided.loads:
+            self._load(model, now)
+        for model, n in decided.dispatch:
+            self._dispatch(model, n, now)
+        self.passes += 1
+        self.last_plan = decided
+        if decided.loads or decided.unloads:
+            log.info("plan: load %s, unload %s, waiting for memory %s", decided.loads or "-",
+                     decided.unloads or "-", decided.waiting_for_memory or "-")
+        return decided
+
+    # --- acting -----------------------------------------------------------------------------------
+    def _unload(self, model: str, now: float) -> None:
+        with self._lock:
+            state = self.table.get(model)
+            if state is None or not self.table.begin_unload(model, now):
+                return
+        log.info("unloading %s (%.0f MB)", model, state.bytes / 1e6)
+        self.effects.unload(model)
+
+    def _load(self, model: str, now: float) -> None:
+        need, slots = self.registry.need_bytes(model), self.registry.slots(model)
+        with self._lock:
+            if self.table.begin_load(model, need, slots, now) is None:
+                return
+        entry = self.registry.get(model)
+        embedding_only = entry is not None and entry.spec.embedding_only
+        log.info("loading %s (planned %.0f MB, %d slot%s)", model, need / 1e6, slots, "s" if slots > 1 else "")
+        self.effects.load(model, self.registry.settings.load_options(model), embedding_only)
+
+    def _dispatch(self, model: str, n: int, now: float) -> None:
+        with self._lock:
+            state = self.table.get(model)
+            if state is None or state.running + n > state.slots:
+                return
+        jobs = self.queue.take(model, n, now, lambda job_id: (uuid.uuid4().hex, {"started_at": now, "node": self.node}))
+        for job in jobs:
+            with self._lock:
+                self.table.job_started(model, now)
+            self.running[job["job_id"]] = RunningJob(model, state.incarnation)
+            self.effects.start(job, RunContext(state.bytes, state.slots, state.incarnation, now,
+                                               state.load_started, state.load_finished))
+
+    def _check_cancellations(self) -> None:
+        """Stop the requests of running jobs that were cancelled through the API."""
+        if not self.running:
+            return
+        statuses = self.queue.store.statuses(list(self.running))
+        for job_id, status in statuses.items():
+            if status == JobStatus.CANCELLED.value:
+                self.effects.cancel(job_id)
+
+    def _fail_never_fits(self, model: str, snapshot: Snapshot, now: float) -> None:
+        need = snapshot.need_bytes.get(model, 0)
+        reason = (f"model {model} needs {need / 1e9:.2f} GB but at most {snapshot.capacity_bytes / 1e9:.2f} GB "
+                  f"can ever be used (memory minus VRAM_SAFETY_MARGIN_MB)")
+        self._fail_model(model, reason, now)
+
+    def _fail_model(self, model: str, reason: str, now: float) -> None:
+        failed = self.queue.fail_model(model, {"error": reason, "error_kind": ErrorKind.RUNTIME.value,
+                                               "completed_at": now})
+        if failed:
+            log.warning("failed %d waiting jobs: %s", failed, reason)
+
+    # --- taking in what happened ------------------------------------------------------------------
+    def _take_events(self, now: float) -> None:
+        while self._events:
+            event = self._events.popleft()
+            if isinstance(event, JobFinished):
+                self._job_finished(event)
+            elif isinstance(event, LoadFinished):
+                self._load_finished(event)
+            else:
+                self._unload_finished(event)
+
+    def _job_finished(self, event: JobFinished) -> None:
+        self.running.pop(event.job_id, None)
+        self.table.job_finished(event.model, event.at)
+        verdict = event.verdict
+        if verdict is None:
+            return
+        if verdict.grow_need:
+            self.counters.add("errors.oom")
+            self.registry.learn_oom(event.model, event.incarnation, self.capacity_bytes, self.config.OOM_GROWTH)
+        if verdict.distrust_table:
+            self._distrust(event.model, event.at)
+
+    def _load_finished(self, event: LoadFinished) -> None:
+        model = event.model
+        state = self.table.get(model)
+        incarnation = state.incarnation if state is not None else 0
+        if event.failure is None:
+            self.table.load_succeeded(model, event.at)
+            self.health[model] = after_load_success(self.health.get(model, LoadHealth()))
+            self.counters.add("loads")
+            log.info("loaded %s in %.2fs", model, event.at - (state.load_started if state else event.at))
+            self.want_reading()
+            return
+        self.table.load_failed(model)
+        verdict = after_load_failure(self.health.get(model, LoadHealth()), event.failure, event.message, model,
+                                     event.at, self.policy)
+        self.health[model] = verdict.health
+        self.counters.add("errors.oom" if event.failure is FailureKind.OUT_OF_MEMORY else "errors.runtime")
+        log.warning("loading %s failed (%s): %s", model, event.failure.value, event.message)
+        if verdict.grow_need:
+            self.registry.learn_oom(model, incarnation, self.capacity_bytes, self.config.OOM_GROWTH)
+        if verdict.distrust_table:
+            self._distrust(model, event.at)
+        if verdict.give_up:
+            self._fail_model(model, verdict.give_up, event.at)
+        self.want_reading()
+
+    def _unload_finished(self, event: UnloadFinished) -> None:
+        self.table.unload_finished(event.model, event.ok, event.at)
+        if event.ok:
+            self.counters.add("unloads")
+        else:
+            log.warning("unload of %s failed: %s", event.model, event.message)
+        self.want_reading()
+
+    def _distrust(self, model: str, at: float) -> None:
+        self.distrusted_at = max(self.distrusted_at, at)
+        self.table.distrust(model)
+        self.want_reading()
+
+    def _reconcile(self, reading: ResourceState) -> None:
+        self._reconciled = reading
+        if reading.memory_total > 0:
+            self.capacity_bytes = reading.memory_total - self.config.safety_margin_bytes
+        self.table.reconcile(reading.loaded, reading.taken_at, self.registry.slots)
+        settings = self.registry.settings
+        for info in reading.loaded:
+            entry = self.registry.get(info.name)
+            arch = entry.spec.arch if entry is not None else None
+            expected_ctx = effective_ctx(settings.ctx_for(info.name), arch)
+            state = self.table.get(info.name)
+            if info.footprint and (not info.context_length or info.context_length == expected_ctx):
+                self.registry.learn(info.name, info.footprint,     # measured under our settings only
+                                    state.incarnation if state is not None else None)
