@@ -100,6 +100,10 @@ class Config(BaseSettings):
     SWAP_MARGIN: float = Field(
         1.0, ge=0, description="Priority levels (after aging) by which waiting work must outrank a busy "
         "loaded model before that model stops taking new jobs to make room; larger = more grouping by model.")
+    MIN_RESIDENCY_LOADS: float = Field(
+        4.0, ge=0, description="A model just loaded serves its work for at least this many times its own load "
+        "time before other work may push it out (one with no waiting work may go at once): higher = fewer loads "
+        "and more throughput under memory pressure, lower = urgent work for other models gets memory sooner.")
     OOM_MAX_RETRIES: int = Field(3, ge=0, description="Times a job is re-queued after an out-of-memory answer before it fails.")
     OOM_GROWTH: float = Field(
         1.25, gt=1.0, description="After an out-of-memory incident, a model's planned need grows by this factor (once "

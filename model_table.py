@@ -46,7 +46,8 @@ class ModelTable:
         return [replace(m) for m in self._models.values()]
 
     def resident(self) -> tuple[ResidentModel, ...]:
-        return tuple(ResidentModel(m.name, m.phase, m.bytes, m.running, m.last_used, m.slots)
+        return tuple(ResidentModel(m.name, m.phase, m.bytes, m.running, m.last_used, m.slots, m.load_finished,
+                                   max(m.load_finished - m.load_started, 0.0))
                      for m in self._models.values())
 
     def running(self) -> int:

@@ -36,16 +36,18 @@ log = get_logger("SCHEDULER")
 
 
 def build_snapshot(state: ResourceState, resident: tuple[ResidentModel, ...], demand: list[Demand],
-                   need_of: Callable[[str], int], limits: Limits, margin_bytes: int) -> Snapshot:
+                   need_of: Callable[[str], int], limits: Limits, margin_bytes: int,
+                   draining: frozenset[str] = frozenset(), now: float = 0.0) -> Snapshot:
     """The planner's input, from the monitor's reading and the table of resident models."""
     resident_names = {m.name for m in resident}
     demanded = {d.model for d in demand}
     needs = {name: need_of(name) for name in demanded if name not in resident_names}
     needs.update({m.name: need_of(m.name) for m in resident if m.name in demanded})
+    draining = draining & resident_names
     if state.memory_total <= 0 or not state.runtime_ok:   # memory unknown or runtime down: no loads
-        return Snapshot(sum(m.bytes for m in resident), 1 << 62, resident, tuple(demand), needs, limits)
+        return Snapshot(sum(m.bytes for m in resident), 1 << 62, resident, tuple(demand), needs, limits, draining, now)
     capacity = state.memory_total - margin_bytes
-    return Snapshot(capacity - state.used_by_others, capacity, resident, tuple(demand), needs, limits)
+    return Snapshot(capacity - state.used_by_others, capacity, resident, tuple(demand), needs, limits, draining, now)
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,8 @@ class SchedulerCore:
         self.counters = counters
         self.node = node
         self.want_reading = want_reading
-        self.limits = Limits(config.MAX_RUNNING_JOBS, config.MAX_LOADED_MODELS, config.SWAP_MARGIN)
+        self.limits = Limits(config.MAX_RUNNING_JOBS, config.MAX_LOADED_MODELS, config.SWAP_MARGIN,
+                             config.MIN_RESIDENCY_LOADS)
         self.policy = PolicyLimits(config.MAX_LOAD_FAILURES, config.LOAD_RETRY_DELAY_S, config.OOM_MAX_RETRIES)
         self.table = ModelTable()
         self.health: dict[str, LoadHealth] = {}
@@ -105,7 +108,7 @@ class SchedulerCore:
         with self._lock:
             resident = self.table.resident()
         snapshot = build_snapshot(reading, resident, demand, self.registry.need_bytes, self.limits,
-                                  self.config.safety_margin_bytes)
+                                  self.config.safety_margin_bytes, frozenset(self.last_plan.draining), now)
         decided = plan(snapshot)
         for model in decided.never_fits:
             self._fail_never_fits(model, snapshot, now)

@@ -6,8 +6,9 @@ values and benchmarked in isolation. The execution engine carries the plan out.
 The policy, in the order it is applied:
 
 * Work is taken model by model in order of urgency: a model's score is the best effective
-  priority among its waiting jobs (priority rank + seconds waited / QUEUE_AGING_S), so that
-  high priority goes first and low priority cannot starve.
+  priority among its waiting jobs (priority rank + capped aging, or a lower priority promoted
+  when it is owed its share: see queue_manager), so that high priority goes first and low
+  priority cannot starve.
 * A loaded model with waiting work gets as many jobs as it has free slots (the requests the
   runtime serves at once for it), within MAX_RUNNING_JOBS overall, and never more: a request
   beyond a model's slots would wait inside the runtime, first come, first served, where priority
@@ -15,8 +16,14 @@ The policy, in the order it is applied:
 * A model that is not loaded is loaded when its need fits in the free budget. Otherwise room
   is made, least recently used first, from idle models with no waiting work, then from models
   whose waiting work is at least SWAP_MARGIN priority levels less urgent: idle ones are
-  unloaded, busy ones stop taking new jobs and are unloaded once idle. A model with running
-  jobs is never unloaded.
+  unloaded, busy ones stop taking new jobs (they drain) and are unloaded once idle. A model
+  with running jobs is never unloaded.
+* A swap is costly (the load, and the slots idle while a victim drains), so: one swap at a
+  time (while a model drains or unloads, no other is pushed out and the rest keep serving); a
+  drain, once begun, is seen through; and a model that was just loaded serves its work for at
+  least MIN_RESIDENCY_LOADS times its own load time before other work may push it out (a model
+  with no waiting work may go at once). Under memory pressure that amortises each load over a
+  batch of work instead of swapping for every urgent job.
 * Room is only made when it suffices; memory that a more urgent model is waiting for is not
   given to a less urgent one. Memory being unloaded counts as used until the unload finishes,
   and a load is only planned into memory that is free now, so a plan never exceeds the budget.
@@ -43,6 +50,8 @@ class ResidentModel:
     running: int = 0
     last_used: float = 0.0       # when a job last started or finished on it: the LRU key
     slots: int = 1               # requests the runtime serves at once for it
+    loaded_at: float = 0.0       # when its load finished
+    load_s: float = 0.0          # how long that load took
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,7 @@ class Limits:
     max_running: int = 64
     max_loaded: int = 0          # 0 = no cap
     swap_margin: float = 1.0
+    min_residency_loads: float = 4.0   # a loaded model serves at least this x its load time first
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,8 @@ class Snapshot:
     demand: tuple[Demand, ...]
     need_bytes: Mapping[str, int]   # memory to plan for each demanded model that is not resident
     limits: Limits = Limits()
+    draining: frozenset[str] = frozenset()   # being emptied to make room (decided by an earlier plan)
+    now: float = 0.0
 
 
 @dataclass
@@ -102,6 +114,19 @@ def plan(snapshot: Snapshot) -> Plan:
                        key=lambda m: (m.running > 0, _lru(m)))
     taken: set[str] = set()      # chosen in this pass to make room: unloading or draining
     dispatched: set[str] = set()
+    # A model being drained stays so until it is idle, then goes: its memory is on its way back.
+    for m in snapshot.resident:
+        if m.name in snapshot.draining and m.phase is Phase.LOADED:
+            taken.add(m.name)
+            incoming += m.bytes
+            if m.running == 0:
+                result.unloads.append(m.name)
+                loaded_count -= 1
+            else:
+                result.draining.append(m.name)
+    # One swap at a time: while a model is on its way out, no other is pushed out, so the rest
+    # keep serving (and loads do not share the bandwidth with each other).
+    swapping = bool(taken) or any(m.phase is Phase.UNLOADING for m in snapshot.resident)
 
     def promise(amount: int) -> int:
         """Promise `amount` from free memory, then from incoming; return what is still missing."""
@@ -140,7 +165,10 @@ def plan(snapshot: Snapshot) -> Plan:
         shortfall = need - max(free_now, 0) - incoming
         over_cap = 0 if under_cap else loaded_count + 1 - limits.max_loaded
         victims: list[ResidentModel] = []
-        for m in _victim_candidates(d, spare, with_work, demand, taken | dispatched, limits.swap_margin):
+        settled = {m.name for m in with_work if snapshot.now - m.loaded_at < limits.min_residency_loads * m.load_s}
+        candidates = () if swapping else _victim_candidates(d, spare, with_work, demand,
+                                                             taken | dispatched | settled, limits.swap_margin)
+        for m in candidates:
             if shortfall <= 0 and over_cap <= 0:
                 break
             victims.append(m)
@@ -152,6 +180,7 @@ def plan(snapshot: Snapshot) -> Plan:
             # is free so that less urgent models do not take it meanwhile.
             promise(need)
             continue
+        swapping = True
         for m in victims:
             taken.add(m.name)
             if m.running == 0:

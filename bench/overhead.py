@@ -120,7 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     results = {}
-    sim_env = {"SIM_TOKENS_PER_S": "1e12", "SIM_LOAD_GBPS": "1000", "SIM_DEFAULT_TOKENS": "1"}
+    # Both paths meet the same runtime: as many slots per model as there are clients, so that the
+    # manager may keep as many requests in flight as the clients send straight to it.
+    sim_env = {"SIM_TOKENS_PER_S": "1e12", "SIM_LOAD_GBPS": "1000", "SIM_DEFAULT_TOKENS": "1",
+               "SIM_NUM_PARALLEL": str(args.clients)}
     with Service(["--backend", "sim"], sim_env) as service:
         results["sim"] = measure(Paths(service.url, runtime_url(service.url), "qwen2.5:0.5b", 1),
                                  args.requests, args.clients)

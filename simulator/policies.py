@@ -151,6 +151,8 @@ class ManagerPolicy:
         self.running: dict[str, int] = {}
         self.last_used: dict[str, float] = {}
         self.learned: dict[str, int] = {}
+        self.draining: frozenset[str] = frozenset()
+        self.loaded_at: dict[str, float] = {}
 
     def attach(self, gpu: Gpu) -> None:
         self.gpu = gpu
@@ -166,6 +168,7 @@ class ManagerPolicy:
     def on_load_done(self, model: str) -> None:
         self.learned[model] = self.gpu.memory.resident[model]          # what /api/ps reports
         self.last_used[model] = self.gpu.now
+        self.loaded_at[model] = self.gpu.now
 
     def need(self, model: str) -> int:
         if model in self.learned:
@@ -178,12 +181,15 @@ class ManagerPolicy:
         resident = tuple(
             ResidentModel(m, Phase.LOADED if m in gpu.loaded else Phase.LOADING,
                           gpu.memory.resident[m] if m in gpu.loaded else self.need(m),
-                          self.running.get(m, 0), self.last_used.get(m, 0.0), self.slots_per_model)
+                          self.running.get(m, 0), self.last_used.get(m, 0.0), self.slots_per_model,
+                          self.loaded_at.get(m, 0.0), gpu.models[m].size_bytes / gpu.memory.load_bytes_per_s)
             for m in gpu.loaded | gpu.loading)
         demand = self.index.demand(gpu.now)
         capacity = gpu.memory.total_bytes - self.margin_bytes
         decided = plan(Snapshot(capacity, capacity, resident, tuple(demand),
-                                {d.model: self.need(d.model) for d in demand}, self.limits))
+                                {d.model: self.need(d.model) for d in demand}, self.limits,
+                                self.draining & gpu.loaded, gpu.now))
+        self.draining = frozenset(decided.draining)
         if decided.never_fits:
             raise RuntimeError(f"models that can never fit: {decided.never_fits}")
         for model in decided.unloads:

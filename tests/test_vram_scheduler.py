@@ -7,17 +7,17 @@ from vram_scheduler import Demand, Limits, Phase, Plan, ResidentModel, Snapshot,
 GB = 10**9
 
 
-def loaded(name, gb, running=0, last_used=0.0, phase=Phase.LOADED, slots=4):
-    return ResidentModel(name, phase, int(gb * GB), running, last_used, slots)
+def loaded(name, gb, running=0, last_used=0.0, phase=Phase.LOADED, slots=4, loaded_at=0.0, load_s=0.0):
+    return ResidentModel(name, phase, int(gb * GB), running, last_used, slots, loaded_at, load_s)
 
 
 def want(model, waiting=1, score=1.0, oldest=0.0):
     return Demand(model, waiting, score, oldest)
 
 
-def snap(budget_gb, resident=(), demand=(), needs=None, capacity_gb=None, **limits):
+def snap(budget_gb, resident=(), demand=(), needs=None, capacity_gb=None, draining=(), now=0.0, **limits):
     return Snapshot(int(budget_gb * GB), int((capacity_gb or budget_gb) * GB), tuple(resident), tuple(demand),
-                    {k: int(v * GB) for k, v in (needs or {}).items()}, Limits(**limits))
+                    {k: int(v * GB) for k, v in (needs or {}).items()}, Limits(**limits), frozenset(draining), now)
 
 
 def test_loads_a_model_that_fits_and_dispatches_to_a_loaded_one():
@@ -134,6 +134,33 @@ def test_loading_model_is_left_alone():
     assert p == Plan()
 
 
+def test_a_model_just_loaded_serves_for_its_minimum_residency_before_it_can_be_pushed_out():
+    # "low" took 3 s to load at t=100; with MIN_RESIDENCY_LOADS=4 it keeps its memory until t=112.
+    demand = [want("high", score=2.0), want("low", waiting=10, score=0.1)]
+    fresh = [loaded("low", 5, running=2, loaded_at=100.0, load_s=3.0)]
+    p = plan(snap(6, fresh, demand, {"high": 4}, now=110.0, min_residency_loads=4))
+    assert p.draining == [] and ("low", 2) in p.dispatch and p.waiting_for_memory == ["high"]
+    p = plan(snap(6, fresh, demand, {"high": 4}, now=112.5, min_residency_loads=4))
+    assert p.draining == ["low"]
+    # A model with no waiting work is not held: it may go at once.
+    idle = [loaded("low", 5, running=0, loaded_at=100.0, load_s=3.0)]
+    assert plan(snap(6, idle, [want("high", score=2.0)], {"high": 4}, now=101.0, min_residency_loads=4)).unloads == ["low"]
+
+
+def test_a_drain_once_begun_is_seen_through_and_only_one_swap_runs_at_a_time():
+    resident = [loaded("a", 4, running=1), loaded("b", 4, running=2)]
+    demand = [want("x", score=2.0), want("y", score=2.0), want("a", 5, score=0.5), want("b", 5, score=0.5)]
+    first = plan(snap(9, resident, demand, {"x": 4, "y": 4}, min_residency_loads=0))
+    assert len(first.draining) == 1                        # one swap, not two at once
+    victim = first.draining[0]
+    # The next pass sees it through, though x's work is gone: no new jobs for it, then it goes.
+    later = plan(snap(9, resident, [want("a", 5, score=0.5), want("b", 5, score=0.5)], draining={victim},
+                      min_residency_loads=0))
+    assert later.draining == [victim] and all(m != victim for m, _ in later.dispatch)
+    idle_now = [m if m.name != victim else loaded(victim, 4, running=0) for m in resident]
+    assert plan(snap(9, idle_now, demand, {"x": 4, "y": 4}, draining={victim}, min_residency_loads=0)).unloads == [victim]
+
+
 @st.composite
 def worlds(draw):
     names = [f"m{i}" for i in range(draw(st.integers(1, 8)))]
@@ -150,9 +177,10 @@ def worlds(draw):
         needs[name] = gb
     used = sum(m.bytes for m in resident) / GB
     budget = draw(st.floats(max(used - 2, 0), used + 20))      # sometimes over budget already
-    return snap(budget, resident, demand, needs, capacity_gb=budget + 1,
-                max_running=draw(st.integers(1, 64)),
-                max_loaded=draw(st.integers(0, 4)))
+    draining = [m.name for m in resident if draw(st.booleans()) and draw(st.booleans())]
+    return snap(budget, resident, demand, needs, capacity_gb=budget + 1, draining=draining,
+                now=draw(st.floats(0, 200)), max_running=draw(st.integers(1, 64)),
+                max_loaded=draw(st.integers(0, 4)), min_residency_loads=draw(st.sampled_from([0, 4])))
 
 
 @settings(max_examples=400, deadline=None)
@@ -173,7 +201,11 @@ def test_plans_never_exceed_budget_nor_touch_busy_models(s):
     assert running <= max(s.limits.max_running, sum(m.running for m in s.resident))
     for name, n in p.dispatch:
         assert by_name[name].phase is Phase.LOADED and by_name[name].running + n <= by_name[name].slots
-        assert name not in p.unloads
+        assert name not in p.unloads and name not in s.draining         # a draining model takes no new jobs
+    # One swap at a time: while a drain or an unload is under way, nothing else is pushed out.
+    new_victims = {m for m in p.draining + p.unloads if m not in s.draining}
+    if any(m.name in s.draining and m.phase is Phase.LOADED or m.phase is Phase.UNLOADING for m in s.resident):
+        assert not new_victims
     if s.limits.max_loaded:
         loaded_after = sum(1 for m in s.resident if m.phase is not Phase.UNLOADING) - len(p.unloads) + len(p.loads)
         assert loaded_after <= max(s.limits.max_loaded,
