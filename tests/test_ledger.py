@@ -95,6 +95,28 @@ def test_four_jobs_sharing_one_runner_are_charged_its_cpu_once_between_them(runn
     assert sum(e["run_s"] for e in entries) > 0
 
 
+def test_jobs_sharing_the_gpu_divide_its_energy_between_them(running_service):
+    # The simulator's GPU draws 300 W while anything generates: three jobs at once for about a
+    # second share those joules; charging each the whole device would count them three times.
+    service, client = running_service(SIM_NUM_PARALLEL=3, SIM_TOKENS_PER_S=150.0)
+    submit(client, model="qwen2.5:0.5b", prompt="warm", options={"num_predict": 2})
+    stats = lambda: requests.get(service.runtime.url + "/api/sim/stats", timeout=5).json()   # noqa: E731
+    before = stats()["energy_j"]
+    results = []
+    threads = [threading.Thread(target=lambda i=i: results.append(submit(
+        client, model="qwen2.5:0.5b", prompt=f"share {i}", options={"num_predict": 120}))) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    device = stats()["energy_j"] - before
+    entries = [service.store.list_metrics(job_id=j["job_id"])[0] for j in results]
+    charged = sum(e["gpu_energy_j"] for e in entries)
+    assert max(e["gpu_jobs_max"] for e in entries) == 3
+    assert 0.8 * device <= charged <= device + 1.0            # the device's joules, counted once
+    assert all(e["gpu_energy_j"] < 0.6 * charged for e in entries)
+
+
 def test_failed_jobs_are_in_the_ledger_with_their_error(running_service):
     service, client = running_service(SIM_TOKENS_PER_S=100)
     r = client.post("/api/submit", data=json.dumps({"model": "qwen2.5:0.5b", "prompt": "x", "timeout_s": 0.2,
