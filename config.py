@@ -96,7 +96,9 @@ class Config(BaseSettings):
         64, gt=0, description="Most jobs running at once over all models (each model is also held to its slots).")
     MAX_LOADED_MODELS: int = Field(0, ge=0, description="Most models loaded at once; 0 = as many as fit.")
     QUEUE_AGING_S: float = Field(
-        60.0, gt=0, description="Seconds of waiting worth one priority level, so that low priority cannot starve.")
+        60.0, gt=0, description="Seconds of waiting worth one priority level, capped below one level (lower "
+        "priorities are kept from starving by shares instead); also how much longer work for a model must "
+        "wait than a loaded model's work of the same priority before it may take that model's memory.")
     SWAP_MARGIN: float = Field(
         1.0, ge=0, description="Priority levels (after aging) by which waiting work must outrank a busy "
         "loaded model before that model stops taking new jobs to make room; larger = more grouping by model.")

@@ -37,11 +37,12 @@ log = get_logger("ENGINE")
 
 
 class DeadlineWatch:
-    """One thread that stops each request when its deadline passes, stalled or not."""
+    """One thread that stops each request when its deadline (wall-clock seconds) passes, stalled
+    or not."""
 
-    def __init__(self, clock: Callable[[], float] = time.time):
-        self.clock = clock
+    def __init__(self) -> None:
         self._heap: list[tuple[float, int, RequestHandle]] = []
+        self._live: set[int] = set()          # ids of handles whose request has not ended
         self._seq = itertools.count()
         self._cond = threading.Condition()
         self._closed = False
@@ -51,15 +52,26 @@ class DeadlineWatch:
     def add(self, handle: RequestHandle) -> None:
         with self._cond:
             heapq.heappush(self._heap, (handle.deadline, next(self._seq), handle))
+            self._live.add(id(handle))
             self._cond.notify()
+
+    def discard(self, handle: RequestHandle) -> None:
+        """The request ended: forget it (the heap is rebuilt when mostly ended ones are left)."""
+        with self._cond:
+            self._live.discard(id(handle))
+            if len(self._heap) > 64 and len(self._heap) > 4 * len(self._live):
+                self._heap = [e for e in self._heap if id(e[2]) in self._live]
+                heapq.heapify(self._heap)
 
     def _run(self) -> None:
         with self._cond:
             while not self._closed:
-                now = self.clock()
+                now = time.time()
                 while self._heap and self._heap[0][0] <= now:
                     _, _, handle = heapq.heappop(self._heap)
-                    handle.stop("timeout")       # a no-op for a request that already ended
+                    if id(handle) in self._live:
+                        handle.stop("timeout")
+                        self._live.discard(id(handle))
                 wait = self._heap[0][0] - now if self._heap else None
                 self._cond.wait(wait)
 
@@ -88,7 +100,7 @@ class ExecutionEngine:
         self.policy = PolicyLimits(config.MAX_LOAD_FAILURES, config.LOAD_RETRY_DELAY_S, config.OOM_MAX_RETRIES)
         self._handles: dict[str, RequestHandle] = {}
         self._lock = threading.Lock()
-        self._watch = DeadlineWatch(clock)
+        self._watch = DeadlineWatch()
         self._jobs = ThreadPoolExecutor(config.MAX_RUNNING_JOBS, thread_name_prefix="job")
         self._ops = ThreadPoolExecutor(4, thread_name_prefix="model-op")
 
@@ -166,12 +178,28 @@ class ExecutionEngine:
         return body
 
     def _run_job(self, job: JobDoc, run: RunContext, handle: RequestHandle) -> None:
+        """Run one job and record it; whatever happens, the scheduler hears that it ended."""
         job_id = job["job_id"]
+        verdict, failure_kind = None, None
+        try:
+            verdict, failure_kind = self._run_and_record(job, run, handle)
+        except Exception:
+            log.exception("job %s ended in an internal error", job_id)
+        finally:
+            self._watch.discard(handle)
+            with self._lock:
+                self._handles.pop(job_id, None)
+            self.post(JobFinished(job_id, job["model"], self.clock(), run.incarnation, verdict, failure_kind))
+            self.on_job_done(job_id)
+
+    def _run_and_record(self, job: JobDoc, run: RunContext, handle: RequestHandle
+                        ) -> tuple[JobVerdict | None, FailureKind | None]:
         kind = JobKind(job["kind"])
         first_token: list[float] = []
-        sample = self.meter.start(job["model"]) if self.meter else None
+        sample = None
         status, final, failure = JobStatus.COMPLETE, None, None
         try:
+            sample = self.meter.start(job["model"]) if self.meter else None
             body = self._request_body(job)
             if kind is JobKind.EMBED:
                 final = self.client.embed(body, handle.deadline, handle)
@@ -184,23 +212,20 @@ class ExecutionEngine:
         except RuntimeFailure as exc:
             failure = exc
         except Exception as exc:  # a bug must still end the job, with the reason
-            log.exception("job %s crashed", job_id)
+            log.exception("job %s crashed", job["job_id"])
             failure = RuntimeFailure(f"internal error: {exc}")
         finished = self.clock()
-        with self._lock:
-            self._handles.pop(job_id, None)
-        usage = sample.stop() if sample else {}
+        usage: dict[str, Any] = {}
+        if sample is not None:
+            try:
+                usage = sample.stop()
+            except Exception:
+                log.exception("resource figures of job %s could not be read", job["job_id"])
         verdict = None
         if failure is not None:
             verdict = after_job_failure(failure.failure, int(job.get("oom_retries") or 0), self.policy)
-        try:
-            self._record(job, run, status, final, failure, verdict, finished, first_token, usage)
-        except Exception:
-            log.exception("recording the outcome of job %s failed", job_id)
-        finally:
-            self.post(JobFinished(job_id, job["model"], finished, run.incarnation, verdict,
-                                  failure.failure if failure else None))
-            self.on_job_done(job_id)
+        self._record(job, run, status, final, failure, verdict, finished, first_token, usage)
+        return verdict, failure.failure if failure else None
 
     def _record(self, job: JobDoc, run: RunContext, status: JobStatus, final: dict | None,
                 failure: RuntimeFailure | None, verdict: JobVerdict | None, finished: float,
@@ -210,6 +235,7 @@ class ExecutionEngine:
         if failure is not None and verdict is not None and verdict.requeue:
             if self.store.requeue(job_id, run_id, {"oom_retries": verdict.retries, "attempts": attempts,
                                                    "last_error": str(failure)}):
+                self.counters.add("requeued")
                 log.warning("job %s on %s failed for a passing reason (%s); re-queued (%d)", job_id, job["model"],
                             failure.failure.value, verdict.retries)
             return

@@ -38,6 +38,7 @@ def run_metrics(job: JobDoc, final: dict[str, Any] | None, granted_at: float, fi
     """
     final = final or {}
     submitted = float(job["submitted_at"])
+    granted_at = max(granted_at, submitted)
     total_s = max(finished - submitted, 0.0)
     load_s = 0.0
     if load_finished:

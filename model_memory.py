@@ -60,11 +60,12 @@ def estimated_need(weights_bytes: int, multiplier: float, arch: ModelArch | None
     return int(weights_bytes * multiplier) + kv_cache_bytes(arch, num_ctx, num_parallel, weights_bytes)
 
 
-def grown_need(current: int, capacity: int, factor: float) -> int:
-    """The planned need after an out-of-memory incident: larger by `factor`, never past the
-    capacity (past it, every job of the model would fail as one that can never fit)."""
+def grown_need(current: int, room: int, factor: float) -> int:
+    """The planned need after an out-of-memory incident: larger by `factor`, never past `room`,
+    the most the model could have now (past it, it would wait for memory that is not there, or
+    fail as one that can never fit); never smaller than it was."""
     grown = max(int(current * factor), current + 1)
-    return min(grown, capacity) if capacity > 0 else grown
+    return max(min(grown, room), current) if room > 0 else grown
 
 
 def _number(value: Any) -> int:

@@ -102,14 +102,12 @@ class ModelRegistry:
         self._models: dict[str, ModelEntry] = {s.name: ModelEntry(s) for s in catalog}
         self._runtime_listed = False
         self.version = 0                 # bumped on every change, so publishers know when to republish
-        if store is not None:
-            for key, size in store.footprints().items():
-                name, _, signature = key.partition(_KEY_SEPARATOR)
-                entry = self._models.get(name)
-                if entry is None:
-                    entry = self._models[name] = ModelEntry(ModelSpec(name, 0))
-                if signature == self._signature(entry):      # measured under today's settings
-                    entry.learned_bytes = size
+        # Measurements kept from earlier runs, by model and the settings they were made under;
+        # matched when used, since a model's settings (its slots) depend on what the runtime says of it.
+        self._stored: dict[str, int] = store.footprints() if store is not None else {}
+        for key in self._stored:
+            name = key.partition(_KEY_SEPARATOR)[0]
+            self._models.setdefault(name, ModelEntry(ModelSpec(name, 0)))
 
     # --- lookups -------------------------------------------------------------------------------
     def resolve(self, name: str) -> str | None:
@@ -159,7 +157,8 @@ class ModelRegistry:
             return entry.published_need
         if entry.learned_bytes:
             return entry.learned_bytes
-        return self._estimate(entry)
+        stored = self._stored.get(entry.spec.name + _KEY_SEPARATOR + self._signature(entry))
+        return stored or self._estimate(entry)
 
     def suggestions(self, name: str, limit: int = 3) -> list[str]:
         names = self.names()
@@ -190,7 +189,9 @@ class ModelRegistry:
                 if incarnation is not None and incarnation <= entry.oom_incarnation:
                     return
                 entry.oom_incarnation = None
-            if entry.learned_bytes and abs(size_bytes - entry.learned_bytes) <= LEARN_TOLERANCE * entry.learned_bytes:
+            known = entry.learned_bytes or self._stored.get(name + _KEY_SEPARATOR + self._signature(entry))
+            if known and abs(size_bytes - known) <= LEARN_TOLERANCE * known:
+                entry.learned_bytes = known
                 return                   # the same footprint, give or take what a process's RSS wobbles
             before = self._need(entry)
             entry.learned_bytes = size_bytes
@@ -199,16 +200,17 @@ class ModelRegistry:
         log.info("%s measured at %.0f MB (planned %.0f MB)", name, size_bytes / MB, before / MB)
         self._save(key, size_bytes)
 
-    def learn_oom(self, name: str, incarnation: int, capacity_bytes: int, factor: float) -> int:
+    def learn_oom(self, name: str, incarnation: int, room_bytes: int, factor: float) -> int:
         """The runtime ran out of memory with load `incarnation` of `name`: plan for more, once
-        per incident (every job answered out of memory by one load says the same thing)."""
+        per incident (every job answered out of memory by one load says the same thing), never
+        past `room_bytes` (the memory the scheduler may use now)."""
         with self._lock:
             entry = self._models.setdefault(name, ModelEntry(ModelSpec(name, 0)))
             current = self._need(entry)
             if entry.oom_incarnation is not None and incarnation <= entry.oom_incarnation:
                 return current
             entry.oom_incarnation = incarnation
-            grown = grown_need(max(current, 1), capacity_bytes, factor)
+            grown = grown_need(max(current, 1), room_bytes, factor)
             if grown == current:
                 return current
             entry.learned_bytes = grown
@@ -219,6 +221,7 @@ class ModelRegistry:
         return grown
 
     def _save(self, key: str, size_bytes: int) -> None:
+        self._stored[key] = size_bytes
         if self._store is not None:
             self._store.save_footprint(key, size_bytes, time.time())
 
@@ -273,7 +276,7 @@ class ModelRegistry:
                     "size": spec.size_bytes,
                     "estimated_bytes": self._estimate(e),
                     "kv_cache_bytes": kv_cache_bytes(spec.arch, ctx, slots, spec.size_bytes),
-                    "learned_bytes": e.learned_bytes,
+                    "learned_bytes": e.learned_bytes or self._stored.get(name + _KEY_SEPARATOR + self._signature(e)),
                     "need_bytes": self._need(e),
                     "num_ctx": ctx,
                     "slots": slots,

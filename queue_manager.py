@@ -96,22 +96,27 @@ class WaitingIndex:
         out = []
         owed = self.owed()
         for model, lines in self._lines.items():
-            waiting, best, oldest = 0, -1.0, float("inf")
+            waiting, best, oldest, best_rank, best_head = 0, -1.0, float("inf"), 0, now
             for rank, line in lines.items():
                 if line:
                     waiting += len(line)
                     head = line[0][0]
                     score = self.score(rank, head, now, owed)
                     if score > best:
-                        best = score
+                        best, best_rank, best_head = score, rank, head
                     if head < oldest:
                         oldest = head
             if waiting:
-                out.append(Demand(model, waiting, best, oldest))
+                out.append(Demand(model, waiting, best, oldest, best_rank, max(now - best_head, 0.0)))
         return out
 
     def pop(self, model: str, now: float) -> str | None:
         """The most urgent waiting job of `model`, removed from the index."""
+        entry = self.pop_entry(model, now)
+        return entry[0] if entry else None
+
+    def pop_entry(self, model: str, now: float) -> tuple[str, int, float] | None:
+        """Like `pop`, with the job's rank and submission time (to put it back with `add`)."""
         lines = self._lines.get(model)
         if not lines:
             return None
@@ -125,13 +130,13 @@ class WaitingIndex:
         if best_rank is None:
             del self._lines[model]
             return None
-        _, job_id = lines[best_rank].popleft()
+        submitted_at, job_id = lines[best_rank].popleft()
         self._size -= 1
         self._waiting[best_rank] -= 1
         self._grant(best_rank)
         if not any(lines.values()):
             del self._lines[model]
-        return job_id
+        return job_id, best_rank, submitted_at
 
     def drop_model(self, model: str) -> list[str]:
         lines = self._lines.pop(model, {})
@@ -221,11 +226,20 @@ class QueueManager:
         claimed: list[JobDoc] = []
         while len(claimed) < n:
             with self._lock:
-                job_id = self.index.pop(model, now)
-            if job_id is None:
+                entry = self.index.pop_entry(model, now)
+            if entry is None:
                 break
+            job_id, rank, submitted_at = entry
             run_id, fields = run_fields(job_id)
-            job = self.store.claim(job_id, run_id, fields)
+            try:
+                job = self.store.claim(job_id, run_id, fields)
+            except Exception:
+                # The store failed: the job is still waiting there, so it goes back in line here;
+                # what was claimed before it is returned to be run.
+                log.exception("claiming job %s failed; it stays queued", job_id)
+                with self._lock:
+                    self.index.add(job_id, model, rank, submitted_at)
+                break
             if job is not None:
                 claimed.append(job)
         return claimed

@@ -91,7 +91,7 @@ class ResourceSampler:
         self.clock = clock
         self._lock = threading.Lock()
         self._jobs: dict[int, _Running] = {}
-        self._cpu: dict[int, SharedCounter] = {}      # per runner process
+        self._cpu: dict[tuple[int, float], SharedCounter] = {}      # per runner process (pid, start time)
         self._energy = SharedCounter()
         self._busy = SharedCounter()
         self._gpu_busy = _GpuBusy()
@@ -134,7 +134,7 @@ class ResourceSampler:
             now = self.clock()
             running.started = now
             if process is not None:
-                self._cpu.setdefault(process.pid, SharedCounter()).join(key, self._process_cpu(running), now)
+                self._cpu.setdefault(_identity(process), SharedCounter()).join(key, self._process_cpu(running), now)
                 running.peak_rss = self._rss(running)
             self._energy.join(key, self._energy_j(), now)
             self._busy.join(key, self._gpu_busy.value(now), now)
@@ -155,11 +155,12 @@ class ResourceSampler:
             now = self.clock()
             self._jobs.pop(key, None)
             if running.process is not None:
-                counter = self._cpu.get(running.process.pid)
+                identity = _identity(running.process)
+                counter = self._cpu.get(identity)
                 if counter is not None:
                     cpu_share = counter.leave(key, self._process_cpu(running), now)
                     if not counter:
-                        del self._cpu[running.process.pid]
+                        del self._cpu[identity]
                 running.peak_rss = max(running.peak_rss, self._rss(running))
             energy_now = self._energy_j()
             energy_share = self._energy.leave(key, energy_now, now)
@@ -245,6 +246,14 @@ class ResourceSampler:
         self._stop.set()
 
 
+def _identity(process: psutil.Process) -> tuple[int, float]:
+    """A process, told apart from a later one that reuses its pid."""
+    try:
+        return process.pid, process.create_time()
+    except psutil.Error:
+        return process.pid, 0.0
+
+
 def _sharing(prefix: str, share: Share, now: float) -> dict[str, Any]:
     return {f"{prefix}_jobs_max": share.max_sharing, f"{prefix}_jobs_mean": round(share.mean_sharing(now), 3)}
 
@@ -258,6 +267,7 @@ class RunnerPids:
         self.client = client
         self.latest = latest
         self._blob: dict[str, str | None] = {}
+        self._runner: dict[str, int] = {}          # model -> the ollama runner pid found last time
 
     def __call__(self, model: str) -> int | None:
         state = self.latest()
@@ -285,8 +295,16 @@ class RunnerPids:
         blob = self._blob[model]
         if not blob:
             return None
+        cached = self._runner.get(model)
+        if cached is not None:                      # one read of /proc instead of a scan of all processes
+            try:
+                if any(blob in part for part in psutil.Process(cached).cmdline()):
+                    return cached
+            except psutil.Error:
+                pass
         for proc in psutil.process_iter(["pid", "cmdline"]):
             cmdline = proc.info.get("cmdline") or []
             if "runner" in cmdline and any(blob in part for part in cmdline):
+                self._runner[model] = proc.info["pid"]
                 return proc.info["pid"]
         return None

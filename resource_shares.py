@@ -39,8 +39,11 @@ class SharedCounter:
         return len(self._active)
 
     def reading(self, value: float | None, at: float) -> None:
-        """The counter read `value` at `at`: split what it counted since the last reading."""
+        """The counter read `value` at `at`: split what it counted since the last reading. A
+        reading that failed (None) ends the stretch: what the counter counts until the next good
+        reading is charged to no one, rather than to whoever is active then."""
         if value is None:
+            self._value = None
             return
         if self._value is not None and self._active:
             delta = value - self._value

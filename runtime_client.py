@@ -272,9 +272,13 @@ class OllamaClient:
                 conn.close()
                 self._raise_stopped_or(handle, exc, "before answering")
             if response.status >= 400:
-                text = _error_body_text(response.read(), response.reason)
-                handle.detach()
-                conn.close()
+                try:
+                    text = _error_body_text(response.read(), response.reason)
+                except (OSError, http.client.HTTPException) as exc:
+                    self._raise_stopped_or(handle, exc, "while answering an error")
+                finally:
+                    handle.detach()
+                    conn.close()
                 raise failure_from_answer(response.status, text)
             return conn, response
         raise AssertionError("unreachable")

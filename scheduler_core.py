@@ -67,13 +67,13 @@ class SchedulerCore:
         self.node = node
         self.want_reading = want_reading
         self.limits = Limits(config.MAX_RUNNING_JOBS, config.MAX_LOADED_MODELS, config.SWAP_MARGIN,
-                             config.MIN_RESIDENCY_LOADS)
+                             config.MIN_RESIDENCY_LOADS, config.QUEUE_AGING_S)
         self.policy = PolicyLimits(config.MAX_LOAD_FAILURES, config.LOAD_RETRY_DELAY_S, config.OOM_MAX_RETRIES)
         self.table = ModelTable()
         self.health: dict[str, LoadHealth] = {}
         self.running: dict[str, RunningJob] = {}
         self.distrusted_at = 0.0                 # when the runtime last contradicted the table
-        self.capacity_bytes = 0                  # the most any one model could have (0 while unknown)
+        self.budget_bytes = 0                    # what managed models may take now (0 while unknown)
         self.last_plan = Plan()
         self.passes = 0
         self._events: deque[Event] = deque()
@@ -110,6 +110,7 @@ class SchedulerCore:
         snapshot = build_snapshot(reading, resident, demand, self.registry.need_bytes, self.limits,
                                   self.config.safety_margin_bytes, frozenset(self.last_plan.draining), now)
         decided = plan(snapshot)
+        self.last_plan = decided             # before acting: a drain chosen here holds even if acting fails
         for model in decided.never_fits:
             self._fail_never_fits(model, snapshot, now)
         for model in decided.unloads:
@@ -119,7 +120,6 @@ class SchedulerCore:
         for model, n in decided.dispatch:
             self._dispatch(model, n, now)
         self.passes += 1
-        self.last_plan = decided
         if decided.loads or decided.unloads:
             log.info("plan: load %s, unload %s, waiting for memory %s", decided.loads or "-",
                      decided.unloads or "-", decided.waiting_for_memory or "-")
@@ -151,11 +151,19 @@ class SchedulerCore:
                 return
         jobs = self.queue.take(model, n, now, lambda job_id: (uuid.uuid4().hex, {"started_at": now, "node": self.node}))
         for job in jobs:
+            granted = max(now, float(job["submitted_at"]))      # submitted during this pass: not before
             with self._lock:
-                self.table.job_started(model, now)
+                self.table.job_started(model, granted)
             self.running[job["job_id"]] = RunningJob(model, state.incarnation)
-            self.effects.start(job, RunContext(state.bytes, state.slots, state.incarnation, now,
-                                               state.load_started, state.load_finished))
+            try:
+                self.effects.start(job, RunContext(state.bytes, state.slots, state.incarnation, granted,
+                                                   state.load_started, state.load_finished))
+            except Exception:
+                log.exception("starting job %s failed; re-queued", job["job_id"])
+                self.running.pop(job["job_id"], None)
+                with self._lock:
+                    self.table.job_finished(model, granted)
+                self.queue.store.requeue(job["job_id"], job["run_id"], {})
 
     def _check_cancellations(self) -> None:
         """Stop the requests of running jobs that were cancelled through the API."""
@@ -197,7 +205,7 @@ class SchedulerCore:
             return
         if verdict.grow_need:
             self.counters.add("errors.oom")
-            self.registry.learn_oom(event.model, event.incarnation, self.capacity_bytes, self.config.OOM_GROWTH)
+            self.registry.learn_oom(event.model, event.incarnation, self.budget_bytes, self.config.OOM_GROWTH)
         if verdict.distrust_table:
             self._distrust(event.model, event.at)
 
@@ -219,7 +227,7 @@ class SchedulerCore:
         self.counters.add("errors.oom" if event.failure is FailureKind.OUT_OF_MEMORY else "errors.runtime")
         log.warning("loading %s failed (%s): %s", model, event.failure.value, event.message)
         if verdict.grow_need:
-            self.registry.learn_oom(model, incarnation, self.capacity_bytes, self.config.OOM_GROWTH)
+            self.registry.learn_oom(model, incarnation, self.budget_bytes, self.config.OOM_GROWTH)
         if verdict.distrust_table:
             self._distrust(model, event.at)
         if verdict.give_up:
@@ -242,7 +250,7 @@ class SchedulerCore:
     def _reconcile(self, reading: ResourceState) -> None:
         self._reconciled = reading
         if reading.memory_total > 0:
-            self.capacity_bytes = reading.memory_total - self.config.safety_margin_bytes
+            self.budget_bytes = reading.memory_total - self.config.safety_margin_bytes - reading.used_by_others
         self.table.reconcile(reading.loaded, reading.taken_at, self.registry.slots)
         settings = self.registry.settings
         for info in reading.loaded:
@@ -250,6 +258,8 @@ class SchedulerCore:
             arch = entry.spec.arch if entry is not None else None
             expected_ctx = effective_ctx(settings.ctx_for(info.name), arch)
             state = self.table.get(info.name)
-            if info.footprint and (not info.context_length or info.context_length == expected_ctx):
+            # Ollama reports the runner's whole context (per slot x slots); our runtimes, per slot.
+            if info.footprint and (not info.context_length or info.context_length in (
+                    expected_ctx, expected_ctx * self.registry.slots(info.name))):
                 self.registry.learn(info.name, info.footprint,     # measured under our settings only
                                     state.incarnation if state is not None else None)

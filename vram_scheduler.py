@@ -61,6 +61,8 @@ class Demand:
     waiting: int
     score: float                 # best effective priority among its waiting jobs
     oldest_submitted: float
+    rank: int = 0                # the priority that score belongs to (a promoted one counts as its own)
+    head_wait_s: float = 0.0     # how long the job that score belongs to has waited
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class Limits:
     max_loaded: int = 0          # 0 = no cap
     swap_margin: float = 1.0
     min_residency_loads: float = 4.0   # a loaded model serves at least this x its load time first
+    fair_wait_s: float = 60.0    # work waiting this much longer than a loaded model's, at its priority, may take its place
 
 
 @dataclass(frozen=True)
@@ -166,8 +169,8 @@ def plan(snapshot: Snapshot) -> Plan:
         over_cap = 0 if under_cap else loaded_count + 1 - limits.max_loaded
         victims: list[ResidentModel] = []
         settled = {m.name for m in with_work if snapshot.now - m.loaded_at < limits.min_residency_loads * m.load_s}
-        candidates = () if swapping else _victim_candidates(d, spare, with_work, demand,
-                                                             taken | dispatched | settled, limits.swap_margin)
+        candidates = _victim_candidates(d, spare, [] if swapping else with_work, demand,
+                                        taken | dispatched | settled, limits)
         for m in candidates:
             if shortfall <= 0 and over_cap <= 0:
                 break
@@ -177,10 +180,12 @@ def plan(snapshot: Snapshot) -> Plan:
         result.waiting_for_memory.append(d.model)
         if shortfall > 0 or over_cap > 0:
             # It cannot be made to fit yet: more urgent or busy models hold the memory. Claim what
-            # is free so that less urgent models do not take it meanwhile.
-            promise(need)
+            # is free so that less urgent models do not take it meanwhile; unless it could not fit
+            # even alone (other programs hold memory): then it must not block anyone.
+            if need <= snapshot.budget_bytes:
+                promise(need)
             continue
-        swapping = True
+        swapping = swapping or any(m.running or m.name in demand for m in victims)
         for m in victims:
             taken.add(m.name)
             if m.running == 0:
@@ -198,12 +203,18 @@ def _lru(m: ResidentModel) -> tuple[float, str]:
 
 
 def _victim_candidates(requester: Demand, spare: list[ResidentModel], with_work: list[ResidentModel],
-                       demand: Mapping[str, Demand], taken: set[str], margin: float) -> Iterator[ResidentModel]:
+                       demand: Mapping[str, Demand], taken: set[str], limits: Limits) -> Iterator[ResidentModel]:
     """Models that may make room for `requester`, in the order they should: idle ones without
-    waiting work (LRU), then ones whose work is less urgent by SWAP_MARGIN, idle before busy."""
+    waiting work (LRU), then ones whose work is less urgent by SWAP_MARGIN, or of the same
+    priority but waiting FAIR_WAIT_S less (so that no model starves behind another of its
+    priority), idle before busy."""
     for m in spare:
         if m.name not in taken:
             yield m
     for m in with_work:
-        if m.name not in taken and demand[m.name].score + margin <= requester.score:
+        if m.name in taken:
+            continue
+        held = demand[m.name]
+        if held.score + limits.swap_margin <= requester.score or (
+                held.rank == requester.rank and requester.head_wait_s >= held.head_wait_s + limits.fair_wait_s):
             yield m

@@ -33,8 +33,10 @@ def test_overlapping_jobs_split_each_interval_and_add_up_to_the_counter():
 def test_a_counter_that_goes_back_or_cannot_be_read_charges_nothing_for_that_stretch():
     counter = SharedCounter()
     counter.join("a", 100.0, at=0.0)
-    counter.reading(None, at=1.0)            # the process could not be read
-    counter.reading(5.0, at=2.0)             # restarted: its counter began again
-    share = counter.leave("a", 7.0, at=3.0)
-    assert share.amount == pytest.approx(2.0)
+    counter.reading(103.0, at=1.0)           # 3 to a
+    counter.reading(None, at=2.0)            # the process could not be read: the stretch ends
+    counter.reading(110.0, at=3.0)           # a new baseline; 103 -> 110 is charged to no one
+    counter.reading(5.0, at=4.0)             # restarted: its counter began again, nothing charged
+    share = counter.leave("a", 7.0, at=5.0)
+    assert share.amount == pytest.approx(3.0 + 2.0)
     assert len(counter) == 0

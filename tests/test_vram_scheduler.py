@@ -11,8 +11,8 @@ def loaded(name, gb, running=0, last_used=0.0, phase=Phase.LOADED, slots=4, load
     return ResidentModel(name, phase, int(gb * GB), running, last_used, slots, loaded_at, load_s)
 
 
-def want(model, waiting=1, score=1.0, oldest=0.0):
-    return Demand(model, waiting, score, oldest)
+def want(model, waiting=1, score=1.0, oldest=0.0, rank=None, head_wait=0.0):
+    return Demand(model, waiting, score, oldest, int(score) if rank is None else rank, head_wait)
 
 
 def snap(budget_gb, resident=(), demand=(), needs=None, capacity_gb=None, draining=(), now=0.0, **limits):
@@ -147,6 +147,23 @@ def test_a_model_just_loaded_serves_for_its_minimum_residency_before_it_can_be_p
     assert plan(snap(6, idle, [want("high", score=2.0)], {"high": 4}, now=101.0, min_residency_loads=4)).unloads == ["low"]
 
 
+def test_a_model_does_not_starve_behind_a_loaded_model_of_the_same_priority():
+    # Room for one: "a" is loaded and busy with an endless backlog of normal work; "b" has normal
+    # work too. Once b's work has waited FAIR_WAIT_S longer than a's, a drains for it.
+    resident = [loaded("a", 5, running=2)]
+    early = [want("a", 50, score=1.1, rank=1, head_wait=10.0), want("b", 3, score=1.5, rank=1, head_wait=40.0)]
+    assert plan(snap(6, resident, early, {"b": 4}, fair_wait_s=60, min_residency_loads=0)).draining == []
+    late = [want("a", 50, score=1.1, rank=1, head_wait=10.0), want("b", 3, score=1.9, rank=1, head_wait=75.0)]
+    assert plan(snap(6, resident, late, {"b": 4}, fair_wait_s=60, min_residency_loads=0)).draining == ["a"]
+
+
+def test_a_model_that_cannot_fit_beside_other_programs_does_not_block_others():
+    # Capacity 10 GB, other programs hold 1 GB: "huge" (9.5 GB) cannot load now; "small" may.
+    p = plan(snap(9, [], [want("huge", score=2.0), want("small", score=0.5)], {"huge": 9.5, "small": 2},
+                  capacity_gb=10))
+    assert p.loads == ["small"] and p.never_fits == [] and "huge" in p.waiting_for_memory
+
+
 def test_a_drain_once_begun_is_seen_through_and_only_one_swap_runs_at_a_time():
     resident = [loaded("a", 4, running=1), loaded("b", 4, running=2)]
     demand = [want("x", score=2.0), want("y", score=2.0), want("a", 5, score=0.5), want("b", 5, score=0.5)]
@@ -202,10 +219,12 @@ def test_plans_never_exceed_budget_nor_touch_busy_models(s):
     for name, n in p.dispatch:
         assert by_name[name].phase is Phase.LOADED and by_name[name].running + n <= by_name[name].slots
         assert name not in p.unloads and name not in s.draining         # a draining model takes no new jobs
-    # One swap at a time: while a drain or an unload is under way, nothing else is pushed out.
+    # One swap at a time: while a drain or an unload is under way, no model with work is pushed
+    # out (an idle one without waiting work may go: that costs nobody anything).
     new_victims = {m for m in p.draining + p.unloads if m not in s.draining}
+    demanded = {d.model for d in s.demand}
     if any(m.name in s.draining and m.phase is Phase.LOADED or m.phase is Phase.UNLOADING for m in s.resident):
-        assert not new_victims
+        assert all(by_name[m].running == 0 and m not in demanded for m in new_victims)
     if s.limits.max_loaded:
         loaded_after = sum(1 for m in s.resident if m.phase is not Phase.UNLOADING) - len(p.unloads) + len(p.loads)
         assert loaded_after <= max(s.limits.max_loaded,
