@@ -51,7 +51,17 @@ class Config(BaseSettings):
     HTTP_THREADS: int = Field(
         64, ge=1, description="`python main.py`: request threads (a long poll, `?wait=`, holds one while it waits).")
     MAX_PROMPT_BYTES: int = Field(
-        4 * MIB, gt=0, description="Largest request body or prompt accepted; larger gets 413.")
+        4 * MIB, gt=0, description="Largest request body accepted, chunked or not; larger gets 413 before it is read.")
+    MAX_WAITERS: int = Field(
+        32, ge=0, description="Most long polls (`?wait=`) one process holds at once; past it a poll answers with "
+        "the job as it is, at once, so that every request thread is never taken (`/api/ping` and `/api/health` "
+        "always answer).")
+    MAX_PAGE_BYTES: int = Field(
+        1 * MIB, gt=0, description="Largest answer of a listing (`/api/jobs`, `/api/ledger`); a longer one ends early "
+        "with `next_cursor`. Metadata over 4 KB is shown in listings as its size only.")
+    IDEMPOTENCY_TTL_S: float = Field(
+        24 * 3600.0, gt=0, description="How long an `Idempotency-Key` of a submission is remembered: a retry with the "
+        "same key within it gets the same job, never a second one.")
     QUEUE_MAX_SIZE: int = Field(
         1000, gt=0, description="Most jobs waiting (pending or queued) at once; more gets 429 with Retry-After.")
 
@@ -118,9 +128,15 @@ class Config(BaseSettings):
     JOB_TIMEOUT_S: float = Field(300.0, gt=0, description="Default per-job timeout (a job's `timeout_s` overrides it).")
     MAX_JOB_TIMEOUT_S: float = Field(3600.0, gt=0, description="Largest `timeout_s` a job may ask for.")
     RECOVER_RUNNING: Literal["requeue", "fail"] = Field(
-        "requeue", description="At start-up, jobs left running by a dead scheduler are re-queued or failed.")
+        "requeue", description="Jobs left running by a scheduler that stopped are re-queued or failed (once no "
+        "request of theirs can still be in flight).")
+    MAX_ATTEMPTS: int = Field(
+        3, ge=1, description="Times a job may be started; one left running by a stopped scheduler that many times "
+        "fails with the reason instead of being re-queued again.")
     JOB_RETENTION_S: float = Field(
         7 * 24 * 3600.0, gt=0, description="Finished jobs older than this are deleted (TTL index on MongoDB, cleanup on SQLite).")
+    LEDGER_RETENTION_S: float = Field(
+        30 * 24 * 3600.0, gt=0, description="Ledger entries (`job_metrics`) older than this are deleted.")
 
     # --- Storage ------------------------------------------------------------------------------
     STORE: Literal["sqlite", "mongodb", "memory"] | None = Field(
@@ -130,6 +146,15 @@ class Config(BaseSettings):
     MONGODB_URI: str = Field("", description="MongoDB connection string, e.g. `mongodb://localhost:27017`.")
     MONGODB_DB: str = Field("model_manager", description="MongoDB database name.")
     MONGODB_COLLECTION_PREFIX: str = Field("", description="Prefix for every collection name (jobs, job_metrics, ...).")
+    STORE_RETRY_S: float = Field(
+        30.0, gt=0, description="How long the scheduler retries a store write while the store does not answer "
+        "(locked, connection lost) before it gives up on that write (and logs it).")
+    RESULT_RETRY_S: float = Field(
+        600.0, gt=0, description="How long a finished job's result is retried before it is given up (and logged): "
+        "long, since a result lost means running the job again.")
+    API_STORE_WAIT_S: float = Field(
+        5.0, gt=0, description="How long an API request waits for a store that does not answer before it gets 503 "
+        "with Retry-After (nothing is acknowledged that was not stored).")
 
     # --- Embedded runtime (--backend embedded) ------------------------------------------------
     EMBEDDED_THREADS: int = Field(1, ge=1, description="Embedded runtime: CPU threads per runner (one model).")
@@ -142,6 +167,9 @@ class Config(BaseSettings):
 
     # --- Logging ------------------------------------------------------------------------------
     LOG_FILE: Path = Field(Path("model_manager.log"), description="Log file; lines are `[HH:MM:SS.mmm] [COMPONENT] message`.")
+    LOG_MAX_BYTES: int = Field(
+        20 * MIB, gt=0, description="The log file is rotated when it reaches this size.")
+    LOG_BACKUPS: int = Field(5, ge=0, description="Rotated log files kept (model_manager.log.1, .2, ...).")
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
 
     # --- GPU simulator (--backend sim) --------------------------------------------------------

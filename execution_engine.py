@@ -87,6 +87,9 @@ class ExecutionEngine:
                  meter: JobMeter | None = None,
                  on_job_done: Callable[[str], None] = lambda job_id: None,
                  clock: Callable[[], float] = time.time):
+        # Results are recorded with more patience than other writes: losing one would mean
+        # running its job again, which may serve its prompt twice.
+        self.result_store = store.with_patience(config.RESULT_RETRY_S) if hasattr(store, "with_patience") else store
         self.client = client
         self.store = store
         self.config = config
@@ -99,7 +102,7 @@ class ExecutionEngine:
         self.clock = clock
         self.policy = PolicyLimits(config.MAX_LOAD_FAILURES, config.LOAD_RETRY_DELAY_S, config.OOM_MAX_RETRIES)
         self._handles: dict[str, RequestHandle] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._watch = DeadlineWatch()
         self._jobs = ThreadPoolExecutor(config.MAX_RUNNING_JOBS, thread_name_prefix="job")
         self._ops = ThreadPoolExecutor(4, thread_name_prefix="model-op")
@@ -125,11 +128,20 @@ class ExecutionEngine:
         if handle is not None:
             handle.stop("cancelled")
 
-    def shutdown(self, wait: bool = True) -> None:
+    def interrupt_all(self) -> None:
+        """The scheduler is shutting down: stop every request; their jobs go back to the queue."""
         with self._lock:
             handles = list(self._handles.values())
         for handle in handles:
-            handle.stop("cancelled")
+            handle.stop("shutdown")
+
+    def wait_idle(self, timeout: float | None) -> bool:
+        """Wait until no job runs here (each ended and was recorded); False if `timeout` ran out."""
+        with self._lock:
+            return self._lock.wait_for(lambda: not self._handles, timeout)
+
+    def shutdown(self, wait: bool = True) -> None:
+        self.interrupt_all()
         self._ops.shutdown(wait=wait, cancel_futures=True)
         self._jobs.shutdown(wait=wait, cancel_futures=True)
         self._watch.close()
@@ -187,10 +199,11 @@ class ExecutionEngine:
             log.exception("job %s ended in an internal error", job_id)
         finally:
             self._watch.discard(handle)
-            with self._lock:
-                self._handles.pop(job_id, None)
             self.post(JobFinished(job_id, job["model"], self.clock(), run.incarnation, verdict, failure_kind))
             self.on_job_done(job_id)
+            with self._lock:
+                self._handles.pop(job_id, None)
+                self._lock.notify_all()
 
     def _run_and_record(self, job: JobDoc, run: RunContext, handle: RequestHandle
                         ) -> tuple[JobVerdict | None, FailureKind | None]:
@@ -207,8 +220,8 @@ class ExecutionEngine:
                 path = "/api/chat" if kind is JobKind.CHAT else "/api/generate"
                 final = self.client.stream(path, body, handle.deadline, handle,
                                            on_first_token=lambda: first_token.append(self.clock()))
-        except RequestCancelled:
-            status = JobStatus.CANCELLED
+        except RequestCancelled as exc:
+            status = JobStatus.CANCELLED if exc.reason == "cancelled" else JobStatus.PENDING
         except RuntimeFailure as exc:
             failure = exc
         except Exception as exc:  # a bug must still end the job, with the reason
@@ -231,10 +244,13 @@ class ExecutionEngine:
                 failure: RuntimeFailure | None, verdict: JobVerdict | None, finished: float,
                 first_token: list[float], usage: dict[str, Any]) -> None:
         job_id, run_id = job["job_id"], job["run_id"]
-        attempts = int(job.get("attempts") or 0) + 1
+        store = self.result_store
+        if status is JobStatus.PENDING:           # interrupted by a shutdown: run again by whoever leads next
+            if store.requeue(job_id, run_id, {"interrupted": True}):
+                log.info("job %s interrupted by the shutdown; re-queued", job_id)
+            return
         if failure is not None and verdict is not None and verdict.requeue:
-            if self.store.requeue(job_id, run_id, {"oom_retries": verdict.retries, "attempts": attempts,
-                                                   "last_error": str(failure)}):
+            if store.requeue(job_id, run_id, {"oom_retries": verdict.retries, "last_error": str(failure)}):
                 self.counters.add("requeued")
                 log.warning("job %s on %s failed for a passing reason (%s); re-queued (%d)", job_id, job["model"],
                             failure.failure.value, verdict.retries)
@@ -242,7 +258,7 @@ class ExecutionEngine:
         metrics = run_metrics(job, final, run.granted_at, finished, first_token[0] if first_token else None,
                               run.load_started, run.load_finished)
         metrics.update(usage)
-        fields: dict[str, Any] = {"completed_at": finished, "metrics": metrics, "attempts": attempts}
+        fields: dict[str, Any] = {"completed_at": finished, "metrics": metrics}
         if failure is not None:
             status = JobStatus.FAILED
             if failure.failure is not FailureKind.OUT_OF_MEMORY:   # the scheduler counts those
@@ -252,12 +268,13 @@ class ExecutionEngine:
                 fields["oom_retries"] = verdict.retries
         elif status is JobStatus.COMPLETE:
             fields["result"] = _result(JobKind(job["kind"]), final or {})
-        ledger = ledger_entry(job, status, fields, self.node, run.model_bytes, run.slots)
+        ledger = ledger_entry(job, status, {**fields, "attempts": job.get("attempts")}, self.node, run.model_bytes,
+                              run.slots)
         if status is JobStatus.CANCELLED:
             log.info("job %s cancelled while running", job_id)
             self.counters.add("cancelled_running")
-            self.store.record_metrics(ledger)
-        elif self.store.finish(job_id, run_id, status.value, fields, ledger):
+            store.record_metrics(ledger)
+        elif store.finish(job_id, run_id, status.value, fields, ledger):
             self.counters.add(status.value)
             log.debug("job %s %s in %.3fs", job_id, status.value, finished - run.granted_at)
 

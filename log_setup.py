@@ -6,6 +6,7 @@ logger's last dotted part, so the standard logging machinery (levels, handlers) 
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import sys
 import time
 from pathlib import Path
@@ -29,8 +30,10 @@ def get_logger(component: str) -> logging.Logger:
     return logging.getLogger(f"{_ROOT}.{component.upper()}")
 
 
-def setup_logging(log_file: Path | None, level: str = "INFO", stderr: bool = True) -> None:
-    """Send every component's records to `log_file` (and stderr). Safe to call more than once."""
+def setup_logging(log_file: Path | None, level: str = "INFO", stderr: bool = True,
+                  max_bytes: int = 20 * 1024 * 1024, backups: int = 5) -> None:
+    """Send every component's records to `log_file`, rotated at `max_bytes` with `backups`
+    old files kept (and to stderr). Safe to call more than once."""
     root = logging.getLogger(_ROOT)
     root.setLevel(level)
     root.propagate = False
@@ -41,7 +44,8 @@ def setup_logging(log_file: Path | None, level: str = "INFO", stderr: bool = Tru
     handlers: list[logging.Handler] = []
     if log_file is not None:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+        handlers.append(logging.handlers.RotatingFileHandler(log_file, maxBytes=max_bytes, backupCount=backups,
+                                                             encoding="utf-8"))
     if stderr:
         handlers.append(logging.StreamHandler(sys.stderr))
     for handler in handlers:

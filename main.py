@@ -51,14 +51,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"invalid configuration:\n{exc}")
         return 2
-    setup_logging(config.LOG_FILE, config.LOG_LEVEL)
+    setup_logging(config.LOG_FILE, config.LOG_LEVEL, max_bytes=config.LOG_MAX_BYTES, backups=config.LOG_BACKUPS)
     service = Service(config)
     app = create_app(config, service)
     # waitress: a production WSGI server in this one process (keep-alive, a thread pool);
     # long polls (?wait=) hold a thread each, hence HTTP_THREADS.
+    # waitress reads a whole body before the app sees it: its own limit stops an oversized
+    # one (chunked too) while it is read, with 413.
     server = create_server(app, host=config.HTTP_HOST, port=config.HTTP_PORT, threads=config.HTTP_THREADS,
                            connection_limit=max(100, config.HTTP_THREADS * 4), channel_timeout=MAX_WAIT_S + 60,
-                           ident="model-manager")
+                           max_request_body_size=config.MAX_PROMPT_BYTES, ident="model-manager")
     if not args.no_scheduler:
         service.start()
     log.info("Model Manager listening on http://%s:%s (store: %s)", config.HTTP_HOST,
@@ -72,14 +74,14 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, shutdown)
     signal.signal(signal.SIGTERM, shutdown)
-    # The server runs in a daemon thread: on a signal the service stops cleanly (jobs in flight
-    # are re-queued at the next start) and the process exits with it.
+    # The server runs in a daemon thread: on a signal the service stops cleanly (requests in
+    # flight are stopped and their jobs re-queued for the next leader) and the process exits.
     threading.Thread(target=server.run, name="http", daemon=True).start()
     try:
         stopping.wait()
     finally:
         service.stop()
-        service.store.close()
+        service.raw_store.close()
     return 0
 
 

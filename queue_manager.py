@@ -25,7 +25,7 @@ from typing import Any
 
 from jobs import JobDoc, JobStatus, Priority
 from log_setup import get_logger
-from store.base import JobStore
+from store.base import Fenced, Idempotency, JobStore
 from vram_scheduler import Demand
 
 log = get_logger("QUEUE")
@@ -157,8 +157,9 @@ class QueueManager:
     """Accepts jobs into the store and, in the scheduler's process, orders them."""
 
     def __init__(self, store: JobStore, max_waiting: int, aging_s: float,
-                 on_submit: Callable[[], None] | None = None):
+                 on_submit: Callable[[], None] | None = None, submit_store: JobStore | None = None):
         self.store = store
+        self.submit_store = submit_store or store      # submissions may be less patient than the scheduler
         self.max_waiting = max_waiting
         self.index = WaitingIndex(aging_s)
         self._on_submit = on_submit
@@ -170,21 +171,22 @@ class QueueManager:
         self._on_submit = listener
 
     # --- accepting ---------------------------------------------------------------------------
-    def submit(self, job: JobDoc) -> int:
-        """Store `job`; return its position (waiting jobs ahead). Raises QueueFull.
+    def submit(self, job: JobDoc, idempotency: Idempotency | None = None) -> int:
+        """Store `job`; return its position (waiting jobs ahead). Raises QueueFull, and
+        IdempotentReplay or IdempotencyConflict for a key used before.
 
         In the scheduler's own process the job goes straight into the index (stored as queued),
         which spares the scheduler a round trip through the store."""
         local = self.accept_locally
         if local:
             job = {**job, "status": JobStatus.QUEUED.value}
-        position = self.store.enqueue(job, self.max_waiting)
+        position = self.submit_store.enqueue(job, self.max_waiting, idempotency)
         if local:
             with self._lock:
                 if self.accept_locally:
                     self.index.add(job["job_id"], job["model"], int(job["rank"]), float(job["submitted_at"]))
                 else:           # stepped down meanwhile: let the next scheduler take it from the store
-                    self.store.release_taken()
+                    self.submit_store.release_taken([job["job_id"]])
         log.debug("accepted %s for %s (%s), position %d", job["job_id"], job["model"],
                   job["priority"], position)
         if self._on_submit is not None:
@@ -219,10 +221,11 @@ class QueueManager:
         with self._lock:
             return self.index.demand(now)
 
-    def take(self, model: str, n: int, now: float, run_fields: Callable[[str], tuple[str, dict[str, Any]]]
-             ) -> list[JobDoc]:
-        """Claim up to `n` of `model`'s most urgent jobs for running. `run_fields(job_id)` gives
-        the run id and fields to set; a job cancelled meanwhile is skipped."""
+    def take(self, model: str, n: int, now: float, run_fields: Callable[[str], tuple[str, dict[str, Any]]],
+             epoch: int | None = None) -> list[JobDoc]:
+        """Claim up to `n` of `model`'s most urgent jobs for running, under `epoch`. `run_fields(job_id)`
+        gives the run id and fields to set; a job cancelled meanwhile is skipped. A claim refused
+        because the lease moved on (Fenced) is raised once the job is back in line."""
         claimed: list[JobDoc] = []
         while len(claimed) < n:
             with self._lock:
@@ -232,7 +235,11 @@ class QueueManager:
             job_id, rank, submitted_at = entry
             run_id, fields = run_fields(job_id)
             try:
-                job = self.store.claim(job_id, run_id, fields)
+                job = self.store.claim(job_id, run_id, fields, epoch)
+            except Fenced:
+                with self._lock:
+                    self.index.add(job_id, model, rank, submitted_at)
+                raise
             except Exception:
                 # The store failed: the job is still waiting there, so it goes back in line here;
                 # what was claimed before it is returned to be run.

@@ -71,7 +71,12 @@ class RuntimeRefused(RuntimeFailure):
 
 
 class RequestCancelled(Exception):
-    """The job was cancelled while its request ran."""
+    """The request was stopped on purpose: the job was cancelled ("cancelled"), or the
+    scheduler is shutting down ("shutdown")."""
+
+    def __init__(self, reason: str = "cancelled"):
+        super().__init__(reason)
+        self.reason = reason
 
 
 def is_oom_message(message: str) -> bool:
@@ -115,7 +120,7 @@ class RequestHandle:
 
     def __init__(self, deadline: float):
         self.deadline = deadline
-        self.reason: str | None = None           # "cancelled" or "timeout" once stopped
+        self.reason: str | None = None           # "cancelled", "shutdown" or "timeout" once stopped
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
 
@@ -140,8 +145,8 @@ class RequestHandle:
             _shutdown(sock)
 
     def raise_if_stopped(self) -> None:
-        if self.reason == "cancelled":
-            raise RequestCancelled()
+        if self.reason in ("cancelled", "shutdown"):
+            raise RequestCancelled(self.reason)
         if self.reason == "timeout" or time.time() >= self.deadline:
             raise RuntimeTimeout("job timed out: the runtime did not finish within the job's timeout_s")
 

@@ -58,8 +58,11 @@ class RunningJob:
 
 class SchedulerCore:
     def __init__(self, queue: QueueManager, registry: ModelRegistry, effects: Effects, config: Config,
-                 counters: Counters, node: str, want_reading: Callable[[], None] = lambda: None):
+                 counters: Counters, node: str, want_reading: Callable[[], None] = lambda: None,
+                 owner: str = "", epoch: int | None = None):
         self.queue = queue
+        self.owner = owner
+        self.epoch = epoch                       # claims are fenced with it (None: not fenced)
         self.registry = registry
         self.effects = effects
         self.config = config
@@ -149,7 +152,8 @@ class SchedulerCore:
             state = self.table.get(model)
             if state is None or state.running + n > state.slots:
                 return
-        jobs = self.queue.take(model, n, now, lambda job_id: (uuid.uuid4().hex, {"started_at": now, "node": self.node}))
+        jobs = self.queue.take(model, n, now, lambda job_id: (
+            uuid.uuid4().hex, {"started_at": now, "node": self.node, "owner": self.owner}), self.epoch)
         for job in jobs:
             granted = max(now, float(job["submitted_at"]))      # submitted during this pass: not before
             with self._lock:

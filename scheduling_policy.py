@@ -109,3 +109,48 @@ def after_job_failure(kind: FailureKind, retries: int, limits: PolicyLimits) -> 
 def reading_is_stale(distrusted_at: float, reading_taken_at: float) -> bool:
     """After a surprise (out of memory, a dropped runner), act only on a reading taken later."""
     return distrusted_at > 0 and reading_taken_at <= distrusted_at
+
+
+class RunAction(str, Enum):
+    KEEP = "keep"            # its scheduler may still be running it
+    REQUEUE = "requeue"
+    FAIL = "fail"
+
+
+@dataclass(frozen=True)
+class LeftRun:
+    """A job the store says is running, as a scheduler sweeping for runs left behind sees it."""
+    epoch: int | None        # the term that claimed it
+    running_here: bool       # this scheduler is running it now
+    epoch_retired: bool      # its term said none of its requests is in flight any more
+    owner_alive: bool | None  # its scheduler's process still runs (None: cannot tell, another host)
+    started_at: float
+    timeout_s: float
+    attempts: int
+
+
+def left_run_verdict(run: LeftRun, my_epoch: int, now: float, grace_s: float, max_attempts: int,
+                     requeue: bool) -> tuple[RunAction, str]:
+    """What to do with a job left running. A run of an older term is taken back only when no
+    request of it can still be in flight, so that no prompt is served twice: its term retired,
+    or its process is gone, or its deadline (which its own scheduler enforces) passed `grace_s`
+    ago. A run of this term that this scheduler is not running (its start or its recording
+    failed) is taken back after `grace_s`. Taken back: re-queued (RECOVER_RUNNING=requeue) unless
+    it has run `max_attempts` times already, else failed with the reason."""
+    if run.epoch is not None and run.epoch > my_epoch:
+        return RunAction.KEEP, "a newer scheduler's run"
+    if run.epoch == my_epoch:
+        if run.running_here or now - run.started_at < grace_s:
+            return RunAction.KEEP, "running here"
+        why = "its run was lost by this scheduler (its start or its result could not be recorded)"
+    else:
+        deadline_passed = now > run.started_at + run.timeout_s + grace_s
+        if not (run.epoch_retired or run.owner_alive is False or deadline_passed):
+            return RunAction.KEEP, "its scheduler may still be running it"
+        why = ("the scheduler running it stopped" if run.epoch_retired or run.owner_alive is False
+               else "the scheduler running it stopped answering and its timeout passed")
+    if not requeue:
+        return RunAction.FAIL, f"{why} (RECOVER_RUNNING=fail)"
+    if run.attempts >= max_attempts:
+        return RunAction.FAIL, f"{why}, and it has been started {run.attempts} times (MAX_ATTEMPTS)"
+    return RunAction.REQUEUE, why

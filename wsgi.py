@@ -10,6 +10,6 @@ from log_setup import setup_logging
 from service import Service
 
 config = Config()
-setup_logging(config.LOG_FILE, config.LOG_LEVEL)
+setup_logging(config.LOG_FILE, config.LOG_LEVEL, max_bytes=config.LOG_MAX_BYTES, backups=config.LOG_BACKUPS)
 service = Service(config)
 app = create_app(config, service)

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from config import Config
-from store.base import CancelOutcome, JobStore, QueueCounts, QueueFull
+from store.base import (SCHEDULER_LEASE, CancelOutcome, Fenced, Idempotency, IdempotencyConflict, IdempotentReplay,
+                        JobStore, QueueCounts, QueueFull, StoreUnavailable)
 
-__all__ = ["CancelOutcome", "JobStore", "QueueCounts", "QueueFull", "open_store"]
+__all__ = ["SCHEDULER_LEASE", "CancelOutcome", "Fenced", "Idempotency", "IdempotencyConflict", "IdempotentReplay",
+           "JobStore", "QueueCounts", "QueueFull", "StoreUnavailable", "open_store"]
 
 
 def open_store(config: Config) -> JobStore:

@@ -6,6 +6,14 @@ and one scheduler can share a store without locks of their own: a job is claimed
 a cancelled job is never claimed, and a stale runner cannot overwrite a job it no longer owns
 (`run_id`).
 
+Fencing: the scheduler lease carries an epoch that grows each time another owner takes it. A
+claim carries the epoch it was made under and is refused (`Fenced`) once the lease has moved on;
+the run it starts (`run_id`, recorded with its epoch and owner) is the token every later write
+of that run must show (`finish`, `requeue`, `recover_run`). A new leader recovers the runs of
+older epochs only when it is safe to (scheduling_policy.stale_run_verdict). Transitions are
+idempotent: repeating one that was applied (a retry after a lost answer) reports success and
+changes nothing.
+
 Besides jobs, a store keeps: the per-job metrics ledger, small state documents that the
 scheduler publishes for the API workers (`put_state`/`get_state`), leases (one scheduler per
 store), and the memory each model was measured to need.
@@ -19,13 +27,47 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs import JobDoc
+from jobs import WAITING, JobDoc
+
+
+SCHEDULER_LEASE = "scheduler"
 
 
 class QueueFull(Exception):
     def __init__(self, waiting: int):
         super().__init__(f"queue is full ({waiting} jobs waiting)")
         self.waiting = waiting
+
+
+class Fenced(Exception):
+    """A write under an epoch the scheduler lease has moved past: another scheduler leads."""
+
+
+class StoreUnavailable(Exception):
+    """The store did not answer, even after retries."""
+
+
+class IdempotentReplay(Exception):
+    """A submission with an Idempotency-Key already used (within its lifetime) for this request."""
+
+    def __init__(self, job_id: str):
+        super().__init__(f"already submitted as job {job_id}")
+        self.job_id = job_id
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used for a different request."""
+
+    def __init__(self, job_id: str):
+        super().__init__(f"this Idempotency-Key was used for another request (job {job_id})")
+        self.job_id = job_id
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    key: str
+    fingerprint: str              # a digest of the request: the same key with another request is refused
+    expires_at: float
 
 
 @dataclass
@@ -36,7 +78,7 @@ class QueueCounts:
 
     @property
     def waiting(self) -> int:
-        return self.by_status.get("pending", 0) + self.by_status.get("queued", 0)
+        return sum(self.by_status.get(s.value, 0) for s in WAITING)
 
 
 @dataclass
@@ -50,19 +92,31 @@ class JobStore(ABC):
     """Jobs, their metrics, and the little shared state the service needs."""
 
     # --- jobs: submission and reading -------------------------------------------------------
+    #: Errors that may mean "the store did not answer, try again" (locked, connection lost, ...).
+    transient_errors: tuple[type[BaseException], ...] = ()
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """Whether `exc` is worth retrying (the backends narrow their error types down)."""
+        return isinstance(exc, self.transient_errors)
+
     @abstractmethod
-    def enqueue(self, job: JobDoc, max_waiting: int | None = None) -> int:
+    def enqueue(self, job: JobDoc, max_waiting: int | None = None, idempotency: Idempotency | None = None) -> int:
         """Store a new pending job; return how many waiting jobs are ahead of it (by priority,
-        then submission time). Raise QueueFull when `max_waiting` jobs already wait."""
+        then submission time). Raise QueueFull when `max_waiting` jobs already wait (atomically:
+        concurrent submissions never overshoot it). With `idempotency`, a key seen before and not
+        expired raises IdempotentReplay (same fingerprint) or IdempotencyConflict; the job is
+        acknowledged only once it is committed."""
 
     @abstractmethod
     def get(self, job_id: str) -> JobDoc | None:
         """The whole job document, or None."""
 
     @abstractmethod
-    def list_jobs(self, status: str | None = None, model: str | None = None,
-                  limit: int = 100) -> list[JobDoc]:
-        """Newest first, without prompts, messages or results (summaries for listings)."""
+    def list_jobs(self, status: str | None = None, model: str | None = None, limit: int = 100,
+                  before: tuple[float, str] | None = None) -> list[JobDoc]:
+        """Newest first (submitted_at, then job_id, descending), without prompts, messages or
+        results (summaries for listings); `before` = (submitted_at, job_id) of the last job of the
+        previous page."""
 
     @abstractmethod
     def counts(self) -> QueueCounts:
@@ -79,24 +133,36 @@ class JobStore(ABC):
         rank, submitted_at) in submission order: how the scheduler learns of new work."""
 
     @abstractmethod
-    def release_taken(self) -> int:
-        """Queued -> pending for all jobs: a scheduler starting up takes them again."""
+    def release_taken(self, job_ids: list[str] | None = None) -> int:
+        """Queued -> pending for all jobs (or these): a scheduler starting up takes them again."""
 
     @abstractmethod
-    def claim(self, job_id: str, run_id: str, fields: dict[str, Any]) -> JobDoc | None:
-        """Queued -> running, owned by `run_id`; return the whole document, or None when the job
-        is no longer queued (cancelled, say)."""
+    def claim(self, job_id: str, run_id: str, fields: dict[str, Any], epoch: int | None = None) -> JobDoc | None:
+        """Queued -> running, owned by `run_id` (made under `epoch`, recorded on the job), with
+        `attempts` counted; return the whole document, or None when the job is no longer queued
+        (cancelled, say). Raise Fenced when `epoch` is not the scheduler lease's any more."""
 
     @abstractmethod
     def finish(self, job_id: str, run_id: str, status: str, fields: dict[str, Any],
                ledger: dict[str, Any] | None = None) -> bool:
-        """Running (owned by `run_id`) -> complete, failed or cancelled; when that happened and
-        `ledger` is given, record it too (`record_metrics`), in the same transaction where the
-        backend has them."""
+        """Running (owned by `run_id`) -> complete, failed or cancelled, and `ledger` recorded
+        (`record_metrics`) so that no finished job ever lacks its entry (in one transaction, or
+        written first and confirmed after, depending on the backend)."""
 
     @abstractmethod
     def requeue(self, job_id: str, run_id: str, fields: dict[str, Any]) -> bool:
         """Running (owned by `run_id`) -> pending, to be tried again."""
+
+    @abstractmethod
+    def running_runs(self) -> list[JobDoc]:
+        """Every running job, as job_id, model, run_id, epoch, owner, started_at, timeout_s and
+        attempts: what a scheduler needs to find runs left behind."""
+
+    @abstractmethod
+    def recover_run(self, job_id: str, run_id: str, requeue: bool, fields: dict[str, Any],
+                    ledger: dict[str, Any] | None = None) -> bool:
+        """A run left behind by a scheduler that is gone: running (owned by `run_id`) -> pending
+        (`requeue`), or failed with `fields` and its `ledger` entry."""
 
     @abstractmethod
     def fail_waiting(self, job_id: str, fields: dict[str, Any]) -> bool:
@@ -105,11 +171,6 @@ class JobStore(ABC):
     @abstractmethod
     def cancel(self, job_id: str, fields: dict[str, Any]) -> CancelOutcome:
         """Pending, queued or running -> cancelled."""
-
-    @abstractmethod
-    def recover_running(self, requeue: bool, fields: dict[str, Any]) -> list[str]:
-        """Jobs left running by a scheduler that is gone: back to pending, or failed with
-        `fields`. Returns their ids."""
 
     @abstractmethod
     def purge_finished(self, before: float) -> int:
@@ -122,9 +183,19 @@ class JobStore(ABC):
         finished has exactly one."""
 
     @abstractmethod
-    def list_metrics(self, model: str | None = None, limit: int = 100,
-                     job_id: str | None = None) -> list[dict[str, Any]]:
-        """Newest first; for one job, or one model, or all."""
+    def list_metrics(self, model: str | None = None, limit: int = 100, job_id: str | None = None,
+                     before: tuple[float, str] | None = None) -> list[dict[str, Any]]:
+        """Newest first (finished_at, then `job_id:run_id`, descending); for one job, or one
+        model, or all; `before` = (finished_at, "job_id:run_id") of the last entry of the previous page."""
+
+    @abstractmethod
+    def purge_metrics(self, before: float) -> int:
+        """Delete ledger entries finished before `before` (LEDGER_RETENTION_S); return how many."""
+
+    def repair(self, now: float) -> int:
+        """Mend what a crash between two writes may have left (the scheduler calls it from time
+        to time); return how many things were mended. Nothing to do by default."""
+        return 0
 
     # --- tasks and experiment results (comparing models and strategies on the same tasks) -------
     @abstractmethod
@@ -157,12 +228,22 @@ class JobStore(ABC):
         """The document and when it was published."""
 
     @abstractmethod
-    def acquire_lease(self, name: str, owner: str, ttl_s: float, now: float) -> bool:
-        """Take or renew lease `name` for `owner` unless another owner holds an unexpired one."""
+    def acquire_lease(self, name: str, owner: str, ttl_s: float, now: float, timeout_s: float | None = None) -> int | None:
+        """Take or renew lease `name` for `owner` unless another owner holds an unexpired one;
+        return its epoch (which grows by one whenever the lease changes hands, or is taken back
+        after it expired or was released), or None. Gives up after `timeout_s` when given."""
 
     @abstractmethod
     def release_lease(self, name: str, owner: str) -> None:
-        """Give the lease up if `owner` holds it."""
+        """Give the lease up if `owner` holds it (its epoch stays, for the next holder to pass)."""
+
+    @abstractmethod
+    def retire_epoch(self, name: str, epoch: int, now: float) -> None:
+        """Say that no request made under `epoch` is in flight any more."""
+
+    @abstractmethod
+    def retired_epochs(self, name: str) -> set[int]:
+        """The epochs of lease `name` said to be retired."""
 
     # --- what models were measured to need ----------------------------------------------------
     @abstractmethod
@@ -172,6 +253,10 @@ class JobStore(ABC):
     @abstractmethod
     def footprints(self) -> dict[str, int]:
         """Every remembered model footprint, in bytes."""
+
+    def purge_idempotency(self, now: float) -> int:
+        """Forget Idempotency-Keys past their lifetime; return how many."""
+        return 0
 
     def close(self) -> None:  # noqa: B027 - optional for backends without connections
         """Release connections."""

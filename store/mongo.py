@@ -1,34 +1,55 @@
 """The MongoDB job store (pymongo), for production and for sharing the ledger.
 
-Same contract as the SQLite store: every transition is one conditional update
-(`find_one_and_update` / `update_one` with the expected status in the filter), so API workers
-and the scheduler in other processes or on other hosts never claim a job twice.
+Same contract as the SQLite store: every transition is one conditional update of one document
+(`find_one_and_update` / `update_one` with the expected status and run in the filter), so API
+workers and the scheduler in other processes or on other hosts never claim a job twice, and a
+stale run cannot overwrite a job it no longer owns. Where SQLite makes two writes one
+transaction, here each is made safe on its own:
+
+* the queue limit: one token per place in the queue (`queue_tokens`); a submission takes a free
+  one atomically before its job is stored, and gives it back when the job leaves the queue, so
+  concurrent submissions never overshoot QUEUE_MAX_SIZE;
+* a finished job's ledger entry: the job is finished with the entry on it (`ledger_pending`, one
+  atomic update), the entry is upserted into `job_metrics` keyed by its run, then removed from the
+  job; `repair()` completes any that a crash interrupted, so no finished job lacks its entry;
+* a claim checks the lease's epoch just before claiming (fencing; MongoDB cannot check another
+  collection in the same write without transactions).
 
 Times are stored as Unix seconds (floats), so that range queries work everywhere. Only
 `expire_at`, for the TTL index that enforces JOB_RETENTION_S, is a BSON date. Fields whose keys
 MongoDB may refuse (`format`, `tools`: JSON schemas start keys with `$`) are stored as JSON text.
+Free queue tokens hold an empty string rather than null (a peer used in tests, nx-27017, cannot
+count nulls).
 """
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
-from pymongo.errors import DuplicateKeyError, OperationFailure
+from pymongo.errors import AutoReconnect, ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
 
 from config import Config
-from jobs import FINISHED, WAITING, JobDoc
-from store.base import CancelOutcome, JobStore, QueueCounts, QueueFull
+from jobs import FINISHED, WAITING, JobDoc, JobStatus
+from store.base import (SCHEDULER_LEASE, CancelOutcome, Fenced, Idempotency, IdempotencyConflict, IdempotentReplay,
+                        JobStore, QueueCounts, QueueFull)
+from store.mongo_records import MongoRecords, run_key
 
 _WAITING = [s.value for s in WAITING]
 _FINISHED = [s.value for s in FINISHED]
-_ACTIVE = _WAITING + ["running"]
+PENDING, QUEUED, RUNNING = JobStatus.PENDING.value, JobStatus.QUEUED.value, JobStatus.RUNNING.value
+FAILED, CANCELLED = JobStatus.FAILED.value, JobStatus.CANCELLED.value
+_ACTIVE = _WAITING + [RUNNING]
 _JSON_FIELDS = ("format", "tools")
 _SUMMARY_EXCLUDE = {"prompt": 0, "messages": 0, "input": 0, "images": 0, "result": 0, "system": 0,
-                    "format": 0, "tools": 0, "expire_at": 0}
-COLLECTIONS = ("jobs", "job_metrics", "state", "leases", "model_footprints", "tasks", "experiment_results")
+                    "format": 0, "tools": 0, "expire_at": 0, "ledger_pending": 0}
+COLLECTIONS = ("jobs", "job_metrics", "state", "leases", "epochs", "model_footprints", "tasks",
+               "experiment_results", "queue_tokens", "idempotency")
+FREE = ""                        # a queue token no job holds
+TOKEN_GRACE_S = 60.0             # a token older than this whose job is not waiting is freed by repair()
 
 
 def _to_mongo(job: dict[str, Any]) -> dict[str, Any]:
@@ -42,17 +63,21 @@ def _from_mongo(doc: dict[str, Any] | None) -> JobDoc | None:
     if doc is None:
         return None
     doc = dict(doc)
-    doc.pop("_id", None)
-    doc.pop("expire_at", None)
+    for key in ("_id", "expire_at", "ledger_pending"):
+        doc.pop(key, None)
     for key in _JSON_FIELDS:
         if isinstance(doc.get(key), str):
             doc[key] = json.loads(doc[key])
     return doc
 
 
-class MongoStore(JobStore):
-    def __init__(self, client: MongoClient, db_name: str, prefix: str = "", retention_s: float | None = None):
+class MongoStore(MongoRecords, JobStore):
+    transient_errors = (AutoReconnect, ConnectionFailure)
+
+    def __init__(self, client: MongoClient, db_name: str, prefix: str = "", retention_s: float | None = None,
+                 queue_limit: int | None = None):
         self.client = client
+        self.queue_limit = queue_limit       # places in the queue (QUEUE_MAX_SIZE), for re-queued jobs
         self.db = client[db_name]
         self.retention_s = retention_s
         names = {name: self.db[f"{prefix}{name}"] for name in COLLECTIONS}
@@ -60,9 +85,14 @@ class MongoStore(JobStore):
         self.metrics = names["job_metrics"]
         self.state = names["state"]
         self.leases = names["leases"]
+        self.epochs = names["epochs"]
         self.footprints_coll = names["model_footprints"]
         self.tasks = names["tasks"]
         self.results = names["experiment_results"]
+        self.tokens = names["queue_tokens"]
+        self.idempotency = names["idempotency"]
+        self._tokens_for: int | None = None
+        self._tokens_lock = threading.Lock()
         self._ensure_indexes()
 
     @classmethod
@@ -70,16 +100,18 @@ class MongoStore(JobStore):
         if not config.MONGODB_URI:
             raise ValueError("STORE=mongodb needs MONGODB_URI")
         client = MongoClient(config.MONGODB_URI, serverSelectionTimeoutMS=5000, tz_aware=True)
-        return cls(client, config.MONGODB_DB, config.MONGODB_COLLECTION_PREFIX, config.JOB_RETENTION_S)
+        return cls(client, config.MONGODB_DB, config.MONGODB_COLLECTION_PREFIX, config.JOB_RETENTION_S,
+                   config.QUEUE_MAX_SIZE)
 
     def _ensure_indexes(self) -> None:
         # One index per query the service makes:
         self.jobs.create_index([("status", ASCENDING), ("rank", DESCENDING), ("submitted_at", ASCENDING)],
-                               name="waiting_order")          # position, take_new, counts, queue-full check
+                               name="waiting_order")          # position, take_new, counts, running runs
         self.jobs.create_index([("model", ASCENDING), ("status", ASCENDING), ("submitted_at", DESCENDING)],
                                name="by_model")                # /api/jobs?model=&status=
-        self.jobs.create_index([("submitted_at", DESCENDING)], name="newest")   # /api/jobs
+        self.jobs.create_index([("submitted_at", DESCENDING)], name="newest")   # /api/jobs pages
         self.jobs.create_index([("status", ASCENDING), ("completed_at", ASCENDING)], name="finished")  # purge
+        self.jobs.create_index([("ledger_pending.job_id", ASCENDING)], name="ledger_pending", sparse=True)
         try:
             self.jobs.create_index("expire_at", expireAfterSeconds=0, name="retention_ttl")
         except OperationFailure:
@@ -88,36 +120,117 @@ class MongoStore(JobStore):
         self.metrics.create_index([("finished_at", DESCENDING)], name="newest")
         self.metrics.create_index([("job_id", ASCENDING)], name="by_job")
         self.metrics.create_index([("tags.experiment", ASCENDING), ("tags.strategy", ASCENDING)], name="by_experiment")
+        self.tokens.create_index([("holder", ASCENDING)], name="by_holder")
+        self.idempotency.create_index([("expires_at", ASCENDING)], name="expiry")
+        self.epochs.create_index([("name", ASCENDING)], name="by_lease")
         self.results.create_index([("experiment", ASCENDING)], name="by_experiment")
         self.tasks.create_index([("suite", ASCENDING)], name="by_suite")
 
+    def is_transient(self, exc: BaseException) -> bool:
+        return isinstance(exc, self.transient_errors) or (
+            isinstance(exc, PyMongoError) and getattr(exc, "timeout", False))
+
+    # --- the queue limit: one token per place -----------------------------------------------------
+    def _ensure_tokens(self, n: int) -> None:
+        """Exactly `n` places: made once (by whichever process gets there first; concurrent
+        makers may collide, so what is still missing afterwards is made one by one)."""
+        if self._tokens_for == n:
+            return
+        with self._tokens_lock:
+            if self._tokens_for == n:
+                return
+            missing = [i for i in range(n) if i not in {d["_id"] for d in self.tokens.find({}, {"_id": 1})}]
+            if missing:
+                try:
+                    self.tokens.insert_many([{"_id": i, "holder": FREE, "at": 0.0} for i in missing], ordered=False)
+                except PyMongoError:
+                    have = {d["_id"] for d in self.tokens.find({}, {"_id": 1})}
+                    for i in missing:
+                        if i not in have:
+                            self.tokens.update_one({"_id": i}, {"$setOnInsert": {"holder": FREE, "at": 0.0}},
+                                                   upsert=True)
+            extra = [d["_id"] for d in self.tokens.find({}, {"_id": 1}) if d["_id"] >= n]
+            if extra:                          # QUEUE_MAX_SIZE was lowered: free places beyond it go
+                self.tokens.delete_many({"_id": {"$in": extra}, "holder": FREE})
+            self._tokens_for = n
+
+    def _take_token(self, job_id: str, now: float) -> bool:
+        """A free place, if there is one. A take that lost a race for the place it picked is
+        tried again while free places remain (MongoDB itself retries; some compatible servers don't)."""
+        for _ in range(20):
+            if self.tokens.find_one_and_update({"holder": FREE}, {"$set": {"holder": job_id, "at": now}}) is not None:
+                return True
+            if not self.tokens.count_documents({"holder": FREE}, limit=1):
+                return False
+        return False
+
+    def _give_back_token(self, job_id: str) -> None:
+        self.tokens.update_one({"holder": job_id}, {"$set": {"holder": FREE}})
+
     # --- jobs: submission and reading -----------------------------------------------------------
-    def enqueue(self, job: JobDoc, max_waiting: int | None = None) -> int:
+    def enqueue(self, job: JobDoc, max_waiting: int | None = None, idempotency: Idempotency | None = None) -> int:
+        job_id, now = job["job_id"], float(job["submitted_at"])
+        if idempotency is not None:
+            self._claim_key(idempotency, job_id, now)
         if max_waiting is not None:
-            waiting = self.jobs.count_documents({"status": {"$in": _WAITING}})
-            if waiting >= max_waiting:
-                raise QueueFull(waiting)
-        rank, submitted = job["rank"], job["submitted_at"]
-        ahead = self.jobs.count_documents({"status": {"$in": _WAITING}, "$or": [
-            {"rank": {"$gt": rank}}, {"rank": rank, "submitted_at": {"$lte": submitted}}]})
-        self.jobs.insert_one(_to_mongo(job))
-        return ahead
+            self._ensure_tokens(max_waiting)
+            if not self._take_token(job_id, now):
+                self._drop_key(idempotency, job_id)
+                raise QueueFull(self.jobs.count_documents({"status": {"$in": _WAITING}}))
+        try:
+            self.jobs.insert_one(_to_mongo(job))
+        except BaseException:
+            self._give_back_token(job_id)
+            self._drop_key(idempotency, job_id)
+            raise
+        rank = job["rank"]
+        return self.jobs.count_documents({"status": {"$in": _WAITING}, "_id": {"$ne": job_id}, "$or": [
+            {"rank": {"$gt": rank}}, {"rank": rank, "submitted_at": {"$lte": now}}]})
+
+    def _claim_key(self, key: Idempotency, job_id: str, now: float) -> None:
+        """Make `key` point at `job_id`, unless a live earlier use of it stands (replay or conflict)."""
+        doc = {"_id": key.key, "job_id": job_id, "fingerprint": key.fingerprint, "expires_at": key.expires_at}
+        for _ in range(3):
+            try:
+                self.idempotency.insert_one(doc)
+                return
+            except DuplicateKeyError:
+                earlier = self.idempotency.find_one({"_id": key.key})
+            if earlier is None:
+                continue
+            alive = earlier["expires_at"] > now and self.jobs.count_documents({"_id": earlier["job_id"]}, limit=1)
+            if alive:
+                if earlier["fingerprint"] != key.fingerprint:
+                    raise IdempotencyConflict(earlier["job_id"])
+                raise IdempotentReplay(earlier["job_id"])
+            # Expired, or left by a submission that died before storing its job: take it over.
+            self.idempotency.delete_one({"_id": key.key, "job_id": earlier["job_id"]})
+        raise AutoReconnect("the Idempotency-Key kept changing hands; try again")
+
+    def _drop_key(self, key: Idempotency | None, job_id: str) -> None:
+        if key is not None:
+            self.idempotency.delete_one({"_id": key.key, "job_id": job_id})
+
+    def purge_idempotency(self, now: float) -> int:
+        return self.idempotency.delete_many({"expires_at": {"$lte": now}}).deleted_count
 
     def get(self, job_id: str) -> JobDoc | None:
         return _from_mongo(self.jobs.find_one({"_id": job_id}))
 
-    def list_jobs(self, status: str | None = None, model: str | None = None, limit: int = 100) -> list[JobDoc]:
+    def list_jobs(self, status: str | None = None, model: str | None = None, limit: int = 100,
+                  before: tuple[float, str] | None = None) -> list[JobDoc]:
         query: dict[str, Any] = {}
         if status:
             query["status"] = status
         if model:
             query["model"] = model
-        cursor = self.jobs.find(query, _SUMMARY_EXCLUDE).sort("submitted_at", DESCENDING).limit(limit)
-        return [_from_mongo(d) for d in cursor]
+        if before is not None:
+            query["$or"] = [{"submitted_at": {"$lt": before[0]}}, {"submitted_at": before[0], "_id": {"$lt": before[1]}}]
+        cursor = self.jobs.find(query, _SUMMARY_EXCLUDE).sort([("submitted_at", DESCENDING), ("_id", DESCENDING)])
+        return [_from_mongo(d) for d in cursor.limit(limit)]
 
     def counts(self) -> QueueCounts:
-        by_status = {d["_id"]: d["n"] for d in self.jobs.aggregate(
-            [{"$group": {"_id": "$status", "n": {"$sum": 1}}}])}
+        by_status = {d["_id"]: d["n"] for d in self.jobs.aggregate([{"$group": {"_id": "$status", "n": {"$sum": 1}}}])}
         waiting = [{"$match": {"status": {"$in": _WAITING}}}]
         by_priority = {d["_id"]: d["n"] for d in self.jobs.aggregate(
             waiting + [{"$group": {"_id": "$priority", "n": {"$sum": 1}}}])}
@@ -131,24 +244,34 @@ class MongoStore(JobStore):
             return {}
         return {d["_id"]: d["status"] for d in self.jobs.find({"_id": {"$in": ids}}, {"status": 1})}
 
-    # --- jobs: transitions ----------------------------------------------------------------------
+    # --- jobs: the scheduler's transitions ----------------------------------------------------------
     def take_new(self, limit: int = 1000) -> list[JobDoc]:
         fields = {"model": 1, "priority": 1, "rank": 1, "submitted_at": 1, "job_id": 1}
-        found = list(self.jobs.find({"status": "pending"}, fields).sort("submitted_at", ASCENDING).limit(limit))
+        found = list(self.jobs.find({"status": PENDING}, fields).sort("submitted_at", ASCENDING).limit(limit))
         if not found:
             return []
-        self.jobs.update_many({"_id": {"$in": [d["_id"] for d in found]}, "status": "pending"},
-                              {"$set": {"status": "queued"}})
+        self.jobs.update_many({"_id": {"$in": [d["_id"] for d in found]}, "status": PENDING},
+                              {"$set": {"status": QUEUED}})
         return [_from_mongo(d) for d in found]
 
-    def release_taken(self) -> int:
-        return self.jobs.update_many({"status": "queued"}, {"$set": {"status": "pending"}}).modified_count
+    def release_taken(self, job_ids: list[str] | None = None) -> int:
+        query: dict[str, Any] = {"status": QUEUED}
+        if job_ids is not None:
+            query["_id"] = {"$in": job_ids}
+        return self.jobs.update_many(query, {"$set": {"status": PENDING}}).modified_count
 
-    def claim(self, job_id: str, run_id: str, fields: dict[str, Any]) -> JobDoc | None:
-        doc = self.jobs.find_one_and_update(
-            {"_id": job_id, "status": "queued"},
-            {"$set": {**_to_mongo(fields), "status": "running", "run_id": run_id}},
-            return_document=ReturnDocument.AFTER)
+    def claim(self, job_id: str, run_id: str, fields: dict[str, Any], epoch: int | None = None) -> JobDoc | None:
+        if epoch is not None and self.lease_epoch(SCHEDULER_LEASE) != epoch:
+            raise Fenced(f"epoch {epoch} is no longer the scheduler lease's")
+        stamp = {**_to_mongo(fields), "status": RUNNING, "run_id": run_id}
+        if epoch is not None:
+            stamp["epoch"] = epoch
+        doc = self.jobs.find_one_and_update({"_id": job_id, "status": QUEUED}, {"$set": stamp, "$inc": {"attempts": 1}},
+                                            return_document=ReturnDocument.AFTER)
+        if doc is None:                      # a retry of a claim that was applied: the same run holds it
+            doc = self.jobs.find_one({"_id": job_id, "status": RUNNING, "run_id": run_id})
+        if doc is not None:
+            self._give_back_token(job_id)
         return _from_mongo(doc)
 
     def _expiry(self, fields: dict[str, Any]) -> dict[str, Any]:
@@ -160,108 +283,86 @@ class MongoStore(JobStore):
     def finish(self, job_id: str, run_id: str, status: str, fields: dict[str, Any],
                ledger: dict[str, Any] | None = None) -> bool:
         update = {**_to_mongo(fields), **self._expiry(fields), "status": status}
-        done = self.jobs.update_one({"_id": job_id, "status": "running", "run_id": run_id},
+        if ledger is not None:
+            update["ledger_pending"] = ledger
+        done = self.jobs.update_one({"_id": job_id, "status": RUNNING, "run_id": run_id},
                                     {"$set": update}).modified_count == 1
+        done = done or self.jobs.count_documents({"_id": job_id, "status": status, "run_id": run_id}, limit=1) == 1
         if done and ledger is not None:
-            self.record_metrics(ledger)
+            self._write_ledger(job_id, ledger)
         return done
 
+    def _write_ledger(self, job_id: str, ledger: dict[str, Any]) -> None:
+        self.record_metrics(ledger)
+        self.jobs.update_one({"_id": job_id, "ledger_pending.run_id": ledger.get("run_id")},
+                             {"$unset": {"ledger_pending": ""}})
+
     def requeue(self, job_id: str, run_id: str, fields: dict[str, Any]) -> bool:
-        return self.jobs.update_one({"_id": job_id, "status": "running", "run_id": run_id},
-                                    {"$set": {**_to_mongo(fields), "status": "pending", "run_id": None}}
-                                    ).modified_count == 1
+        done = self.jobs.update_one(
+            {"_id": job_id, "status": RUNNING, "run_id": run_id},
+            {"$set": {**_to_mongo(fields), "status": PENDING, "run_id": None, "last_run_id": run_id}}).modified_count == 1
+        limit = self.queue_limit or self._tokens_for
+        if done and limit:
+            # Back in the queue: it takes a place if one is free (an acknowledged job is never
+            # refused, so with none free the queue is over its limit until one leaves).
+            self._ensure_tokens(limit)
+            self._take_token(job_id, float(fields.get("requeued_at") or 0.0))
+        return done or self.jobs.count_documents(
+            {"_id": job_id, "status": {"$in": _WAITING}, "last_run_id": run_id}, limit=1) == 1
+
+    def running_runs(self) -> list[JobDoc]:
+        fields = {"job_id": 1, "model": 1, "run_id": 1, "epoch": 1, "owner": 1, "started_at": 1, "timeout_s": 1,
+                  "attempts": 1}
+        return [_from_mongo(d) for d in self.jobs.find({"status": RUNNING}, fields)]
+
+    def recover_run(self, job_id: str, run_id: str, requeue: bool, fields: dict[str, Any],
+                    ledger: dict[str, Any] | None = None) -> bool:
+        if requeue:
+            return self.requeue(job_id, run_id, fields)
+        return self.finish(job_id, run_id, FAILED, fields, ledger)
 
     def fail_waiting(self, job_id: str, fields: dict[str, Any]) -> bool:
-        return self.jobs.update_one({"_id": job_id, "status": {"$in": _WAITING}},
-                                    {"$set": {**_to_mongo(fields), **self._expiry(fields), "status": "failed"}}
+        done = self.jobs.update_one({"_id": job_id, "status": {"$in": _WAITING}},
+                                    {"$set": {**_to_mongo(fields), **self._expiry(fields), "status": FAILED}}
                                     ).modified_count == 1
+        if done:
+            self._give_back_token(job_id)
+        return done
 
     def cancel(self, job_id: str, fields: dict[str, Any]) -> CancelOutcome:
         before = self.jobs.find_one_and_update(
             {"_id": job_id, "status": {"$in": _ACTIVE}},
-            {"$set": {**_to_mongo(fields), **self._expiry(fields), "status": "cancelled"}},
+            {"$set": {**_to_mongo(fields), **self._expiry(fields), "status": CANCELLED}},
             projection={"status": 1}, return_document=ReturnDocument.BEFORE)
         if before is not None:
+            if before["status"] in _WAITING:
+                self._give_back_token(job_id)
             return CancelOutcome(found=True, previous=before["status"], cancelled=True)
         current = self.jobs.find_one({"_id": job_id}, {"status": 1})
         if current is None:
             return CancelOutcome(found=False)
         return CancelOutcome(found=True, previous=current["status"])
 
-    def recover_running(self, requeue: bool, fields: dict[str, Any]) -> list[str]:
-        ids = [d["_id"] for d in self.jobs.find({"status": "running"}, {"_id": 1})]
-        if not ids:
-            return []
-        if requeue:
-            update = {**_to_mongo(fields), "status": "pending", "run_id": None}
-        else:
-            update = {**_to_mongo(fields), **self._expiry(fields), "status": "failed"}
-        self.jobs.update_many({"_id": {"$in": ids}, "status": "running"}, {"$set": update})
-        return ids
-
     def purge_finished(self, before: float) -> int:
         return self.jobs.delete_many({"status": {"$in": _FINISHED}, "completed_at": {"$lt": before}}).deleted_count
 
-    # --- ledger, tasks and experiment results ---------------------------------------------------
-    def record_metrics(self, doc: dict[str, Any]) -> None:
-        try:
-            self.metrics.insert_one({**doc, "_id": f"{doc['job_id']}:{doc.get('run_id')}"})
-        except DuplicateKeyError:
-            pass
-
-    def list_metrics(self, model: str | None = None, limit: int = 100,
-                     job_id: str | None = None) -> list[dict[str, Any]]:
-        query = {"job_id": job_id} if job_id else {"model": model} if model else {}
-        return [{k: v for k, v in d.items() if k != "_id"}
-                for d in self.metrics.find(query).sort("finished_at", DESCENDING).limit(limit)]
-
-    def put_task(self, task: dict[str, Any]) -> None:
-        self.tasks.replace_one({"_id": task["task_id"]}, {**task, "_id": task["task_id"]}, upsert=True)
-
-    def get_task(self, task_id: str) -> dict[str, Any] | None:
-        doc = self.tasks.find_one({"_id": task_id})
-        return {k: v for k, v in doc.items() if k != "_id"} if doc else None
-
-    def list_tasks(self, suite: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        query = {"suite": suite} if suite else {}
-        return [{k: v for k, v in d.items() if k != "_id"}
-                for d in self.tasks.find(query).sort("_id", ASCENDING).limit(limit)]
-
-    def record_result(self, result: dict[str, Any]) -> None:
-        self.results.insert_one(dict(result))        # _id: an ObjectId, increasing in insertion order
-
-    def list_results(self, experiment: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        query = {"experiment": experiment} if experiment else {}
-        return [{k: v for k, v in d.items() if k != "_id"}
-                for d in self.results.find(query).sort("_id", ASCENDING).limit(limit)]
-
-    # --- shared state ---------------------------------------------------------------------------
-    def put_state(self, key: str, value: dict[str, Any], now: float) -> None:
-        # As JSON text: model names and counters may hold characters MongoDB refuses in keys.
-        self.state.update_one({"_id": key}, {"$set": {"value": json.dumps(value), "updated_at": now}}, upsert=True)
-
-    def get_state(self, key: str) -> tuple[dict[str, Any], float] | None:
-        doc = self.state.find_one({"_id": key})
-        return (json.loads(doc["value"]), doc["updated_at"]) if doc else None
-
-    def acquire_lease(self, name: str, owner: str, ttl_s: float, now: float) -> bool:
-        try:
-            self.leases.insert_one({"_id": name, "owner": owner, "expires_at": now + ttl_s})
-            return True
-        except DuplicateKeyError:        # it exists: take it only if ours or expired
-            return self.leases.update_one(
-                {"_id": name, "$or": [{"owner": owner}, {"expires_at": {"$lt": now}}]},
-                {"$set": {"owner": owner, "expires_at": now + ttl_s}}).matched_count == 1
-
-    def release_lease(self, name: str, owner: str) -> None:
-        self.leases.delete_one({"_id": name, "owner": owner})
-
-    def save_footprint(self, model: str, size_bytes: int, now: float) -> None:
-        self.footprints_coll.update_one({"_id": model}, {"$set": {"size_bytes": int(size_bytes), "updated_at": now}},
-                                        upsert=True)
-
-    def footprints(self) -> dict[str, int]:
-        return {d["_id"]: d["size_bytes"] for d in self.footprints_coll.find({})}
+    def repair(self, now: float) -> int:
+        """Ledger entries a crash left on their jobs, and tokens held by jobs no longer waiting."""
+        mended = 0
+        for doc in self.jobs.find({"ledger_pending": {"$exists": True}}, {"ledger_pending": 1}):
+            self._write_ledger(doc["_id"], doc["ledger_pending"])
+            mended += 1
+        held = {d["holder"]: d["_id"] for d in self.tokens.find({"holder": {"$ne": FREE}, "at": {"$lt": now - TOKEN_GRACE_S}})}
+        if held:
+            waiting = {d["_id"] for d in self.jobs.find({"_id": {"$in": list(held)}, "status": {"$in": _WAITING}}, {"_id": 1})}
+            for job_id, token in held.items():
+                if job_id not in waiting:
+                    mended += self.tokens.update_one({"_id": token, "holder": job_id},
+                                                     {"$set": {"holder": FREE}}).modified_count
+        return mended
 
     def close(self) -> None:
         self.client.close()
+
+
+__all__ = ["MongoStore", "COLLECTIONS", "run_key"]

@@ -5,7 +5,8 @@ import pytest
 
 from conftest import sample_job
 from jobs import Priority
-from store import QueueFull
+from store import Fenced, Idempotency, IdempotencyConflict, IdempotentReplay, QueueFull
+from store.base import SCHEDULER_LEASE
 
 
 def test_enqueue_get_and_position_by_priority_then_time(store):
@@ -77,17 +78,113 @@ def test_requeue_and_fail_waiting(store):
     assert not store.fail_waiting("b", {"error": "again"})
 
 
-def test_recover_running_requeues_or_fails(store):
+def test_runs_left_behind_are_listed_and_recovered_by_their_run(store):
     for name in ("a", "b"):
         store.enqueue(sample_job(job_id=name))
     store.take_new()
-    store.claim("a", "r1", {})
-    assert store.recover_running(True, {"recovered": True}) == ["a"]
-    assert store.get("a")["status"] == "pending"
+    store.claim("a", "r1", {"started_at": 10.0, "owner": "host:1:x"}, epoch=None)
+    runs = store.running_runs()
+    assert [(r["job_id"], r["run_id"], r["owner"], r["attempts"]) for r in runs] == [("a", "r1", "host:1:x", 1)]
+    assert not store.recover_run("a", "other-run", True, {})          # only the run's own token works
+    assert store.recover_run("a", "r1", True, {"recovered": True})
+    assert store.get("a")["status"] == "pending" and store.get("a")["recovered"]
     store.take_new()
     store.claim("a", "r2", {})
-    assert store.recover_running(False, {"error": "gone", "completed_at": 5.0}) == ["a"]
+    assert store.get("a")["attempts"] == 2                             # every run counts
+    ledger = {"job_id": "a", "run_id": "r2", "model": "m", "finished_at": 5.0, "status": "failed"}
+    assert store.recover_run("a", "r2", False, {"error": "gone", "completed_at": 5.0}, ledger)
     assert store.get("a")["status"] == "failed" and store.get("a")["error"] == "gone"
+    assert [m["run_id"] for m in store.list_metrics(job_id="a")] == ["r2"]
+
+
+def test_transitions_are_idempotent_so_a_retry_after_a_lost_answer_is_harmless(store):
+    store.enqueue(sample_job(job_id="a"))
+    store.enqueue(sample_job(job_id="b"))
+    store.take_new()
+    first = store.claim("a", "r1", {"started_at": 1.0})
+    again = store.claim("a", "r1", {"started_at": 1.0})             # the same claim, repeated
+    assert first["run_id"] == again["run_id"] == "r1" and again["attempts"] == 1
+    assert store.requeue("a", "r1", {}) and store.requeue("a", "r1", {})
+    assert store.get("a")["status"] in ("pending", "queued")
+    store.claim("b", "r2", {})
+    ledger = {"job_id": "b", "run_id": "r2", "model": "m", "finished_at": 2.0}
+    assert store.finish("b", "r2", "complete", {"completed_at": 2.0}, ledger)
+    assert store.finish("b", "r2", "complete", {"completed_at": 2.0}, ledger)
+    assert not store.finish("b", "r2", "failed", {})                  # but not another outcome
+    assert len(store.list_metrics(job_id="b")) == 1
+
+
+def test_a_claim_under_an_epoch_the_lease_has_moved_past_is_refused(store):
+    store.enqueue(sample_job(job_id="a"))
+    store.enqueue(sample_job(job_id="b"))
+    store.take_new()
+    old = store.acquire_lease(SCHEDULER_LEASE, "old", ttl_s=5, now=100.0)
+    assert store.claim("a", "r1", {"owner": "old"}, epoch=old)["epoch"] == old
+    new = store.acquire_lease(SCHEDULER_LEASE, "new", ttl_s=5, now=110.0)    # the old one expired
+    assert new == old + 1
+    with pytest.raises(Fenced):
+        store.claim("b", "r2", {"owner": "old"}, epoch=old)
+    assert store.get("b")["status"] == "queued"
+    assert store.claim("b", "r3", {"owner": "new"}, epoch=new)["status"] == "running"
+
+
+def test_idempotency_keys_replay_conflict_and_expire(store):
+    key = Idempotency("k-1", "fp-1", expires_at=1000.0)
+    store.enqueue(sample_job(job_id="a", submitted_at=10.0), idempotency=key)
+    with pytest.raises(IdempotentReplay) as replay:
+        store.enqueue(sample_job(job_id="b", submitted_at=20.0), idempotency=key)
+    assert replay.value.job_id == "a" and store.get("b") is None
+    with pytest.raises(IdempotencyConflict):
+        store.enqueue(sample_job(job_id="c", submitted_at=20.0), idempotency=Idempotency("k-1", "fp-2", 1000.0))
+    # Past its lifetime the key is free again.
+    store.enqueue(sample_job(job_id="d", submitted_at=2000.0), idempotency=Idempotency("k-1", "fp-1", 3000.0))
+    assert store.get("d") is not None
+    assert store.purge_idempotency(now=4000.0) >= 1
+
+
+def test_concurrent_submissions_never_overshoot_the_queue_limit(store):
+    accepted, refused, errors = [], [], []
+    lock = threading.Lock()
+
+    def submit(i):
+        try:
+            store.enqueue(sample_job(job_id=f"j{i}"), max_waiting=10)
+            with lock:
+                accepted.append(i)
+        except QueueFull:
+            with lock:
+                refused.append(i)
+        except Exception as exc:
+            with lock:
+                errors.append(repr(exc))
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(accepted) == 10 and len(refused) == 30
+    assert store.counts().waiting == 10
+
+
+def test_listings_page_with_a_cursor(store):
+    for i in range(7):
+        store.enqueue(sample_job(job_id=f"j{i}", submitted_at=float(i // 2)))     # ties on submitted_at
+    seen, before = [], None
+    while True:
+        page = store.list_jobs(limit=3, before=before)
+        seen += [j["job_id"] for j in page]
+        if len(page) < 3:
+            break
+        before = (page[-1]["submitted_at"], page[-1]["job_id"])
+    assert seen == ["j6", "j5", "j4", "j3", "j2", "j1", "j0"]
+    for i in range(5):
+        store.record_metrics({"job_id": f"j{i}", "run_id": "r", "model": "m", "finished_at": float(i // 2)})
+    first = store.list_metrics(limit=2)
+    rest = store.list_metrics(limit=10, before=(first[-1]["finished_at"], f"{first[-1]['job_id']}:r"))
+    assert [m["job_id"] for m in first + rest] == ["j4", "j3", "j2", "j1", "j0"]
+    assert store.purge_metrics(before=1.0) == 2 and len(store.list_metrics()) == 3
 
 
 def test_counts_and_listing(store):
@@ -136,14 +233,17 @@ def test_state_leases_and_footprints(store):
     store.put_state("k", {"v": 2}, now=6.0)
     assert store.get_state("k") == ({"v": 2}, 6.0)
     assert store.get_state("none") is None
-    assert store.acquire_lease("s", "one", ttl_s=5, now=100.0)
-    assert not store.acquire_lease("s", "two", ttl_s=5, now=101.0)
-    assert store.acquire_lease("s", "one", ttl_s=5, now=102.0)        # renew
-    assert store.acquire_lease("s", "two", ttl_s=5, now=108.0)        # expired: taken over
+    assert store.acquire_lease("s", "one", ttl_s=5, now=100.0) == 1
+    assert store.acquire_lease("s", "two", ttl_s=5, now=101.0) is None
+    assert store.acquire_lease("s", "one", ttl_s=5, now=102.0) == 1    # renewed: the same epoch
+    assert store.acquire_lease("s", "two", ttl_s=5, now=108.0) == 2    # expired: taken over, a new epoch
     store.release_lease("s", "one")                                   # not the holder: no effect
-    assert not store.acquire_lease("s", "one", ttl_s=5, now=109.0)
+    assert store.acquire_lease("s", "one", ttl_s=5, now=109.0) is None
     store.release_lease("s", "two")
-    assert store.acquire_lease("s", "one", ttl_s=5, now=109.0)
+    assert store.acquire_lease("s", "one", ttl_s=5, now=109.0) == 3    # released: the epoch goes on
+    store.retire_epoch("s", 1, now=110.0)
+    store.retire_epoch("s", 1, now=111.0)
+    assert store.retired_epochs("s") == {1}
     store.save_footprint("m", 123, now=1.0)
     store.save_footprint("m", 456, now=2.0)
     assert store.footprints() == {"m": 456}

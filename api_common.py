@@ -1,0 +1,103 @@
+"""What the API's blueprints share: the error type, the service facade and configuration of the
+app at hand, argument parsing, and listing pages (cursors, bounded answers)."""
+from __future__ import annotations
+
+import base64
+import json
+import math
+from typing import Any
+
+from flask import current_app, request
+
+from config import Config
+from model_settings import ModelSettings
+from service import Service
+
+MAX_WAIT_S = 300.0
+LIST_METADATA_MAX_BYTES = 4096      # larger metadata is shown in listings as its size only
+
+
+class ApiError(Exception):
+    def __init__(self, http_status: int, message: str, **extra: Any):
+        super().__init__(message)
+        self.http_status = http_status
+        self.payload = {"error": message, **extra}
+        self.headers: dict[str, str] = {}
+
+
+def service() -> Service:
+    return current_app.extensions["model_manager"]
+
+
+def config() -> Config:
+    return service().config
+
+
+def settings() -> ModelSettings:
+    """Each model's context length, from the configuration every worker shares."""
+    return current_app.extensions["model_manager_settings"]
+
+
+def float_arg(name: str, default: float, low: float, high: float) -> float:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be a number", field=name) from None
+    if not math.isfinite(value) or value < low or value > high:
+        raise ApiError(400, f"{name} must be between {low:g} and {high:g}", field=name)
+    return value
+
+
+def limit_arg(default: int = 100) -> int:
+    raw = request.args.get("limit", str(default))
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise ApiError(400, "limit must be an integer", field="limit") from None
+    if not 1 <= limit <= 1000:
+        raise ApiError(400, "limit must be between 1 and 1000", field="limit")
+    return limit
+
+
+def cursor_arg() -> tuple[float, str] | None:
+    """`?cursor=` as given in a page's `next_cursor`: where the next page starts."""
+    raw = request.args.get("cursor")
+    if not raw:
+        return None
+    try:
+        at, key = json.loads(base64.urlsafe_b64decode(raw.encode() + b"=" * (-len(raw) % 4)))
+        return float(at), str(key)
+    except (ValueError, TypeError):
+        raise ApiError(400, "cursor is not one this API gave out (use a page's next_cursor)", field="cursor") from None
+
+
+def encode_cursor(at: float, key: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([at, key]).encode()).decode().rstrip("=")
+
+
+def page(items: list[dict[str, Any]], limit: int, max_bytes: int, position) -> tuple[list[dict[str, Any]], str | None]:
+    """Items up to `max_bytes` of JSON (at least one), with large metadata shown as its size;
+    and the cursor of the next page when there may be one. `position(item)` = (at, key)."""
+    out: list[dict[str, Any]] = []
+    size = 0
+    for item in items:
+        item = _trim_metadata(item)
+        size += len(json.dumps(item, default=str))
+        if out and size > max_bytes:
+            break
+        out.append(item)
+    more = len(out) < len(items) or len(items) == limit
+    return out, (encode_cursor(*position(out[-1])) if out and more else None)
+
+
+def _trim_metadata(item: dict[str, Any]) -> dict[str, Any]:
+    metadata = item.get("metadata")
+    if not metadata:
+        return item
+    size = len(json.dumps(metadata, default=str))
+    if size <= LIST_METADATA_MAX_BYTES:
+        return item
+    return {**item, "metadata": {"truncated": True, "bytes": size}}

@@ -1,0 +1,165 @@
+"""The jobs blueprint: submit, poll, cancel, list jobs, read the ledger."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+from flask import Blueprint, jsonify, request
+from pydantic import ValidationError
+
+from api_common import (MAX_WAIT_S, ApiError, config, cursor_arg, float_arg, limit_arg, page, service,
+                        settings)
+from api_schemas import SubmitRequest, describe_validation_error
+from api_system import views
+from jobs import FINISHED, JobDoc, JobStatus, new_job, public_view
+from model_settings import reload_option_error
+from store import Idempotency, IdempotencyConflict, IdempotentReplay, QueueFull
+
+jobs_bp = Blueprint("jobs", __name__)
+_FINISHED = {s.value for s in FINISHED}
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY = 200
+
+
+@jobs_bp.post("/api/submit")
+def submit():
+    cfg = config()
+    raw = request.get_data(cache=False)       # at most MAX_PROMPT_BYTES are read: the app refuses more
+    try:
+        req = SubmitRequest.model_validate_json(raw or b"null")
+    except ValidationError as exc:
+        field, message, details = describe_validation_error(exc)
+        if field == "body" or not raw:
+            message = "request body must be a JSON object with at least `model` and `prompt`"
+        raise ApiError(400, message, field=field, details=details) from None
+    wait = float_arg("wait", 0.0, 0.0, MAX_WAIT_S)
+    timeout_s = float(req.timeout_s) if req.timeout_s is not None else cfg.JOB_TIMEOUT_S
+    if timeout_s > cfg.MAX_JOB_TIMEOUT_S:
+        raise ApiError(400, f"timeout_s may be at most MAX_JOB_TIMEOUT_S = {cfg.MAX_JOB_TIMEOUT_S:g}",
+                       field="timeout_s")
+    model = _check_model(req)
+    option_error = reload_option_error(req.options, model, settings())
+    if option_error:
+        raise ApiError(400, option_error, field=option_error.split(":", 1)[0])
+    now = time.time()
+    job = new_job(model=model, kind=req.kind, priority=req.priority, submitted_at=now,
+                  timeout_s=timeout_s, prompt=req.prompt, system=req.system,
+                  messages=[m.model_dump(exclude_none=True) for m in req.messages] if req.messages else None,
+                  input=req.input, options=req.options, images=req.images, metadata=req.metadata)
+    for key in ("format", "think", "tools"):
+        if getattr(req, key) is not None:
+            job[key] = getattr(req, key)
+    key = _idempotency(req, now)
+    try:
+        position = service().submit(job, key)
+    except QueueFull as exc:
+        err = ApiError(429, f"{exc}; try again later", queue_max_size=cfg.QUEUE_MAX_SIZE)
+        err.headers["Retry-After"] = "2"
+        raise err from None
+    except IdempotentReplay as replay:
+        return _answer(replay.job_id, wait, position=None, replay=True)
+    except IdempotencyConflict as exc:
+        raise ApiError(422, f"{IDEMPOTENCY_HEADER} {exc}", field=IDEMPOTENCY_HEADER, job_id=exc.job_id) from None
+    return _answer(job["job_id"], wait, position=position, replay=False)
+
+
+def _idempotency(req: SubmitRequest, now: float) -> Idempotency | None:
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    key = key.strip()
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY:
+        raise ApiError(400, f"{IDEMPOTENCY_HEADER} must be 1 to {MAX_IDEMPOTENCY_KEY} characters",
+                       field=IDEMPOTENCY_HEADER)
+    fingerprint = hashlib.sha256(json.dumps(req.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+    return Idempotency(key, fingerprint, now + config().IDEMPOTENCY_TTL_S)
+
+
+def _answer(job_id: str, wait: float, position: int | None, replay: bool):
+    """202 with the job's id (and its position when just accepted); 200 with the whole job when
+    it finished within `?wait=`."""
+    location = {"Location": f"/api/job/{job_id}"}
+    extra = {"idempotent_replay": True} if replay else {}
+    job: JobDoc | None = service().wait_for(job_id, wait) if wait > 0 else None
+    if job is None and replay:
+        job = service().get(job_id)
+    if job is not None and job["status"] in _FINISHED:
+        return jsonify({**public_view(job), **extra}), 200, location
+    body = {"job_id": job_id, "status": job["status"] if job else JobStatus.PENDING.value, **extra}
+    if position is not None:
+        body["position"] = position
+    return jsonify(body), 202, location
+
+
+def _check_model(req: SubmitRequest) -> str:
+    """The registry's name for the requested model; 404, 400 or 422 when it cannot run."""
+    registry, capacity = views().registry()
+    if registry is None:            # no scheduler has published yet: it will judge the model
+        return req.model
+    name = registry.resolve(req.model)
+    if name is None:
+        raise ApiError(404, f"unknown model '{req.model}'", field="model",
+                       suggestions=registry.suggestions(req.model))
+    entry = registry.get(name)
+    if entry.on_runtime is False:
+        raise ApiError(404, f"model '{name}' is known but not installed on the runtime; install it with: "
+                       f"{entry.spec.install_hint}", field="model", install=entry.spec.install_hint,
+                       suggestions=[n for n in registry.suggestions(req.model) if registry.get(n).on_runtime])
+    needed = req.kind.capability
+    if needed not in entry.spec.capabilities:
+        raise ApiError(400, f"model '{name}' cannot serve kind '{req.kind.value}' (it offers "
+                       f"{', '.join(entry.spec.capabilities)})", field="kind")
+    need = registry.need_bytes(name)
+    if capacity and need > capacity:
+        raise ApiError(422, f"model '{name}' needs {need / 1e9:.2f} GB but at most {capacity / 1e9:.2f} GB "
+                       "can ever be used here", field="model", need_bytes=need, capacity_bytes=capacity,
+                       fitting_models=registry.fitting(capacity, needed)[:5])
+    return name
+
+
+@jobs_bp.get("/api/job/<job_id>")
+def get_job(job_id: str):
+    wait = float_arg("wait", 0.0, 0.0, MAX_WAIT_S)
+    job = service().wait_for(job_id, wait) if wait > 0 else service().get(job_id)
+    if job is None:
+        raise ApiError(404, f"no job with id '{job_id}'")
+    return jsonify(public_view(job, include_request=request.args.get("include") == "request"))
+
+
+@jobs_bp.post("/api/job/<job_id>/cancel")
+def cancel_job(job_id: str):
+    outcome = service().cancel(job_id)
+    if not outcome.found:
+        raise ApiError(404, f"no job with id '{job_id}'")
+    if not outcome.cancelled:
+        raise ApiError(409, f"job is already {outcome.previous}", status=outcome.previous)
+    return jsonify({"job_id": job_id, "status": JobStatus.CANCELLED.value, "previous": outcome.previous})
+
+
+@jobs_bp.get("/api/ledger")
+def ledger():
+    """The per-job resource records (`job_metrics`), newest first, a page at a time."""
+    limit = limit_arg()
+    rows = service().list_ledger(request.args.get("model") or None, request.args.get("job_id") or None, limit,
+                                 cursor_arg())
+    entries, cursor = page(rows, limit, config().MAX_PAGE_BYTES,
+                           lambda e: (e["finished_at"], f"{e['job_id']}:{e.get('run_id')}"))
+    return jsonify({"entries": entries, "count": len(entries), "next_cursor": cursor})
+
+
+@jobs_bp.get("/api/jobs")
+def list_jobs():
+    status = request.args.get("status") or None
+    if status is not None and status not in {s.value for s in JobStatus}:
+        raise ApiError(400, f"status must be one of {', '.join(s.value for s in JobStatus)}", field="status")
+    limit = limit_arg()
+    rows = service().list_jobs(status, request.args.get("model") or None, limit, cursor_arg())
+    jobs, cursor = page([public_view(j) for j in rows], limit, config().MAX_PAGE_BYTES,
+                        lambda j: (_submitted(rows, j), j["job_id"]))
+    return jsonify({"jobs": jobs, "count": len(jobs), "next_cursor": cursor})
+
+
+def _submitted(rows: list[JobDoc], view: dict) -> float:
+    """The raw submission time of a listed job (the view shows it as ISO text)."""
+    return next(float(r["submitted_at"]) for r in rows if r["job_id"] == view["job_id"])

@@ -1,0 +1,296 @@
+"""One leadership term of the scheduler: the runtime, the monitor, the engine and the scheduler
+core, the pass loop, and the housekeeping beside it.
+
+A term starts when this process wins the lease (leadership.py) and ends when it loses it or
+shuts down:
+
+* the loop runs a scheduler pass on every wake-up and every SCHEDULER_LOOP_INTERVAL;
+* housekeeping, on a thread of its own, reads the runtime and the GPU, restarts a managed
+  runtime that died, refreshes the runtime's model list, publishes the scheduler's view for
+  the API workers, purges what is past retention, mends what a crash left (store.repair), and
+  sweeps for runs left behind (scheduling_policy.left_run_verdict);
+* ending a term stops claiming at once. A term that lost the lease lets its requests in flight
+  finish and records them (it still owns those runs; the new leader leaves them alone until
+  this term retires its epoch), then retires its epoch; a term that shuts down cancels its
+  requests, re-queues their jobs and retires its epoch.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from config import Config
+from counters import Counters
+from execution_engine import ExecutionEngine
+from jobs import ErrorKind, JobStatus
+from leadership import LEASE_TTL_S, owner_alive
+from log_setup import get_logger
+from model_registry import DESIGN_CATALOG, ModelRegistry
+from model_settings import ModelSettings
+from queue_manager import QueueManager
+from resource_monitor import ResourceMonitor, ResourceState
+from resource_sampler import ResourceSampler, RunnerPids
+from runtime_backends import Runtime, open_runtime
+from runtime_client import RuntimeFailure
+from scheduler_core import SchedulerCore
+from scheduler_view import REGISTRY_KEY, STATE_KEY, registry_document, scheduler_view
+from scheduling_policy import LeftRun, RunAction, left_run_verdict
+from store.base import SCHEDULER_LEASE, Fenced
+
+log = get_logger("SCHEDULER")
+syslog = get_logger("SYSTEM")
+PUBLISH_EVERY_S = 0.5
+TAGS_EVERY_S = 30.0
+PURGE_EVERY_S = 60.0
+SWEEP_EVERY_S = 5.0
+SHUTDOWN_WAIT_S = 10.0
+
+
+@dataclass
+class TermContext:
+    """What a term needs from the service that outlives it."""
+    config: Config
+    store: object                       # the scheduler's (retrying) store
+    queue: QueueManager
+    counters: Counters
+    owner: str
+    on_job_done: Callable[[str], None]
+    on_fenced: Callable[[str], None]    # a claim was refused: the lease moved on
+    clock: Callable[[], float] = time.time
+
+
+class SchedulerTerm:
+    def __init__(self, ctx: TermContext, epoch: int):
+        self.ctx = ctx
+        self.epoch = epoch
+        self.config = ctx.config
+        self.clock = ctx.clock
+        self.ready = threading.Event()          # components built, first reading taken
+        self.runtime: Runtime | None = None
+        self.registry: ModelRegistry | None = None
+        self.monitor: ResourceMonitor | None = None
+        self.sampler: ResourceSampler | None = None
+        self.engine: ExecutionEngine | None = None
+        self.core: SchedulerCore | None = None
+        self.state: ResourceState | None = None
+        self.last_pass_ms = 0.0
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._sample_now = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"scheduler-{epoch}", daemon=True)
+
+    # --- life cycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, shutting_down: bool) -> None:
+        """End the term: stop claiming now; then see its runs in flight out (see the module doc)."""
+        self._stopping.set()
+        self._wake.set()
+        self._sample_now.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(30)
+        self.ctx.queue.stop()
+        if self.engine is None:
+            self._close_runtime()
+            return
+        if shutting_down:
+            self.engine.interrupt_all()
+            self._finish_term(SHUTDOWN_WAIT_S)
+        else:
+            threading.Thread(target=self._finish_term, args=(None,), name=f"term-{self.epoch}-end",
+                             daemon=True).start()
+
+    def _finish_term(self, wait_s: float | None) -> None:
+        """Wait for the term's requests to end, then say so (retire the epoch) and let go."""
+        if self.engine.wait_idle(wait_s):
+            try:
+                self.ctx.store.retire_epoch(SCHEDULER_LEASE, self.epoch, self.clock())
+                syslog.info("epoch %d retired: none of its requests is in flight", self.epoch)
+            except Exception as exc:
+                syslog.warning("could not retire epoch %d (%s); its runs are recovered by their deadline",
+                               self.epoch, exc)
+        self.engine.shutdown(wait=False)
+        if self.sampler is not None:
+            self.sampler.close()
+        self._close_runtime()
+
+    def _close_runtime(self) -> None:
+        if self.runtime is not None:
+            self.runtime.stop()
+        syslog.info("scheduler term %d ended", self.epoch)
+
+    # --- the term's own thread: set up, then the pass loop ------------------------------------------
+    def _run(self) -> None:
+        try:
+            self._set_up()
+        except Exception:
+            syslog.exception("the scheduler could not start; it steps down")
+            self.ctx.on_fenced("start failed")
+            return
+        housekeeping = threading.Thread(target=self._housekeeping, name=f"housekeeping-{self.epoch}", daemon=True)
+        housekeeping.start()
+        self.ready.set()
+        try:
+            while not self._stopping.is_set():
+                try:
+                    started = time.perf_counter()
+                    self.core.run_pass(self.state, self.clock())
+                    self.last_pass_ms = (time.perf_counter() - started) * 1000
+                except Fenced as exc:
+                    syslog.warning("a claim was refused: %s", exc)
+                    self.ctx.on_fenced(str(exc))
+                    break
+                except Exception:   # one bad pass (a store hiccup, say) must not stop scheduling
+                    log.exception("scheduler pass failed; trying again")
+                    self._stopping.wait(0.5)
+                self._wake.wait(self.config.SCHEDULER_LOOP_INTERVAL)
+                self._wake.clear()
+        finally:
+            self._sample_now.set()
+            housekeeping.join(30)
+
+    def _set_up(self) -> None:
+        ctx, config = self.ctx, self.config
+        syslog.info("scheduler %s taking over (epoch %d)", ctx.owner, self.epoch)
+        self.runtime = open_runtime(config)
+        settings = ModelSettings.from_config(config, self.runtime.num_parallel)
+        self.registry = ModelRegistry(config.VRAM_ESTIMATION_MULTIPLIER, ctx.store,
+                                      DESIGN_CATALOG + self.runtime.catalog, settings)
+        self.monitor = ResourceMonitor(self.runtime.client, self.runtime.memory, self.clock)
+        self.sampler = ResourceSampler(RunnerPids(self.runtime.client, lambda: self.state),
+                                       self.runtime.memory.energy_source)
+        node = f"{self.runtime.kind}@{self.runtime.url}"
+        self.engine = ExecutionEngine(
+            self.runtime.client, ctx.store, config, settings, ctx.counters, node, post=self._post,
+            meter=self.sampler, on_job_done=ctx.on_job_done, clock=self.clock)
+        self.core = SchedulerCore(ctx.queue, self.registry, self.engine, config, ctx.counters, node,
+                                  want_reading=self._sample_now.set, owner=ctx.owner, epoch=self.epoch)
+        ctx.queue.start()
+        self.sweep()
+        self._refresh_tags()
+        self._sample()
+        self.publish()                  # other workers see the new scheduler at once
+
+    def _post(self, event) -> None:
+        self.core.post(event)
+        self._wake.set()
+
+    # --- housekeeping ---------------------------------------------------------------------------
+    def _sample(self) -> None:
+        """Read the runtime's loaded models, memory and the host; the next pass reconciles."""
+        state = self.monitor.sample()
+        self.state = state
+        self.sampler.observe(state)
+        self._wake.set()
+
+    def _refresh_tags(self) -> None:
+        """The runtime's models, and the architecture of any whose KV cache cannot be sized yet."""
+        client = self.runtime.client
+        try:
+            self.registry.update_from_runtime(client.tags())
+        except Exception as exc:   # a runtime that is down must not stop the scheduler
+            log.warning("cannot list the runtime's models: %s", exc)
+            return
+        for name in self.registry.names():
+            entry = self.registry.get(name)
+            if entry is None or entry.on_runtime is not True or entry.spec.arch is not None:
+                continue
+            try:
+                self.registry.learn_architecture(name, client.show(name).get("model_info") or {})
+            except RuntimeFailure as exc:
+                log.debug("cannot describe %s: %s", name, exc)
+
+    def _housekeeping(self) -> None:
+        config = self.config
+        last = dict.fromkeys(("publish", "tags", "purge", "sweep"), self.clock())
+        published_registry = -1
+        while not self._stopping.is_set():
+            self._sample_now.wait(min(config.RUNTIME_POLL_INTERVAL, PUBLISH_EVERY_S))
+            sample_now = self._sample_now.is_set()
+            self._sample_now.clear()
+            if self._stopping.is_set():
+                return
+            now = self.clock()
+            try:
+                if self.runtime.restart_if_dead():
+                    sample_now, last["tags"] = True, 0.0
+                if sample_now or now - self.state.taken_at >= config.RUNTIME_POLL_INTERVAL:
+                    self._sample()
+                if now - last["tags"] >= TAGS_EVERY_S:
+                    self._refresh_tags()
+                    last["tags"] = now
+                if now - last["sweep"] >= SWEEP_EVERY_S:
+                    self.sweep()
+                    last["sweep"] = now
+                if now - last["purge"] >= PURGE_EVERY_S:
+                    self._purge(now)
+                    last["purge"] = now
+                if now - last["publish"] >= PUBLISH_EVERY_S or self.registry.version != published_registry:
+                    published_registry = self.publish()
+                    last["publish"] = now
+            except Exception:
+                log.exception("housekeeping failed; trying again")
+                self._stopping.wait(0.5)
+
+    def _purge(self, now: float) -> None:
+        store, config = self.ctx.store, self.config
+        jobs = store.purge_finished(now - config.JOB_RETENTION_S)
+        ledger = store.purge_metrics(now - config.LEDGER_RETENTION_S)
+        keys = store.purge_idempotency(now)
+        mended = store.repair(now)
+        if jobs or ledger or keys or mended:
+            log.info("purged %d finished jobs, %d ledger entries and %d idempotency keys past retention; "
+                     "mended %d records", jobs, ledger, keys, mended)
+
+    def sweep(self) -> int:
+        """Take back the runs left behind (see scheduling_policy.left_run_verdict)."""
+        store, config, now = self.ctx.store, self.config, self.clock()
+        retired = store.retired_epochs(SCHEDULER_LEASE)
+        mine = set(self.core.running_ids())
+        taken = 0
+        for run in store.running_runs():
+            epoch = run.get("epoch")
+            left = LeftRun(epoch, run["job_id"] in mine, epoch in retired,
+                           True if epoch == self.epoch else owner_alive(run.get("owner")),
+                           float(run.get("started_at") or 0.0),
+                           float(run.get("timeout_s") or config.JOB_TIMEOUT_S), int(run.get("attempts") or 0))
+            action, why = left_run_verdict(left, self.epoch, now, LEASE_TTL_S, config.MAX_ATTEMPTS,
+                                           config.RECOVER_RUNNING == "requeue")
+            if action is RunAction.KEEP:
+                continue
+            taken += self._take_back(run, action, why, now)
+        return taken
+
+    def _take_back(self, run: dict, action: RunAction, why: str, now: float) -> int:
+        store, job_id, run_id = self.ctx.store, run["job_id"], run["run_id"]
+        if action is RunAction.REQUEUE:
+            done = store.recover_run(job_id, run_id, True, {"recovered": True, "last_error": why})
+        else:
+            fields = {"error": f"not run again: {why}", "error_kind": ErrorKind.RUNTIME.value, "completed_at": now,
+                      "recovered": True}
+            ledger = {"job_id": job_id, "run_id": run_id, "model": run["model"], "status": JobStatus.FAILED.value,
+                      "success": False, "error": fields["error"], "error_kind": fields["error_kind"],
+                      "finished_at": now, "attempts": run.get("attempts")}
+            done = store.recover_run(job_id, run_id, False, fields, ledger)
+        if done:
+            syslog.warning("job %s %s: %s", job_id, "re-queued" if action is RunAction.REQUEUE else "failed", why)
+            if action is RunAction.FAIL:
+                self.ctx.on_job_done(job_id)
+        return int(done)
+
+    # --- what the API workers read --------------------------------------------------------------
+    def view(self) -> dict:
+        return scheduler_view(self)
+
+    def publish(self) -> int:
+        """Put the scheduler's view and the registry where every API worker can read them."""
+        now, store = self.clock(), self.ctx.store
+        store.put_state(STATE_KEY, self.view(), now)
+        store.put_state(REGISTRY_KEY, registry_document(self), now)
+        return self.registry.version
