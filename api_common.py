@@ -38,6 +38,25 @@ def settings() -> ModelSettings:
     return current_app.extensions["model_manager_settings"]
 
 
+def read_body() -> bytes:
+    """The request body, read no further than MAX_PROMPT_BYTES: a larger one (declared, or
+    chunked and found so while reading) gets 413 before the rest is read."""
+    limit = config().MAX_PROMPT_BYTES
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, f"request body is {request.content_length} bytes; the limit is MAX_PROMPT_BYTES = {limit}",
+                       max_bytes=limit)
+    chunks, size = [], 0
+    while size <= limit:
+        chunk = request.stream.read(limit + 1 - size)     # over the limit: the app's stream says 413
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        raise ApiError(413, f"request body over MAX_PROMPT_BYTES = {limit} bytes", max_bytes=limit)
+    return b"".join(chunks)
+
+
 def float_arg(name: str, default: float, low: float, high: float) -> float:
     raw = request.args.get(name)
     if raw is None:

@@ -8,7 +8,7 @@ import time
 from flask import Blueprint, jsonify, request
 from pydantic import ValidationError
 
-from api_common import (MAX_WAIT_S, ApiError, config, cursor_arg, float_arg, limit_arg, page, service,
+from api_common import (MAX_WAIT_S, ApiError, config, cursor_arg, float_arg, limit_arg, page, read_body, service,
                         settings)
 from api_schemas import SubmitRequest, describe_validation_error
 from api_system import views
@@ -25,7 +25,7 @@ MAX_IDEMPOTENCY_KEY = 200
 @jobs_bp.post("/api/submit")
 def submit():
     cfg = config()
-    raw = request.get_data(cache=False)       # at most MAX_PROMPT_BYTES are read: the app refuses more
+    raw = read_body()
     try:
         req = SubmitRequest.model_validate_json(raw or b"null")
     except ValidationError as exc:

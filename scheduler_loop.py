@@ -107,10 +107,12 @@ class SchedulerTerm:
                              daemon=True).start()
 
     def _finish_term(self, wait_s: float | None) -> None:
-        """Wait for the term's requests to end, then say so (retire the epoch) and let go."""
+        """Wait for the term's requests to end, then say so (retire the epoch) and let go. A
+        shutdown waits `wait_s` at most, for the requests and for the store alike."""
         if self.engine.wait_idle(wait_s):
+            store = self.ctx.store if wait_s is None else self.ctx.store.with_patience(wait_s)
             try:
-                self.ctx.store.retire_epoch(SCHEDULER_LEASE, self.epoch, self.clock())
+                store.retire_epoch(SCHEDULER_LEASE, self.epoch, self.clock())
                 syslog.info("epoch %d retired: none of its requests is in flight", self.epoch)
             except Exception as exc:
                 syslog.warning("could not retire epoch %d (%s); its runs are recovered by their deadline",

@@ -14,7 +14,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-SERVED_KEPT = 1000          # entries of the `served` log kept
+SERVED_KEPT = 1000          # entries of the `served` and `answered` logs kept
 
 
 class ServerBusy(Exception):
@@ -64,7 +64,8 @@ class SlotQueues:
         self.running: Counter[str] = Counter()            # holding a slot, per model
         self.max_in_flight: dict[str, int] = {}
         self.max_running: dict[str, int] = {}
-        self.served: deque[dict[str, Any]] = deque(maxlen=SERVED_KEPT)
+        self.served: deque[dict[str, Any]] = deque(maxlen=SERVED_KEPT)      # in the order they got a slot
+        self.answered: deque[dict[str, Any]] = deque(maxlen=SERVED_KEPT)    # whole answers sent, in order
 
     def enqueue(self, w: Waiter) -> None:
         self._queues.setdefault(w.model, deque()).append(w)

@@ -163,6 +163,7 @@ class _Run:
                 self.sim.hold_until_gone(self.client)
                 raise ClientGone()
             produced = sum(self.sim.generate(self.tokens, self.client))
+            self.sim.answered(self.waiter)
             return self.final(_words(self.seed, 0, produced))
         except ClientGone:
             self.sim.release(self.waiter, cancelled=True)
@@ -182,6 +183,7 @@ class _Run:
                         break
             if self.fault is None:
                 yield json.dumps(self.final("")) + "\n"
+                self.sim.answered(self.waiter)
             elif self.fault.kind == "garbage":
                 yield "llama_decode: garbled output <<<\n"
             elif self.fault.kind == "drop":

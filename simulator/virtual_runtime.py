@@ -275,6 +275,11 @@ class Simulator:
         while not client.gone() and not self._stop:
             time.sleep(CLIENT_POLL_S)
 
+    def answered(self, w: Waiter) -> None:
+        """`w`'s whole answer went out (its last object was handed to the server)."""
+        with self._lock:
+            self.queues.answered.append({"model": w.model, "prompt": w.prompt, "at": self.clock()})
+
     def release(self, w: Waiter, cancelled: bool = False) -> None:
         """`w` is done with its slot (idempotent): the next waiter may have it."""
         with self._lock:
@@ -315,7 +320,8 @@ class Simulator:
                 "num_parallel": self.num_parallel, "max_queue": self.max_queue, "num_ctx": self.num_ctx,
                 "waiting": self.queues.waiting, "rejected_busy": self.rejected_busy, "cancelled": self.cancelled,
                 "max_in_flight": dict(self.queues.max_in_flight), "max_running": dict(self.queues.max_running),
-                "served": list(self.queues.served), "energy_j": self.energy.joules, "power_w": self.energy.watts,
+                "served": list(self.queues.served), "answered": list(self.queues.answered),
+                "energy_j": self.energy.joules, "power_w": self.energy.watts,
             }
 
 

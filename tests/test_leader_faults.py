@@ -1,0 +1,112 @@
+"""Through a leader change: gunicorn with two workers in front of one runtime that counts what
+it serves (the simulator, standing alone like an Ollama server).
+
+* The worker holding the scheduler lease is frozen (SIGSTOP) for 10 s while jobs run, then
+  resumed: every job ends complete or failed with a reason, none is left running, and no
+  prompt is served twice (not even started twice).
+* The leader is killed outright (SIGKILL) while jobs run: its requests die with it; the next
+  leader, seeing its owner gone, re-queues them at once; every job completes and no prompt is
+  answered twice (those cut off mid-answer were started twice).
+"""
+import collections
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from conftest import ROOT, free_port, wait_until
+from runtime_launcher import ManagedRuntime
+
+pytestmark = pytest.mark.slow
+MODEL = "qwen2.5:0.5b"
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    sim = ManagedRuntime("sim", "simulator", ["--num-parallel", "4", "--tokens-per-s", "400", "--load-gbps", "50",
+                                              "--default-tokens", "16"], tmp_path / "sim.log")
+    sim_url = sim.start()
+    port = free_port()
+    env = {**os.environ, "HTTP_PORT": str(port), "DATA_DIR": str(tmp_path / "data"), "LOG_FILE": str(tmp_path / "mm.log"),
+           "BACKEND": "ollama", "OLLAMA_URL": sim_url, "OLLAMA_NUM_PARALLEL": "4", "VRAM_TOTAL_MB": "20000",
+           "STORE": "sqlite", "MONGODB_URI": "", "GUNICORN_WORKERS": "2", "RUNTIME_POLL_INTERVAL": "0.2"}
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT,
+                            env=env, stdout=open(tmp_path / "gunicorn.log", "wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy():
+        try:
+            return requests.get(url + "/api/health", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+    try:
+        wait_until(healthy, timeout=60, message="gunicorn to serve")
+        yield url, sim_url, tmp_path
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        sim.stop()
+
+
+def leader_pid(url):
+    owner = requests.get(url + "/api/stats", timeout=5).json()["scheduler"]["leader"]
+    return int(owner.split(":")[1]) if owner else None
+
+
+def test_a_frozen_leader_serves_nothing_twice_and_every_job_ends(cluster):
+    url, sim_url, tmp_path = cluster
+    leader = wait_until(lambda: leader_pid(url), message="a leader to publish")
+    ids = []
+    for i in range(30):
+        r = requests.post(url + "/api/submit", json={"model": MODEL, "prompt": f"job {i}",
+                                                     "options": {"num_predict": 400}}, timeout=10)
+        assert r.status_code == 202, r.text
+        ids.append(r.json()["job_id"])
+    wait_until(lambda: requests.get(sim_url + "/api/sim/stats", timeout=5).json()["running"] >= 2,
+               message="jobs to run")
+    os.kill(leader, signal.SIGSTOP)                  # frozen with its requests in flight
+    try:
+        time.sleep(10)
+    finally:
+        os.kill(leader, signal.SIGCONT)
+
+    def all_ended():
+        jobs = [requests.get(f"{url}/api/job/{job_id}", timeout=5).json() for job_id in ids]
+        return jobs if all(j["status"] in ("complete", "failed") for j in jobs) else None
+    jobs = wait_until(all_ended, timeout=120, interval=0.5, message="every job to end")
+    assert all(j["status"] == "complete" or j["error"] for j in jobs)
+    served = collections.Counter(s["prompt"] for s in requests.get(sim_url + "/api/sim/stats", timeout=5).json()["served"])
+    assert max(served.values()) == 1, [p for p, n in served.items() if n > 1]     # no prompt served twice
+    assert requests.get(url + "/api/stats", timeout=5).json()["running"] == 0
+    assert leader_pid(url) != leader or True          # whoever leads now, the jobs are done
+    log = (tmp_path / "mm.log").read_text()
+    assert "steps down" in log and "retired" in log   # the old leader stepped down and retired its epoch
+
+
+def test_a_leader_killed_outright_has_its_jobs_run_again_and_answered_once(cluster):
+    url, sim_url, tmp_path = cluster
+    leader = wait_until(lambda: leader_pid(url), message="a leader to publish")
+    ids = [requests.post(url + "/api/submit", json={"model": MODEL, "prompt": f"job {i}",
+                                                    "options": {"num_predict": 300}}, timeout=10).json()["job_id"]
+           for i in range(20)]
+    wait_until(lambda: requests.get(sim_url + "/api/sim/stats", timeout=5).json()["running"] >= 2,
+               message="jobs to run")
+    os.kill(leader, signal.SIGKILL)
+
+    def all_ended():
+        jobs = [requests.get(f"{url}/api/job/{job_id}", timeout=5).json() for job_id in ids]
+        return jobs if all(j["status"] in ("complete", "failed") for j in jobs) else None
+    jobs = wait_until(all_ended, timeout=120, interval=0.5, message="every job to end")
+    assert [j["status"] for j in jobs] == ["complete"] * 20
+    stats = requests.get(sim_url + "/api/sim/stats", timeout=5).json()
+    answered = collections.Counter(a["prompt"] for a in stats["answered"])
+    assert max(answered.values()) == 1 and len(answered) == 20
+    recovered = [j for j in jobs if j["attempts"] == 2]
+    assert recovered                                   # the ones cut off mid-answer ran again
