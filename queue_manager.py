@@ -165,6 +165,7 @@ class QueueManager:
         self._on_submit = on_submit
         self._lock = threading.Lock()
         self.accept_locally = False       # set while this process runs the scheduler
+        self.epoch: int | None = None     # that scheduler's term: the jobs it holds are marked with it
 
     def set_submit_listener(self, listener: Callable[[], None] | None) -> None:
         """Called after each accepted submit (the in-process scheduler wakes on it)."""
@@ -177,10 +178,10 @@ class QueueManager:
 
         In the scheduler's own process the job goes straight into the index (stored as queued),
         which spares the scheduler a round trip through the store."""
-        local = self.accept_locally
+        local, epoch = self.accept_locally, self.epoch
         if local:
             job = {**job, "status": JobStatus.QUEUED.value}
-        position = self.submit_store.enqueue(job, self.max_waiting, idempotency)
+        position = self.submit_store.enqueue(job, self.max_waiting, idempotency, held_by=epoch if local else None)
         if local:
             with self._lock:
                 if self.accept_locally:
@@ -194,24 +195,38 @@ class QueueManager:
         return position
 
     # --- ordering (scheduler's process) ------------------------------------------------------
-    def start(self) -> None:
-        """A scheduler taking over: forget the index and take every waiting job afresh."""
+    def start(self, epoch: int | None = None) -> None:
+        """A scheduler taking over (its term's `epoch`): forget the index and take every waiting
+        job afresh."""
         with self._lock:
             self.index.clear()
             released = self.store.release_taken()
+            self.epoch = epoch
             self.accept_locally = True
         if released:
             log.info("re-took %d queued jobs", released)
+
+    def take_back_stale(self) -> int:
+        """Jobs still held by an earlier term go back to pending, for the next sync to take:
+        a term that ended while a submission in its process was taking a job straight into its
+        queue can leave one behind after the next term started."""
+        if self.epoch is None:
+            return 0
+        released = self.store.release_taken(held_before=self.epoch)
+        if released:
+            log.warning("took back %d jobs left queued by an earlier scheduler term", released)
+        return released
 
     def stop(self) -> None:
         """This process no longer schedules: jobs go through the store again."""
         with self._lock:
             self.accept_locally = False
+            self.epoch = None
             self.index.clear()
 
     def sync(self, limit: int = 5000) -> int:
         """Take newly submitted jobs from the store into the index."""
-        taken = self.store.take_new(limit)
+        taken = self.store.take_new(limit, self.epoch)
         with self._lock:
             for job in taken:
                 self.index.add(job["job_id"], job["model"], int(job["rank"]), float(job["submitted_at"]))

@@ -173,7 +173,7 @@ class SchedulerTerm:
             meter=self.sampler, on_job_done=ctx.on_job_done, clock=self.clock)
         self.core = SchedulerCore(ctx.queue, self.registry, self.engine, config, ctx.counters, node,
                                   want_reading=self._sample_now.set, owner=ctx.owner, epoch=self.epoch)
-        ctx.queue.start()
+        ctx.queue.start(self.epoch)
         self.sweep()
         self._refresh_tags()
         self._sample()
@@ -251,8 +251,11 @@ class SchedulerTerm:
                      "mended %d records", jobs, ledger, keys, mended)
 
     def sweep(self) -> int:
-        """Take back the runs left behind (see scheduling_policy.left_run_verdict)."""
+        """Take back the runs left behind (see scheduling_policy.left_run_verdict), and jobs an
+        earlier term left queued."""
         store, config, now = self.ctx.store, self.config, self.clock()
+        if self.ctx.queue.take_back_stale():
+            self._wake.set()
         retired = store.retired_epochs(SCHEDULER_LEASE)
         mine = set(self.core.running_ids())
         taken = 0

@@ -66,6 +66,8 @@ class SlotQueues:
         self.max_running: dict[str, int] = {}
         self.served: deque[dict[str, Any]] = deque(maxlen=SERVED_KEPT)      # in the order they got a slot
         self.answered: deque[dict[str, Any]] = deque(maxlen=SERVED_KEPT)    # whole answers sent, in order
+        self.started_count: Counter[str] = Counter()     # per prompt, every time (for long runs: soak)
+        self.answered_count: Counter[str] = Counter()
 
     def enqueue(self, w: Waiter) -> None:
         self._queues.setdefault(w.model, deque()).append(w)
@@ -87,7 +89,18 @@ class SlotQueues:
         self.running[w.model] += 1
         self.max_running[w.model] = max(self.max_running.get(w.model, 0), self.running[w.model])
         self.served.append({"model": w.model, "prompt": w.prompt, "started_at": now})
+        self.started_count[w.prompt] += 1
         w.done.set()
+
+    def answered_once_more(self, w: Waiter, now: float) -> None:
+        self.answered.append({"model": w.model, "prompt": w.prompt, "at": now})
+        self.answered_count[w.prompt] += 1
+
+    def repeats(self) -> dict[str, int]:
+        """Prompts started (or answered in whole) more than once, over the whole run."""
+        return {"started": sum(1 for n in self.started_count.values() if n > 1),
+                "answered": sum(1 for n in self.answered_count.values() if n > 1),
+                "prompts": len(self.started_count)}
 
     def release(self, w: Waiter) -> bool:
         """`w` gives its slot back; False when it had none or gave it back already."""

@@ -278,7 +278,7 @@ class Simulator:
     def answered(self, w: Waiter) -> None:
         """`w`'s whole answer went out (its last object was handed to the server)."""
         with self._lock:
-            self.queues.answered.append({"model": w.model, "prompt": w.prompt, "at": self.clock()})
+            self.queues.answered_once_more(w, self.clock())
 
     def release(self, w: Waiter, cancelled: bool = False) -> None:
         """`w` is done with its slot (idempotent): the next waiter may have it."""
@@ -321,6 +321,7 @@ class Simulator:
                 "waiting": self.queues.waiting, "rejected_busy": self.rejected_busy, "cancelled": self.cancelled,
                 "max_in_flight": dict(self.queues.max_in_flight), "max_running": dict(self.queues.max_running),
                 "served": list(self.queues.served), "answered": list(self.queues.answered),
+                "repeats": self.queues.repeats(),
                 "energy_j": self.energy.joules, "power_w": self.energy.watts,
             }
 

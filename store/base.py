@@ -100,12 +100,14 @@ class JobStore(ABC):
         return isinstance(exc, self.transient_errors)
 
     @abstractmethod
-    def enqueue(self, job: JobDoc, max_waiting: int | None = None, idempotency: Idempotency | None = None) -> int:
-        """Store a new pending job; return how many waiting jobs are ahead of it (by priority,
-        then submission time). Raise QueueFull when `max_waiting` jobs already wait (atomically:
-        concurrent submissions never overshoot it). With `idempotency`, a key seen before and not
-        expired raises IdempotentReplay (same fingerprint) or IdempotencyConflict; the job is
-        acknowledged only once it is committed."""
+    def enqueue(self, job: JobDoc, max_waiting: int | None = None, idempotency: Idempotency | None = None,
+                held_by: int | None = None) -> int:
+        """Store a new job (pending; or queued, held by the scheduler term of epoch `held_by`,
+        when that scheduler takes it straight into its queue); return how many waiting jobs are
+        ahead of it (by priority, then submission time). Raise QueueFull when `max_waiting` jobs
+        already wait (atomically: concurrent submissions never overshoot it). With `idempotency`,
+        a key seen before and not expired raises IdempotentReplay (same fingerprint) or
+        IdempotencyConflict; the job is acknowledged only once it is committed."""
 
     @abstractmethod
     def get(self, job_id: str) -> JobDoc | None:
@@ -128,13 +130,16 @@ class JobStore(ABC):
 
     # --- jobs: the scheduler's transitions ---------------------------------------------------
     @abstractmethod
-    def take_new(self, limit: int = 1000) -> list[JobDoc]:
-        """Move up to `limit` pending jobs to queued and return them (job_id, model, priority,
-        rank, submitted_at) in submission order: how the scheduler learns of new work."""
+    def take_new(self, limit: int = 1000, epoch: int | None = None) -> list[JobDoc]:
+        """Move up to `limit` pending jobs to queued, held by the scheduler term of `epoch`, and
+        return them (job_id, model, priority, rank, submitted_at) in submission order: how the
+        scheduler learns of new work."""
 
     @abstractmethod
-    def release_taken(self, job_ids: list[str] | None = None) -> int:
-        """Queued -> pending for all jobs (or these): a scheduler starting up takes them again."""
+    def release_taken(self, job_ids: list[str] | None = None, *, held_before: int | None = None) -> int:
+        """Queued -> pending for all jobs, or these, or (`held_before`) those held by a term of
+        an older epoch or by none: a scheduler starting up, or sweeping up after a term that
+        ended while a submission was taking a job into its queue, takes them again."""
 
     @abstractmethod
     def claim(self, job_id: str, run_id: str, fields: dict[str, Any], epoch: int | None = None) -> JobDoc | None:

@@ -45,7 +45,7 @@ FAILED, CANCELLED = JobStatus.FAILED.value, JobStatus.CANCELLED.value
 _ACTIVE = _WAITING + [RUNNING]
 _JSON_FIELDS = ("format", "tools")
 _SUMMARY_EXCLUDE = {"prompt": 0, "messages": 0, "input": 0, "images": 0, "result": 0, "system": 0,
-                    "format": 0, "tools": 0, "expire_at": 0, "ledger_pending": 0}
+                    "format": 0, "tools": 0, "expire_at": 0, "ledger_pending": 0, "held_epoch": 0}
 COLLECTIONS = ("jobs", "job_metrics", "state", "leases", "epochs", "model_footprints", "tasks",
                "experiment_results", "queue_tokens", "idempotency")
 FREE = ""                        # a queue token no job holds
@@ -63,7 +63,7 @@ def _from_mongo(doc: dict[str, Any] | None) -> JobDoc | None:
     if doc is None:
         return None
     doc = dict(doc)
-    for key in ("_id", "expire_at", "ledger_pending"):
+    for key in ("_id", "expire_at", "ledger_pending", "held_epoch"):
         doc.pop(key, None)
     for key in _JSON_FIELDS:
         if isinstance(doc.get(key), str):
@@ -168,7 +168,8 @@ class MongoStore(MongoRecords, JobStore):
         self.tokens.update_one({"holder": job_id}, {"$set": {"holder": FREE}})
 
     # --- jobs: submission and reading -----------------------------------------------------------
-    def enqueue(self, job: JobDoc, max_waiting: int | None = None, idempotency: Idempotency | None = None) -> int:
+    def enqueue(self, job: JobDoc, max_waiting: int | None = None, idempotency: Idempotency | None = None,
+                held_by: int | None = None) -> int:
         job_id, now = job["job_id"], float(job["submitted_at"])
         if idempotency is not None:
             self._claim_key(idempotency, job_id, now)
@@ -178,7 +179,7 @@ class MongoStore(MongoRecords, JobStore):
                 self._drop_key(idempotency, job_id)
                 raise QueueFull(self.jobs.count_documents({"status": {"$in": _WAITING}}))
         try:
-            self.jobs.insert_one(_to_mongo(job))
+            self.jobs.insert_one({**_to_mongo(job), **({"held_epoch": held_by} if held_by is not None else {})})
         except BaseException:
             self._give_back_token(job_id)
             self._drop_key(idempotency, job_id)
@@ -245,20 +246,23 @@ class MongoStore(MongoRecords, JobStore):
         return {d["_id"]: d["status"] for d in self.jobs.find({"_id": {"$in": ids}}, {"status": 1})}
 
     # --- jobs: the scheduler's transitions ----------------------------------------------------------
-    def take_new(self, limit: int = 1000) -> list[JobDoc]:
+    def take_new(self, limit: int = 1000, epoch: int | None = None) -> list[JobDoc]:
         fields = {"model": 1, "priority": 1, "rank": 1, "submitted_at": 1, "job_id": 1}
         found = list(self.jobs.find({"status": PENDING}, fields).sort("submitted_at", ASCENDING).limit(limit))
         if not found:
             return []
+        held = {"held_epoch": epoch} if epoch is not None else {}
         self.jobs.update_many({"_id": {"$in": [d["_id"] for d in found]}, "status": PENDING},
-                              {"$set": {"status": QUEUED}})
+                              {"$set": {"status": QUEUED, **held}})
         return [_from_mongo(d) for d in found]
 
-    def release_taken(self, job_ids: list[str] | None = None) -> int:
+    def release_taken(self, job_ids: list[str] | None = None, *, held_before: int | None = None) -> int:
         query: dict[str, Any] = {"status": QUEUED}
         if job_ids is not None:
             query["_id"] = {"$in": job_ids}
-        return self.jobs.update_many(query, {"$set": {"status": PENDING}}).modified_count
+        if held_before is not None:
+            query["$or"] = [{"held_epoch": {"$lt": held_before}}, {"held_epoch": {"$exists": False}}]
+        return self.jobs.update_many(query, {"$set": {"status": PENDING}, "$unset": {"held_epoch": ""}}).modified_count
 
     def claim(self, job_id: str, run_id: str, fields: dict[str, Any], epoch: int | None = None) -> JobDoc | None:
         if epoch is not None and self.lease_epoch(SCHEDULER_LEASE) != epoch:

@@ -51,6 +51,7 @@ class _Pending:
     job: JobDoc
     max_waiting: int | None
     idempotency: Idempotency | None
+    held_by: int | None
     result: Any = None
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -75,12 +76,13 @@ class SqliteStore(SqliteRecords, JobStore):
         return isinstance(exc, sqlite3.OperationalError) and any(m in str(exc).lower() for m in _TRANSIENT)
 
     # --- jobs: submission and reading ----------------------------------------------------------
-    def enqueue(self, job: JobDoc, max_waiting: int | None = None, idempotency: Idempotency | None = None) -> int:
+    def enqueue(self, job: JobDoc, max_waiting: int | None = None, idempotency: Idempotency | None = None,
+                held_by: int | None = None) -> int:
         """Jobs submitted at the same moment by several threads go in together, in one
         transaction (group commit): under load the per-job cost of SQLite's write lock and commit
         is shared, and alone a job waits for nobody. Each gets its answer only after the commit."""
         self.db._after_fork()
-        entry = _Pending(job, max_waiting, idempotency)
+        entry = _Pending(job, max_waiting, idempotency, held_by)
         with self._enqueue_lock:
             self._enqueue_queue.append(entry)
             leader = len(self._enqueue_queue) == 1
@@ -129,8 +131,8 @@ class SqliteStore(SqliteRecords, JobStore):
             try:
                 conn.execute("SAVEPOINT job")
                 conn.execute("INSERT INTO jobs (job_id, status, model, priority, rank, submitted_at, completed_at,"
-                             " run_id, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                             (*(columns[k] for k in _COLUMNS), dumps(doc)))
+                             " run_id, doc, held_epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             (*(columns[k] for k in _COLUMNS), dumps(doc), entry.held_by))
                 if entry.idempotency is not None:
                     key = entry.idempotency
                     conn.execute("INSERT OR REPLACE INTO idempotency (key, job_id, fingerprint, expires_at) "
@@ -205,22 +207,28 @@ class SqliteStore(SqliteRecords, JobStore):
             return dict(conn.execute(f"SELECT job_id, status FROM jobs WHERE job_id IN ({marks})", ids).fetchall())
 
     # --- jobs: the scheduler's transitions ---------------------------------------------------------
-    def take_new(self, limit: int = 1000) -> list[JobDoc]:
+    def take_new(self, limit: int = 1000, epoch: int | None = None) -> list[JobDoc]:
         with self.db.read() as conn:      # a read first: most passes find nothing new to take
             if conn.execute("SELECT 1 FROM jobs WHERE status = ? LIMIT 1", (PENDING,)).fetchone() is None:
                 return []
         with self.db.write() as conn:
             rows = conn.execute(
-                "UPDATE jobs SET status = ? WHERE job_id IN (SELECT job_id FROM jobs "
+                "UPDATE jobs SET status = ?, held_epoch = ? WHERE job_id IN (SELECT job_id FROM jobs "
                 "WHERE status = ? ORDER BY submitted_at LIMIT ?) "
-                "RETURNING job_id, model, priority, rank, submitted_at", (QUEUED, PENDING, limit)).fetchall()
+                "RETURNING job_id, model, priority, rank, submitted_at", (QUEUED, epoch, PENDING, limit)).fetchall()
         return sorted((dict(r) for r in rows), key=lambda j: j["submitted_at"])
 
-    def release_taken(self, job_ids: list[str] | None = None) -> int:
-        only = "" if job_ids is None else f" AND job_id IN ({', '.join('?' * len(job_ids))})"
+    def release_taken(self, job_ids: list[str] | None = None, *, held_before: int | None = None) -> int:
+        where, args = ["status = ?"], [QUEUED]
+        if job_ids is not None:
+            where.append(f"job_id IN ({', '.join('?' * len(job_ids))})")
+            args.extend(job_ids)
+        if held_before is not None:
+            where.append("(held_epoch IS NULL OR held_epoch < ?)")
+            args.append(held_before)
         with self.db.write() as conn:
-            return conn.execute(f"UPDATE jobs SET status = ? WHERE status = ?{only}",
-                                (PENDING, QUEUED, *(job_ids or ()))).rowcount
+            return conn.execute(f"UPDATE jobs SET status = ?, held_epoch = NULL WHERE {' AND '.join(where)}",
+                                (PENDING, *args)).rowcount
 
     def claim(self, job_id: str, run_id: str, fields: dict[str, Any], epoch: int | None = None) -> JobDoc | None:
         patch = dumps({**fields, **({"epoch": epoch} if epoch is not None else {})})

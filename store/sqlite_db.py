@@ -12,6 +12,7 @@ import random
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,7 +32,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     submitted_at REAL NOT NULL,
     completed_at REAL,
     run_id TEXT,
-    doc TEXT NOT NULL
+    doc TEXT NOT NULL,
+    held_epoch INTEGER          -- a queued job: the scheduler term holding it in its queue
 );
 -- waiting jobs in queue order (position, take_new), running runs, and counts by status
 CREATE INDEX IF NOT EXISTS jobs_status_order ON jobs(status, rank DESC, submitted_at);
@@ -86,7 +88,7 @@ CREATE TABLE IF NOT EXISTS model_footprints (
 """
 
 # Files made by earlier versions: (table, column, definition) added where missing.
-_ADDED_COLUMNS = (("leases", "epoch", "INTEGER NOT NULL DEFAULT 0"),)
+_ADDED_COLUMNS = (("leases", "epoch", "INTEGER NOT NULL DEFAULT 0"), ("jobs", "held_epoch", "INTEGER"))
 
 
 class SqliteDB:
@@ -98,7 +100,7 @@ class SqliteDB:
         self._lock = threading.RLock()
         self._write_lock = threading.Lock()
         self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
+        self._readers: list[tuple[weakref.ref[threading.Thread], sqlite3.Connection]] = []   # one per thread
         self._pid = os.getpid()
         self._shared: sqlite3.Connection | None = None
         self._writer: sqlite3.Connection | None = None
@@ -124,13 +126,29 @@ class SqliteDB:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
-        self._connections.append(conn)
+        return conn
+
+    def _open_reader(self) -> sqlite3.Connection:
+        """This thread's read connection. Threads come and go (each scheduler term, each job
+        thread pool), so the connections of threads that ended are closed here: each holds up to
+        SQLite's page cache (2 MB), which would otherwise pile up with every leadership change."""
+        conn = self._open()
+        with self._lock:
+            alive = []
+            for thread, reader in self._readers:
+                owner = thread()
+                if owner is not None and owner.is_alive():
+                    alive.append((thread, reader))
+                else:
+                    _close(reader)
+            alive.append((weakref.ref(threading.current_thread()), conn))
+            self._readers = alive
         return conn
 
     def _after_fork(self) -> None:
         """Forked (gunicorn): never use a connection, lock or queue across processes."""
         if os.getpid() != self._pid:
-            self._pid, self._connections, self._shared, self._writer = os.getpid(), [], None, None
+            self._pid, self._readers, self._shared, self._writer = os.getpid(), [], None, None
             self._local = threading.local()
             self._write_lock = threading.Lock()
             for reset in self.on_fork:
@@ -147,8 +165,7 @@ class SqliteDB:
             return
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            with self._lock:
-                conn = self._local.conn = self._open()
+            conn = self._local.conn = self._open_reader()
         yield conn
 
     @contextmanager
@@ -176,14 +193,19 @@ class SqliteDB:
 
     def close(self) -> None:
         with self._lock:
-            for conn in self._connections:
-                try:
-                    conn.close()
-                except sqlite3.Error:
-                    pass
-            self._connections.clear()
+            for conn in [c for _, c in self._readers] + [self._shared, self._writer]:
+                if conn is not None:
+                    _close(conn)
+            self._readers = []
             self._shared = self._writer = None
             self._local = threading.local()
+
+
+def _close(conn: sqlite3.Connection) -> None:
+    try:
+        conn.close()
+    except sqlite3.Error:
+        pass
 
 
 def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from bench import scheduler_pass, scheduling_quality
+from bench import scheduler_pass, scheduling_quality, soak
 
 
 def last_json(capsys) -> dict:
@@ -38,3 +38,15 @@ def test_spam_against_the_simulator_loses_nothing_and_never_5xx(main_process, ca
     summary = last_json(capsys)
     assert code == 0 and summary["lost"] == 0 and summary["server_errors_5xx"] == 0
     assert summary["submitted"] + summary["rejected_by_status"].get("429", 0) == 1500
+
+
+@pytest.mark.slow
+def test_a_short_soak_with_a_frozen_leader_loses_nothing_and_serves_nothing_twice(capsys):
+    """bench/soak.py in small: gunicorn with 4 workers on the simulator, mixed traffic with
+    idempotent retries, cancels and bad input, and the leader frozen for 8 s in the middle."""
+    assert soak.main(["--minutes", "0.5", "--rate", "20", "--freeze-every", "20", "--json"]) == 0
+    result = last_json(capsys)
+    assert result["leader_freezes"] == 1 and result["accepted"] > 100
+    assert result["lost"] == 0 and result["served_twice"] == 0 and result["answered_twice"] == 0
+    assert result["server_errors_5xx"] == 0 and result["idempotent_retries_with_a_second_job"] == 0
+    assert result["completed"] + result["cancelled"] == result["accepted"]

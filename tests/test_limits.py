@@ -166,3 +166,31 @@ def test_the_log_file_rotates(tmp_path):
         for handler in list(root.handlers):
             root.removeHandler(handler)
             handler.close()
+
+
+def test_store_connections_of_threads_that_ended_are_closed(tmp_path):
+    """Every scheduler term and job thread pool brings new threads; their SQLite connections
+    (file handles and up to 2 MB of page cache each) must not outlive them."""
+    import psutil
+
+    from store.sqlite_db import SqliteDB
+    db = SqliteDB(tmp_path / "db.sqlite")
+    process = psutil.Process()
+
+    def read_once():
+        with db.read() as conn:
+            conn.execute("SELECT COUNT(*) FROM jobs").fetchone()
+
+    read_once()
+    before = process.num_fds()
+    for _ in range(3):
+        threads = [threading.Thread(target=read_once) for _ in range(10)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    read_once()
+    threading.Thread(target=read_once).start()       # a new reader sweeps up the ended ones
+    time.sleep(0.2)
+    assert process.num_fds() - before <= 12           # not 30 threads' worth (60 handles)
+    db.close()

@@ -96,3 +96,20 @@ def test_a_priority_that_is_owed_its_share_makes_its_model_the_most_urgent():
         index.pop("loaded", now=400.0)
     demand = {d.model: d.score for d in index.demand(now=400.0)}
     assert demand["elsewhere"] > demand["loaded"]              # low is owed: its model comes first now
+
+
+def test_a_job_an_ended_term_took_in_late_is_taken_back_by_the_next(store):
+    """A term that lost the lease can still be inside a submission that takes the job straight
+    into its own queue after the next term started; the next term's sweep takes it back."""
+    old = QueueManager(store, max_waiting=10, aging_s=60)
+    old.start(epoch=1)
+    new = QueueManager(store, max_waiting=10, aging_s=60)
+    new.start(epoch=2)
+    old.submit(sample_job(job_id="late"))            # the old term has not noticed yet
+    new.submit(sample_job(job_id="mine"))
+    old.stop()
+    assert store.get("late")["status"] == "queued" and new.sync() == 0
+    assert new.take_back_stale() == 1                 # only the old term's job, not "mine"
+    assert new.sync() == 1 and new.waiting() == 2
+    taken = new.take("m", 5, now=1.0, run_fields=lambda job_id: (f"run-{job_id}", {}), epoch=None)
+    assert sorted(j["job_id"] for j in taken) == ["late", "mine"]

@@ -313,3 +313,16 @@ def test_waiting_count_follows_every_transition(store):
     assert store.enqueue(sample_job(job_id="z"), max_waiting=4) == 3
     with pytest.raises(QueueFull):
         store.enqueue(sample_job(job_id="w"), max_waiting=4)
+
+
+def test_release_taken_held_before_an_epoch_spares_the_current_terms_jobs(store):
+    store.enqueue(sample_job(job_id="a", submitted_at=1.0))
+    store.enqueue(sample_job(job_id="b", submitted_at=2.0))
+    assert [j["job_id"] for j in store.take_new(epoch=3)] == ["a", "b"]
+    store.enqueue(sample_job(job_id="c", submitted_at=3.0, status="queued"), held_by=5)
+    store.enqueue(sample_job(job_id="d", submitted_at=4.0))
+    assert store.release_taken(held_before=5) == 2
+    assert [j["job_id"] for j in store.take_new(epoch=5)] == ["a", "b", "d"]
+    assert store.release_taken(held_before=5) == 0
+    assert "held_epoch" not in store.get("c")
+    assert store.release_taken(["c"]) == 1 and store.get("c")["status"] == "pending"
