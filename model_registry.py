@@ -42,6 +42,7 @@ class ModelSpec:
     parameter_size: str = ""
     install: str = ""                    # the command that installs it, when not `ollama pull <name>`
     arch: ModelArch | None = None        # sizes the KV cache; None until the runtime describes it
+    digest: str = ""                     # the runtime's digest of the weights: the model's version
 
     @property
     def install_hint(self) -> str:
@@ -78,7 +79,7 @@ def spec_from_runtime(entry: dict[str, Any]) -> ModelSpec:
         caps = ["embedding"] if "bert" in family or "embed" in entry.get("name", "") else ["completion"]
     return ModelSpec(canonical_name(entry.get("name") or entry.get("model", "")),
                      int(entry.get("size") or 0), tuple(caps), details.get("family", ""),
-                     details.get("parameter_size", ""))
+                     details.get("parameter_size", ""), digest=str(entry.get("digest") or ""))
 
 
 @dataclass
@@ -256,6 +257,9 @@ class ModelRegistry:
                                        family=spec.family or entry.spec.family,
                                        parameter_size=spec.parameter_size or entry.spec.parameter_size)
                     changed = True
+                if spec.digest and entry.spec.digest != spec.digest:
+                    entry.spec = replace(entry.spec, digest=spec.digest)
+                    changed = True
                 if entry.on_runtime is not True:
                     entry.on_runtime, changed = True, True
             for name, entry in self._models.items():
@@ -286,6 +290,7 @@ class ModelRegistry:
                     "parameter_size": spec.parameter_size,
                     "on_runtime": e.on_runtime,
                     "install": spec.install_hint,
+                    "digest": spec.digest,
                 })
             return rows
 
@@ -295,7 +300,7 @@ class ModelRegistry:
         registry = cls(multiplier, store=None, catalog=())
         for row in rows:
             spec = ModelSpec(row["name"], row["size"], tuple(row["capabilities"]), row.get("family", ""),
-                             row.get("parameter_size", ""), row.get("install", ""))
+                             row.get("parameter_size", ""), row.get("install", ""), digest=row.get("digest", ""))
             registry._models[row["name"]] = ModelEntry(spec, row.get("learned_bytes"), row.get("on_runtime"),
                                                        published_need=row.get("need_bytes"))
         registry._runtime_listed = any(r.get("on_runtime") is not None for r in rows)
