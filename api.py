@@ -2,11 +2,13 @@
 
 `create_app(config, service)` is the app factory; `python main.py` and gunicorn (`wsgi.py`)
 both serve what it returns. Blueprints: `jobs` (submit, poll, cancel, list, ledger:
-api_jobs.py) and `system` (stats, health, models: api_system.py). The API reaches the service
-only through its facade (service.py). Every error is JSON `{"error": ...}` with the right
-status; bad input never gets a 500; a body over MAX_PROMPT_BYTES is refused before it is read;
-a store that does not answer gets 503 with Retry-After, and nothing is acknowledged that was
-not stored.
+api_jobs.py), `system` (stats, health, models: api_system.py), and the front doors for existing
+clients, `ollama` (Ollama's API: api_ollama.py) and `openai` (`/v1/...`: api_openai.py). Who
+calls is settled first (api_auth.py). The API reaches the service only through its facade
+(service.py). Every error is JSON `{"error": ...}` with the right status (under `/v1/`, in
+OpenAI's shape); bad input never gets a 500; a body over MAX_PROMPT_BYTES is refused before it
+is read; a store that does not answer gets 503 with Retry-After, and nothing is acknowledged
+that was not stored.
 """
 from __future__ import annotations
 
@@ -15,10 +17,14 @@ import os
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+import api_auth
 from api_common import MAX_WAIT_S, ApiError
 from api_jobs import jobs_bp
+from api_ollama import ollama_bp
+from api_openai import openai_bp
 from api_system import SharedViews, system_bp
 from config import Config
+from front_door.openai_shapes import error_body
 from log_setup import get_logger
 from model_settings import ModelSettings
 from service import Service
@@ -40,34 +46,42 @@ def create_app(config: Config | None = None, service: Service | None = None) -> 
     app.extensions["model_manager"] = service
     app.extensions["model_manager_views"] = SharedViews(service)
     app.extensions["model_manager_settings"] = ModelSettings.from_config(config)
+    api_auth.install(app, service)
     app.register_blueprint(jobs_bp)
     app.register_blueprint(system_bp)
+    app.register_blueprint(ollama_bp)
+    app.register_blueprint(openai_bp)
 
     @app.after_request
     def served_by(response):
         response.headers["X-Model-Manager-Pid"] = str(os.getpid())   # which worker answered
         return response
 
+    def error(status: int, payload: dict, headers: dict | None = None):
+        if request.path.startswith("/v1/"):
+            payload = error_body(status, payload["error"], payload.get("field"))
+        return jsonify(payload), status, headers or {}
+
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError):
-        return jsonify(exc.payload), exc.http_status, exc.headers
+        return error(exc.http_status, exc.payload, exc.headers)
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(exc: RequestEntityTooLarge):
-        return jsonify({"error": f"request body over MAX_PROMPT_BYTES = {config.MAX_PROMPT_BYTES} bytes",
-                        "max_bytes": config.MAX_PROMPT_BYTES}), 413
+        return error(413, {"error": f"request body over MAX_PROMPT_BYTES = {config.MAX_PROMPT_BYTES} bytes",
+                           "max_bytes": config.MAX_PROMPT_BYTES})
 
     @app.errorhandler(StoreUnavailable)
     def store_unavailable(exc: StoreUnavailable):
-        return jsonify({"error": f"{exc}; try again"}), 503, {"Retry-After": "2"}
+        return error(503, {"error": f"{exc}; try again"}, {"Retry-After": "2"})
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
-        return jsonify({"error": exc.description or exc.name}), exc.code
+        return error(exc.code or 500, {"error": exc.description or exc.name})
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return jsonify({"error": "internal error; see the service log"}), 500
+        return error(500, {"error": "internal error; see the service log"})
 
     return app

@@ -8,13 +8,13 @@ import time
 from flask import Blueprint, jsonify, request
 from pydantic import ValidationError
 
-from api_common import (MAX_WAIT_S, ApiError, config, cursor_arg, float_arg, limit_arg, page, read_body, service,
-                        settings)
+from api_auth import caller, tenant_filter, visible
+from api_common import MAX_WAIT_S, ApiError, config, cursor_arg, float_arg, limit_arg, page, read_body, service
 from api_schemas import SubmitRequest, describe_validation_error
-from api_system import views
+from api_submission import (check_model, check_options, check_priority, check_rate, default_priority, look_in_cache,
+                            queue_job, wants_cache)
 from jobs import FINISHED, JobDoc, JobStatus, new_job, public_view
-from model_settings import reload_option_error
-from store import Idempotency, IdempotencyConflict, IdempotentReplay, QueueFull
+from store import Idempotency, IdempotencyConflict, IdempotentReplay
 
 jobs_bp = Blueprint("jobs", __name__)
 _FINISHED = {s.value for s in FINISHED}
@@ -38,25 +38,27 @@ def submit():
     if timeout_s > cfg.MAX_JOB_TIMEOUT_S:
         raise ApiError(400, f"timeout_s may be at most MAX_JOB_TIMEOUT_S = {cfg.MAX_JOB_TIMEOUT_S:g}",
                        field="timeout_s")
-    model = _check_model(req)
-    option_error = reload_option_error(req.options, model, settings())
-    if option_error:
-        raise ApiError(400, option_error, field=option_error.split(":", 1)[0])
+    model = check_model(req.model, req.kind)
+    check_options(req.options, model)
+    priority = req.priority if "priority" in req.model_fields_set else default_priority()
+    check_priority(priority)
+    check_rate()
     now = time.time()
-    job = new_job(model=model, kind=req.kind, priority=req.priority, submitted_at=now,
+    job = new_job(model=model, kind=req.kind, priority=priority, submitted_at=now,
                   timeout_s=timeout_s, prompt=req.prompt, system=req.system,
                   messages=[m.model_dump(exclude_none=True) for m in req.messages] if req.messages else None,
-                  input=req.input, options=req.options, images=req.images, metadata=req.metadata)
+                  input=req.input, options=req.options, images=req.images, metadata=req.metadata,
+                  tenant=caller().tenant)
     for key in ("format", "think", "tools"):
         if getattr(req, key) is not None:
             job[key] = getattr(req, key)
+    if wants_cache(req.cache):
+        answered = look_in_cache(job)
+        if answered is not None:
+            return jsonify(public_view(answered)), 200, {"Location": f"/api/job/{answered['job_id']}"}
     key = _idempotency(req, now)
     try:
-        position = service().submit(job, key)
-    except QueueFull as exc:
-        err = ApiError(429, f"{exc}; try again later", queue_max_size=cfg.QUEUE_MAX_SIZE)
-        err.headers["Retry-After"] = "2"
-        raise err from None
+        position = queue_job(job, key)
     except IdempotentReplay as replay:
         return _answer(replay.job_id, wait, position=None, replay=True)
     except IdempotencyConflict as exc:
@@ -92,43 +94,22 @@ def _answer(job_id: str, wait: float, position: int | None, replay: bool):
     return jsonify(body), 202, location
 
 
-def _check_model(req: SubmitRequest) -> str:
-    """The registry's name for the requested model; 404, 400 or 422 when it cannot run."""
-    registry, capacity = views().registry()
-    if registry is None:            # no scheduler has published yet: it will judge the model
-        return req.model
-    name = registry.resolve(req.model)
-    if name is None:
-        raise ApiError(404, f"unknown model '{req.model}'", field="model",
-                       suggestions=registry.suggestions(req.model))
-    entry = registry.get(name)
-    if entry.on_runtime is False:
-        raise ApiError(404, f"model '{name}' is known but not installed on the runtime; install it with: "
-                       f"{entry.spec.install_hint}", field="model", install=entry.spec.install_hint,
-                       suggestions=[n for n in registry.suggestions(req.model) if registry.get(n).on_runtime])
-    needed = req.kind.capability
-    if needed not in entry.spec.capabilities:
-        raise ApiError(400, f"model '{name}' cannot serve kind '{req.kind.value}' (it offers "
-                       f"{', '.join(entry.spec.capabilities)})", field="kind")
-    need = registry.need_bytes(name)
-    if capacity and need > capacity:
-        raise ApiError(422, f"model '{name}' needs {need / 1e9:.2f} GB but at most {capacity / 1e9:.2f} GB "
-                       "can ever be used here", field="model", need_bytes=need, capacity_bytes=capacity,
-                       fitting_models=registry.fitting(capacity, needed)[:5])
-    return name
-
-
 @jobs_bp.get("/api/job/<job_id>")
 def get_job(job_id: str):
     wait = float_arg("wait", 0.0, 0.0, MAX_WAIT_S)
-    job = service().wait_for(job_id, wait) if wait > 0 else service().get(job_id)
-    if job is None:
+    job = service().get(job_id)
+    if job is None or not visible(job.get("tenant")):
         raise ApiError(404, f"no job with id '{job_id}'")
+    if wait > 0 and job["status"] not in _FINISHED:
+        job = service().wait_for(job_id, wait) or job
     return jsonify(public_view(job, include_request=request.args.get("include") == "request"))
 
 
 @jobs_bp.post("/api/job/<job_id>/cancel")
 def cancel_job(job_id: str):
+    job = service().get(job_id)
+    if job is None or not visible(job.get("tenant")):
+        raise ApiError(404, f"no job with id '{job_id}'")
     outcome = service().cancel(job_id)
     if not outcome.found:
         raise ApiError(404, f"no job with id '{job_id}'")
@@ -142,7 +123,7 @@ def ledger():
     """The per-job resource records (`job_metrics`), newest first, a page at a time."""
     limit = limit_arg()
     rows = service().list_ledger(request.args.get("model") or None, request.args.get("job_id") or None, limit,
-                                 cursor_arg())
+                                 cursor_arg(), tenant=tenant_filter())
     entries, cursor = page(rows, limit, config().MAX_PAGE_BYTES,
                            lambda e: (e["finished_at"], f"{e['job_id']}:{e.get('run_id')}"))
     return jsonify({"entries": entries, "count": len(entries), "next_cursor": cursor})
@@ -154,7 +135,7 @@ def list_jobs():
     if status is not None and status not in {s.value for s in JobStatus}:
         raise ApiError(400, f"status must be one of {', '.join(s.value for s in JobStatus)}", field="status")
     limit = limit_arg()
-    rows = service().list_jobs(status, request.args.get("model") or None, limit, cursor_arg())
+    rows = service().list_jobs(status, request.args.get("model") or None, limit, cursor_arg(), tenant=tenant_filter())
     jobs, cursor = page([public_view(j) for j in rows], limit, config().MAX_PAGE_BYTES,
                         lambda j: (_submitted(rows, j), j["job_id"]))
     return jsonify({"jobs": jobs, "count": len(jobs), "next_cursor": cursor})

@@ -36,6 +36,7 @@ class SubmitRequest(BaseModel):
     format: str | dict[str, Any] | None = None
     think: bool | str | None = None
     tools: list[dict[str, Any]] | None = None
+    cache: bool = False                 # answer from the result cache when an identical request was answered
 
     @field_validator("kind", "priority", mode="before")
     @classmethod
@@ -60,9 +61,9 @@ class SubmitRequest(BaseModel):
     @field_validator("metadata", "options")
     @classmethod
     def _storable_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
-        bad = sorted(_bad_keys(value))
-        if bad:
-            raise ValueError(f"keys may not start with '$' or contain '.': {', '.join(bad)}")
+        problem = storable_keys_error(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")
@@ -81,6 +82,12 @@ class FieldError(ValueError):
         super().__init__(f"{field} {message}")
         self.field = field
         self.message = message
+
+
+def storable_keys_error(value: Any) -> str | None:
+    """Why `value` cannot be stored as it is (MongoDB field names), or None."""
+    bad = sorted(_bad_keys(value))
+    return f"keys may not start with '$' or contain '.': {', '.join(bad)}" if bad else None
 
 
 def _bad_keys(value: Any, prefix: str = "") -> list[str]:

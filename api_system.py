@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify
 
+from api_auth import caller
 from api_common import service
 from jobs import JobStatus
 from model_registry import ModelRegistry
@@ -81,7 +82,8 @@ def stats():
     scheduler = dict(view.get("scheduler") or {})
     scheduler.update(leader=view.get("owner"), epoch=view.get("epoch"),
                      published_age_s=round(age, 3) if age is not None else None)
-    return jsonify({
+    shared = service().shared_counters()
+    body = {
         "running": by_status[JobStatus.RUNNING.value],
         "queue": {"total_jobs": counts.waiting, "by_status": by_status,
                   "by_priority": counts.waiting_by_priority, "by_model": counts.waiting_by_model},
@@ -91,7 +93,11 @@ def stats():
         "jobs": view.get("jobs") or {},
         "runtime": view.get("runtime") or {"kind": None, "url": None, "ok": False, "error": "no scheduler yet"},
         "api": {"long_polls": service().completions.waiting, "max_waiters": service().config.MAX_WAITERS},
-    })
+        "cache": {"hits": shared.get("cache_hits", 0), "misses": shared.get("cache_misses", 0)},
+    }
+    if caller().admin:
+        body["tenants"] = {tenant or "(no key)": {"waiting": n} for tenant, n in sorted(counts.waiting_by_tenant.items())}
+    return jsonify(body)
 
 
 @system_bp.get("/api/ping")

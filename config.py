@@ -9,12 +9,13 @@ nothing else reads the environment.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIB = 1024 * 1024
@@ -49,13 +50,15 @@ class Config(BaseSettings):
     HTTP_HOST: str = Field("127.0.0.1", description="Address the API listens on.")
     HTTP_PORT: int = Field(5001, ge=0, le=65535, description="Port the API listens on (`--http-port`).")
     HTTP_THREADS: int = Field(
-        64, ge=1, description="`python main.py`: request threads (a long poll, `?wait=`, holds one while it waits).")
+        64, ge=8, description="Request threads per process (`python main.py`, and each gunicorn worker unless "
+        "GUNICORN_THREADS says otherwise); a long poll or an Ollama/OpenAI request holds one while it waits.")
     MAX_PROMPT_BYTES: int = Field(
         4 * MIB, gt=0, description="Largest request body accepted, chunked or not; larger gets 413 before it is read.")
     MAX_WAITERS: int = Field(
-        32, ge=0, description="Most long polls (`?wait=`) one process holds at once; past it a poll answers with "
-        "the job as it is, at once, so that every request thread is never taken (`/api/ping` and `/api/health` "
-        "always answer).")
+        48, ge=0, description="Most requests one process holds open waiting for a job: long polls (`?wait=`) and "
+        "Ollama/OpenAI requests together. Past it a long poll answers at once with the job as it is and an "
+        "Ollama/OpenAI request gets 503 (Ollama's 'server busy'), so that the request threads are never all taken "
+        "(`/api/ping` and `/api/health` always answer). Must be below HTTP_THREADS.")
     MAX_PAGE_BYTES: int = Field(
         1 * MIB, gt=0, description="Largest answer of a listing (`/api/jobs`, `/api/ledger`); a longer one ends early "
         "with `next_cursor`. Metadata over 4 KB is shown in listings as its size only.")
@@ -63,7 +66,24 @@ class Config(BaseSettings):
         24 * 3600.0, gt=0, description="How long an `Idempotency-Key` of a submission is remembered: a retry with the "
         "same key within it gets the same job, never a second one.")
     QUEUE_MAX_SIZE: int = Field(
-        1000, gt=0, description="Most jobs waiting (pending or queued) at once; more gets 429 with Retry-After.")
+        1000, gt=0, description="Most jobs waiting (pending or queued) at once; more gets 429 with Retry-After. "
+        "Past it, a tenant below its fair share (this divided among the tenants with jobs waiting) is still let in, "
+        "up to twice this in all.")
+
+    # --- Keys and tenants ---------------------------------------------------------------------
+    AUTH_REQUIRED: bool = Field(
+        False, description="Every route but `/api/ping` and `/api/health` needs an API key (`Authorization: Bearer "
+        "KEY` or `X-API-Key`), made with `python main.py keys create`; else 401. A key sent when this is off still "
+        "counts: it names the tenant and its limits.")
+    ALLOW_OPEN: bool = Field(
+        False, description="Listen on a non-loopback address without AUTH_REQUIRED anyway (on purpose: anyone who "
+        "can reach the port can then read every prompt and cancel any job).")
+    KEY_CACHE_S: float = Field(
+        5.0, ge=0, description="How long a process trusts a key it has looked up; a revoked key stops working "
+        "within this.")
+    RESULT_CACHE_TTL_S: float = Field(
+        24 * 3600.0, gt=0, description="How long an answer stays in the opt-in result cache (`\"cache\": true` or "
+        "`X-Cache: true` with temperature 0 or a fixed seed).")
 
     # --- Runtime ------------------------------------------------------------------------------
     BACKEND: Literal["auto", "ollama", "embedded", "sim"] = Field(
@@ -188,6 +208,21 @@ class Config(BaseSettings):
     SIM_MAX_QUEUE: int = Field(
         512, ge=1, description="Simulator: requests waiting inside it before it answers 503 (Ollama's OLLAMA_MAX_QUEUE).")
 
+    @model_validator(mode="after")
+    def _threads_left_over(self) -> Config:
+        if self.MAX_WAITERS >= self.HTTP_THREADS:
+            raise ValueError(f"MAX_WAITERS ({self.MAX_WAITERS}) must be below HTTP_THREADS ({self.HTTP_THREADS}), "
+                             "or waiting requests could take every request thread")
+        return self
+
+    def exposure_error(self) -> str | None:
+        """Why the service must not listen where it is told to (an open port without keys)."""
+        if self.AUTH_REQUIRED or self.ALLOW_OPEN or is_loopback(self.HTTP_HOST):
+            return None
+        return (f"refusing to listen on {self.HTTP_HOST} without AUTH_REQUIRED=true: anyone who can reach the port "
+                "could read every prompt and cancel any job. Make keys (python main.py keys create --tenant NAME), "
+                "set AUTH_REQUIRED=true, or set ALLOW_OPEN=true if an open port is what you want")
+
     @field_validator("MODEL_NUM_PARALLEL", "MODEL_NUM_CTX", mode="before")
     @classmethod
     def _per_model(cls, value: Any) -> Any:
@@ -214,6 +249,15 @@ class Config(BaseSettings):
     @property
     def safety_margin_bytes(self) -> int:
         return self.VRAM_SAFETY_MARGIN_MB * MIB
+
+
+def is_loopback(host: str) -> bool:
+    if host.strip().lower() in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def settings_markdown() -> str:

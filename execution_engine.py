@@ -22,12 +22,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from answer_stream import PieceWriter, StreamHub
 from config import Config
 from counters import Counters
 from job_metrics import JobMeter, ledger_entry, run_metrics
 from jobs import JobDoc, JobKind, JobStatus
 from log_setup import get_logger
 from model_settings import ModelSettings
+from result_cache import cached_answer
 from runtime_client import OllamaClient, RequestCancelled, RequestHandle, RuntimeFailure
 from scheduler_events import Event, JobFinished, LoadFinished, RunContext, UnloadFinished
 from scheduling_policy import FailureKind, JobVerdict, PolicyLimits, after_job_failure
@@ -86,10 +88,14 @@ class ExecutionEngine:
                  counters: Counters, node: str, post: Callable[[Event], None],
                  meter: JobMeter | None = None,
                  on_job_done: Callable[[str], None] = lambda job_id: None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, answers: StreamHub | None = None):
         # Results are recorded with more patience than other writes: losing one would mean
-        # running its job again, which may serve its prompt twice.
-        self.result_store = store.with_patience(config.RESULT_RETRY_S) if hasattr(store, "with_patience") else store
+        # running its job again, which may serve its prompt twice. Streamed pieces in relay are
+        # not waited for at all (the result carries the whole answer anyway).
+        patient = hasattr(store, "with_patience")
+        self.result_store = store.with_patience(config.RESULT_RETRY_S) if patient else store
+        self.relay_store = store.with_patience(0.0) if patient else store
+        self.answers = answers
         self.client = client
         self.store = store
         self.config = config
@@ -184,7 +190,7 @@ class ExecutionEngine:
                 body["system"] = job["system"]
             if job.get("images"):
                 body["images"] = job["images"]
-        for key in ("format", "think", "tools"):
+        for key in _PASSED_THROUGH[kind]:
             if job.get(key) is not None:
                 body[key] = job[key]
         return body
@@ -211,6 +217,10 @@ class ExecutionEngine:
         first_token: list[float] = []
         sample = None
         status, final, failure = JobStatus.COMPLETE, None, None
+        writer = None
+        if job.get("stream") and self.answers is not None:
+            writer = PieceWriter(self.answers, self.relay_store, job["job_id"], job["run_id"],
+                                 relay=job["stream"] == "relay", clock=self.clock)
         try:
             sample = self.meter.start(job["model"]) if self.meter else None
             body = self._request_body(job)
@@ -219,7 +229,8 @@ class ExecutionEngine:
             else:
                 path = "/api/chat" if kind is JobKind.CHAT else "/api/generate"
                 final = self.client.stream(path, body, handle.deadline, handle,
-                                           on_first_token=lambda: first_token.append(self.clock()))
+                                           on_first_token=lambda: first_token.append(self.clock()),
+                                           on_piece=writer.add if writer else None)
         except RequestCancelled as exc:
             status = JobStatus.CANCELLED if exc.reason == "cancelled" else JobStatus.PENDING
         except RuntimeFailure as exc:
@@ -267,7 +278,7 @@ class ExecutionEngine:
             if verdict is not None:
                 fields["oom_retries"] = verdict.retries
         elif status is JobStatus.COMPLETE:
-            fields["result"] = _result(JobKind(job["kind"]), final or {})
+            fields["result"] = _result(JobKind(job["kind"]), final or {}, bool(job.get("keep_context")))
         ledger = ledger_entry(job, status, {**fields, "attempts": job.get("attempts")}, self.node, run.model_bytes,
                               run.slots)
         if status is JobStatus.CANCELLED:
@@ -277,9 +288,34 @@ class ExecutionEngine:
         elif store.finish(job_id, run_id, status.value, fields, ledger):
             self.counters.add(status.value)
             log.debug("job %s %s in %.3fs", job_id, status.value, finished - run.granted_at)
+            if status is JobStatus.COMPLETE and job.get("cache_key"):
+                self._remember(job, fields, finished)
+        if job.get("stream") == "relay":
+            self._forget_pieces(job_id)
+
+    def _remember(self, job: JobDoc, fields: dict[str, Any], finished: float) -> None:
+        """Put a finished answer in the result cache (a cache that fails costs only a miss)."""
+        try:
+            self.relay_store.cache_put(job["cache_key"], cached_answer(job, fields), finished + self.config.RESULT_CACHE_TTL_S)
+        except Exception as exc:
+            log.warning("job %s: its answer could not be cached (%s)", job["job_id"], exc)
+
+    def _forget_pieces(self, job_id: str) -> None:
+        try:
+            self.relay_store.drop_pieces(job_id)
+        except Exception as exc:        # left for retention
+            log.debug("streamed pieces of job %s not dropped (%s)", job_id, exc)
 
 
-def _result(kind: JobKind, final: dict[str, Any]) -> dict[str, Any]:
+# Request fields passed to the runtime as the job has them, by kind (Ollama's API).
+_PASSED_THROUGH = {
+    JobKind.GENERATE: ("format", "think", "suffix", "raw", "template", "context"),
+    JobKind.CHAT: ("format", "think", "tools"),
+    JobKind.EMBED: ("truncate", "dimensions"),
+}
+
+
+def _result(kind: JobKind, final: dict[str, Any], keep_context: bool = False) -> dict[str, Any]:
     if kind is JobKind.EMBED:
         return {"embeddings": final.get("embeddings") or []}
     result: dict[str, Any] = {"done_reason": final.get("done_reason")}
@@ -289,4 +325,6 @@ def _result(kind: JobKind, final: dict[str, Any]) -> dict[str, Any]:
         result["response"] = final.get("response", "")
         if final.get("thinking"):
             result["thinking"] = final["thinking"]
+        if keep_context and final.get("context") is not None:
+            result["context"] = final["context"]
     return result

@@ -5,14 +5,19 @@ one of them wins the scheduler lease and also runs the scheduler, the runtime it
 embedded runtime or simulator, when used) and the engine; if it dies another takes over.
 """
 import os
+import sys
 
 from config import Config
 
 _config = Config()
+if _config.exposure_error():
+    sys.exit(_config.exposure_error())
 bind = f"{_config.HTTP_HOST}:{_config.HTTP_PORT}"
 workers = int(os.environ.get("GUNICORN_WORKERS", "4"))
 worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+# Each waiting request (a long poll, an Ollama or OpenAI request) holds a thread: MAX_WAITERS
+# of them at most, below this.
+threads = int(os.environ.get("GUNICORN_THREADS", str(_config.HTTP_THREADS)))
 timeout = 120
 graceful_timeout = 30
 

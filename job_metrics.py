@@ -83,6 +83,7 @@ def ledger_entry(job: JobDoc, status: JobStatus, fields: dict[str, Any], node: s
         "model": job["model"],
         "kind": job["kind"],
         "priority": job["priority"],
+        "tenant": job.get("tenant") or "",
         "status": status.value,
         "success": status is JobStatus.COMPLETE,
         "error": fields.get("error"),

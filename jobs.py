@@ -38,12 +38,22 @@ class JobDoc(TypedDict, total=False):
     error: str | None
     error_kind: str | None       # an ErrorKind value
     metrics: dict[str, Any]
-    attempts: int                # runs that ended (one per finished run, re-queued ones included)
+    attempts: int                # runs started (a claim counts one)
     oom_retries: int             # re-queues after a passing failure (out of memory, runtime busy)
     run_id: str | None           # the run that owns it while running
     node: str
     recovered: bool
     last_error: str
+    tenant: str                  # the API key's tenant that submitted it ("" without a key)
+    stream: str | None           # pieces of the answer wanted as they come: "local" (this process) or "relay" (store)
+    cache_key: str | None        # where its answer goes in the result cache (result_cache.py), when cacheable
+    suffix: str | None           # passed to the runtime as in Ollama's API: generate ...
+    raw: bool | None
+    template: str | None
+    context: list[int] | None
+    keep_context: bool           # ... and keep the runtime's `context` in the result (Ollama's /api/generate)
+    truncate: bool | None        # ... embed
+    dimensions: int | None
 
 
 class JobStatus(str, Enum):
@@ -103,7 +113,7 @@ def new_job(*, model: str, kind: JobKind, priority: Priority, submitted_at: floa
             timeout_s: float, prompt: str | None = None, messages: list | None = None,
             input: Any = None, system: str | None = None, options: dict | None = None,
             images: list | None = None, metadata: dict | None = None,
-            job_id: str | None = None) -> JobDoc:
+            job_id: str | None = None, tenant: str = "") -> JobDoc:
     return JobDoc(**{
         "job_id": job_id or new_job_id(),
         "status": JobStatus.PENDING.value,
@@ -128,6 +138,7 @@ def new_job(*, model: str, kind: JobKind, priority: Priority, submitted_at: floa
         "metrics": {},
         "attempts": 0,
         "oom_retries": 0,
+        "tenant": tenant,
     })
 
 
@@ -153,6 +164,7 @@ def public_view(doc: JobDoc, include_request: bool = False) -> dict[str, Any]:
         "metrics": doc.get("metrics") or {},
         "metadata": doc.get("metadata") or {},
         "attempts": doc.get("attempts", 0),
+        "tenant": doc.get("tenant") or "",
     }
     if include_request:
         for key in ("prompt", "messages", "input", "system", "options", "timeout_s"):

@@ -3,6 +3,7 @@
     python main.py                          # Ollama if one answers, else the embedded runtime
     python main.py --backend sim            # the GPU simulator (SIM_VRAM_GB, ...)
     python main.py --http-port 5001
+    python main.py keys create --tenant NAME   # an API key (see keys_cli.py); keys list, keys revoke
 
 For several API workers, serve `wsgi:app` with gunicorn instead (see gunicorn.conf.py); the
 workers elect one scheduler among themselves.
@@ -18,6 +19,7 @@ from pydantic import ValidationError
 from waitress.server import create_server
 
 from api import MAX_WAIT_S, create_app
+import keys_cli
 from config import Config
 from log_setup import get_logger, setup_logging
 from service import Service
@@ -35,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", help="where the SQLite store and logs go (DATA_DIR)")
     parser.add_argument("--no-scheduler", action="store_true",
                         help="serve the API only; another process runs the scheduler")
+    keys_cli.add_parser(parser.add_subparsers(dest="command", metavar="{keys}"))
     return parser.parse_args(argv)
 
 
@@ -51,16 +54,24 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"invalid configuration:\n{exc}")
         return 2
+    if args.command == "keys":
+        return keys_cli.run(args, config)
+    refusal = config.exposure_error()
+    if refusal:
+        print(refusal)
+        return 2
     setup_logging(config.LOG_FILE, config.LOG_LEVEL, max_bytes=config.LOG_MAX_BYTES, backups=config.LOG_BACKUPS)
     service = Service(config)
     app = create_app(config, service)
     # waitress: a production WSGI server in this one process (keep-alive, a thread pool);
     # long polls (?wait=) hold a thread each, hence HTTP_THREADS.
     # waitress reads a whole body before the app sees it: its own limit stops an oversized
-    # one (chunked too) while it is read, with 413.
+    # one (chunked too) while it is read, with 413. Reading ahead on a connection is what lets
+    # it tell a request that its client went away (an Ollama or OpenAI request then cancels its job).
     server = create_server(app, host=config.HTTP_HOST, port=config.HTTP_PORT, threads=config.HTTP_THREADS,
                            connection_limit=max(100, config.HTTP_THREADS * 4), channel_timeout=MAX_WAIT_S + 60,
-                           max_request_body_size=config.MAX_PROMPT_BYTES, ident="model-manager")
+                           max_request_body_size=config.MAX_PROMPT_BYTES, ident="model-manager",
+                           channel_request_lookahead=5)
     if not args.no_scheduler:
         service.start()
     log.info("Model Manager listening on http://%s:%s (store: %s)", config.HTTP_HOST,

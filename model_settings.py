@@ -104,3 +104,17 @@ def reload_option_error(options: Mapping[str, Any] | None, model: str, settings:
         return (f"options.{name}: runner options are fixed per model by Model Manager (a different {name} would make "
                 f"the runtime reload {model} with a footprint the scheduler did not plan); leave it out")
     return None
+
+
+def settle_runner_options(options: Mapping[str, Any] | None, model: str,
+                          settings: ModelSettings) -> tuple[dict[str, Any], str | None]:
+    """For clients that send runner options as a habit (Ollama's and OpenAI's routes): the
+    options without them (the model runs with its configured ones), or an error when the
+    client needs more context than the model is configured with."""
+    kept = {k: v for k, v in (options or {}).items() if k not in RUNNER_OPTIONS}
+    wanted = (options or {}).get("num_ctx")
+    configured = settings.ctx_for(model)
+    if isinstance(wanted, int) and not isinstance(wanted, bool) and wanted > configured:
+        return kept, (f"options.num_ctx: {model} runs with a context of {configured} tokens here (NUM_CTX / "
+                      f"MODEL_NUM_CTX), less than the {wanted} asked for; ask the operator for a longer context")
+    return kept, None

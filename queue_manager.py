@@ -172,16 +172,18 @@ class QueueManager:
         self._on_submit = listener
 
     # --- accepting ---------------------------------------------------------------------------
-    def submit(self, job: JobDoc, idempotency: Idempotency | None = None) -> int:
-        """Store `job`; return its position (waiting jobs ahead). Raises QueueFull, and
-        IdempotentReplay or IdempotencyConflict for a key used before.
+    def submit(self, job: JobDoc, idempotency: Idempotency | None = None, tenant_max: int | None = None) -> int:
+        """Store `job`; return its position (waiting jobs ahead). Raises QueueFull (or
+        TenantQueueFull past the tenant's own `tenant_max`), and IdempotentReplay or
+        IdempotencyConflict for a key used before.
 
         In the scheduler's own process the job goes straight into the index (stored as queued),
         which spares the scheduler a round trip through the store."""
         local, epoch = self.accept_locally, self.epoch
         if local:
             job = {**job, "status": JobStatus.QUEUED.value}
-        position = self.submit_store.enqueue(job, self.max_waiting, idempotency, held_by=epoch if local else None)
+        position = self.submit_store.enqueue(job, self.max_waiting, idempotency, held_by=epoch if local else None,
+                                             tenant_max=tenant_max)
         if local:
             with self._lock:
                 if self.accept_locally:

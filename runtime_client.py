@@ -311,9 +311,11 @@ class OllamaClient:
             raise RuntimeFailure("runtime sent invalid JSON for /api/embed") from exc
 
     def stream(self, path: str, body: dict[str, Any], deadline: float, handle: RequestHandle | None = None,
-               on_first_token: Callable[[], None] | None = None) -> dict[str, Any]:
+               on_first_token: Callable[[], None] | None = None,
+               on_piece: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """POST a streaming /api/generate or /api/chat and return the final object with the whole
-        `response` (generate) or `message` (chat) put back together."""
+        `response` (generate) or `message` (chat) put back together. `on_piece` gets each piece
+        with content as it comes: `text`, and `thinking` or `tool_calls` when there are any."""
         handle = handle or RequestHandle(deadline)
         conn, response = self._open(path, {**body, "stream": True}, handle)
         chat = path.endswith("/chat")
@@ -335,14 +337,15 @@ class OllamaClient:
                     raise failure_from_answer(500, str(chunk["error"]))
                 if on_first_token is not None and not pieces:
                     on_first_token()
-                if chat:
-                    message = chunk.get("message") or {}
-                    pieces.append(message.get("content") or "")
-                    thinking.append(message.get("thinking") or "")
-                    tool_calls.extend(message.get("tool_calls") or [])
-                else:
-                    pieces.append(chunk.get("response") or "")
-                    thinking.append(chunk.get("thinking") or "")
+                source = (chunk.get("message") or {}) if chat else chunk
+                text = source.get("content" if chat else "response") or ""
+                pieces.append(text)
+                thinking.append(source.get("thinking") or "")
+                calls = source.get("tool_calls") or [] if chat else []
+                tool_calls.extend(calls)
+                if on_piece is not None and (text or thinking[-1] or calls):
+                    on_piece({"text": text, **({"thinking": thinking[-1]} if thinking[-1] else {}),
+                              **({"tool_calls": calls} if calls else {})})
                 if chunk.get("done"):
                     final = chunk
                     break

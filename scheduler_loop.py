@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from answer_stream import StreamHub
 from config import Config
 from counters import Counters
 from execution_engine import ExecutionEngine
@@ -59,6 +60,7 @@ class TermContext:
     on_job_done: Callable[[str], None]
     on_fenced: Callable[[str], None]    # a claim was refused: the lease moved on
     clock: Callable[[], float] = time.time
+    answers: StreamHub | None = None    # where streamed pieces go for the requests that follow them
 
 
 class SchedulerTerm:
@@ -170,7 +172,7 @@ class SchedulerTerm:
         node = f"{self.runtime.kind}@{self.runtime.url}"
         self.engine = ExecutionEngine(
             self.runtime.client, ctx.store, config, settings, ctx.counters, node, post=self._post,
-            meter=self.sampler, on_job_done=ctx.on_job_done, clock=self.clock)
+            meter=self.sampler, on_job_done=ctx.on_job_done, clock=self.clock, answers=ctx.answers)
         self.core = SchedulerCore(ctx.queue, self.registry, self.engine, config, ctx.counters, node,
                                   want_reading=self._sample_now.set, owner=ctx.owner, epoch=self.epoch)
         ctx.queue.start(self.epoch)
@@ -245,10 +247,13 @@ class SchedulerTerm:
         jobs = store.purge_finished(now - config.JOB_RETENTION_S)
         ledger = store.purge_metrics(now - config.LEDGER_RETENTION_S)
         keys = store.purge_idempotency(now)
+        cached = store.purge_cache(now)
+        # pieces are dropped when their job ends; these are what a crash left
+        pieces = store.drop_pieces(before=now - config.MAX_JOB_TIMEOUT_S - PURGE_EVERY_S)
         mended = store.repair(now)
-        if jobs or ledger or keys or mended:
-            log.info("purged %d finished jobs, %d ledger entries and %d idempotency keys past retention; "
-                     "mended %d records", jobs, ledger, keys, mended)
+        if jobs or ledger or keys or cached or pieces or mended:
+            log.info("purged %d finished jobs, %d ledger entries, %d idempotency keys, %d cached answers and %d "
+                     "streamed batches past retention; mended %d records", jobs, ledger, keys, cached, pieces, mended)
 
     def sweep(self) -> int:
         """Take back the runs left behind (see scheduling_policy.left_run_verdict), and jobs an
@@ -279,7 +284,8 @@ class SchedulerTerm:
         else:
             fields = {"error": f"not run again: {why}", "error_kind": ErrorKind.RUNTIME.value, "completed_at": now,
                       "recovered": True}
-            ledger = {"job_id": job_id, "run_id": run_id, "model": run["model"], "status": JobStatus.FAILED.value,
+            ledger = {"job_id": job_id, "run_id": run_id, "model": run["model"], "tenant": run.get("tenant") or "",
+                      "status": JobStatus.FAILED.value,
                       "success": False, "error": fields["error"], "error_kind": fields["error_kind"],
                       "finished_at": now, "attempts": run.get("attempts")}
             done = store.recover_run(job_id, run_id, False, fields, ledger)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from answer_stream import StreamHub, follow
 from config import Config
 from counters import Counters
 from jobs import FINISHED, JobDoc
@@ -81,6 +82,7 @@ class Service:
         self.owner = new_owner()
         self.counters = Counters()
         self.completions = CompletionEvents(config.MAX_WAITERS)
+        self.answers = StreamHub()
         self.leadership = Leadership(self.raw_store, self.owner, self._elected, self._lost, clock=clock)
         self.term: SchedulerTerm | None = None
         self._term_lock = threading.Lock()
@@ -119,10 +121,15 @@ class Service:
 
     def _elected(self, epoch: int) -> None:
         context = TermContext(self.config, self.store, self.queue, self.counters, self.owner,
-                              on_job_done=self.completions.notify, on_fenced=self.leadership.lost, clock=self.clock)
+                              on_job_done=self._job_done, on_fenced=self.leadership.lost, clock=self.clock,
+                              answers=self.answers)
         with self._term_lock:
             self.term = SchedulerTerm(context, epoch)
             self.term.start()
+
+    def _job_done(self, job_id: str) -> None:
+        self.completions.notify(job_id)
+        self.answers.finished(job_id)
 
     def _lost(self, reason: str) -> None:
         with self._term_lock:
@@ -131,8 +138,47 @@ class Service:
             term.stop(shutting_down=self._stopping)
 
     # --- the facade the API calls -----------------------------------------------------------------
-    def submit(self, job: JobDoc, idempotency: Idempotency | None = None) -> int:
-        return self.queue.submit(job, idempotency)
+    def submit(self, job: JobDoc, idempotency: Idempotency | None = None, tenant_max: int | None = None) -> int:
+        return self.queue.submit(job, idempotency, tenant_max)
+
+    def record_answered(self, job: JobDoc) -> None:
+        """Store a job that was answered without running (from the result cache), so that it
+        can be polled and listed like any other."""
+        self.api_store.enqueue(job)
+
+    def will_stream(self) -> str:
+        """How a job submitted here will have its pieces streamed back: "local" when this
+        process schedules (the hub has them at once), else "relay" (through the store)."""
+        return "local" if self.leading else "relay"
+
+    def follow(self, job_id: str, relay: bool, gone: Callable[[], bool]):
+        """The pieces of `job_id`'s answer as they come, then its end (answer_stream.follow)."""
+        inbox = self.answers.subscribe(job_id)
+        try:
+            yield from follow(job_id, inbox, self.get, self.api_store.read_pieces if relay else None, gone)
+        finally:
+            self.answers.unsubscribe(job_id, inbox)
+
+    def cached(self, key: str) -> dict[str, Any] | None:
+        """The result cache's answer under `key`; counts the hit or miss."""
+        answer = self.api_store.cache_get(key, self.clock())
+        self._count("cache_hits" if answer is not None else "cache_misses")
+        return answer
+
+    def _count(self, name: str) -> None:
+        try:
+            self.api_store.with_patience(0.0).bump(name)
+        except Exception as exc:        # a figure, not worth failing a request for
+            syslog.debug("counter %s not counted (%s)", name, exc)
+
+    def shared_counters(self) -> dict[str, int]:
+        return self.api_store.read_counters()
+
+    def key_record(self, key_hash: str) -> dict[str, Any] | None:
+        return self.api_store.key_by_hash(key_hash)
+
+    def take_rate(self, key_id: str, per_min: float) -> float:
+        return self.api_store.take_rate(key_id, self.clock(), per_min)
 
     def get(self, job_id: str) -> JobDoc | None:
         return self.api_store.get(job_id)
@@ -157,20 +203,21 @@ class Service:
         finally:
             self.completions.unregister(job_id, event)
 
-    def cancel(self, job_id: str) -> CancelOutcome:
-        outcome = self.api_store.cancel(job_id, {"completed_at": self.clock(), "error": "cancelled by request"})
+    def cancel(self, job_id: str, reason: str = "cancelled by request") -> CancelOutcome:
+        outcome = self.api_store.cancel(job_id, {"completed_at": self.clock(), "error": reason})
         if outcome.cancelled:
             self.completions.notify(job_id)
+            self.answers.finished(job_id)
             self.wake()
         return outcome
 
     def list_jobs(self, status: str | None, model: str | None, limit: int,
-                  before: tuple[float, str] | None) -> list[JobDoc]:
-        return self.api_store.list_jobs(status=status, model=model, limit=limit, before=before)
+                  before: tuple[float, str] | None, tenant: str | None = None) -> list[JobDoc]:
+        return self.api_store.list_jobs(status=status, model=model, limit=limit, before=before, tenant=tenant)
 
     def list_ledger(self, model: str | None, job_id: str | None, limit: int,
-                    before: tuple[float, str] | None) -> list[dict[str, Any]]:
-        return self.api_store.list_metrics(model=model, job_id=job_id, limit=limit, before=before)
+                    before: tuple[float, str] | None, tenant: str | None = None) -> list[dict[str, Any]]:
+        return self.api_store.list_metrics(model=model, job_id=job_id, limit=limit, before=before, tenant=tenant)
 
     def counts(self) -> QueueCounts:
         return self.api_store.counts()

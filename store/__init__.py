@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from config import Config
 from store.base import (SCHEDULER_LEASE, CancelOutcome, Fenced, Idempotency, IdempotencyConflict, IdempotentReplay,
-                        JobStore, QueueCounts, QueueFull, StoreUnavailable)
+                        JobStore, QueueCounts, QueueFull, StoreUnavailable, TenantQueueFull)
 
 __all__ = ["SCHEDULER_LEASE", "CancelOutcome", "Fenced", "Idempotency", "IdempotencyConflict", "IdempotentReplay",
-           "JobStore", "QueueCounts", "QueueFull", "StoreUnavailable", "open_store"]
+           "JobStore", "QueueCounts", "QueueFull", "StoreUnavailable", "TenantQueueFull", "open_store"]
 
 
 def open_store(config: Config) -> JobStore:

@@ -28,15 +28,31 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobs import WAITING, JobDoc
+from store.base_access import AccessStore
+from store.base_answers import AnswerStore
+from tenancy import Refusal
 
 
 SCHEDULER_LEASE = "scheduler"
 
 
 class QueueFull(Exception):
-    def __init__(self, waiting: int):
-        super().__init__(f"queue is full ({waiting} jobs waiting)")
+    def __init__(self, waiting: int, message: str | None = None):
+        super().__init__(message or f"queue is full ({waiting} jobs waiting)")
         self.waiting = waiting
+
+
+class TenantQueueFull(QueueFull):
+    """The tenant has as many jobs waiting as its key allows (`max_waiting`)."""
+
+
+def queue_full(refusal: Refusal, waiting: int, tenant: str, tenant_waiting: int) -> QueueFull:
+    """The error for a submission `tenancy.admit` refused."""
+    if refusal is Refusal.TENANT_FULL:
+        return TenantQueueFull(waiting, f"tenant '{tenant}' has {tenant_waiting} jobs waiting, as many as its key "
+                                        "allows (max_waiting)")
+    return QueueFull(waiting, f"queue is full ({waiting} jobs waiting; tenant '{tenant}' has {tenant_waiting}, "
+                              "its fair share or more)" if tenant else None)
 
 
 class Fenced(Exception):
@@ -75,6 +91,7 @@ class QueueCounts:
     by_status: dict[str, int] = field(default_factory=dict)
     waiting_by_priority: dict[str, int] = field(default_factory=dict)
     waiting_by_model: dict[str, int] = field(default_factory=dict)
+    waiting_by_tenant: dict[str, int] = field(default_factory=dict)
 
     @property
     def waiting(self) -> int:
@@ -88,8 +105,9 @@ class CancelOutcome:
     cancelled: bool = False       # whether this call cancelled it
 
 
-class JobStore(ABC):
-    """Jobs, their metrics, and the little shared state the service needs."""
+class JobStore(AccessStore, AnswerStore, ABC):
+    """Jobs, their metrics, and the little shared state the service needs; API keys, rates and
+    counters (store/base_access.py); cached and streamed answers (store/base_answers.py)."""
 
     # --- jobs: submission and reading -------------------------------------------------------
     #: Errors that may mean "the store did not answer, try again" (locked, connection lost, ...).
@@ -101,11 +119,13 @@ class JobStore(ABC):
 
     @abstractmethod
     def enqueue(self, job: JobDoc, max_waiting: int | None = None, idempotency: Idempotency | None = None,
-                held_by: int | None = None) -> int:
+                held_by: int | None = None, tenant_max: int | None = None) -> int:
         """Store a new job (pending; or queued, held by the scheduler term of epoch `held_by`,
         when that scheduler takes it straight into its queue); return how many waiting jobs are
         ahead of it (by priority, then submission time). Raise QueueFull when `max_waiting` jobs
-        already wait (atomically: concurrent submissions never overshoot it). With `idempotency`,
+        already wait and the job's tenant has its fair share of them, TenantQueueFull when the
+        tenant has `tenant_max` waiting (tenancy.admit; atomically on SQLite, and for
+        `max_waiting` on MongoDB too: concurrent submissions never overshoot it). With `idempotency`,
         a key seen before and not expired raises IdempotentReplay (same fingerprint) or
         IdempotencyConflict; the job is acknowledged only once it is committed."""
 
@@ -115,14 +135,14 @@ class JobStore(ABC):
 
     @abstractmethod
     def list_jobs(self, status: str | None = None, model: str | None = None, limit: int = 100,
-                  before: tuple[float, str] | None = None) -> list[JobDoc]:
+                  before: tuple[float, str] | None = None, tenant: str | None = None) -> list[JobDoc]:
         """Newest first (submitted_at, then job_id, descending), without prompts, messages or
-        results (summaries for listings); `before` = (submitted_at, job_id) of the last job of the
-        previous page."""
+        results (summaries for listings), of one tenant or all; `before` = (submitted_at, job_id)
+        of the last job of the previous page."""
 
     @abstractmethod
     def counts(self) -> QueueCounts:
-        """Jobs by status; waiting (pending + queued) jobs by priority and by model."""
+        """Jobs by status; waiting (pending + queued) jobs by priority, by model and by tenant."""
 
     @abstractmethod
     def statuses(self, job_ids: Iterable[str]) -> dict[str, str]:
@@ -189,9 +209,9 @@ class JobStore(ABC):
 
     @abstractmethod
     def list_metrics(self, model: str | None = None, limit: int = 100, job_id: str | None = None,
-                     before: tuple[float, str] | None = None) -> list[dict[str, Any]]:
+                     before: tuple[float, str] | None = None, tenant: str | None = None) -> list[dict[str, Any]]:
         """Newest first (finished_at, then `job_id:run_id`, descending); for one job, or one
-        model, or all; `before` = (finished_at, "job_id:run_id") of the last entry of the previous page."""
+        model, or all, of one tenant or all; `before` = (finished_at, "job_id:run_id") of the last entry of the previous page."""
 
     @abstractmethod
     def purge_metrics(self, before: float) -> int:

@@ -30,12 +30,14 @@ from datetime import datetime, timezone
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
-from pymongo.errors import AutoReconnect, ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.errors import AutoReconnect, ConnectionFailure, OperationFailure, PyMongoError
 
 from config import Config
 from jobs import FINISHED, WAITING, JobDoc, JobStatus
-from store.base import (SCHEDULER_LEASE, CancelOutcome, Fenced, Idempotency, IdempotencyConflict, IdempotentReplay,
-                        JobStore, QueueCounts, QueueFull)
+from store.base import (SCHEDULER_LEASE, CancelOutcome, Fenced, Idempotency, JobStore, QueueCounts, QueueFull)
+from store.mongo_access import MongoAccess
+from store.mongo_admission import FREE, MongoAdmission
+from store.mongo_answers import MongoAnswers
 from store.mongo_records import MongoRecords, run_key
 
 _WAITING = [s.value for s in WAITING]
@@ -47,8 +49,8 @@ _JSON_FIELDS = ("format", "tools")
 _SUMMARY_EXCLUDE = {"prompt": 0, "messages": 0, "input": 0, "images": 0, "result": 0, "system": 0,
                     "format": 0, "tools": 0, "expire_at": 0, "ledger_pending": 0, "held_epoch": 0}
 COLLECTIONS = ("jobs", "job_metrics", "state", "leases", "epochs", "model_footprints", "tasks",
-               "experiment_results", "queue_tokens", "idempotency")
-FREE = ""                        # a queue token no job holds
+               "experiment_results", "queue_tokens", "idempotency", "api_keys", "rate_limits", "counters",
+               "result_cache", "answer_pieces")
 TOKEN_GRACE_S = 60.0             # a token older than this whose job is not waiting is freed by repair()
 
 
@@ -71,7 +73,7 @@ def _from_mongo(doc: dict[str, Any] | None) -> JobDoc | None:
     return doc
 
 
-class MongoStore(MongoRecords, JobStore):
+class MongoStore(MongoAdmission, MongoRecords, MongoAccess, MongoAnswers, JobStore):
     transient_errors = (AutoReconnect, ConnectionFailure)
 
     def __init__(self, client: MongoClient, db_name: str, prefix: str = "", retention_s: float | None = None,
@@ -91,6 +93,8 @@ class MongoStore(MongoRecords, JobStore):
         self.results = names["experiment_results"]
         self.tokens = names["queue_tokens"]
         self.idempotency = names["idempotency"]
+        self.keys, self.rates, self.counters = names["api_keys"], names["rate_limits"], names["counters"]
+        self.cache, self.pieces = names["result_cache"], names["answer_pieces"]
         self._tokens_for: int | None = None
         self._tokens_lock = threading.Lock()
         self._ensure_indexes()
@@ -110,6 +114,9 @@ class MongoStore(MongoRecords, JobStore):
         self.jobs.create_index([("model", ASCENDING), ("status", ASCENDING), ("submitted_at", DESCENDING)],
                                name="by_model")                # /api/jobs?model=&status=
         self.jobs.create_index([("submitted_at", DESCENDING)], name="newest")   # /api/jobs pages
+        self.jobs.create_index([("tenant", ASCENDING), ("status", ASCENDING)], name="by_tenant")  # quotas, counts
+        self.jobs.create_index([("tenant", ASCENDING), ("submitted_at", DESCENDING)], name="tenant_newest")
+        self.metrics.create_index([("tenant", ASCENDING), ("finished_at", DESCENDING)], name="tenant_newest")
         self.jobs.create_index([("status", ASCENDING), ("completed_at", ASCENDING)], name="finished")  # purge
         self.jobs.create_index([("ledger_pending.job_id", ASCENDING)], name="ledger_pending", sparse=True)
         try:
@@ -125,61 +132,28 @@ class MongoStore(MongoRecords, JobStore):
         self.epochs.create_index([("name", ASCENDING)], name="by_lease")
         self.results.create_index([("experiment", ASCENDING)], name="by_experiment")
         self.tasks.create_index([("suite", ASCENDING)], name="by_suite")
+        self._access_indexes()
+        self._answer_indexes()
 
     def is_transient(self, exc: BaseException) -> bool:
         return isinstance(exc, self.transient_errors) or (
             isinstance(exc, PyMongoError) and getattr(exc, "timeout", False))
 
-    # --- the queue limit: one token per place -----------------------------------------------------
-    def _ensure_tokens(self, n: int) -> None:
-        """Exactly `n` places: made once (by whichever process gets there first; concurrent
-        makers may collide, so what is still missing afterwards is made one by one)."""
-        if self._tokens_for == n:
-            return
-        with self._tokens_lock:
-            if self._tokens_for == n:
-                return
-            missing = [i for i in range(n) if i not in {d["_id"] for d in self.tokens.find({}, {"_id": 1})}]
-            if missing:
-                try:
-                    self.tokens.insert_many([{"_id": i, "holder": FREE, "at": 0.0} for i in missing], ordered=False)
-                except PyMongoError:
-                    have = {d["_id"] for d in self.tokens.find({}, {"_id": 1})}
-                    for i in missing:
-                        if i not in have:
-                            self.tokens.update_one({"_id": i}, {"$setOnInsert": {"holder": FREE, "at": 0.0}},
-                                                   upsert=True)
-            extra = [d["_id"] for d in self.tokens.find({}, {"_id": 1}) if d["_id"] >= n]
-            if extra:                          # QUEUE_MAX_SIZE was lowered: free places beyond it go
-                self.tokens.delete_many({"_id": {"$in": extra}, "holder": FREE})
-            self._tokens_for = n
-
-    def _take_token(self, job_id: str, now: float) -> bool:
-        """A free place, if there is one. A take that lost a race for the place it picked is
-        tried again while free places remain (MongoDB itself retries; some compatible servers don't)."""
-        for _ in range(20):
-            if self.tokens.find_one_and_update({"holder": FREE}, {"$set": {"holder": job_id, "at": now}}) is not None:
-                return True
-            if not self.tokens.count_documents({"holder": FREE}, limit=1):
-                return False
-        return False
-
-    def _give_back_token(self, job_id: str) -> None:
-        self.tokens.update_one({"holder": job_id}, {"$set": {"holder": FREE}})
-
     # --- jobs: submission and reading -----------------------------------------------------------
     def enqueue(self, job: JobDoc, max_waiting: int | None = None, idempotency: Idempotency | None = None,
-                held_by: int | None = None) -> int:
-        job_id, now = job["job_id"], float(job["submitted_at"])
+                held_by: int | None = None, tenant_max: int | None = None) -> int:
+        job_id, now, tenant = job["job_id"], float(job["submitted_at"]), job.get("tenant") or ""
         if idempotency is not None:
             self._claim_key(idempotency, job_id, now)
-        if max_waiting is not None:
-            self._ensure_tokens(max_waiting)
-            if not self._take_token(job_id, now):
+        if job.get("status", PENDING) in _WAITING:
+            try:
+                self._admit(job_id, tenant, now, max_waiting, tenant_max)
+            except QueueFull:
                 self._drop_key(idempotency, job_id)
-                raise QueueFull(self.jobs.count_documents({"status": {"$in": _WAITING}}))
+                raise
         try:
-            self.jobs.insert_one({**_to_mongo(job), **({"held_epoch": held_by} if held_by is not None else {})})
+            self.jobs.insert_one({**_to_mongo(job), "tenant": tenant,
+                                  **({"held_epoch": held_by} if held_by is not None else {})})
         except BaseException:
             self._give_back_token(job_id)
             self._drop_key(idempotency, job_id)
@@ -188,39 +162,12 @@ class MongoStore(MongoRecords, JobStore):
         return self.jobs.count_documents({"status": {"$in": _WAITING}, "_id": {"$ne": job_id}, "$or": [
             {"rank": {"$gt": rank}}, {"rank": rank, "submitted_at": {"$lte": now}}]})
 
-    def _claim_key(self, key: Idempotency, job_id: str, now: float) -> None:
-        """Make `key` point at `job_id`, unless a live earlier use of it stands (replay or conflict)."""
-        doc = {"_id": key.key, "job_id": job_id, "fingerprint": key.fingerprint, "expires_at": key.expires_at}
-        for _ in range(3):
-            try:
-                self.idempotency.insert_one(doc)
-                return
-            except DuplicateKeyError:
-                earlier = self.idempotency.find_one({"_id": key.key})
-            if earlier is None:
-                continue
-            alive = earlier["expires_at"] > now and self.jobs.count_documents({"_id": earlier["job_id"]}, limit=1)
-            if alive:
-                if earlier["fingerprint"] != key.fingerprint:
-                    raise IdempotencyConflict(earlier["job_id"])
-                raise IdempotentReplay(earlier["job_id"])
-            # Expired, or left by a submission that died before storing its job: take it over.
-            self.idempotency.delete_one({"_id": key.key, "job_id": earlier["job_id"]})
-        raise AutoReconnect("the Idempotency-Key kept changing hands; try again")
-
-    def _drop_key(self, key: Idempotency | None, job_id: str) -> None:
-        if key is not None:
-            self.idempotency.delete_one({"_id": key.key, "job_id": job_id})
-
-    def purge_idempotency(self, now: float) -> int:
-        return self.idempotency.delete_many({"expires_at": {"$lte": now}}).deleted_count
-
     def get(self, job_id: str) -> JobDoc | None:
         return _from_mongo(self.jobs.find_one({"_id": job_id}))
 
     def list_jobs(self, status: str | None = None, model: str | None = None, limit: int = 100,
-                  before: tuple[float, str] | None = None) -> list[JobDoc]:
-        query: dict[str, Any] = {}
+                  before: tuple[float, str] | None = None, tenant: str | None = None) -> list[JobDoc]:
+        query: dict[str, Any] = {} if tenant is None else {"tenant": tenant}
         if status:
             query["status"] = status
         if model:
@@ -237,7 +184,9 @@ class MongoStore(MongoRecords, JobStore):
             waiting + [{"$group": {"_id": "$priority", "n": {"$sum": 1}}}])}
         by_model = {d["_id"]: d["n"] for d in self.jobs.aggregate(
             waiting + [{"$group": {"_id": "$model", "n": {"$sum": 1}}}])}
-        return QueueCounts(by_status, by_priority, by_model)
+        by_tenant = {d["_id"] or "": d["n"] for d in self.jobs.aggregate(
+            waiting + [{"$group": {"_id": "$tenant", "n": {"$sum": 1}}}])}
+        return QueueCounts(by_status, by_priority, by_model, by_tenant)
 
     def statuses(self, job_ids: Iterable[str]) -> dict[str, str]:
         ids = list(job_ids)
@@ -310,13 +259,14 @@ class MongoStore(MongoRecords, JobStore):
             # Back in the queue: it takes a place if one is free (an acknowledged job is never
             # refused, so with none free the queue is over its limit until one leaves).
             self._ensure_tokens(limit)
-            self._take_token(job_id, float(fields.get("requeued_at") or 0.0))
+            owner = self.jobs.find_one({"_id": job_id}, {"tenant": 1}) or {}
+            self._take_token(job_id, owner.get("tenant") or "", float(fields.get("requeued_at") or 0.0))
         return done or self.jobs.count_documents(
             {"_id": job_id, "status": {"$in": _WAITING}, "last_run_id": run_id}, limit=1) == 1
 
     def running_runs(self) -> list[JobDoc]:
         fields = {"job_id": 1, "model": 1, "run_id": 1, "epoch": 1, "owner": 1, "started_at": 1, "timeout_s": 1,
-                  "attempts": 1}
+                  "attempts": 1, "tenant": 1}
         return [_from_mongo(d) for d in self.jobs.find({"status": RUNNING}, fields)]
 
     def recover_run(self, job_id: str, run_id: str, requeue: bool, fields: dict[str, Any],

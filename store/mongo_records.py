@@ -36,8 +36,10 @@ class MongoRecords:
         self.metrics.update_one({"_id": key}, {"$setOnInsert": {**doc, "run_key": key}}, upsert=True)
 
     def list_metrics(self, model: str | None = None, limit: int = 100, job_id: str | None = None,
-                     before: tuple[float, str] | None = None) -> list[dict[str, Any]]:
+                     before: tuple[float, str] | None = None, tenant: str | None = None) -> list[dict[str, Any]]:
         query: dict[str, Any] = {"job_id": job_id} if job_id else {"model": model} if model else {}
+        if tenant is not None:
+            query["tenant"] = tenant
         if before is not None:
             query["$or"] = [{"finished_at": {"$lt": before[0]}},
                             {"finished_at": before[0], "_id": {"$lt": before[1]}}]

@@ -19,11 +19,14 @@ from typing import Any
 
 from jobs import FINISHED, WAITING, JobDoc, JobStatus
 from store.base import (SCHEDULER_LEASE, CancelOutcome, Fenced, Idempotency, IdempotencyConflict, IdempotentReplay,
-                        JobStore, QueueCounts, QueueFull)
+                        JobStore, QueueCounts, queue_full)
+from store.sqlite_access import SqliteAccess
+from store.sqlite_answers import SqliteAnswers
 from store.sqlite_db import SqliteDB
 from store.sqlite_records import SqliteRecords, dumps, insert_metrics
+from tenancy import admit
 
-_COLUMNS = ("job_id", "status", "model", "priority", "rank", "submitted_at", "completed_at", "run_id")
+_COLUMNS = ("job_id", "status", "model", "priority", "rank", "submitted_at", "completed_at", "run_id", "tenant")
 _SUMMARY_DROP = ("$.prompt", "$.messages", "$.input", "$.images", "$.result", "$.system")
 _WAITING = tuple(s.value for s in WAITING)
 _FINISHED = tuple(s.value for s in FINISHED)
@@ -34,6 +37,7 @@ _TRANSIENT = ("locked", "busy", "disk i/o", "unable to open")
 
 def _split(job: JobDoc) -> tuple[dict[str, Any], dict[str, Any]]:
     columns = {k: job.get(k) for k in _COLUMNS}
+    columns["tenant"] = columns["tenant"] or ""
     doc = {k: v for k, v in job.items() if k not in _COLUMNS}
     return columns, doc
 
@@ -52,11 +56,12 @@ class _Pending:
     max_waiting: int | None
     idempotency: Idempotency | None
     held_by: int | None
+    tenant_max: int | None
     result: Any = None
     done: threading.Event = field(default_factory=threading.Event)
 
 
-class SqliteStore(SqliteRecords, JobStore):
+class SqliteStore(SqliteRecords, SqliteAccess, SqliteAnswers, JobStore):
     transient_errors = (sqlite3.OperationalError,)
 
     def __init__(self, path: str | Path, *, db: SqliteDB | None = None):
@@ -77,12 +82,12 @@ class SqliteStore(SqliteRecords, JobStore):
 
     # --- jobs: submission and reading ----------------------------------------------------------
     def enqueue(self, job: JobDoc, max_waiting: int | None = None, idempotency: Idempotency | None = None,
-                held_by: int | None = None) -> int:
+                held_by: int | None = None, tenant_max: int | None = None) -> int:
         """Jobs submitted at the same moment by several threads go in together, in one
         transaction (group commit): under load the per-job cost of SQLite's write lock and commit
         is shared, and alone a job waits for nobody. Each gets its answer only after the commit."""
         self.db._after_fork()
-        entry = _Pending(job, max_waiting, idempotency, held_by)
+        entry = _Pending(job, max_waiting, idempotency, held_by, tenant_max)
         with self._enqueue_lock:
             self._enqueue_queue.append(entry)
             leader = len(self._enqueue_queue) == 1
@@ -116,6 +121,7 @@ class SqliteStore(SqliteRecords, JobStore):
 
     def _insert_batch(self, conn: sqlite3.Connection, batch: list[_Pending]) -> list[Any]:
         counts = dict(conn.execute("SELECT rank, n FROM waiting_counts").fetchall())
+        by_tenant = dict(conn.execute("SELECT tenant, n FROM tenant_waiting WHERE n > 0").fetchall())
         results: list[Any] = []
         for entry in batch:
             columns, doc = _split(entry.job)
@@ -124,14 +130,16 @@ class SqliteStore(SqliteRecords, JobStore):
                 if earlier is not None:
                     results.append(earlier)
                     continue
-            waiting = sum(counts.values())
-            if entry.max_waiting is not None and waiting >= entry.max_waiting:
-                results.append(QueueFull(waiting))
+            waiting, tenant = sum(counts.values()), columns["tenant"]
+            mine = by_tenant.get(tenant, 0)
+            refusal = admit(waiting, mine, len(by_tenant) - (1 if mine else 0), entry.max_waiting, entry.tenant_max)
+            if refusal is not None and columns["status"] in _WAITING:
+                results.append(queue_full(refusal, waiting, tenant, mine))
                 continue
             try:
                 conn.execute("SAVEPOINT job")
                 conn.execute("INSERT INTO jobs (job_id, status, model, priority, rank, submitted_at, completed_at,"
-                             " run_id, doc, held_epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             " run_id, tenant, doc, held_epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                              (*(columns[k] for k in _COLUMNS), dumps(doc), entry.held_by))
                 if entry.idempotency is not None:
                     key = entry.idempotency
@@ -147,6 +155,7 @@ class SqliteStore(SqliteRecords, JobStore):
             results.append(sum(n for rank, n in counts.items() if rank >= columns["rank"]))
             if columns["status"] in _WAITING:
                 counts[columns["rank"]] = counts.get(columns["rank"], 0) + 1
+                by_tenant[tenant] = mine + 1
         return results
 
     @staticmethod
@@ -169,8 +178,11 @@ class SqliteStore(SqliteRecords, JobStore):
         return _row_to_job(row) if row else None
 
     def list_jobs(self, status: str | None = None, model: str | None = None, limit: int = 100,
-                  before: tuple[float, str] | None = None) -> list[JobDoc]:
+                  before: tuple[float, str] | None = None, tenant: str | None = None) -> list[JobDoc]:
         where, args = [], []
+        if tenant is not None:
+            where.append("tenant = ?")
+            args.append(tenant)
         if status:
             where.append("status = ?")
             args.append(status)
@@ -196,7 +208,8 @@ class SqliteStore(SqliteRecords, JobStore):
                 f"SELECT priority, COUNT(*) FROM jobs WHERE status IN ({marks}) GROUP BY priority", _WAITING).fetchall())
             by_model = dict(conn.execute(
                 f"SELECT model, COUNT(*) FROM jobs WHERE status IN ({marks}) GROUP BY model", _WAITING).fetchall())
-        return QueueCounts(by_status, by_priority, by_model)
+            by_tenant = dict(conn.execute("SELECT tenant, n FROM tenant_waiting WHERE n > 0").fetchall())
+        return QueueCounts(by_status, by_priority, by_model, by_tenant)
 
     def statuses(self, job_ids: Iterable[str]) -> dict[str, str]:
         ids = list(job_ids)
@@ -277,7 +290,7 @@ class SqliteStore(SqliteRecords, JobStore):
     def running_runs(self) -> list[JobDoc]:
         with self.db.read() as conn:
             rows = conn.execute(
-                "SELECT job_id, model, run_id, json_extract(doc, '$.epoch') AS epoch, json_extract(doc, '$.owner') AS "
+                "SELECT job_id, model, run_id, tenant, json_extract(doc, '$.epoch') AS epoch, json_extract(doc, '$.owner') AS "
                 "owner, json_extract(doc, '$.started_at') AS started_at, json_extract(doc, '$.timeout_s') AS timeout_s, "
                 "json_extract(doc, '$.attempts') AS attempts FROM jobs WHERE status = ?", (RUNNING,)).fetchall()
         return [dict(r) for r in rows]

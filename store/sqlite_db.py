@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     completed_at REAL,
     run_id TEXT,
     doc TEXT NOT NULL,
-    held_epoch INTEGER          -- a queued job: the scheduler term holding it in its queue
+    held_epoch INTEGER,         -- a queued job: the scheduler term holding it in its queue
+    tenant TEXT NOT NULL DEFAULT ''
 );
 -- waiting jobs in queue order (position, take_new), running runs, and counts by status
 CREATE INDEX IF NOT EXISTS jobs_status_order ON jobs(status, rank DESC, submitted_at);
@@ -68,7 +69,8 @@ CREATE TABLE IF NOT EXISTS job_metrics (
     job_id TEXT NOT NULL,
     model TEXT NOT NULL,
     finished_at REAL NOT NULL,
-    doc TEXT NOT NULL
+    doc TEXT NOT NULL,
+    tenant TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS job_metrics_model ON job_metrics(model, finished_at, run_key);
 CREATE INDEX IF NOT EXISTS job_metrics_finished_key ON job_metrics(finished_at, run_key);
@@ -85,10 +87,42 @@ CREATE TABLE IF NOT EXISTS retired_epochs (
     name TEXT NOT NULL, epoch INTEGER NOT NULL, retired_at REAL NOT NULL, PRIMARY KEY (name, epoch));
 CREATE TABLE IF NOT EXISTS model_footprints (
     model TEXT PRIMARY KEY, size_bytes INTEGER NOT NULL, updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id TEXT PRIMARY KEY, key_hash TEXT NOT NULL UNIQUE, created_at REAL NOT NULL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rate_limits (key_id TEXT PRIMARY KEY, tat REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, n INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS result_cache (key TEXT PRIMARY KEY, expires_at REAL NOT NULL, doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS result_cache_expiry ON result_cache(expires_at);
+CREATE TABLE IF NOT EXISTS answer_pieces (
+    job_id TEXT NOT NULL, run_id TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL, doc TEXT NOT NULL,
+    PRIMARY KEY (job_id, run_id, seq));
+CREATE INDEX IF NOT EXISTS answer_pieces_at ON answer_pieces(at);
+"""
+
+# What needs the columns added to files made by earlier versions (run after _ADDED_COLUMNS).
+SCHEMA_TENANTS = f"""
+CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs(tenant, submitted_at, job_id);
+CREATE INDEX IF NOT EXISTS job_metrics_tenant ON job_metrics(tenant, finished_at, run_key);
+-- Waiting jobs per tenant, kept by triggers: a tenant's quota and its fair share of the queue.
+CREATE TABLE IF NOT EXISTS tenant_waiting (tenant TEXT PRIMARY KEY, n INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS tenant_waiting_insert AFTER INSERT ON jobs
+WHEN NEW.status IN ({_W}) BEGIN
+    INSERT INTO tenant_waiting (tenant, n) VALUES (NEW.tenant, 1) ON CONFLICT(tenant) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS tenant_waiting_update AFTER UPDATE OF status ON jobs
+WHEN (OLD.status IN ({_W})) != (NEW.status IN ({_W})) BEGIN
+    INSERT INTO tenant_waiting (tenant, n) VALUES (NEW.tenant, CASE WHEN NEW.status IN ({_W}) THEN 1 ELSE 0 END)
+    ON CONFLICT(tenant) DO UPDATE SET n = n + (CASE WHEN NEW.status IN ({_W}) THEN 1 ELSE -1 END);
+END;
+CREATE TRIGGER IF NOT EXISTS tenant_waiting_delete AFTER DELETE ON jobs
+WHEN OLD.status IN ({_W}) BEGIN
+    UPDATE tenant_waiting SET n = n - 1 WHERE tenant = OLD.tenant;
+END;
 """
 
 # Files made by earlier versions: (table, column, definition) added where missing.
-_ADDED_COLUMNS = (("leases", "epoch", "INTEGER NOT NULL DEFAULT 0"), ("jobs", "held_epoch", "INTEGER"))
+_ADDED_COLUMNS = (("leases", "epoch", "INTEGER NOT NULL DEFAULT 0"), ("jobs", "held_epoch", "INTEGER"),
+                  ("jobs", "tenant", "TEXT NOT NULL DEFAULT ''"), ("job_metrics", "tenant", "TEXT NOT NULL DEFAULT ''"))
 
 
 class SqliteDB:
@@ -110,9 +144,13 @@ class SqliteDB:
             for table, column, definition in _ADDED_COLUMNS:
                 if column not in {r["name"] for r in conn.execute(f"PRAGMA table_info({table})")}:
                     conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+            conn.executescript(SCHEMA_TENANTS)
         with self.write() as conn:      # true up the counts (a file from before the triggers)
             conn.execute("UPDATE waiting_counts SET n = (SELECT COUNT(*) FROM jobs WHERE jobs.rank = "
                          f"waiting_counts.rank AND status IN ({_W}))")
+            conn.execute("DELETE FROM tenant_waiting")
+            conn.execute(f"INSERT INTO tenant_waiting (tenant, n) SELECT tenant, COUNT(*) FROM jobs WHERE status IN ({_W}) "
+                         "GROUP BY tenant")
 
     @classmethod
     def in_memory(cls) -> SqliteDB:

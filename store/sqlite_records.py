@@ -16,8 +16,8 @@ def dumps(value: Any) -> str:
 
 def insert_metrics(conn: sqlite3.Connection, doc: dict[str, Any]) -> None:
     conn.execute(
-        "INSERT OR IGNORE INTO job_metrics (run_key, job_id, model, finished_at, doc) VALUES (?, ?, ?, ?, ?)",
-        (run_key(doc), doc["job_id"], doc["model"], doc["finished_at"], dumps(doc)))
+        "INSERT OR IGNORE INTO job_metrics (run_key, job_id, model, finished_at, doc, tenant) VALUES (?, ?, ?, ?, ?, ?)",
+        (run_key(doc), doc["job_id"], doc["model"], doc["finished_at"], dumps(doc), doc.get("tenant") or ""))
 
 
 def run_key(doc: dict[str, Any]) -> str:
@@ -33,8 +33,11 @@ class SqliteRecords:
             insert_metrics(conn, doc)
 
     def list_metrics(self, model: str | None = None, limit: int = 100, job_id: str | None = None,
-                     before: tuple[float, str] | None = None) -> list[dict[str, Any]]:
+                     before: tuple[float, str] | None = None, tenant: str | None = None) -> list[dict[str, Any]]:
         where, args = [], []
+        if tenant is not None:
+            where.append("tenant = ?")
+            args.append(tenant)
         if job_id:
             where.append("job_id = ?")
             args.append(job_id)

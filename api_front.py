@@ -1,0 +1,205 @@
+"""What Ollama's and OpenAI's routes share: a request validated into a job, the job queued under
+the caller's quotas (or answered from the result cache), and the wait for its answer, streamed
+as it comes, with the job cancelled when the client goes away.
+
+Such a request holds a thread while it waits, so at most MAX_WAITERS of them (with long polls)
+wait in one process; past it the answer is 503 at once, before anything is queued.
+"""
+from __future__ import annotations
+
+import json
+import select
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from flask import request
+from pydantic import BaseModel, ValidationError
+
+from answer_stream import End, Gone, Piece
+from api_auth import caller
+from api_common import ApiError, config, read_body, service, settings
+from api_schemas import describe_validation_error, storable_keys_error
+from api_submission import (check_model, check_priority, check_rate, default_priority, look_in_cache, queue_job,
+                            wants_cache)
+from front_door.delivery import Delivery
+from jobs import FINISHED, JobDoc, JobKind, JobStatus, Priority, new_job
+from model_settings import settle_runner_options
+
+PRIORITY_HEADER = "X-Priority"
+METADATA_HEADER = "X-Job-Metadata"
+JOB_ID_HEADER = "X-Job-Id"
+_FINISHED = {s.value for s in FINISHED}
+
+
+def parse(model: type[BaseModel]) -> Any:
+    raw = read_body()
+    try:
+        return model.model_validate_json(raw or b"null")
+    except ValidationError as exc:
+        field, message, details = describe_validation_error(exc)
+        if field == "body":
+            message = "request body must be a JSON object"
+        raise ApiError(400, message, field=field, details=details) from None
+
+
+def _priority() -> Priority:
+    raw = request.headers.get(PRIORITY_HEADER)
+    if raw is None:
+        return default_priority()
+    try:
+        return Priority(raw.strip().lower())
+    except ValueError:
+        raise ApiError(400, f"{PRIORITY_HEADER} must be one of {', '.join(p.value for p in Priority)}",
+                       field=PRIORITY_HEADER) from None
+
+
+def _metadata() -> dict[str, Any]:
+    raw = request.headers.get(METADATA_HEADER)
+    if not raw:
+        return {}
+    try:
+        metadata = json.loads(raw)
+    except ValueError:
+        metadata = None
+    if not isinstance(metadata, dict):
+        raise ApiError(400, f"{METADATA_HEADER} must be a JSON object", field=METADATA_HEADER)
+    problem = storable_keys_error(metadata)
+    if problem:
+        raise ApiError(400, f"{METADATA_HEADER}: {problem}", field=METADATA_HEADER)
+    return metadata
+
+
+@dataclass
+class Admitted:
+    """A front-door job: queued (and holding a waiter's place) or answered already."""
+    job: JobDoc
+    kind: JobKind
+    answered: bool
+    waiter: Any = None
+
+    @property
+    def job_id(self) -> str:
+        return self.job["job_id"]
+
+    def release(self) -> None:
+        if self.waiter is not None:
+            service().completions.unregister(self.job_id, self.waiter)
+            self.waiter = None
+
+
+def admit(kind: JobKind, model: str, fields: dict[str, Any], options: dict[str, Any], cache: bool,
+          stream: bool) -> Admitted:
+    """Check, then queue (or answer from the cache) the job a request asks for."""
+    cfg = config()
+    name = check_model(model, kind)
+    options, problem = settle_runner_options(options, name, settings())
+    if problem:
+        raise ApiError(400, problem, field="options.num_ctx")
+    priority = _priority()
+    check_priority(priority)
+    metadata = _metadata()
+    check_rate()
+    job = new_job(model=name, kind=kind, priority=priority, submitted_at=time.time(), timeout_s=cfg.JOB_TIMEOUT_S,
+                  options=options, metadata=metadata, tenant=caller().tenant)
+    job.update(fields)
+    if stream and kind is not JobKind.EMBED:
+        job["stream"] = service().will_stream()
+    if wants_cache(cache):
+        answered = look_in_cache(job)
+        if answered is not None:
+            return Admitted(answered, kind, answered=True)
+    waiter = service().completions.register(job["job_id"])
+    if waiter is None:
+        raise ApiError(503, f"server busy: {cfg.MAX_WAITERS} requests already wait for answers in this process "
+                       "(MAX_WAITERS); try again", max_waiters=cfg.MAX_WAITERS)
+    try:
+        queue_job(job)
+    except BaseException:
+        service().completions.unregister(job["job_id"], waiter)
+        raise
+    return Admitted(job, kind, answered=False, waiter=waiter)
+
+
+def answer_events(admitted: Admitted, streamed: bool) -> Iterator[tuple[str, Any]]:
+    """("piece", piece) as the answer comes (when `streamed`), then ("end", job): the finished
+    job, with `rest` the piece that completes what was streamed. A client that leaves first
+    cancels the job. Raises ApiError when the job ends without an answer."""
+    job = admitted.job
+    if admitted.answered:
+        yield "end", (job, Delivery().rest(admitted.kind, job.get("result")))
+        return
+    gone = _gone_probe()
+    delivery = Delivery()
+    finished = False
+    try:
+        for event in service().follow(admitted.job_id, relay=job.get("stream") == "relay", gone=gone):
+            if isinstance(event, Piece):
+                if streamed:
+                    piece = delivery.accept(event.run_id, event.piece)
+                    if piece is not None:
+                        yield "piece", piece
+            elif isinstance(event, Gone):
+                return
+            elif isinstance(event, End):
+                finished = True
+                done = _finished_job(event.job, admitted.job_id)
+                rest = delivery.rest(admitted.kind, done.get("result"))
+                if rest is None:
+                    raise ApiError(500, "the job's run was interrupted and it ran again with another answer than "
+                                   f"the one streamed; poll /api/job/{admitted.job_id} for the whole answer")
+                yield "end", (done, rest)
+                return
+    finally:
+        admitted.release()
+        if not finished:
+            _cancel_left(admitted.job_id)
+
+
+def _gone_probe():
+    """`client_gone` bound to this request (a streamed body runs outside the request context)."""
+    environ = request.environ
+    checked = [0.0, False]
+
+    def gone() -> bool:
+        now = time.monotonic()
+        if now - checked[0] < 0.1:
+            return checked[1]
+        checked[0] = now
+        checked[1] = _gone_in(environ)
+        return checked[1]
+    return gone
+
+
+def _gone_in(environ: dict[str, Any]) -> bool:
+    probe = environ.get("waitress.client_disconnected")
+    if probe is not None:
+        return bool(probe())
+    sock = environ.get("gunicorn.socket")
+    if isinstance(sock, socket.socket):
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
+    return False
+
+
+def _cancel_left(job_id: str) -> None:
+    try:
+        service().cancel(job_id, "cancelled: the client went away")
+    except Exception:       # the job runs to its end; nothing else to do for a client that left
+        pass
+
+
+def _finished_job(job: JobDoc | None, job_id: str) -> JobDoc:
+    if job is None:
+        raise ApiError(500, f"job {job_id} is gone")
+    if job["status"] == JobStatus.COMPLETE.value:
+        return job
+    if job["status"] == JobStatus.CANCELLED.value:
+        raise ApiError(500, f"job {job_id} was cancelled: {job.get('error') or ''}".rstrip(": "))
+    raise ApiError(500, job.get("error") or f"job {job_id} failed")
+

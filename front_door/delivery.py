@@ -1,0 +1,55 @@
+"""What a streamed answer has sent so far, and the rest of it once the job has finished.
+
+A stream sends the pieces of one run of the job (the first it hears from). The finished job's
+result holds the whole answer, so the end sends whatever the pieces missed (a relayed batch not
+yet written, say). When the answer that finished is not the one streamed (the run was stopped
+and the job ran again with another sampling), what was sent cannot be taken back: the stream
+ends with an error instead of a wrong answer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobs import JobKind
+
+
+@dataclass
+class Delivery:
+    run_id: str | None = None
+    text: str = ""
+    thinking: str = ""
+    tool_calls: list[Any] = field(default_factory=list)
+
+    def accept(self, run_id: str, piece: dict[str, Any]) -> dict[str, Any] | None:
+        """The piece to send, or None when it belongs to another run than the one streamed."""
+        if self.run_id is None:
+            self.run_id = run_id
+        elif run_id != self.run_id:
+            return None
+        self.text += piece.get("text") or ""
+        self.thinking += piece.get("thinking") or ""
+        self.tool_calls.extend(piece.get("tool_calls") or [])
+        return piece
+
+    def rest(self, kind: JobKind, result: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The part of the finished answer not sent yet, as a piece (empty text when nothing is
+        left); None when what was sent is not the start of the answer."""
+        text, thinking, calls = answer_parts(kind, result)
+        if not (text.startswith(self.text) and thinking.startswith(self.thinking)):
+            return None
+        piece: dict[str, Any] = {"text": text[len(self.text):]}
+        if len(thinking) > len(self.thinking):
+            piece["thinking"] = thinking[len(self.thinking):]
+        if calls and not self.tool_calls:
+            piece["tool_calls"] = calls
+        return piece
+
+
+def answer_parts(kind: JobKind, result: dict[str, Any] | None) -> tuple[str, str, list[Any]]:
+    """(text, thinking, tool calls) of a generate or chat result."""
+    result = result or {}
+    if kind is JobKind.CHAT:
+        message = result.get("message") or {}
+        return message.get("content") or "", message.get("thinking") or "", list(message.get("tool_calls") or [])
+    return result.get("response") or "", result.get("thinking") or "", []
