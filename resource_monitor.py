@@ -107,17 +107,26 @@ class FixedMemory:
 
 class SimulatorMemory:
     """The GPU simulator's virtual GPU, read from its `/api/sim/stats` (its simulated energy
-    counter too)."""
+    counter too). The energy counter is an HTTP request here, where NVML's is a library call: it
+    is read at most every ENERGY_READ_S, so that the simulator does not add two requests to every
+    job (jobs shorter than that share the simulated energy less exactly)."""
     counts_vram = True
     name = "sim"
+    ENERGY_READ_S = 0.05
 
     def __init__(self, client: OllamaClient):
         self.client = client
         self.energy_source = self
+        self._energy: tuple[float, float | None] | None = None
 
     def energy_total_j(self) -> float | None:
+        now = time.monotonic()
+        cached = self._energy
+        if cached is not None and now - cached[0] < self.ENERGY_READ_S:
+            return cached[1]
         value = self.client.get_json("/api/sim/stats", timeout=2.0).get("energy_j")
-        return float(value) if value is not None else None
+        self._energy = (now, float(value) if value is not None else None)
+        return self._energy[1]
 
     def read(self, loaded_bytes: int) -> tuple[int, int, tuple[GpuReading, ...]]:
         stats = self.client.get_json("/api/sim/stats")

@@ -71,7 +71,11 @@ def nx_mongo(tmp_path_factory):
     wait_until(ready, timeout=30, message="nx-27017 to answer")
     yield uri
     proc.terminate()
-    proc.wait(10)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:       # it sometimes ignores SIGTERM while busy
+        proc.kill()
+        proc.wait(10)
 
 
 def mongo_store(uri: str, retention_s: float | None = None):
@@ -87,8 +91,9 @@ def mongo_store(uri: str, retention_s: float | None = None):
 
 
 def drop_mongo(store) -> None:
-    for coll in (store.jobs, store.metrics, store.state, store.leases, store.footprints_coll, store.tasks,
-                 store.results):
+    for coll in (store.jobs, store.metrics, store.state, store.leases, store.epochs, store.footprints_coll,
+                 store.tasks, store.results, store.tokens, store.idempotency, store.keys, store.rates, store.counters,
+                 store.cache, store.pieces):
         coll.drop()
     store.close()
 

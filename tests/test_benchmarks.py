@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from bench import scheduler_pass, scheduling_quality, soak
+from bench import overhead, scheduler_pass, scheduling_quality, soak
 
 
 def last_json(capsys) -> dict:
@@ -50,3 +50,13 @@ def test_a_short_soak_with_a_frozen_leader_loses_nothing_and_serves_nothing_twic
     assert result["lost"] == 0 and result["served_twice"] == 0 and result["answered_twice"] == 0
     assert result["server_errors_5xx"] == 0 and result["idempotent_retries_with_a_second_job"] == 0
     assert result["completed"] + result["cancelled"] == result["accepted"]
+
+
+@pytest.mark.slow
+def test_overhead_bench_measures_both_ways_in(capsys):
+    assert overhead.main(["--requests", "20", "--clients", "2", "--embedded-requests", "0", "--json"]) == 0
+    result = last_json(capsys)
+    for key in ("added_p50_ms", "added_p99_ms", "front_door_added_p50_ms", "front_door_added_p99_ms"):
+        assert isinstance(result[key], float), key
+    assert result["sim"]["front_door_p50_ms"] > result["sim"]["direct_p50_ms"] > 0
+    assert 0 < result["throughput_ratio"] <= 1.5

@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+from conftest import wait_until
+
 
 @pytest.fixture(scope="module")
 def api(module_service):
@@ -169,3 +171,33 @@ def test_openai_errors_come_in_openais_shape(api, body, status):
     assert r.status_code == status, r.get_json()
     error = r.get_json()["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["message"]
+
+
+@pytest.mark.slow
+def test_a_client_that_goes_away_cancels_its_job(main_process):
+    """Under `python main.py` (waitress): a stream closed mid-answer, and a whole-answer request
+    given up while its job waits, each cancel their job and free the slot."""
+    import requests
+
+    proc = main_process(("--backend", "sim"), SIM_TOKENS_PER_S=5, SIM_DEFAULT_TOKENS=100, SIM_NUM_PARALLEL=1)
+    url = proc.url
+
+    def jobs_tagged(tag):
+        listed = requests.get(url + "/api/jobs", timeout=5).json()["jobs"]
+        return [j for j in listed if j["metadata"].get("tag") == tag]
+
+    with requests.post(url + "/api/generate", json={"model": "qwen2.5:0.5b", "prompt": "long"}, stream=True,
+                       timeout=30) as r:
+        job_id = r.headers["X-Job-Id"]
+        next(r.iter_lines())                      # the answer has started
+    wait_until(lambda: requests.get(f"{url}/api/job/{job_id}", timeout=5).json()["status"] == "cancelled",
+               timeout=5, message="the streamed job cancelled")
+
+    blocker = requests.post(url + "/api/submit", json={"model": "qwen2.5:0.5b", "prompt": "blocker"},
+                            timeout=5).json()["job_id"]
+    with pytest.raises(requests.ReadTimeout):
+        requests.post(url + "/api/generate", json={"model": "qwen2.5:0.5b", "prompt": "given up", "stream": False},
+                      headers={"X-Job-Metadata": json.dumps({"tag": "given-up"})}, timeout=1.5)
+    wait_until(lambda: [j["status"] for j in jobs_tagged("given-up")] == ["cancelled"], timeout=5,
+               message="the waiting job cancelled")
+    assert requests.get(f"{url}/api/job/{blocker}", timeout=5).json()["status"] == "running"

@@ -1,6 +1,7 @@
 """Several API workers: gunicorn serves the API from 4 processes while exactly one scheduler runs;
 a job submitted through any worker can be polled through any other; if the scheduler's worker
 dies, another takes over."""
+import json
 import os
 import signal
 import subprocess
@@ -16,11 +17,12 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def gunicorn(tmp_path):
+def gunicorn(tmp_path, request):
     port = free_port()
     env = {**os.environ, "HTTP_PORT": str(port), "DATA_DIR": str(tmp_path / "data"),
            "LOG_FILE": str(tmp_path / "mm.log"), "BACKEND": "sim", "STORE": "sqlite", "MONGODB_URI": "",
-           "GUNICORN_WORKERS": "4", "SIM_LOAD_GBPS": "50", "SIM_TOKENS_PER_S": "2000", "SIM_DEFAULT_TOKENS": "16"}
+           "GUNICORN_WORKERS": "4", "SIM_LOAD_GBPS": "50", "SIM_TOKENS_PER_S": "2000", "SIM_DEFAULT_TOKENS": "16",
+           **getattr(request, "param", {})}
     proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT,
                             env=env, stdout=open(tmp_path / "gunicorn.log", "wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -88,3 +90,26 @@ def test_another_worker_takes_over_when_the_schedulers_worker_dies(gunicorn):
     new_leader = requests.get(url + "/api/stats", timeout=5).json()["scheduler"]["leader"]
     assert new_leader != leader
     wait_until(lambda: len(simulators(proc.pid)) == 1, timeout=10, message="the old simulator to exit")
+
+
+@pytest.mark.parametrize("gunicorn", [{"SIM_TOKENS_PER_S": "40", "SIM_DEFAULT_TOKENS": "40", "SIM_NUM_PARALLEL": "4"}],
+                         indirect=True)
+def test_streams_reach_clients_on_any_worker_as_they_are_produced(gunicorn):
+    """A streamed Ollama request held by a worker that does not schedule gets its pieces relayed
+    through the store while the job runs, and they add up to the whole answer."""
+    url, proc, tmp_path = gunicorn
+    leader_pid = requests.get(url + "/api/stats", timeout=5).json()["scheduler"]["leader"].split(":")[1]
+    relayed = []
+    for i in range(8):                  # 1 s each, in pieces every 0.25 s
+        with requests.post(url + "/api/generate", json={"model": "qwen2.5:0.5b", "prompt": f"relay {i}"},
+                           stream=True, timeout=60) as r:
+            assert r.status_code == 200
+            chunks = [json.loads(line) for line in r.iter_lines() if line]
+            pid, job_id = r.headers["X-Model-Manager-Pid"], r.headers["X-Job-Id"]
+        assert chunks[-1]["done"] and sum(c["done"] for c in chunks) == 1
+        job = requests.get(f"{url}/api/job/{job_id}", timeout=5).json()
+        assert "".join(c["response"] for c in chunks) == job["result"]["response"]
+        if pid != leader_pid:
+            relayed.append(len(chunks))
+    assert relayed, "every request happened to reach the scheduling worker"
+    assert max(relayed) >= 3, relayed          # pieces came while the job ran, not only at its end

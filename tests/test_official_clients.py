@@ -1,0 +1,100 @@
+"""The official `ollama` and `openai` Python clients, unchanged, against `python main.py` with
+AUTH_REQUIRED=true and keys made by `python main.py keys create`: on the embedded runtime (real
+inference) for generation, chat, models; on the GPU simulator for embeddings (none of the
+embedded runtime's models makes them)."""
+import subprocess
+import sys
+
+import ollama
+import openai
+import pytest
+import requests
+
+from conftest import ROOT, MainProcess, require_models
+
+pytestmark = [pytest.mark.embedded, pytest.mark.slow]
+MODEL = "smollm2:135m"
+
+
+def create_key(directory, tenant, *extra) -> str:
+    out = subprocess.run([sys.executable, "main.py", "keys", "create", "--tenant", tenant, *extra], cwd=ROOT,
+                         env=MainProcess(directory, [], {}).env, capture_output=True, text=True, check=True).stdout
+    return out.strip().splitlines()[-1]
+
+
+def start(directory, args, **env) -> MainProcess:
+    directory.mkdir(parents=True, exist_ok=True)
+    return MainProcess(directory, args, {"AUTH_REQUIRED": "true", **{k: str(v) for k, v in env.items()}}).start()
+
+
+@pytest.fixture(scope="module")
+def manager(tmp_path_factory, model_cache):
+    require_models(MODEL)
+    directory = tmp_path_factory.mktemp("clients")
+    keys = {"alice": create_key(directory, "alice"), "bob": create_key(directory, "bob")}
+    proc = start(directory, ["--backend", "embedded"], EMBEDDED_MODEL_CACHE=model_cache)
+    yield proc, keys
+    proc.stop()
+
+
+def test_ollama_client_generates_chats_and_lists(manager):
+    proc, keys = manager
+    client = ollama.Client(host=proc.url, headers={"Authorization": f"Bearer {keys['alice']}"})
+    answer = client.generate(model=MODEL, prompt="The capital of France is", options={"num_predict": 8})
+    assert answer.done and answer.response.strip() and answer.eval_count > 0
+    assert answer.total_duration >= answer.eval_duration > 0
+    pieces = list(client.generate(model=MODEL, prompt="Count: one, two,", stream=True, options={"num_predict": 8}))
+    assert pieces[-1].done and sum(1 for p in pieces if p.response) >= 2
+    reply = client.chat(model=MODEL, messages=[{"role": "user", "content": "Say hi"}], options={"num_predict": 8})
+    assert reply.message.role == "assistant" and reply.message.content.strip()
+    streamed = list(client.chat(model=MODEL, messages=[{"role": "user", "content": "Say hi"}], stream=True,
+                                options={"num_predict": 8}))
+    assert streamed[-1].done and "".join(p.message.content for p in streamed).strip()
+    assert MODEL in [m.model for m in client.list().models]
+    assert MODEL in [m.model for m in client.ps().models]
+    assert client.show(MODEL).modelfile is not None or client.show(MODEL).details is not None
+
+
+def test_openai_client_chats_completes_and_lists(manager):
+    proc, keys = manager
+    client = openai.OpenAI(base_url=proc.url + "/v1", api_key=keys["alice"], max_retries=0)
+    chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hi"}], max_tokens=8)
+    assert chat.choices[0].message.content.strip() and chat.usage.completion_tokens > 0
+    stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hi"}],
+                                            max_tokens=8, stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip() and chunks[-1].usage.completion_tokens > 0
+    done = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=8)
+    assert done.choices[0].text.strip() and done.usage.total_tokens > done.usage.completion_tokens
+    assert MODEL in [m.id for m in client.models.list().data]
+
+
+def test_without_a_valid_key_the_clients_get_401_and_tenants_are_apart(manager):
+    proc, keys = manager
+    with pytest.raises(ollama.ResponseError) as refused:
+        ollama.Client(host=proc.url).list()
+    assert refused.value.status_code == 401
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=proc.url + "/v1", api_key="mm-wrong-key", max_retries=0).models.list()
+    r = requests.post(proc.url + "/api/generate", json={"model": MODEL, "prompt": "hi", "stream": False,
+                                                        "options": {"num_predict": 4}},
+                      headers={"Authorization": f"Bearer {keys['alice']}"}, timeout=60)
+    job_id = r.headers["X-Job-Id"]
+    mine = requests.get(f"{proc.url}/api/job/{job_id}", headers={"X-API-Key": keys["alice"]}, timeout=5)
+    theirs = requests.get(f"{proc.url}/api/job/{job_id}", headers={"X-API-Key": keys["bob"]}, timeout=5)
+    assert mine.status_code == 200 and theirs.status_code == 404
+
+
+def test_clients_embed_through_the_manager(tmp_path):
+    key = create_key(tmp_path, "alice")
+    proc = start(tmp_path, ["--backend", "sim"])
+    try:
+        client = ollama.Client(host=proc.url, headers={"Authorization": f"Bearer {key}"})
+        assert len(client.embed(model="all-minilm", input=["a", "b"]).embeddings) == 2
+        assert client.embeddings(model="all-minilm", prompt="a").embedding
+        vectors = openai.OpenAI(base_url=proc.url + "/v1", api_key=key).embeddings.create(
+            model="all-minilm", input=["a", "b"])
+        assert len(vectors.data) == 2 and len(vectors.data[0].embedding) > 8
+    finally:
+        proc.stop()
