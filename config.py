@@ -202,6 +202,10 @@ class Config(BaseSettings):
     SIM_DEFAULT_TOKENS: int = Field(
         64, gt=0, description="Simulator: tokens generated when a request does not set options.num_predict.")
     SIM_PORT: int = Field(0, ge=0, le=65535, description="Simulator: port when main.py starts it (0 = any free port).")
+    SIM_ENERGY_COUNTER: bool = Field(
+        True, description="The simulated GPU has an energy counter (as NVIDIA GPUs from Volta on), read when each job "
+        "starts and ends to divide energy among jobs; off, jobs get no energy figure. Reading it is an HTTP request to "
+        "the simulator where NVML's is a library call, so `bench/overhead.py` turns it off.")
     SIM_NUM_PARALLEL: int = Field(
         1, ge=1, description="Simulator: slots per model, like Ollama's OLLAMA_NUM_PARALLEL; further requests wait "
         "inside the simulator first come, first served.")

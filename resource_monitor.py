@@ -7,6 +7,7 @@ has loaded (`/api/ps`), and the host's CPU and RAM (psutil).
 from __future__ import annotations
 
 import time
+
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -107,26 +108,19 @@ class FixedMemory:
 
 class SimulatorMemory:
     """The GPU simulator's virtual GPU, read from its `/api/sim/stats` (its simulated energy
-    counter too). The energy counter is an HTTP request here, where NVML's is a library call: it
-    is read at most every ENERGY_READ_S, so that the simulator does not add two requests to every
-    job (jobs shorter than that share the simulated energy less exactly)."""
+    counter too)."""
     counts_vram = True
     name = "sim"
-    ENERGY_READ_S = 0.05
 
-    def __init__(self, client: OllamaClient):
+    def __init__(self, client: OllamaClient, energy_counter: bool = True):
         self.client = client
-        self.energy_source = self
-        self._energy: tuple[float, float | None] | None = None
+        # the counter is read when each job starts and ends (an HTTP request here): off, no job
+        # gets an energy figure, as on a GPU without the counter
+        self.energy_source = self if energy_counter else None
 
     def energy_total_j(self) -> float | None:
-        now = time.monotonic()
-        cached = self._energy
-        if cached is not None and now - cached[0] < self.ENERGY_READ_S:
-            return cached[1]
         value = self.client.get_json("/api/sim/stats", timeout=2.0).get("energy_j")
-        self._energy = (now, float(value) if value is not None else None)
-        return self._energy[1]
+        return float(value) if value is not None else None
 
     def read(self, loaded_bytes: int) -> tuple[int, int, tuple[GpuReading, ...]]:
         stats = self.client.get_json("/api/sim/stats")

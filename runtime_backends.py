@@ -85,7 +85,8 @@ def open_runtime(config: Config) -> Runtime:
             config.DATA_DIR / "logs" / "simulator.log", fixed_port=config.SIM_PORT)
         url = process.start()
         client = OllamaClient(url, config.RUNTIME_CONNECT_TIMEOUT_S, pool)
-        return Runtime("sim", url, client, SimulatorMemory(client), process, num_parallel=config.SIM_NUM_PARALLEL)
+        return Runtime("sim", url, client, SimulatorMemory(client, config.SIM_ENERGY_COUNTER), process,
+                       num_parallel=config.SIM_NUM_PARALLEL)
     if kind == "embedded":
         from embedded_runtime.catalog import CATALOG
         from embedded_runtime.launch import start_embedded

@@ -153,11 +153,13 @@ class Service:
 
     def follow(self, job_id: str, relay: bool, gone: Callable[[], bool]):
         """The pieces of `job_id`'s answer as they come, then its end (answer_stream.follow)."""
-        inbox = self.answers.subscribe(job_id)
+        # The hub hears of jobs that run here; elsewhere the store is read (pieces and status).
+        inbox = self.answers.subscribe(job_id) if self.leading else None
         try:
             yield from follow(job_id, inbox, self.get, self.api_store.read_pieces if relay else None, gone)
         finally:
-            self.answers.unsubscribe(job_id, inbox)
+            if inbox is not None:
+                self.answers.unsubscribe(job_id, inbox)
 
     def cached(self, key: str) -> dict[str, Any] | None:
         """The result cache's answer under `key`; counts the hit or miss."""

@@ -140,3 +140,24 @@ def test_result_cache_answers_identical_deterministic_requests_of_the_same_tenan
     assert job["metrics"]["cached"] is True
     cache = client.get("/api/stats", headers=auth(alice)).get_json()["cache"]
     assert cache == {"hits": 2, "misses": 2}
+
+
+@pytest.mark.parametrize("host, auth_required, allow_open, refused", [
+    ("127.0.0.1", False, False, False), ("localhost", False, False, False), ("::1", False, False, False),
+    ("0.0.0.0", False, False, True), ("10.1.2.3", False, False, True),
+    ("0.0.0.0", True, False, False), ("0.0.0.0", False, True, False),
+])
+def test_an_open_port_without_keys_is_refused_unless_meant(tmp_path, host, auth_required, allow_open, refused):
+    cfg = make_config(tmp_path, HTTP_HOST=host, AUTH_REQUIRED=auth_required, ALLOW_OPEN=allow_open)
+    assert (cfg.exposure_error() is not None) == refused
+
+
+def test_main_refuses_to_listen_open(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    out = subprocess.run([sys.executable, "main.py", "--host", "0.0.0.0", "--backend", "sim"], cwd=ROOT,
+                         env={"PATH": "/usr/bin:/bin", "DATA_DIR": str(tmp_path), "LOG_FILE": str(tmp_path / "l.log")},
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "AUTH_REQUIRED" in out.stdout
