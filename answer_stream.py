@@ -94,25 +94,29 @@ class PieceWriter:
         self.clock = clock
         self._batch: list[dict[str, Any]] = []
         self._seq = 0
+        self._count = 0             # pieces relayed so far: each carries its index ("i")
         self._flushed_at = 0.0
 
     def add(self, piece: dict[str, Any]) -> None:
         self.hub.publish(self.job_id, self.run_id, piece)
         if not self.relay:
             return
-        self._batch.append(piece)
+        self._batch.append({**piece, "i": self._count})
+        self._count += 1
         if time.monotonic() - self._flushed_at >= RELAY_FLUSH_S:
             self.flush()
 
     def flush(self) -> None:
         if not self._batch:
             return
+        # A new batch number for every attempt: a write that failed may still have landed, and
+        # its pieces sent again are told apart by their index, not lost under an old number.
+        seq, self._seq = self._seq, self._seq + 1
         try:
-            self.store.append_pieces(self.job_id, self.run_id, self._seq, self._batch, self.clock())
+            self.store.append_pieces(self.job_id, self.run_id, seq, self._batch, self.clock())
         except Exception as exc:        # the answer still reaches the client whole, from the result
             log.debug("relaying pieces of job %s failed (%s); kept for the next batch", self.job_id, exc)
             return
-        self._seq += 1
         self._batch = []
         self._flushed_at = time.monotonic()
 
@@ -124,6 +128,7 @@ def follow(job_id: str, inbox: queue.SimpleQueue | None, get_job: Callable[[str]
     the store when `read_pieces` is given), then its End; or Gone when the client left first.
     Without either source it only waits for the End."""
     read = 0
+    relayed: dict[str, int] = {}      # per run: the index of the next relayed piece
     delay = POLL_MIN_S
     status_at = time.monotonic()
     while True:
@@ -134,7 +139,11 @@ def follow(job_id: str, inbox: queue.SimpleQueue | None, get_job: Callable[[str]
                 read += 1
                 fresh = True
                 for piece in batch:
-                    yield Piece(run_id, piece)
+                    index = piece.get("i", relayed.get(run_id, 0))
+                    if index < relayed.get(run_id, 0):
+                        continue            # sent again after a write that seemed to fail
+                    relayed[run_id] = index + 1
+                    yield Piece(run_id, {k: v for k, v in piece.items() if k != "i"})
             check = True
         if inbox is not None:
             try:

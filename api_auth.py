@@ -1,9 +1,9 @@
 """Who is calling: the API key of a request (`Authorization: Bearer KEY`, what the Ollama and
 OpenAI clients send, or `X-API-Key`), looked up by its hash and kept for KEY_CACHE_S.
 
-With AUTH_REQUIRED every route but the probes needs a valid key (401 otherwise). A key sent when
-it is off still counts: it names the tenant and its limits. A key that is unknown or revoked is
-refused either way: a client that means to be someone must not silently become nobody.
+With AUTH_REQUIRED every route but the probes needs a valid key (401 otherwise). A valid key sent
+when it is off still counts: it names the tenant and its limits; one that is not valid then is
+ignored (clients send placeholder keys), and a request without a key sees everything.
 """
 from __future__ import annotations
 
@@ -66,7 +66,9 @@ def install(app: Flask, service: Service) -> None:
             return
         found = keys.lookup(key)
         if found is None:
-            if request.path in OPEN_PATHS:
+            # Without AUTH_REQUIRED a key that is not ours is no one's: the OpenAI client always
+            # sends one ("ollama", say), and OLLAMA_API_KEY may be set for another server.
+            if not required or request.path in OPEN_PATHS:
                 g.caller = ANONYMOUS
                 return
             raise _unauthorized("the API key is not valid (unknown or revoked)")

@@ -79,6 +79,7 @@ class Admitted:
     kind: JobKind
     answered: bool
     waiter: Any = None
+    inbox: Any = None
 
     @property
     def job_id(self) -> str:
@@ -115,12 +116,15 @@ def admit(kind: JobKind, model: str, fields: dict[str, Any], options: dict[str, 
     if waiter is None:
         raise ApiError(503, f"server busy: {cfg.MAX_WAITERS} requests already wait for answers in this process "
                        "(MAX_WAITERS); try again", max_waiters=cfg.MAX_WAITERS)
+    inbox = service().listen(job["job_id"], relay=job.get("stream") == "relay")
     try:
         queue_job(job)
     except BaseException:
         service().completions.unregister(job["job_id"], waiter)
+        if inbox is not None:
+            service().answers.unsubscribe(job["job_id"], inbox)
         raise
-    return Admitted(job, kind, answered=False, waiter=waiter)
+    return Admitted(job, kind, answered=False, waiter=waiter, inbox=inbox)
 
 
 def answer_events(admitted: Admitted, streamed: bool) -> Iterator[tuple[str, Any]]:
@@ -135,7 +139,7 @@ def answer_events(admitted: Admitted, streamed: bool) -> Iterator[tuple[str, Any
     delivery = Delivery()
     finished = False
     try:
-        for event in service().follow(admitted.job_id, relay=job.get("stream") == "relay", gone=gone):
+        for event in service().follow(admitted.job_id, admitted.inbox, relay=job.get("stream") == "relay", gone=gone):
             if isinstance(event, Piece):
                 if streamed:
                     piece = delivery.accept(event.run_id, event.piece)
@@ -152,6 +156,12 @@ def answer_events(admitted: Admitted, streamed: bool) -> Iterator[tuple[str, Any
                                    f"the one streamed; poll /api/job/{admitted.job_id} for the whole answer")
                 yield "end", (done, rest)
                 return
+    except ApiError:
+        raise
+    except Exception as exc:            # the store, most likely: our failure, not the client's leaving
+        finished = True
+        raise ApiError(503, f"the answer could not be followed ({exc}); the job goes on: poll "
+                       f"/api/job/{admitted.job_id}") from None
     finally:
         admitted.release()
         if not finished:
@@ -159,7 +169,8 @@ def answer_events(admitted: Admitted, streamed: bool) -> Iterator[tuple[str, Any
 
 
 def _gone_probe():
-    """`client_gone` bound to this request (a streamed body runs outside the request context)."""
+    """Whether this request's client went away, checked at most every 0.1 s (a streamed body runs
+    outside the request context, so the environ is kept)."""
     environ = request.environ
     checked = [0.0, False]
 
@@ -180,10 +191,16 @@ def _gone_in(environ: dict[str, Any]) -> bool:
     sock = environ.get("gunicorn.socket")
     if isinstance(sock, socket.socket):
         try:
-            readable, _, _ = select.select([sock], [], [], 0)
-            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
-        except (OSError, ValueError):
-            return True
+            poller = select.poll()          # not select(): descriptors past 1024 are common in gthread
+            poller.register(sock, select.POLLIN | select.POLLHUP)
+            events = poller.poll(0)
+            if not events:
+                return False
+            if events[0][1] & select.POLLHUP:
+                return True
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except (OSError, ValueError):      # cannot tell: the client is taken to be there
+            return False
     return False
 
 
@@ -195,11 +212,14 @@ def _cancel_left(job_id: str) -> None:
 
 
 def _finished_job(job: JobDoc | None, job_id: str) -> JobDoc:
-    if job is None:
-        raise ApiError(500, f"job {job_id} is gone")
-    if job["status"] == JobStatus.COMPLETE.value:
+    if job is not None and job["status"] == JobStatus.COMPLETE.value:
         return job
-    if job["status"] == JobStatus.CANCELLED.value:
-        raise ApiError(500, f"job {job_id} was cancelled: {job.get('error') or ''}".rstrip(": "))
-    raise ApiError(500, job.get("error") or f"job {job_id} failed")
+    if job is None:
+        err = ApiError(500, f"job {job_id} is gone")
+    elif job["status"] == JobStatus.CANCELLED.value:
+        err = ApiError(500, f"job {job_id} was cancelled: {job.get('error') or ''}".rstrip(": "))
+    else:
+        err = ApiError(500, job.get("error") or f"job {job_id} failed")
+    err.headers["x-should-retry"] = "false"     # the OpenAI client retries a 500: the job ran already
+    raise err
 

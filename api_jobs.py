@@ -60,6 +60,9 @@ def submit():
     try:
         position = queue_job(job, key)
     except IdempotentReplay as replay:
+        earlier = service().get(replay.job_id)
+        if earlier is not None and not visible(earlier.get("tenant")):
+            raise ApiError(422, f"{IDEMPOTENCY_HEADER} was used before", field=IDEMPOTENCY_HEADER) from None
         return _answer(replay.job_id, wait, position=None, replay=True)
     except IdempotencyConflict as exc:
         raise ApiError(422, f"{IDEMPOTENCY_HEADER} {exc}", field=IDEMPOTENCY_HEADER, job_id=exc.job_id) from None
@@ -75,7 +78,8 @@ def _idempotency(req: SubmitRequest, now: float) -> Idempotency | None:
         raise ApiError(400, f"{IDEMPOTENCY_HEADER} must be 1 to {MAX_IDEMPOTENCY_KEY} characters",
                        field=IDEMPOTENCY_HEADER)
     fingerprint = hashlib.sha256(json.dumps(req.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
-    return Idempotency(key, fingerprint, now + config().IDEMPOTENCY_TTL_S)
+    # each tenant has its own keys: one tenant can neither read nor block another's
+    return Idempotency(f"{caller().tenant}\n{key}", fingerprint, now + config().IDEMPOTENCY_TTL_S)
 
 
 def _answer(job_id: str, wait: float, position: int | None, replay: bool):

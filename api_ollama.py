@@ -20,8 +20,10 @@ from api_submission import check_model
 from api_system import views
 from front_door import ollama_shapes as shapes
 from jobs import JobKind
+from log_setup import get_logger
 
 ollama_bp = Blueprint("ollama", __name__)
+log = get_logger("API")
 PASS_THROUGH_TIMEOUT_S = 10.0
 
 
@@ -84,6 +86,9 @@ def _complete(kind: JobKind, req: shapes.GenerateRequest | shapes.ChatRequest) -
                     yield json.dumps(shapes.final(kind, job, rest)) + "\n"
         except ApiError as exc:         # the status went out with the first line: the error goes in the stream
             yield json.dumps({"error": exc.payload["error"]}) + "\n"
+        except Exception:
+            log.exception("streaming job %s failed", admitted.job_id)
+            yield json.dumps({"error": "internal error; see the service log"}) + "\n"
     return _with_id(Response(stream_with_context(lines()), mimetype="application/x-ndjson"), admitted)
 
 

@@ -17,8 +17,10 @@ from api_front import JOB_ID_HEADER, admit, answer_events, parse
 from api_system import views
 from front_door import openai_shapes as shapes
 from jobs import JobKind
+from log_setup import get_logger
 
 openai_bp = Blueprint("openai", __name__)
+log = get_logger("API")
 
 
 @openai_bp.post("/v1/chat/completions")
@@ -26,8 +28,9 @@ def chat_completions():
     req = parse(shapes.ChatCompletionRequest)
     try:
         fields = req.job_fields()
-    except ValueError as exc:
-        raise ApiError(400, str(exc), field="messages") from None
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ApiError(400, f"messages: {exc}" if not isinstance(exc, ValueError) else str(exc),
+                       field="messages") from None
     return _complete(JobKind.CHAT, req, fields, f"chatcmpl-{uuid.uuid4().hex[:24]}")
 
 
@@ -82,6 +85,9 @@ def _complete(kind: JobKind, req: Any, fields: dict[str, Any], answer_id: str) -
                                                       job))
         except ApiError as exc:
             yield _sse(shapes.error_body(exc.http_status, exc.payload["error"]))
+        except Exception:
+            log.exception("streaming job %s failed", admitted.job_id)
+            yield _sse(shapes.error_body(500, "internal error; see the service log"))
         yield "data: [DONE]\n\n"
     response = Response(stream_with_context(events()), mimetype="text/event-stream")
     response.headers[JOB_ID_HEADER] = admitted.job_id

@@ -18,6 +18,9 @@ worker_class = "gthread"
 # Each waiting request (a long poll, an Ollama or OpenAI request) holds a thread: MAX_WAITERS
 # of them at most, below this.
 threads = int(os.environ.get("GUNICORN_THREADS", str(_config.HTTP_THREADS)))
+if threads <= _config.MAX_WAITERS:
+    sys.exit(f"GUNICORN_THREADS={threads} must be above MAX_WAITERS={_config.MAX_WAITERS}, or waiting requests "
+             "could take every thread and /api/health would stop answering")
 timeout = 120
 graceful_timeout = 30
 

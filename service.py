@@ -151,10 +151,14 @@ class Service:
         process schedules (the hub has them at once), else "relay" (through the store)."""
         return "local" if self.leading else "relay"
 
-    def follow(self, job_id: str, relay: bool, gone: Callable[[], bool]):
-        """The pieces of `job_id`'s answer as they come, then its end (answer_stream.follow)."""
-        # The hub hears of jobs that run here; elsewhere the store is read (pieces and status).
-        inbox = self.answers.subscribe(job_id) if self.leading else None
+    def listen(self, job_id: str, relay: bool):
+        """Where the pieces of a job about to be queued will come from: the hub when the job
+        runs here (subscribed before it is queued, so no piece is missed), else None (the store)."""
+        return self.answers.subscribe(job_id) if self.leading and not relay else None
+
+    def follow(self, job_id: str, inbox, relay: bool, gone: Callable[[], bool]):
+        """The pieces of `job_id`'s answer as they come, then its end (answer_stream.follow):
+        from `inbox` (see `listen`), or the store for a relayed stream, never both."""
         try:
             yield from follow(job_id, inbox, self.get, self.api_store.read_pieces if relay else None, gone)
         finally:

@@ -41,8 +41,10 @@ class Delivery:
         piece: dict[str, Any] = {"text": text[len(self.text):]}
         if len(thinking) > len(self.thinking):
             piece["thinking"] = thinking[len(self.thinking):]
-        if calls and not self.tool_calls:
-            piece["tool_calls"] = calls
+        if calls[:len(self.tool_calls)] != self.tool_calls:
+            return None
+        if len(calls) > len(self.tool_calls):
+            piece["tool_calls"] = calls[len(self.tool_calls):]
         return piece
 
 

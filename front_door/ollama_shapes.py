@@ -77,7 +77,9 @@ class ChatRequest(_Request):
         for i, message in enumerate(messages):
             if message.get("role") not in ("system", "user", "assistant", "tool"):
                 raise ValueError(f"messages[{i}].role must be system, user, assistant or tool")
-            if not isinstance(message.get("content", ""), str):
+            if message.get("content") is None:
+                message["content"] = ""
+            if not isinstance(message["content"], str):
                 raise ValueError(f"messages[{i}].content must be a string")
         return messages
 

@@ -184,8 +184,9 @@ class MongoStore(MongoAdmission, MongoRecords, MongoAccess, MongoAnswers, JobSto
             waiting + [{"$group": {"_id": "$priority", "n": {"$sum": 1}}}])}
         by_model = {d["_id"]: d["n"] for d in self.jobs.aggregate(
             waiting + [{"$group": {"_id": "$model", "n": {"$sum": 1}}}])}
-        by_tenant = {d["_id"] or "": d["n"] for d in self.jobs.aggregate(
-            waiting + [{"$group": {"_id": "$tenant", "n": {"$sum": 1}}}])}
+        by_tenant: dict[str, int] = {}
+        for d in self.jobs.aggregate(waiting + [{"$group": {"_id": "$tenant", "n": {"$sum": 1}}}]):
+            by_tenant[d["_id"] or ""] = by_tenant.get(d["_id"] or "", 0) + d["n"]
         return QueueCounts(by_status, by_priority, by_model, by_tenant)
 
     def statuses(self, job_ids: Iterable[str]) -> dict[str, str]:

@@ -201,3 +201,36 @@ def test_a_client_that_goes_away_cancels_its_job(main_process):
     wait_until(lambda: [j["status"] for j in jobs_tagged("given-up")] == ["cancelled"], timeout=5,
                message="the waiting job cancelled")
     assert requests.get(f"{url}/api/job/{blocker}", timeout=5).json()["status"] == "running"
+
+
+def test_relayed_pieces_sent_twice_after_a_failed_write_are_delivered_once():
+    from answer_stream import End, Piece, follow
+    batches = [("r1", [{"text": "a", "i": 0}, {"text": "b", "i": 1}]),
+               ("r1", [{"text": "a", "i": 0}, {"text": "b", "i": 1}, {"text": "c", "i": 2}])]
+    done = {"job_id": "j", "status": "complete"}
+    events = list(follow("j", None, lambda _: done, lambda _, skip: batches[skip:], lambda: False))
+    assert [e.piece["text"] for e in events if isinstance(e, Piece)] == ["a", "b", "c"]
+    assert isinstance(events[-1], End) and "i" not in events[0].piece
+
+
+def test_the_end_of_a_stream_sends_exactly_what_it_missed():
+    from front_door.delivery import Delivery
+    from jobs import JobKind
+    delivery = Delivery()
+    call = {"function": {"name": "f", "arguments": {}}}
+    delivery.accept("r1", {"text": "Hel", "tool_calls": [call]})
+    assert delivery.accept("r2", {"text": "other run"}) is None
+    result = {"message": {"content": "Hello", "tool_calls": [call, call]}}
+    assert delivery.rest(JobKind.CHAT, result) == {"text": "lo", "tool_calls": [call]}
+    assert delivery.rest(JobKind.CHAT, {"message": {"content": "Goodbye"}}) is None
+
+
+def test_odd_but_valid_messages_and_malformed_ones(api):
+    _, client = api
+    r = post(client, "/api/chat", {"model": "qwen2.5:0.5b", "stream": False, "messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": None}, {"role": "user", "content": "go"}]})
+    assert r.status_code == 200, r.get_json()
+    for bad in ("x", [None], [{"function": 5}]):
+        r = post(client, "/v1/chat/completions", {"model": "qwen2.5:0.5b", "messages": [
+            {"role": "assistant", "content": "", "tool_calls": bad}]})
+        assert r.status_code == 400, (bad, r.get_json())

@@ -29,10 +29,10 @@ def auth(key):
     return {"Authorization": f"Bearer {key}"}
 
 
-def submit(client, key, body=None, **kw):
+def submit(client, key, body=None, headers=None, **kw):
     body = body or {"model": "qwen2.5:0.5b", "prompt": "hi"}
     return client.post("/api/submit", data=json.dumps(body), content_type="application/json",
-                       headers=auth(key), **kw)
+                       headers={**auth(key), **(headers or {})}, **kw)
 
 
 @pytest.fixture
@@ -161,3 +161,26 @@ def test_main_refuses_to_listen_open(tmp_path):
                          env={"PATH": "/usr/bin:/bin", "DATA_DIR": str(tmp_path), "LOG_FILE": str(tmp_path / "l.log")},
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "AUTH_REQUIRED" in out.stdout
+
+
+def test_idempotency_keys_are_per_tenant(idle):
+    service, client = idle
+    alice, bob = make_key(service, "alice"), make_key(service, "bob")
+    body = {"model": "qwen2.5:0.5b", "prompt": "same"}
+    first = submit(client, alice, body, headers={"Idempotency-Key": "k-1"})
+    r = client.post("/api/submit", data=json.dumps(body), content_type="application/json",
+                    headers={**auth(bob), "Idempotency-Key": "k-1"})
+    assert r.status_code == 202 and r.get_json()["job_id"] != first.get_json()["job_id"]
+    again = client.post("/api/submit", data=json.dumps(body), content_type="application/json",
+                        headers={**auth(alice), "Idempotency-Key": "k-1"})
+    assert again.get_json()["job_id"] == first.get_json()["job_id"] and again.get_json()["idempotent_replay"]
+
+
+def test_without_auth_required_a_placeholder_key_is_no_one(tmp_path):
+    cfg = make_config(tmp_path, AUTH_REQUIRED=False)
+    service = Service(cfg)
+    try:
+        client = create_app(cfg, service).test_client()
+        assert client.get("/api/jobs", headers=auth("ollama")).status_code == 200   # what OpenAI clients send
+    finally:
+        service.raw_store.close()
