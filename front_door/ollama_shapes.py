@@ -14,6 +14,14 @@ from ollama_protocol import rfc3339
 MAX_MODEL_NAME = 200
 
 
+def model_name(value: str) -> str:
+    """A requested model's name, trimmed; ValueError when it cannot be one."""
+    value = value.strip()
+    if not value or any(c.isspace() for c in value):
+        raise ValueError("must be a model name such as 'qwen2.5:0.5b'")
+    return value
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str = Field(min_length=1, max_length=MAX_MODEL_NAME)
@@ -24,10 +32,7 @@ class _Request(BaseModel):
     @field_validator("model")
     @classmethod
     def _model(cls, value: str) -> str:
-        value = value.strip()
-        if not value or any(c.isspace() for c in value):
-            raise ValueError("must be a model name such as 'qwen2.5:0.5b'")
-        return value
+        return model_name(value)
 
     @field_validator("options", mode="before")
     @classmethod

@@ -13,9 +13,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from front_door.delivery import answer_parts
+from front_door.ollama_shapes import MAX_MODEL_NAME, model_name
 from jobs import JobDoc, JobKind
 
-MAX_MODEL_NAME = 200
 
 
 class _Request(BaseModel):
@@ -26,10 +26,7 @@ class _Request(BaseModel):
     @field_validator("model")
     @classmethod
     def _model(cls, value: str) -> str:
-        value = value.strip()
-        if not value or any(c.isspace() for c in value):
-            raise ValueError("must be a model name such as 'qwen2.5:0.5b'")
-        return value
+        return model_name(value)
 
 
 class StreamOptions(BaseModel):
