@@ -27,12 +27,19 @@ The policy, in the order it is applied:
 * Room is only made when it suffices; memory that a more urgent model is waiting for is not
   given to a less urgent one. Memory being unloaded counts as used until the unload finishes,
   and a load is only planned into memory that is free now, so a plan never exceeds the budget.
+* A node with several GPUs is budgeted per GPU: a model goes where the runtime would put it
+  (`gpu_placement.place`), so memory free on two GPUs is not taken for one pool.
+* Pinned models are never pushed out. Models wanted without waiting work (pinned ones not yet
+  loaded, models predicted to be needed soon) are loaded last, into memory no waiting work
+  needs; a predicted one is the first to give way again.
 """
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+
+from gpu_placement import GpuSplit, place
 
 
 class Phase(str, Enum):
@@ -52,6 +59,7 @@ class ResidentModel:
     slots: int = 1               # requests the runtime serves at once for it
     loaded_at: float = 0.0       # when its load finished
     load_s: float = 0.0          # how long that load took
+    gpu_bytes: tuple[int, ...] = ()   # its bytes on each GPU of the node (empty: all on one pool)
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,27 @@ class Snapshot:
     limits: Limits = Limits()
     draining: frozenset[str] = frozenset()   # being emptied to make room (decided by an earlier plan)
     now: float = 0.0
+    gpu_budgets: tuple[int, ...] = ()     # budget_bytes per GPU, for a node with several (empty: one pool)
+    gpu_capacity: tuple[int, ...] = ()    # capacity_bytes per GPU
+    split: GpuSplit = GpuSplit.OLLAMA     # how the runtime places a model over the GPUs
+    pinned: frozenset[str] = frozenset()  # never pushed out
+    wanted: tuple[str, ...] = ()          # load into memory no waiting work needs, in this order
+
+    @property
+    def budgets(self) -> tuple[int, ...]:
+        return self.gpu_budgets or (self.budget_bytes,)
+
+    @property
+    def capacities(self) -> tuple[int, ...]:
+        return self.gpu_capacity or (self.capacity_bytes,)
+
+    def split_of(self, m: ResidentModel) -> tuple[int, ...]:
+        """`m`'s bytes on each GPU: as recorded, else where the runtime would put it on empty GPUs."""
+        n = len(self.budgets)
+        if len(m.gpu_bytes) == n:
+            return m.gpu_bytes
+        alone = (m.bytes,) + (0,) * (n - 1)
+        return (place(m.bytes, self.capacities, GpuSplit.SPREAD) or alone) if n > 1 else alone
 
 
 @dataclass
@@ -94,10 +123,53 @@ class Plan:
     never_fits: list[str] = field(default_factory=list)       # need > capacity: fail their jobs
     waiting_for_memory: list[str] = field(default_factory=list)
     draining: list[str] = field(default_factory=list)         # busy, to be unloaded once idle
+    placements: dict[str, tuple[int, ...]] = field(default_factory=dict)   # each load's bytes per GPU
 
     @property
     def empty(self) -> bool:
         return not (self.unloads or self.loads or self.dispatch or self.never_fits)
+
+
+class _Memory:
+    """Bytes per GPU not yet promised: `free` now, and `incoming` from unloads on their way."""
+
+    def __init__(self, snapshot: Snapshot):
+        self.split = snapshot.split
+        self.free = list(snapshot.budgets)
+        self.incoming = [0] * len(self.free)
+        for m in snapshot.resident:
+            self.take(snapshot.split_of(m))
+            if m.phase is Phase.UNLOADING:
+                self.give_back(snapshot.split_of(m))
+
+    def take(self, alloc: tuple[int, ...]) -> None:
+        for i, b in enumerate(alloc):
+            self.free[i] -= b
+
+    def give_back(self, alloc: tuple[int, ...]) -> None:
+        for i, b in enumerate(alloc):
+            self.incoming[i] += b
+
+    def place_now(self, need: int) -> tuple[int, ...] | None:
+        return place(need, self.free, self.split)
+
+    def fits_later(self, need: int, extra: list[int]) -> bool:
+        """Would `need` fit once the unloads in flight and `extra` (more victims) are done?"""
+        room = [max(f, 0) + c + e for f, c, e in zip(self.free, self.incoming, extra)]
+        return place(need, room, self.split) is not None
+
+    def promise(self, need: int) -> None:
+        """Set `need` aside from free memory, then from incoming, where it would go (or, if it
+        cannot fit yet, as much of it as there is) so that no less urgent model takes it."""
+        room = [max(f, 0) + c for f, c in zip(self.free, self.incoming)]
+        alloc = place(need, room, self.split)
+        if alloc is None:
+            total = sum(room)
+            alloc = tuple(room) if total <= need else tuple(r * need // total for r in room)
+        for i, b in enumerate(alloc):
+            from_free = min(max(self.free[i], 0), b)
+            self.free[i] -= from_free
+            self.incoming[i] -= min(self.incoming[i], b - from_free)
 
 
 def plan(snapshot: Snapshot) -> Plan:
@@ -105,23 +177,22 @@ def plan(snapshot: Snapshot) -> Plan:
     result = Plan()
     resident = {m.name: m for m in snapshot.resident}
     demand = {d.model: d for d in snapshot.demand}
-    # Memory not yet promised: free now, and on its way back from unloads in flight.
-    free_now = snapshot.budget_bytes - sum(m.bytes for m in snapshot.resident)
-    incoming = sum(m.bytes for m in snapshot.resident if m.phase is Phase.UNLOADING)
+    memory = _Memory(snapshot)
     free_overall = limits.max_running - sum(m.running for m in snapshot.resident)
     loaded_count = sum(1 for m in snapshot.resident if m.phase is not Phase.UNLOADING)
-    spare = sorted((m for m in snapshot.resident
-                    if m.phase is Phase.LOADED and m.running == 0 and m.name not in demand), key=_lru)
+    pinned = snapshot.pinned
+    spare = sorted((m for m in snapshot.resident if m.phase is Phase.LOADED and m.running == 0
+                    and m.name not in demand and m.name not in pinned), key=_lru)
     # Loaded models with waiting work, in the order they would give way: idle first, then LRU.
-    with_work = sorted((m for m in snapshot.resident if m.phase is Phase.LOADED and m.name in demand),
-                       key=lambda m: (m.running > 0, _lru(m)))
+    with_work = sorted((m for m in snapshot.resident if m.phase is Phase.LOADED and m.name in demand
+                        and m.name not in pinned), key=lambda m: (m.running > 0, _lru(m)))
     taken: set[str] = set()      # chosen in this pass to make room: unloading or draining
     dispatched: set[str] = set()
     # A model being drained stays so until it is idle, then goes: its memory is on its way back.
     for m in snapshot.resident:
-        if m.name in snapshot.draining and m.phase is Phase.LOADED:
+        if m.name in snapshot.draining and m.phase is Phase.LOADED and m.name not in pinned:
             taken.add(m.name)
-            incoming += m.bytes
+            memory.give_back(snapshot.split_of(m))
             if m.running == 0:
                 result.unloads.append(m.name)
                 loaded_count -= 1
@@ -130,15 +201,6 @@ def plan(snapshot: Snapshot) -> Plan:
     # One swap at a time: while a model is on its way out, no other is pushed out, so the rest
     # keep serving (and loads do not share the bandwidth with each other).
     swapping = bool(taken) or any(m.phase is Phase.UNLOADING for m in snapshot.resident)
-
-    def promise(amount: int) -> int:
-        """Promise `amount` from free memory, then from incoming; return what is still missing."""
-        nonlocal free_now, incoming
-        from_free = min(max(free_now, 0), amount)
-        free_now -= from_free
-        from_incoming = min(incoming, amount - from_free)
-        incoming -= from_incoming
-        return amount - from_free - from_incoming
 
     for d in sorted(snapshot.demand, key=lambda d: (-d.score, d.oldest_submitted, d.model)):
         current = resident.get(d.model)
@@ -155,46 +217,64 @@ def plan(snapshot: Snapshot) -> Plan:
             continue
 
         need = snapshot.need_bytes.get(d.model, 0)
-        if need > snapshot.capacity_bytes:
+        if place(need, snapshot.capacities, snapshot.split) is None:
             result.never_fits.append(d.model)
             continue
         under_cap = limits.max_loaded == 0 or loaded_count < limits.max_loaded
-        if need <= free_now and under_cap:
+        alloc = memory.place_now(need)
+        if alloc is not None and under_cap:
             result.loads.append(d.model)
-            free_now -= need
+            result.placements[d.model] = alloc
+            memory.take(alloc)
             loaded_count += 1
             continue
 
-        shortfall = need - max(free_now, 0) - incoming
+        extra = [0] * len(memory.free)
         over_cap = 0 if under_cap else loaded_count + 1 - limits.max_loaded
         victims: list[ResidentModel] = []
         settled = {m.name for m in with_work if snapshot.now - m.loaded_at < limits.min_residency_loads * m.load_s}
         candidates = _victim_candidates(d, spare, [] if swapping else with_work, demand,
                                         taken | dispatched | settled, limits)
+        enough = memory.fits_later(need, extra)
         for m in candidates:
-            if shortfall <= 0 and over_cap <= 0:
+            if enough and over_cap <= 0:
                 break
             victims.append(m)
-            shortfall -= m.bytes
+            for i, b in enumerate(snapshot.split_of(m)):
+                extra[i] += b
             over_cap -= 1
+            enough = memory.fits_later(need, extra)
         result.waiting_for_memory.append(d.model)
-        if shortfall > 0 or over_cap > 0:
+        if not enough or over_cap > 0:
             # It cannot be made to fit yet: more urgent or busy models hold the memory. Claim what
             # is free so that less urgent models do not take it meanwhile; unless it could not fit
             # even alone (other programs hold memory): then it must not block anyone.
-            if need <= snapshot.budget_bytes:
-                promise(need)
+            if place(need, snapshot.budgets, snapshot.split) is not None:
+                memory.promise(need)
             continue
         swapping = swapping or any(m.running or m.name in demand for m in victims)
         for m in victims:
             taken.add(m.name)
+            memory.give_back(snapshot.split_of(m))
             if m.running == 0:
                 result.unloads.append(m.name)
                 loaded_count -= 1
             else:
                 result.draining.append(m.name)
-        missing = promise(need)
-        incoming += max(sum(m.bytes for m in victims) - missing, 0)
+        memory.promise(need)
+
+    # Wanted without waiting work: only into memory that is free now and that nothing waiting needs.
+    for name in snapshot.wanted:
+        if name in resident or name in demand or name in result.placements:
+            continue
+        if limits.max_loaded and loaded_count >= limits.max_loaded:
+            break
+        alloc = memory.place_now(snapshot.need_bytes.get(name, 0))
+        if alloc is not None and name in snapshot.need_bytes:
+            result.loads.append(name)
+            result.placements[name] = alloc
+            memory.take(alloc)
+            loaded_count += 1
     return result
 
 
