@@ -18,6 +18,7 @@ from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 import api_auth
+from api_admin import admin_bp
 from api_common import MAX_WAIT_S, ApiError
 from api_jobs import jobs_bp
 from api_ollama import ollama_bp
@@ -49,6 +50,7 @@ def create_app(config: Config | None = None, service: Service | None = None) -> 
     api_auth.install(app, service)
     app.register_blueprint(jobs_bp)
     app.register_blueprint(system_bp)
+    app.register_blueprint(admin_bp)
     app.register_blueprint(ollama_bp)
     app.register_blueprint(openai_bp)
 

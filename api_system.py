@@ -92,6 +92,7 @@ def stats():
         "errors": view.get("errors") or {"oom": 0, "runtime": 0, "timeout": 0},
         "jobs": view.get("jobs") or {},
         "runtime": view.get("runtime") or {"kind": None, "url": None, "ok": False, "error": "no scheduler yet"},
+        "nodes": view.get("nodes") or [],
         "api": {"long_polls": service().completions.waiting, "max_waiters": service().config.MAX_WAITERS},
         "cache": {"hits": shared.get("cache_hits", 0), "misses": shared.get("cache_misses", 0)},
     }

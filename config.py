@@ -90,6 +90,29 @@ class Config(BaseSettings):
         "auto", description="Which runtime serves models: `auto` uses Ollama at OLLAMA_URL when it "
         "answers, else the embedded runtime; `ollama`, `embedded` or `sim` (the GPU simulator) force one.")
     OLLAMA_URL: str = Field("http://localhost:11434", description="Base URL of the Ollama server.")
+    OLLAMA_URLS: str = Field(
+        "", description="Several runtime nodes: a comma-separated list of Ollama base URLs, one per node (overrides "
+        "OLLAMA_URL). Nodes can also be added and removed at run time through `/api/admin/nodes`.")
+    GPU_SPLIT: Literal["ollama", "spread", "single"] = Field(
+        "ollama", description="How the runtime places a model on a node with several GPUs: `ollama` = on the GPU "
+        "with the most free memory if it needs at most 80% of it, else split over all (Ollama's rule); `spread` = "
+        "always split (set it when the runtime runs with OLLAMA_SCHED_SPREAD=1); `single` = never split.")
+    OLLAMA_SCHED_SPREAD: bool = Field(
+        False, description="The runtime's own setting, mirrored: true = it always splits models over all GPUs "
+        "(same as GPU_SPLIT=spread).")
+    PINNED_MODELS: str = Field(
+        "", description="Comma-separated models kept loaded: loaded when memory is free, never pushed out, sent "
+        "keep_alive -1 so the runtime keeps them too.")
+    PRELOAD_WINDOW_S: float = Field(
+        0.0, ge=0, description="Preloading: models with jobs arriving in this many seconds are loaded into memory "
+        "no waiting work needs, before their next job (0 = off). See docs/BENCHMARKS.md for what it saves and costs.")
+    PRELOAD_LIMIT: int = Field(2, ge=0, description="Preloading: at most this many predicted models are wanted at once.")
+    REPLICA_AFTER: int = Field(
+        8, ge=1, description="Several nodes: a model whose waiting jobs exceed its nodes' free slots by this many gets "
+        "a second copy on another node that has memory free for it.")
+    NODE_DOWN_AFTER_S: float = Field(
+        10.0, gt=0, description="A node whose runtime has not answered for this long is down: its running requests "
+        "are stopped and their jobs re-queued to run elsewhere (a node that refuses connections loses them at once).")
     MODEL_KEEP_ALIVE: str = Field(
         "30m", description="keep_alive sent with every load and request: how long the runtime keeps "
         "an idle model if Model Manager stops managing it (the scheduler unloads models itself).")
@@ -201,7 +224,14 @@ class Config(BaseSettings):
         0.25, ge=0, description="Simulator: aggregate throughput with n jobs = SIM_TOKENS_PER_S x (1 + gain x log2 n).")
     SIM_DEFAULT_TOKENS: int = Field(
         64, gt=0, description="Simulator: tokens generated when a request does not set options.num_predict.")
-    SIM_PORT: int = Field(0, ge=0, le=65535, description="Simulator: port when main.py starts it (0 = any free port).")
+    SIM_PORT: int = Field(
+        0, ge=0, le=65535, description="Simulator: port when main.py starts it (0 = any free port; with SIM_NODES, "
+        "node i listens on SIM_PORT + i).")
+    SIM_NODES: int = Field(1, ge=1, le=64, description="Simulator: how many simulated runtime nodes to start, each "
+                           "with SIM_VRAM_GB of memory.")
+    SIM_GPUS_PER_NODE: int = Field(
+        1, ge=1, le=16, description="Simulator: GPUs per node; SIM_VRAM_GB is split evenly among them and each "
+        "model is placed by the GPU_SPLIT rule, out of memory when it fits no GPU.")
     SIM_ENERGY_COUNTER: bool = Field(
         True, description="The simulated GPU has an energy counter (as NVIDIA GPUs from Volta on), read when each job "
         "starts and ends to divide energy among jobs; off, jobs get no energy figure. Reading it is an HTTP request to "
@@ -227,6 +257,14 @@ class Config(BaseSettings):
                 "could read every prompt and cancel any job. Make keys (python main.py keys create --tenant NAME), "
                 "set AUTH_REQUIRED=true, or set ALLOW_OPEN=true if an open port is what you want")
 
+    @field_validator("OLLAMA_URLS")
+    @classmethod
+    def _node_urls(cls, value: str) -> str:
+        for url in value.split(","):
+            if url.strip():
+                split_node_url(url.strip())
+        return value
+
     @field_validator("MODEL_NUM_PARALLEL", "MODEL_NUM_CTX", mode="before")
     @classmethod
     def _per_model(cls, value: Any) -> Any:
@@ -251,6 +289,20 @@ class Config(BaseSettings):
         return self.EMBEDDED_MODEL_CACHE or self.DATA_DIR / "models"
 
     @property
+    def runtime_urls(self) -> list[str]:
+        """The Ollama nodes to schedule: OLLAMA_URLS, else OLLAMA_URL."""
+        urls = [u.strip().rstrip("/") for u in self.OLLAMA_URLS.split(",") if u.strip()]
+        return urls or [self.OLLAMA_URL.rstrip("/")]
+
+    @property
+    def gpu_split(self) -> str:
+        return "spread" if self.OLLAMA_SCHED_SPREAD else self.GPU_SPLIT
+
+    @property
+    def pinned_models(self) -> frozenset[str]:
+        return frozenset(m.strip() for m in self.PINNED_MODELS.split(",") if m.strip())
+
+    @property
     def safety_margin_bytes(self) -> int:
         return self.VRAM_SAFETY_MARGIN_MB * MIB
 
@@ -262,6 +314,20 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def split_node_url(node_url: str) -> tuple[str, float | None]:
+    """`http://host:11434#vram=24` -> (`http://host:11434`, 24.0). Raises ValueError on a bad fragment."""
+    url, _, fragment = node_url.partition("#")
+    if not fragment:
+        return url.rstrip("/"), None
+    key, _, value = fragment.partition("=")
+    if key != "vram":
+        raise ValueError(f"{node_url}: the only thing a node URL may say after # is vram=GB")
+    gb = float(value)
+    if gb <= 0:
+        raise ValueError(f"{node_url}: vram must be positive")
+    return url.rstrip("/"), gb
 
 
 def settings_markdown() -> str:

@@ -156,7 +156,7 @@ class ExecutionEngine:
     def _load(self, model: str, options: dict[str, Any], embedding_only: bool) -> None:
         failure, message = None, ""
         try:
-            self.client.load(model, self.config.MODEL_KEEP_ALIVE, timeout=self.config.LOAD_TIMEOUT_S,
+            self.client.load(model, self.settings.keep_alive_for(model), timeout=self.config.LOAD_TIMEOUT_S,
                              embedding=embedding_only, options=options)
         except RuntimeFailure as exc:
             failure, message = exc.failure, str(exc)
@@ -177,7 +177,7 @@ class ExecutionEngine:
 
     # --- running one job ------------------------------------------------------------------------
     def _request_body(self, job: JobDoc) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": job["model"], "keep_alive": self.config.MODEL_KEEP_ALIVE,
+        body: dict[str, Any] = {"model": job["model"], "keep_alive": self.settings.keep_alive_for(job["model"]),
                                 "options": self.settings.request_options(job["model"], job.get("options"))}
         kind = JobKind(job["kind"])
         if kind is JobKind.EMBED:

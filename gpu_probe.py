@@ -17,7 +17,7 @@ from typing import Any, Protocol
 MIB = 1024 * 1024
 
 QUERY_FIELDS = ("index", "name", "uuid", "memory.total", "memory.used", "memory.free",
-                "utilization.gpu", "power.draw")
+                "utilization.gpu", "power.draw", "temperature.gpu")
 APPS_FIELDS = ("pid", "process_name", "gpu_uuid", "used_gpu_memory")
 
 
@@ -32,6 +32,7 @@ class GpuReading:
     utilization_pct: float | None = None
     power_w: float | None = None
     energy_j: float | None = None  # total since the driver loaded (NVML only; Volta and newer)
+    temperature_c: float | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ def parse_query_gpu_csv(text: str) -> list[GpuReading]:
             memory_free=int((free or 0) * MIB),
             utilization_pct=_number(row.get("utilization.gpu")),
             power_w=_number(row.get("power.draw")),
+            temperature_c=_number(row.get("temperature.gpu")),
         ))
     return readings
 
@@ -163,6 +165,7 @@ class NvmlSource:
             util = self._optional("nvmlDeviceGetUtilizationRates", handle)
             power_mw = self._optional("nvmlDeviceGetPowerUsage", handle)
             energy_mj = self._optional("nvmlDeviceGetTotalEnergyConsumption", handle)
+            temperature = self._optional("nvmlDeviceGetTemperature", handle, getattr(self.nvml, "NVML_TEMPERATURE_GPU", 0))
             name = self._optional("nvmlDeviceGetName", handle) or ""
             uuid = self._optional("nvmlDeviceGetUUID", handle) or ""
             readings.append(GpuReading(
@@ -173,6 +176,7 @@ class NvmlSource:
                 utilization_pct=float(util.gpu) if util is not None else None,
                 power_w=power_mw / 1000.0 if power_mw is not None else None,
                 energy_j=energy_mj / 1000.0 if energy_mj is not None else None,
+                temperature_c=float(temperature) if temperature is not None else None,
             ))
         return readings
 

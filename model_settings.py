@@ -52,6 +52,8 @@ class ModelSettings:
     num_parallel: int = 1                       # the runtime's slots per model
     ctx_overrides: Mapping[str, int] = field(default_factory=dict)
     parallel_overrides: Mapping[str, int] = field(default_factory=dict)
+    pinned: frozenset[str] = frozenset()        # PINNED_MODELS, canonical names
+    keep_alive: str = "30m"                     # MODEL_KEEP_ALIVE
 
     @classmethod
     def from_config(cls, config: Any, runtime_num_parallel: int | None = None) -> ModelSettings:
@@ -59,7 +61,12 @@ class ModelSettings:
         and the simulator say; for Ollama it is OLLAMA_NUM_PARALLEL)."""
         return cls(config.NUM_CTX, runtime_num_parallel or config.OLLAMA_NUM_PARALLEL,
                    {canonical_name(k): v for k, v in config.MODEL_NUM_CTX.items()},
-                   {canonical_name(k): v for k, v in config.MODEL_NUM_PARALLEL.items()})
+                   {canonical_name(k): v for k, v in config.MODEL_NUM_PARALLEL.items()},
+                   frozenset(canonical_name(m) for m in config.pinned_models), config.MODEL_KEEP_ALIVE)
+
+    def keep_alive_for(self, model: str) -> str | int:
+        """What loads and requests of `model` send as keep_alive: -1 (forever) for a pinned one."""
+        return -1 if canonical_name(model) in self.pinned else self.keep_alive
 
     def ctx_for(self, model: str) -> int:
         return _lookup(self.ctx_overrides, model) or self.num_ctx

@@ -28,6 +28,7 @@ class ModelState:
     load_started: float = 0.0
     load_finished: float = 0.0
     incarnation: int = 0                 # which load of the model this is (an incident is per load)
+    gpu_bytes: tuple[int, ...] = ()      # where the plan put it on the node's GPUs (empty: one pool, or unknown)
 
 
 class ModelTable:
@@ -47,19 +48,21 @@ class ModelTable:
 
     def resident(self) -> tuple[ResidentModel, ...]:
         return tuple(ResidentModel(m.name, m.phase, m.bytes, m.running, m.last_used, m.slots, m.load_finished,
-                                   max(m.load_finished - m.load_started, 0.0))
+                                   max(m.load_finished - m.load_started, 0.0), _scaled(m.gpu_bytes, m.bytes))
                      for m in self._models.values())
 
     def running(self) -> int:
         return sum(m.running for m in self._models.values())
 
     # --- loads and unloads ----------------------------------------------------------------------
-    def begin_load(self, name: str, need: int, slots: int, now: float) -> ModelState | None:
+    def begin_load(self, name: str, need: int, slots: int, now: float,
+                   gpu_bytes: tuple[int, ...] = ()) -> ModelState | None:
         if name in self._models:
             return None
         self._incarnations += 1
         state = self._models[name] = ModelState(name, Phase.LOADING, need, slots, changed_at=now,
-                                                load_started=now, incarnation=self._incarnations)
+                                                load_started=now, incarnation=self._incarnations,
+                                                gpu_bytes=gpu_bytes)
         return state
 
     def load_succeeded(self, name: str, now: float) -> None:
@@ -128,3 +131,13 @@ class ModelTable:
                 continue
             if state.running == 0:    # unloaded (by us, keep_alive, or a crash)
                 del self._models[name]
+
+
+def _scaled(split: tuple[int, ...], total: int) -> tuple[int, ...]:
+    """A planned split over GPUs, scaled to what the model was found to take."""
+    planned = sum(split)
+    if not split or planned == total or planned <= 0:
+        return split
+    scaled = [b * total // planned for b in split]
+    scaled[max(range(len(split)), key=lambda i: split[i])] += total - sum(scaled)
+    return tuple(scaled)

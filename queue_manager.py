@@ -27,6 +27,7 @@ from jobs import JobDoc, JobStatus, Priority
 from log_setup import get_logger
 from store.base import Fenced, Idempotency, JobStore
 from vram_scheduler import Demand
+from warm_pool import RecentArrivals
 
 log = get_logger("QUEUE")
 RANKS = tuple(sorted(p.rank for p in Priority))
@@ -157,7 +158,8 @@ class QueueManager:
     """Accepts jobs into the store and, in the scheduler's process, orders them."""
 
     def __init__(self, store: JobStore, max_waiting: int, aging_s: float,
-                 on_submit: Callable[[], None] | None = None, submit_store: JobStore | None = None):
+                 on_submit: Callable[[], None] | None = None, submit_store: JobStore | None = None,
+                 preload_window_s: float = 0.0):
         self.store = store
         self.submit_store = submit_store or store      # submissions may be less patient than the scheduler
         self.max_waiting = max_waiting
@@ -166,6 +168,7 @@ class QueueManager:
         self._lock = threading.Lock()
         self.accept_locally = False       # set while this process runs the scheduler
         self.epoch: int | None = None     # that scheduler's term: the jobs it holds are marked with it
+        self.arrivals = RecentArrivals(preload_window_s)   # models recently asked for (preloading)
 
     def set_submit_listener(self, listener: Callable[[], None] | None) -> None:
         """Called after each accepted submit (the in-process scheduler wakes on it)."""
@@ -187,7 +190,7 @@ class QueueManager:
         if local:
             with self._lock:
                 if self.accept_locally:
-                    self.index.add(job["job_id"], job["model"], int(job["rank"]), float(job["submitted_at"]))
+                    self._index(job)
                 else:           # stepped down meanwhile: let the next scheduler take it from the store
                     self.submit_store.release_taken([job["job_id"]])
         log.debug("accepted %s for %s (%s), position %d", job["job_id"], job["model"],
@@ -231,8 +234,12 @@ class QueueManager:
         taken = self.store.take_new(limit, self.epoch)
         with self._lock:
             for job in taken:
-                self.index.add(job["job_id"], job["model"], int(job["rank"]), float(job["submitted_at"]))
+                self._index(job)
         return len(taken)
+
+    def _index(self, job: JobDoc) -> None:
+        self.index.add(job["job_id"], job["model"], int(job["rank"]), float(job["submitted_at"]))
+        self.arrivals.add(float(job["submitted_at"]), job["model"])
 
     def demand(self, now: float) -> list[Demand]:
         with self._lock:

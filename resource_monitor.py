@@ -125,8 +125,11 @@ class SimulatorMemory:
     def read(self, loaded_bytes: int) -> tuple[int, int, tuple[GpuReading, ...]]:
         stats = self.client.get_json("/api/sim/stats")
         total, used = int(stats["vram_total_bytes"]), int(stats["vram_used_bytes"])
-        return total, used, (GpuReading(0, "simulated GPU", "sim-0", total, used, total - used,
-                                        stats.get("utilization_pct")),)
+        gpus = stats.get("gpus") or [{"index": 0, "total_bytes": total, "used_bytes": used}]
+        return total, used, tuple(
+            GpuReading(int(g["index"]), "simulated GPU", f"sim-{g['index']}", int(g["total_bytes"]),
+                       int(g["used_bytes"]), int(g["total_bytes"]) - int(g["used_bytes"]), stats.get("utilization_pct"))
+            for g in gpus)
 
 
 def host_reading() -> HostReading:

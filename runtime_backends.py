@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import psutil
 import requests
 
-from config import MIB, Config
+from config import MIB, Config, split_node_url
 from gpu_probe import detect_gpu
 from log_setup import get_logger
 from model_registry import ModelSpec
@@ -55,7 +55,7 @@ def choose_backend(config: Config) -> str:
     """`auto`: Ollama when one answers at OLLAMA_URL, else the embedded runtime."""
     if config.BACKEND != "auto":
         return config.BACKEND
-    if ollama_answers(config.OLLAMA_URL):
+    if ollama_answers(split_node_url(config.runtime_urls[0])[0]):
         return "ollama"
     if importlib.util.find_spec("embedded_runtime") is None or importlib.util.find_spec("xllamacpp") is None:
         log.info("no Ollama answers at %s and the embedded runtime is not installed: "
@@ -73,20 +73,60 @@ def host_memory(config: Config) -> FixedMemory:
     return FixedMemory(int(available * config.HOST_MEMORY_FRACTION), "host")
 
 
+def open_runtimes(config: Config) -> list[Runtime]:
+    """Every node to schedule: SIM_NODES simulators, the Ollama nodes of OLLAMA_URLS, or one."""
+    kind = choose_backend(config)
+    if kind == "sim":
+        return [open_simulator(config, i) for i in range(config.SIM_NODES)]
+    if kind == "ollama":
+        return [open_ollama(config, url) for url in config.runtime_urls]
+    return [open_runtime(config)]
+
+
+def open_simulator(config: Config, node: int = 0) -> Runtime:
+    process = ManagedRuntime("sim", "simulator", [
+        "--vram-gb", str(config.SIM_VRAM_GB), "--load-gbps", str(config.SIM_LOAD_GBPS),
+        "--tokens-per-s", str(config.SIM_TOKENS_PER_S), "--batch-gain", str(config.SIM_BATCH_GAIN),
+        "--default-tokens", str(config.SIM_DEFAULT_TOKENS), "--num-parallel", str(config.SIM_NUM_PARALLEL),
+        "--max-queue", str(config.SIM_MAX_QUEUE), "--num-ctx", str(config.NUM_CTX),
+        "--gpus", str(config.SIM_GPUS_PER_NODE), "--gpu-split", config.gpu_split],
+        config.DATA_DIR / "logs" / (f"simulator-{node}.log" if node else "simulator.log"),
+        fixed_port=config.SIM_PORT + node if config.SIM_PORT else 0)
+    url = process.start()
+    client = OllamaClient(url, config.RUNTIME_CONNECT_TIMEOUT_S, config.MAX_RUNNING_JOBS + 8)
+    return Runtime("sim", url, client, SimulatorMemory(client, config.SIM_ENERGY_COUNTER), process,
+                   num_parallel=config.SIM_NUM_PARALLEL)
+
+
+def open_ollama(config: Config, node_url: str) -> Runtime:
+    """An Ollama node. The first node is taken to run on this host: its GPUs are read through
+    NVML (else it plans with host RAM, as a single node always did). Another host's GPU cannot be
+    read from here, so each further node says its memory in its URL (`http://gpu2:11434#vram=24`,
+    GB; the fragment is never sent) or takes VRAM_TOTAL_MB; with neither it loads nothing."""
+    url, vram_gb = split_node_url(node_url)
+    client = OllamaClient(url, config.RUNTIME_CONNECT_TIMEOUT_S, config.MAX_RUNNING_JOBS + 8)
+    first = node_url == config.runtime_urls[0]
+    gpu = detect_gpu() if first and vram_gb is None else None
+    if gpu is not None:
+        memory: MemorySource = GpuMemory(gpu, config.VRAM_TOTAL_MB * MIB)
+        log.info("GPU memory of %s read through %s", url, gpu.name)
+    elif vram_gb is not None:
+        memory = FixedMemory(int(vram_gb * 1e9), "node-url")
+    elif first or config.VRAM_TOTAL_MB:
+        memory = host_memory(config)
+        log.info("%s: planning with %.1f GB (%s)", url, memory.total_bytes / 1e9, memory.name)
+    else:
+        memory = FixedMemory(0, "unknown")
+        log.error("node %s: its memory is unknown, so nothing is loaded there; give it in the URL "
+                  "(%s#vram=GB) or set VRAM_TOTAL_MB", url, url)
+    return Runtime("ollama", url, client, memory)
+
+
 def open_runtime(config: Config) -> Runtime:
     kind = choose_backend(config)
     pool = config.MAX_RUNNING_JOBS + 8
     if kind == "sim":
-        process = ManagedRuntime("sim", "simulator", [
-            "--vram-gb", str(config.SIM_VRAM_GB), "--load-gbps", str(config.SIM_LOAD_GBPS),
-            "--tokens-per-s", str(config.SIM_TOKENS_PER_S), "--batch-gain", str(config.SIM_BATCH_GAIN),
-            "--default-tokens", str(config.SIM_DEFAULT_TOKENS), "--num-parallel", str(config.SIM_NUM_PARALLEL),
-            "--max-queue", str(config.SIM_MAX_QUEUE), "--num-ctx", str(config.NUM_CTX)],
-            config.DATA_DIR / "logs" / "simulator.log", fixed_port=config.SIM_PORT)
-        url = process.start()
-        client = OllamaClient(url, config.RUNTIME_CONNECT_TIMEOUT_S, pool)
-        return Runtime("sim", url, client, SimulatorMemory(client, config.SIM_ENERGY_COUNTER), process,
-                       num_parallel=config.SIM_NUM_PARALLEL)
+        return open_simulator(config)
     if kind == "embedded":
         from embedded_runtime.catalog import CATALOG
         from embedded_runtime.launch import start_embedded
@@ -96,12 +136,4 @@ def open_runtime(config: Config) -> Runtime:
                                   m.install_command) for m in CATALOG.values())
         return Runtime("embedded", process.url, client, host_memory(config), process, catalog,
                        num_parallel=config.EMBEDDED_NUM_PARALLEL)
-    client = OllamaClient(config.OLLAMA_URL, config.RUNTIME_CONNECT_TIMEOUT_S, pool)
-    gpu = detect_gpu()
-    if gpu is not None:
-        memory: MemorySource = GpuMemory(gpu, config.VRAM_TOTAL_MB * MIB)
-        log.info("GPU memory read through %s", gpu.name)
-    else:
-        memory = host_memory(config)
-        log.info("no GPU found: planning with %.1f GB (%s)", memory.total_bytes / 1e9, memory.name)
-    return Runtime("ollama", config.OLLAMA_URL, client, memory)
+    return open_ollama(config, config.runtime_urls[0])

@@ -16,9 +16,11 @@ import threading
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from cluster_plan import NodeState, plan_cluster
 from config import Config
+from gpu_placement import GpuSplit
 from counters import Counters
 from jobs import ErrorKind, JobStatus
 from log_setup import get_logger
@@ -37,8 +39,11 @@ log = get_logger("SCHEDULER")
 
 def build_snapshot(state: ResourceState, resident: tuple[ResidentModel, ...], demand: list[Demand],
                    need_of: Callable[[str], int], limits: Limits, margin_bytes: int,
-                   draining: frozenset[str] = frozenset(), now: float = 0.0) -> Snapshot:
-    """The planner's input, from the monitor's reading and the table of resident models."""
+                   draining: frozenset[str] = frozenset(), now: float = 0.0,
+                   split: GpuSplit = GpuSplit.OLLAMA) -> Snapshot:
+    """The planner's input, from the monitor's reading and the table of resident models. With
+    several GPUs, each has its own budget: its memory less the margin and what others use on it
+    (memory in use beyond the share of our models the table puts there)."""
     resident_names = {m.name for m in resident}
     demanded = {d.model for d in demand}
     needs = {name: need_of(name) for name in demanded if name not in resident_names}
@@ -47,7 +52,19 @@ def build_snapshot(state: ResourceState, resident: tuple[ResidentModel, ...], de
     if state.memory_total <= 0 or not state.runtime_ok:   # memory unknown or runtime down: no loads
         return Snapshot(sum(m.bytes for m in resident), 1 << 62, resident, tuple(demand), needs, limits, draining, now)
     capacity = state.memory_total - margin_bytes
-    return Snapshot(capacity - state.used_by_others, capacity, resident, tuple(demand), needs, limits, draining, now)
+    snapshot = Snapshot(capacity - state.used_by_others, capacity, resident, tuple(demand), needs, limits, draining,
+                        now, split=split)
+    gpus = state.gpus
+    if len(gpus) < 2 or sum(g.memory_total for g in gpus) != state.memory_total:   # one pool (or a capped share)
+        return snapshot
+    capacities = tuple(g.memory_total - margin_bytes for g in gpus)
+    ours = [0] * len(gpus)
+    for m in resident:
+        for i, b in enumerate(replace(snapshot, gpu_capacity=capacities, gpu_budgets=capacities).split_of(m)):
+            ours[i] += b
+    budgets = tuple(cap - max(g.memory_total - g.memory_free - mine, 0) for cap, g, mine in zip(capacities, gpus, ours))
+    return replace(snapshot, budget_bytes=sum(budgets), capacity_bytes=sum(capacities), gpu_budgets=budgets,
+                   gpu_capacity=capacities)
 
 
 @dataclass(frozen=True)
@@ -82,6 +99,8 @@ class SchedulerCore:
         self._events: deque[Event] = deque()
         self._lock = threading.Lock()            # the table, for readers on other threads
         self._reconciled: ResourceState | None = None
+        self.installed: frozenset[str] | None = None   # the models this node's runtime lists (None: not known)
+        self.cluster = ClusterMemory({})         # the first core of a cluster carries it for all
 
     # --- what effects report (any thread) ---------------------------------------------------------
     def post(self, event: Event) -> None:
@@ -96,22 +115,35 @@ class SchedulerCore:
 
     # --- one pass ---------------------------------------------------------------------------------
     def run_pass(self, reading: ResourceState | None, now: float) -> Plan:
-        """Take in events and the latest reading, plan, and act. Returns what was decided."""
-        self.queue.sync()
+        """One pass with this node alone: take in events and the latest reading, plan, act."""
+        return cluster_pass([self], {self.node: reading}, now).get(self.node, Plan())
+
+    def prepare(self, reading: ResourceState | None, now: float) -> tuple[Snapshot, bool] | None:
+        """Take in events and the latest reading: this node's snapshot without demand, and
+        whether it may be acted on (a reading taken after the last surprise); None if not read yet."""
         with self._lock:
             self._take_events(now)
             if reading is not None and reading is not self._reconciled:
                 self._reconcile(reading)
         self._check_cancellations()
-        if reading is None or reading_is_stale(self.distrusted_at, reading.taken_at):
+        if reading is None:
+            self.want_reading()
+            return None
+        fresh = not reading_is_stale(self.distrusted_at, reading.taken_at)
+        if not fresh:
             self.want_reading()             # act again once the runtime has been read afresh
-            return Plan()
-        held_back = backing_off(self.health, now)
-        demand = [d for d in self.queue.demand(now) if d.model not in held_back]
         with self._lock:
             resident = self.table.resident()
-        snapshot = build_snapshot(reading, resident, demand, self.registry.need_bytes, self.limits,
-                                  self.config.safety_margin_bytes, frozenset(self.last_plan.draining), now)
+        return build_snapshot(reading, resident, [], self.registry.need_bytes, self.limits,
+                              self.config.safety_margin_bytes, frozenset(self.last_plan.draining), now,
+                              GpuSplit(self.config.gpu_split)), fresh
+
+    def act(self, snapshot: Snapshot, now: float) -> Plan:
+        """Plan this node's share of the work and carry the plan out."""
+        held_back = backing_off(self.health, now)
+        if held_back:
+            snapshot = replace(snapshot, demand=tuple(d for d in snapshot.demand if d.model not in held_back),
+                               wanted=tuple(m for m in snapshot.wanted if m not in held_back))
         decided = plan(snapshot)
         self.last_plan = decided             # before acting: a drain chosen here holds even if acting fails
         for model in decided.never_fits:
@@ -119,12 +151,12 @@ class SchedulerCore:
         for model in decided.unloads:
             self._unload(model, now)
         for model in decided.loads:
-            self._load(model, now)
+            self._load(model, now, decided.placements.get(model, ()))
         for model, n in decided.dispatch:
             self._dispatch(model, n, now)
         self.passes += 1
         if decided.loads or decided.unloads:
-            log.info("plan: load %s, unload %s, waiting for memory %s", decided.loads or "-",
+            log.info("plan on %s: load %s, unload %s, waiting for memory %s", self.node, decided.loads or "-",
                      decided.unloads or "-", decided.waiting_for_memory or "-")
         return decided
 
@@ -137,10 +169,10 @@ class SchedulerCore:
         log.info("unloading %s (%.0f MB)", model, state.bytes / 1e6)
         self.effects.unload(model)
 
-    def _load(self, model: str, now: float) -> None:
+    def _load(self, model: str, now: float, gpu_bytes: tuple[int, ...] = ()) -> None:
         need, slots = self.registry.need_bytes(model), self.registry.slots(model)
         with self._lock:
-            if self.table.begin_load(model, need, slots, now) is None:
+            if self.table.begin_load(model, need, slots, now, gpu_bytes if len(gpu_bytes) > 1 else ()) is None:
                 return
         entry = self.registry.get(model)
         embedding_only = entry is not None and entry.spec.embedding_only
@@ -267,3 +299,40 @@ class SchedulerCore:
                     expected_ctx, expected_ctx * self.registry.slots(info.name))):
                 self.registry.learn(info.name, info.footprint,     # measured under our settings only
                                     state.incarnation if state is not None else None)
+
+
+@dataclass
+class ClusterMemory:
+    """What a cluster pass carries from one pass to the next: where each model not yet loaded
+    was sent (so that two nodes do not both make room for it)."""
+    placed: dict[str, str]
+
+
+def cluster_pass(cores: list[SchedulerCore], readings: dict[str, ResourceState | None], now: float,
+                 down: frozenset[str] = frozenset(), predicted: list[str] | None = None) -> dict[str, Plan]:
+    """One scheduler pass over every node: which node serves what (cluster_plan), then each
+    node's plan, carried out by its core. The cores share the queue and the registry."""
+    first = cores[0]
+    queue, registry, config = first.queue, first.registry, first.config
+    queue.sync()
+    nodes, acting = [], []
+    for core in cores:
+        prepared = core.prepare(readings.get(core.node), now)
+        reading = readings.get(core.node)
+        ok = prepared is not None and reading is not None and reading.runtime_ok and core.node not in down
+        if prepared is not None:
+            nodes.append(NodeState(core.node, ok, prepared[0], core.installed))
+            if prepared[1]:
+                acting.append(core)
+    if not any(n.ok for n in nodes):
+        return {}
+    demand = queue.demand(now)
+    pinned = registry.settings.pinned
+    if predicted is None:
+        resident = {m.name for n in nodes for m in n.snapshot.resident}
+        predicted = queue.arrivals.predicted(now, config.PRELOAD_LIMIT, resident | {d.model for d in demand})
+    wanted = {d.model for d in demand} | set(pinned) | set(predicted)
+    needs = {name: registry.need_bytes(name) for name in wanted}
+    decided = plan_cluster(nodes, demand, needs, first.cluster.placed, config.REPLICA_AFTER, pinned, predicted)
+    first.cluster.placed = decided.placed
+    return {core.node: core.act(decided.snapshots[core.node], now) for core in acting if core.node in decided.snapshots}

@@ -29,13 +29,14 @@ from jobs import ErrorKind, JobStatus
 from leadership import LEASE_TTL_S, owner_alive
 from log_setup import get_logger
 from model_registry import DESIGN_CATALOG, ModelRegistry
-from model_settings import ModelSettings
+from model_settings import ModelSettings, canonical_name
 from queue_manager import QueueManager
 from resource_monitor import ResourceMonitor, ResourceState
-from resource_sampler import ResourceSampler, RunnerPids
-from runtime_backends import Runtime, open_runtime
+from resource_sampler import ResourceSampler
+from runtime_backends import Runtime, open_runtimes
+from runtime_nodes import NODES_KEY, NodeParts, RuntimeNode, build_node, node_changes, open_added_node
 from runtime_client import RuntimeFailure
-from scheduler_core import SchedulerCore
+from scheduler_core import SchedulerCore, cluster_pass
 from scheduler_view import REGISTRY_KEY, STATE_KEY, registry_document, scheduler_view
 from scheduling_policy import LeftRun, RunAction, left_run_verdict
 from store.base import SCHEDULER_LEASE, Fenced
@@ -70,13 +71,9 @@ class SchedulerTerm:
         self.config = ctx.config
         self.clock = ctx.clock
         self.ready = threading.Event()          # components built, first reading taken
-        self.runtime: Runtime | None = None
         self.registry: ModelRegistry | None = None
-        self.monitor: ResourceMonitor | None = None
-        self.sampler: ResourceSampler | None = None
-        self.engine: ExecutionEngine | None = None
-        self.core: SchedulerCore | None = None
-        self.state: ResourceState | None = None
+        self.nodes: list[RuntimeNode] = []      # replaced whole when nodes come and go (readers take a copy)
+        self._parts: NodeParts | None = None
         self.last_pass_ms = 0.0
         self._stopping = threading.Event()
         self._wake = threading.Event()
@@ -98,11 +95,12 @@ class SchedulerTerm:
         if threading.current_thread() is not self._thread:
             self._thread.join(30)
         self.ctx.queue.stop()
-        if self.engine is None:
-            self._close_runtime()
+        if not self.nodes:
+            syslog.info("scheduler term %d ended", self.epoch)
             return
         if shutting_down:
-            self.engine.interrupt_all()
+            for node in self.nodes:
+                node.engine.interrupt_all()
             self._finish_term(SHUTDOWN_WAIT_S)
         else:
             threading.Thread(target=self._finish_term, args=(None,), name=f"term-{self.epoch}-end",
@@ -111,7 +109,10 @@ class SchedulerTerm:
     def _finish_term(self, wait_s: float | None) -> None:
         """Wait for the term's requests to end, then say so (retire the epoch) and let go. A
         shutdown waits `wait_s` at most, for the requests and for the store alike."""
-        if self.engine.wait_idle(wait_s):
+        deadline = None if wait_s is None else time.monotonic() + wait_s
+        idle = all(node.engine.wait_idle(None if deadline is None else max(deadline - time.monotonic(), 0.0))
+                   for node in self.nodes)
+        if idle:
             store = self.ctx.store if wait_s is None else self.ctx.store.with_patience(wait_s)
             try:
                 store.retire_epoch(SCHEDULER_LEASE, self.epoch, self.clock())
@@ -119,15 +120,34 @@ class SchedulerTerm:
             except Exception as exc:
                 syslog.warning("could not retire epoch %d (%s); its runs are recovered by their deadline",
                                self.epoch, exc)
-        self.engine.shutdown(wait=False)
-        if self.sampler is not None:
-            self.sampler.close()
-        self._close_runtime()
-
-    def _close_runtime(self) -> None:
-        if self.runtime is not None:
-            self.runtime.stop()
+        for node in self.nodes:
+            node.close()
         syslog.info("scheduler term %d ended", self.epoch)
+
+    # --- the first node's parts (one node is the common case; tools and tests read these) --------
+    @property
+    def runtime(self) -> Runtime | None:
+        return self.nodes[0].runtime if self.nodes else None
+
+    @property
+    def core(self) -> SchedulerCore | None:
+        return self.nodes[0].core if self.nodes else None
+
+    @property
+    def engine(self) -> ExecutionEngine | None:
+        return self.nodes[0].engine if self.nodes else None
+
+    @property
+    def monitor(self) -> ResourceMonitor | None:
+        return self.nodes[0].monitor if self.nodes else None
+
+    @property
+    def sampler(self) -> ResourceSampler | None:
+        return self.nodes[0].sampler if self.nodes else None
+
+    @property
+    def state(self) -> ResourceState | None:
+        return self.nodes[0].state if self.nodes else None
 
     # --- the term's own thread: set up, then the pass loop ------------------------------------------
     def _run(self) -> None:
@@ -144,7 +164,7 @@ class SchedulerTerm:
             while not self._stopping.is_set():
                 try:
                     started = time.perf_counter()
-                    self.core.run_pass(self.state, self.clock())
+                    self._pass()
                     self.last_pass_ms = (time.perf_counter() - started) * 1000
                 except Fenced as exc:
                     syslog.warning("a claim was refused: %s", exc)
@@ -162,45 +182,67 @@ class SchedulerTerm:
     def _set_up(self) -> None:
         ctx, config = self.ctx, self.config
         syslog.info("scheduler %s taking over (epoch %d)", ctx.owner, self.epoch)
-        self.runtime = open_runtime(config)
-        settings = ModelSettings.from_config(config, self.runtime.num_parallel)
+        runtimes = open_runtimes(config)
+        first = runtimes[0]
+        settings = ModelSettings.from_config(config, first.num_parallel)
         self.registry = ModelRegistry(config.VRAM_ESTIMATION_MULTIPLIER, ctx.store,
-                                      DESIGN_CATALOG + self.runtime.catalog, settings)
-        self.monitor = ResourceMonitor(self.runtime.client, self.runtime.memory, self.clock)
-        self.sampler = ResourceSampler(RunnerPids(self.runtime.client, lambda: self.state),
-                                       self.runtime.memory.energy_source)
-        node = f"{self.runtime.kind}@{self.runtime.url}"
-        self.engine = ExecutionEngine(
-            self.runtime.client, ctx.store, config, settings, ctx.counters, node, post=self._post,
-            meter=self.sampler, on_job_done=ctx.on_job_done, clock=self.clock, answers=ctx.answers)
-        self.core = SchedulerCore(ctx.queue, self.registry, self.engine, config, ctx.counters, node,
-                                  want_reading=self._sample_now.set, owner=ctx.owner, epoch=self.epoch)
+                                      DESIGN_CATALOG + first.catalog, settings)
+        self._parts = NodeParts(config, ctx.store, self.registry, settings, ctx.counters, self.clock,
+                                post=self._post, on_job_done=ctx.on_job_done, want_reading=self._sample_now.set,
+                                owner=ctx.owner, epoch=self.epoch, queue=ctx.queue, answers=ctx.answers)
+        self.nodes = [build_node(runtime, self._parts) for runtime in runtimes]
+        if len(self.nodes) > 1:
+            syslog.info("scheduling %d nodes: %s", len(self.nodes), ", ".join(n.url for n in self.nodes))
         ctx.queue.start(self.epoch)
         self.sweep()
+        self._follow_node_changes()
         self._refresh_tags()
         self._sample()
         self.publish()                  # other workers see the new scheduler at once
 
-    def _post(self, event) -> None:
-        self.core.post(event)
+    def _post(self, core: SchedulerCore, event) -> None:
+        core.post(event)
         self._wake.set()
+
+    def _pass(self) -> None:
+        now, nodes = self.clock(), self.nodes
+        after = self.config.NODE_DOWN_AFTER_S
+        for node in nodes:
+            node.stop_requests_if_down(now, after)
+        live = [n for n in nodes if not n.removed]
+        if live:
+            cluster_pass([n.core for n in live], {n.name: n.state for n in live}, now,
+                         frozenset(n.name for n in live if n.is_down(now, after)))
 
     # --- housekeeping ---------------------------------------------------------------------------
     def _sample(self) -> None:
-        """Read the runtime's loaded models, memory and the host; the next pass reconciles."""
-        state = self.monitor.sample()
-        self.state = state
-        self.sampler.observe(state)
+        """Read each node's loaded models, memory and the host; the next pass reconciles."""
+        now = self.clock()
+        for node in self.nodes:
+            node.sample(now)
         self._wake.set()
 
     def _refresh_tags(self) -> None:
-        """The runtime's models, and the architecture of any whose KV cache cannot be sized yet."""
-        client = self.runtime.client
-        try:
-            self.registry.update_from_runtime(client.tags())
-        except Exception as exc:   # a runtime that is down must not stop the scheduler
-            log.warning("cannot list the runtime's models: %s", exc)
+        """The models of every node (what each can load), and the architecture of any whose KV
+        cache cannot be sized yet."""
+        listed: dict[str, dict] = {}
+        answered = 0
+        for node in self.nodes:
+            try:
+                entries = node.runtime.client.tags()
+            except Exception as exc:   # a runtime that is down must not stop the scheduler
+                log.warning("cannot list the models of %s: %s", node.url, exc)
+                continue
+            answered += 1
+            node.core.installed = frozenset(canonical_name(str(e.get("name") or e.get("model"))) for e in entries)
+            for entry in entries:
+                listed.setdefault(str(entry.get("name") or entry.get("model")), entry)
+        if not answered:
             return
+        if len(self.nodes) == 1:
+            self.nodes[0].core.installed = None       # one node: its load says what it lacks
+        self.registry.update_from_runtime(listed.values())
+        client = next(n.runtime.client for n in self.nodes if n.state is None or n.state.runtime_ok)
         for name in self.registry.names():
             entry = self.registry.get(name)
             if entry is None or entry.on_runtime is not True or entry.spec.arch is not None:
@@ -222,9 +264,11 @@ class SchedulerTerm:
                 return
             now = self.clock()
             try:
-                if self.runtime.restart_if_dead():
-                    sample_now, last["tags"] = True, 0.0
-                if sample_now or now - self.state.taken_at >= config.RUNTIME_POLL_INTERVAL:
+                for node in self.nodes:
+                    if node.runtime.restart_if_dead():
+                        sample_now, last["tags"] = True, 0.0
+                oldest = min((n.state.taken_at for n in self.nodes if n.state is not None), default=0.0)
+                if sample_now or now - oldest >= config.RUNTIME_POLL_INTERVAL:
                     self._sample()
                 if now - last["tags"] >= TAGS_EVERY_S:
                     self._refresh_tags()
@@ -236,6 +280,7 @@ class SchedulerTerm:
                     self._purge(now)
                     last["purge"] = now
                 if now - last["publish"] >= PUBLISH_EVERY_S or self.registry.version != published_registry:
+                    self._follow_node_changes()
                     published_registry = self.publish()
                     last["publish"] = now
             except Exception:
@@ -262,7 +307,7 @@ class SchedulerTerm:
         if self.ctx.queue.take_back_stale():
             self._wake.set()
         retired = store.retired_epochs(SCHEDULER_LEASE)
-        mine = set(self.core.running_ids())
+        mine = {job_id for node in self.nodes for job_id in node.core.running_ids()}
         taken = 0
         for run in store.running_runs():
             epoch = run.get("epoch")
@@ -294,6 +339,31 @@ class SchedulerTerm:
             if action is RunAction.FAIL:
                 self.ctx.on_job_done(job_id)
         return int(done)
+
+    def _follow_node_changes(self) -> None:
+        """Nodes added or removed at run time (/api/admin/nodes, kept in the store)."""
+        published = self.ctx.store.get_state(NODES_KEY)
+        add, remove = node_changes(published[0] if published else None, [n.url for n in self.nodes if not n.removed])
+        if not add and not remove:
+            return
+        nodes = list(self.nodes)
+        for url in remove:
+            for node in nodes:
+                if node.url == url and not node.removed:
+                    node.removed = True
+                    syslog.warning("node %s removed: its running jobs go back to the queue", url)
+                    node.engine.interrupt_all()
+        for url in add:
+            try:
+                node = build_node(open_added_node(self.config, url), self._parts)
+            except Exception as exc:
+                syslog.warning("cannot add node %s: %s", url, exc)
+                continue
+            node.sample(self.clock())
+            nodes.append(node)
+            syslog.info("node %s added", node.url)
+        self.nodes = nodes
+        self._wake.set()
 
     # --- what the API workers read --------------------------------------------------------------
     def view(self) -> dict:

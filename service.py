@@ -78,7 +78,7 @@ class Service:
         self.store = RetryingStore(self.raw_store, config.STORE_RETRY_S)          # the scheduler's patience
         self.api_store = self.store.with_patience(config.API_STORE_WAIT_S)        # a client's
         self.queue = QueueManager(self.store, config.QUEUE_MAX_SIZE, config.QUEUE_AGING_S, on_submit=self.wake,
-                                  submit_store=self.api_store)
+                                  submit_store=self.api_store, preload_window_s=config.PRELOAD_WINDOW_S)
         self.owner = new_owner()
         self.counters = Counters()
         self.completions = CompletionEvents(config.MAX_WAITERS)
@@ -230,6 +230,9 @@ class Service:
 
     def published(self, key: str) -> tuple[dict[str, Any], float] | None:
         return self.api_store.get_state(key)
+
+    def put_state(self, key: str, doc: dict[str, Any], now: float) -> None:
+        self.api_store.put_state(key, doc, now)
 
     def live_view(self) -> dict[str, Any] | None:
         """The scheduler's view, when it runs in this process."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from gpu_placement import GpuSplit
 from runtime_launcher import serve
 from simulator.server import Simulator, create_sim_app
 
@@ -27,6 +28,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="context of a model loaded by a request without options.num_ctx")
     parser.add_argument("--idle-watts", type=float, default=60.0, help="simulated power when idle")
     parser.add_argument("--busy-watts", type=float, default=300.0, help="simulated power while generating")
+    parser.add_argument("--gpus", type=int, default=1, help="GPUs sharing --vram-gb evenly")
+    parser.add_argument("--gpu-split", choices=["ollama", "spread", "single"], default="ollama",
+                        help="how a model is placed over the GPUs (gpu_placement)")
     parser.add_argument("--ready-file", help="write the bound port here once listening")
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process is gone")
     args = parser.parse_args(argv)
@@ -34,6 +38,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--vram-gb, --load-gbps and --tokens-per-s must be positive")
     if args.num_parallel < 1 or args.max_queue < 1:
         parser.error("--num-parallel and --max-queue must be at least 1")
+    if not 1 <= args.gpus <= 16:
+        parser.error("--gpus must be 1 to 16")
     if args.num_ctx < 64:
         parser.error("--num-ctx must be at least 64")
     if args.idle_watts < 0 or args.busy_watts < args.idle_watts:
@@ -41,7 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     sim = Simulator(vram_gb=args.vram_gb, load_gbps=args.load_gbps, tokens_per_s=args.tokens_per_s,
                     batch_gain=args.batch_gain, default_tokens=args.default_tokens,
                     num_parallel=args.num_parallel, max_queue=args.max_queue, num_ctx=args.num_ctx,
-                    idle_watts=args.idle_watts, busy_watts=args.busy_watts)
+                    idle_watts=args.idle_watts, busy_watts=args.busy_watts, gpus=args.gpus,
+                    gpu_split=GpuSplit(args.gpu_split))
     serve(create_sim_app(sim), args.host, args.port, args.ready_file, args.parent_pid)
 
 

@@ -16,6 +16,8 @@ import heapq
 import math
 from dataclasses import dataclass, field
 
+from gpu_placement import GpuSplit, place
+
 OOM_MESSAGE = "llama runner process has terminated: cudaMalloc failed: out of memory"
 
 
@@ -92,10 +94,14 @@ class SharedThroughput:
 
 @dataclass
 class VirtualGpu:
-    """Memory and load bandwidth of one simulated GPU."""
+    """Memory and load bandwidth of one simulated node: `gpus` GPUs sharing `total_bytes` evenly,
+    each model placed on them as Ollama places it (`gpu_placement.place`, by `split`)."""
     total_bytes: int
     load_bytes_per_s: float
+    gpus: int = 1
+    split: GpuSplit = GpuSplit.OLLAMA
     resident: dict[str, int] = field(default_factory=dict)    # loaded or loading, bytes
+    placement: dict[str, tuple[int, ...]] = field(default_factory=dict)   # bytes on each GPU
     peak_bytes: int = 0
     loads: int = 0
     unloads: int = 0
@@ -105,14 +111,30 @@ class VirtualGpu:
     def used_bytes(self) -> int:
         return sum(self.resident.values())
 
+    @property
+    def gpu_totals(self) -> list[int]:
+        share = self.total_bytes // self.gpus
+        return [share] * (self.gpus - 1) + [self.total_bytes - share * (self.gpus - 1)]
+
+    @property
+    def gpu_used(self) -> list[int]:
+        used = [0] * self.gpus
+        for alloc in self.placement.values():
+            for i, b in enumerate(alloc):
+                used[i] += b
+        return used
+
     def begin_load(self, name: str, size: int) -> float:
         """Reserve memory for `name`; return how long the load takes. Raises SimOutOfMemory."""
         if name in self.resident:
             return 0.0
-        if self.used_bytes + size > self.total_bytes:
+        free = [t - u for t, u in zip(self.gpu_totals, self.gpu_used)]
+        alloc = place(size, free, self.split)
+        if alloc is None:
             self.oom_errors += 1
             raise SimOutOfMemory(OOM_MESSAGE)
         self.resident[name] = size
+        self.placement[name] = alloc
         self.loads += 1
         self.peak_bytes = max(self.peak_bytes, self.used_bytes)
         return size / self.load_bytes_per_s
@@ -120,6 +142,7 @@ class VirtualGpu:
     def unload(self, name: str) -> bool:
         if self.resident.pop(name, None) is None:
             return False
+        self.placement.pop(name, None)
         self.unloads += 1
         return True
 

@@ -1,15 +1,18 @@
 """Scheduling policies for the discrete-event simulator (`des.py`): Ollama's own policy, as a
-baseline in two configurations, and Model Manager's scheduler (`vram_scheduler.plan` with the
-queue manager's ordering), driven exactly as the service drives it."""
+baseline in two configurations, and Model Manager's scheduler (`cluster_plan.plan_cluster`, and
+so `vram_scheduler.plan` on each node, with the queue manager's ordering), driven exactly as the
+service drives it, on one node or several."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cluster_plan import NodeState, plan_cluster
 from jobs import Priority
 from model_memory import estimated_need
 from queue_manager import WaitingIndex
 from simulator.des import Gpu, Job
-from vram_scheduler import Limits, Phase, ResidentModel, Snapshot, plan
+from vram_scheduler import Limits, Phase, ResidentModel, Snapshot
+from warm_pool import RecentArrivals
 
 
 @dataclass
@@ -132,43 +135,71 @@ class OllamaPolicy:
             self._unload(victim)
 
 
+@dataclass
+class _Node:
+    """What the manager keeps about one node (as the service keeps it about its runtime)."""
+    gpu: Gpu
+    running: dict[str, int] = field(default_factory=dict)
+    last_used: dict[str, float] = field(default_factory=dict)
+    loaded_at: dict[str, float] = field(default_factory=dict)
+    draining: frozenset[str] = frozenset()
+
+
 class ManagerPolicy:
-    """Model Manager's scheduler: every event is followed by a pass of `vram_scheduler.plan` over
-    the waiting index (priority with aging, grouping by model); each model has `slots_per_model`
-    slots and is never given more jobs than that; a model's need is its size x the estimation
-    multiplier plus the KV cache of its slots until it has been loaded once, then what the load
-    really took (as `/api/ps` would report it)."""
+    """Model Manager's scheduler: every event is followed by a pass of `cluster_plan.plan_cluster`
+    (one node: just `vram_scheduler.plan`) over the waiting index (priority with aging, grouping
+    by model), and each node's plan is carried out on that node; each model has
+    `slots_per_model` slots and is never given more jobs than that; a model's need is its size x
+    the estimation multiplier plus the KV cache of its slots until it has been loaded once, then
+    what the load really took (as `/api/ps` would report it). `pinned` models are kept loaded;
+    with `preload_window_s` and `preload_limit`, up to that many models that had jobs arrive in
+    the window and are neither loaded nor waiting are loaded into memory no waiting work needs
+    (`warm_pool.RecentArrivals`)."""
 
     def __init__(self, name: str = "model-manager", margin_bytes: int = 1024 ** 3, multiplier: float = 1.3,
-                 aging_s: float = 60.0, limits: Limits = Limits(), slots_per_model: int = 4):
+                 aging_s: float = 60.0, limits: Limits = Limits(), slots_per_model: int = 4,
+                 pinned: frozenset[str] = frozenset(), preload_window_s: float = 0.0, preload_limit: int = 0,
+                 replica_after: int = 8):
         self.name = name
         self.margin_bytes = margin_bytes
         self.multiplier = multiplier
         self.limits = limits
         self.slots_per_model = slots_per_model
+        self.pinned = frozenset(pinned)
+        self.preload_window_s = preload_window_s
+        self.preload_limit = preload_limit
+        self.replica_after = replica_after
         self.index = WaitingIndex(aging_s)
+        self.recent = RecentArrivals(preload_window_s if preload_limit > 0 else 0.0)
         self.jobs: dict[int, Job] = {}
-        self.running: dict[str, int] = {}
-        self.last_used: dict[str, float] = {}
         self.learned: dict[str, int] = {}
-        self.draining: frozenset[str] = frozenset()
-        self.loaded_at: dict[str, float] = {}
+        self.placed: dict[str, str] = {}        # plan_cluster's homes, passed back for stickiness
+        self.nodes: list[_Node] = []
+        self.replica_loads = 0                  # loads of a model already on another node
+        self.max_copies = 0                     # most nodes holding one model at once
 
     def attach(self, gpu: Gpu) -> None:
-        self.gpu = gpu
+        self.attach_nodes([gpu])
+
+    def attach_nodes(self, gpus: list[Gpu]) -> None:
+        self.nodes = [_Node(g) for g in gpus]
+        self.gpu = gpus[0]
 
     def on_arrival(self, job: Job) -> None:
         self.jobs[job.id] = job
         self.index.add(str(job.id), job.model, Priority(job.priority).rank, job.arrival)
+        self.recent.add(job.arrival, job.model)
 
     def on_job_done(self, job: Job) -> None:
-        self.running[job.model] -= 1
-        self.last_used[job.model] = self.gpu.now
+        node = self.nodes[job.node or 0]
+        node.running[job.model] -= 1
+        node.last_used[job.model] = node.gpu.now
 
-    def on_load_done(self, model: str) -> None:
-        self.learned[model] = self.gpu.memory.resident[model]          # what /api/ps reports
-        self.last_used[model] = self.gpu.now
-        self.loaded_at[model] = self.gpu.now
+    def on_load_done(self, model: str, gpu: Gpu | None = None) -> None:
+        node = self.nodes[gpu.index if gpu is not None else 0]
+        self.learned[model] = node.gpu.memory.resident[model]          # what /api/ps reports
+        node.last_used[model] = node.gpu.now
+        node.loaded_at[model] = node.gpu.now
 
     def need(self, model: str) -> int:
         if model in self.learned:
@@ -176,34 +207,64 @@ class ManagerPolicy:
         m = self.gpu.models[model]
         return estimated_need(m.size_bytes, self.multiplier, m.arch, self.gpu.num_ctx, self.slots_per_model)
 
-    def step(self) -> None:
-        gpu = self.gpu
+    def _state(self, node: _Node) -> NodeState:
+        """The node as its own scheduler would see it, without demand."""
+        gpu = node.gpu
         resident = tuple(
             ResidentModel(m, Phase.LOADED if m in gpu.loaded else Phase.LOADING,
                           gpu.memory.resident[m] if m in gpu.loaded else self.need(m),
-                          self.running.get(m, 0), self.last_used.get(m, 0.0), self.slots_per_model,
-                          self.loaded_at.get(m, 0.0), gpu.models[m].size_bytes / gpu.memory.load_bytes_per_s)
+                          node.running.get(m, 0), node.last_used.get(m, 0.0), self.slots_per_model,
+                          node.loaded_at.get(m, 0.0), gpu.models[m].size_bytes / gpu.memory.load_bytes_per_s)
             for m in gpu.loaded | gpu.loading)
-        demand = self.index.demand(gpu.now)
         capacity = gpu.memory.total_bytes - self.margin_bytes
-        decided = plan(Snapshot(capacity, capacity, resident, tuple(demand),
-                                {d.model: self.need(d.model) for d in demand}, self.limits,
-                                self.draining & gpu.loaded, gpu.now))
-        self.draining = frozenset(decided.draining)
+        return NodeState(gpu.name, True, Snapshot(capacity, capacity, resident, (), {}, self.limits,
+                                                  node.draining & gpu.loaded, gpu.now))
+
+    def _predicted(self, now: float, demand) -> tuple[str, ...]:
+        if self.preload_limit <= 0 or self.preload_window_s <= 0:
+            return ()
+        present = {d.model for d in demand}
+        for node in self.nodes:
+            present |= node.gpu.loaded | node.gpu.loading
+        return tuple(self.recent.predicted(now, self.preload_limit, present))
+
+    def step(self) -> None:
+        now = self.gpu.now
+        demand = self.index.demand(now)
+        need = {d.model: self.need(d.model) for d in demand}
+        predicted = self._predicted(now, demand)
+        for model in (*self.pinned, *predicted):
+            need.setdefault(model, self.need(model))
+        decided = plan_cluster([self._state(n) for n in self.nodes], demand, need, self.placed,
+                               self.replica_after, self.pinned, predicted)
+        self.placed = decided.placed
+        unloaded = False
+        for node in self.nodes:
+            self._carry_out(node, decided.plans[node.gpu.name])
+            unloaded = unloaded or bool(decided.plans[node.gpu.name].unloads)
+        if unloaded:
+            self.step()                    # unloads are instant here: plan again with the room freed
+
+    def _carry_out(self, node: _Node, decided) -> None:
+        gpu = node.gpu
+        node.draining = frozenset(decided.draining)
         if decided.never_fits:
             raise RuntimeError(f"models that can never fit: {decided.never_fits}")
         for model in decided.unloads:
+            if model in self.pinned:
+                raise RuntimeError(f"{self.name}: the plan unloads pinned {model}")
             gpu.unload(model)
         for model in decided.loads:
+            copies = sum(model in n.gpu.loaded or model in n.gpu.loading for n in self.nodes)
             if not gpu.load(model, self.slots_per_model):
-                raise RuntimeError(f"{self.name}: out of memory loading {model}")
+                raise RuntimeError(f"{self.name}: out of memory loading {model} on {gpu.name}")
+            self.replica_loads += copies > 0
+            self.max_copies = max(self.max_copies, copies + 1)
         for model, n in decided.dispatch:
             for _ in range(n):
                 job_id = self.index.pop(model, gpu.now)
-                if job_id is None:
+                if job_id is None:          # another node's plan took the last of them
                     break
-                self.running[model] = self.running.get(model, 0) + 1
-                self.last_used[model] = gpu.now
+                node.running[model] = node.running.get(model, 0) + 1
+                node.last_used[model] = gpu.now
                 gpu.start(self.jobs[int(job_id)])
-        if decided.unloads:
-            self.step()                    # unloads are instant here: plan again with the room freed

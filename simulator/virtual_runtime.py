@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import ollama_protocol as proto
+from gpu_placement import GpuSplit
 from model_memory import kv_cache_bytes
 from model_registry import DESIGN_CATALOG, ModelSpec, canonical_name
 from simulator.faults import Faults
@@ -62,11 +63,12 @@ class Simulator:
     def __init__(self, catalog: tuple[ModelSpec, ...] = DESIGN_CATALOG, vram_gb: float = 24.0,
                  load_gbps: float = 2.0, tokens_per_s: float = 400.0, batch_gain: float = 0.25,
                  default_tokens: int = 64, clock=time.time, num_parallel: int = 1, max_queue: int = 512,
-                 num_ctx: int = 4096, idle_watts: float = 60.0, busy_watts: float = 300.0):
+                 num_ctx: int = 4096, idle_watts: float = 60.0, busy_watts: float = 300.0, gpus: int = 1,
+                 gpu_split: GpuSplit = GpuSplit.OLLAMA):
         if num_parallel < 1 or max_queue < 1 or num_ctx < 1:
             raise ValueError("num_parallel, max_queue and num_ctx must be at least 1")
         self.catalog = {s.name: s for s in catalog}
-        self.gpu = VirtualGpu(int(vram_gb * 1e9), load_gbps * 1e9)
+        self.gpu = VirtualGpu(int(vram_gb * 1e9), load_gbps * 1e9, gpus, gpu_split)
         self.throughput = SharedThroughput(tokens_per_s, batch_gain)
         self.bandwidth = SharedThroughput(load_gbps * 1e9, 0.0)     # loads in flight share it
         self.default_tokens = default_tokens
@@ -315,6 +317,8 @@ class Simulator:
                 "loads": self.gpu.loads, "unloads": self.gpu.unloads, "oom_errors": self.gpu.oom_errors,
                 "peak_vram_bytes": self.gpu.peak_bytes, "vram_total_bytes": self.gpu.total_bytes,
                 "vram_used_bytes": self.gpu.used_bytes, "running": sum(self.queues.running.values()),
+                "gpus": [{"index": i, "total_bytes": t, "used_bytes": u}
+                         for i, (t, u) in enumerate(zip(self.gpu.gpu_totals, self.gpu.gpu_used))],
                 "completed": self.completed,
                 "utilization_pct": 100.0 if len(self.throughput) else 0.0,
                 "num_parallel": self.num_parallel, "max_queue": self.max_queue, "num_ctx": self.num_ctx,

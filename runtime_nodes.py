@@ -1,0 +1,162 @@
+"""The runtime nodes a scheduler term drives: one per runtime (an Ollama, a simulated node, the
+embedded runtime), each with its monitor, resource sampler, execution engine and scheduler core.
+
+The cores share the queue, the registry and the counters; `scheduler_core.cluster_pass` plans
+over all of them at once. A node whose runtime has not answered for NODE_DOWN_AFTER_S is down:
+its requests in flight are stopped, their jobs re-queued under their run's fence (so each runs
+again exactly once, elsewhere), and it takes no work until it answers again.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import requests
+
+from config import MIB, Config, split_node_url
+from counters import Counters
+from execution_engine import ExecutionEngine
+from log_setup import get_logger
+from model_registry import ModelRegistry
+from model_settings import ModelSettings
+from resource_monitor import FixedMemory, ResourceMonitor, ResourceState, SimulatorMemory
+from resource_sampler import ResourceSampler, RunnerPids
+from runtime_backends import Runtime, open_ollama
+from runtime_client import OllamaClient
+from scheduler_core import SchedulerCore
+
+syslog = get_logger("SYSTEM")
+NODES_KEY = "nodes"          # the store's state document of nodes added and removed at run time
+
+
+@dataclass
+class RuntimeNode:
+    runtime: Runtime
+    monitor: ResourceMonitor
+    sampler: ResourceSampler
+    engine: ExecutionEngine
+    core: SchedulerCore
+    state: ResourceState | None = None
+    unanswered_since: float | None = None
+    stopped_requests: bool = False       # its requests were stopped when it went down
+    removed: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.core.node
+
+    @property
+    def url(self) -> str:
+        return self.runtime.url
+
+    def sample(self, now: float) -> ResourceState:
+        state = self.monitor.sample()
+        self.state = state
+        self.sampler.observe(state)
+        if state.runtime_ok:
+            if self.unanswered_since is not None:
+                syslog.info("node %s answers again", self.url)
+            self.unanswered_since, self.stopped_requests = None, False
+        elif self.unanswered_since is None:
+            self.unanswered_since = now
+        return state
+
+    def is_down(self, now: float, after_s: float) -> bool:
+        return self.removed or (self.unanswered_since is not None and now - self.unanswered_since >= after_s)
+
+    def stop_requests_if_down(self, now: float, after_s: float) -> None:
+        """Once down, stop what it was running: the jobs go back to the queue for other nodes."""
+        if self.is_down(now, after_s) and not self.stopped_requests:
+            self.stopped_requests = True
+            syslog.warning("node %s is down (no answer for %.0fs): its running jobs go back to the queue",
+                           self.url, now - (self.unanswered_since or now))
+            self.engine.interrupt_all()
+
+    def close(self) -> None:
+        self.engine.shutdown(wait=False)
+        self.sampler.close()
+        self.runtime.stop()
+
+
+@dataclass
+class NodeParts:
+    """What every node of a term shares."""
+    config: Config
+    store: object
+    registry: ModelRegistry
+    settings: ModelSettings
+    counters: Counters
+    clock: Callable[[], float]
+    post: Callable[[SchedulerCore, object], None]      # an engine's event, for its core
+    on_job_done: Callable[[str], None]
+    want_reading: Callable[[], None]
+    owner: str
+    epoch: int
+    queue: object
+    answers: object = None
+
+
+def build_node(runtime: Runtime, parts: NodeParts) -> RuntimeNode:
+    name = f"{runtime.kind}@{runtime.url}"
+    holder: list[RuntimeNode] = []
+    monitor = ResourceMonitor(runtime.client, runtime.memory, parts.clock)
+    sampler = ResourceSampler(RunnerPids(runtime.client, lambda: holder[0].state if holder else None),
+                              runtime.memory.energy_source)
+    core: SchedulerCore | None = None
+    engine = ExecutionEngine(runtime.client, parts.store, parts.config, parts.settings, parts.counters, name,
+                             post=lambda event: parts.post(core, event), meter=sampler,
+                             on_job_done=parts.on_job_done, clock=parts.clock, answers=parts.answers)
+    core = SchedulerCore(parts.queue, parts.registry, engine, parts.config, parts.counters, name,
+                         want_reading=parts.want_reading, owner=parts.owner, epoch=parts.epoch)
+    node = RuntimeNode(runtime, monitor, sampler, engine, core)
+    holder.append(node)
+    return node
+
+
+def open_added_node(config: Config, node_url: str) -> Runtime:
+    """A node added at run time: an Ollama, or a GPU simulator started on its own (which says
+    its memory), told apart by the simulator's own stats route."""
+    url, vram_gb = split_node_url(node_url)
+    client = OllamaClient(url, config.RUNTIME_CONNECT_TIMEOUT_S, config.MAX_RUNNING_JOBS + 8)
+    try:
+        simulated = requests.get(url + "/api/sim/stats", timeout=2.0).ok
+    except requests.RequestException:
+        simulated = False
+    if simulated and vram_gb is None:
+        return Runtime("sim", url, client, SimulatorMemory(client, config.SIM_ENERGY_COUNTER),
+                       num_parallel=config.SIM_NUM_PARALLEL)
+    runtime = open_ollama(config, node_url)
+    if vram_gb is None and not config.VRAM_TOTAL_MB:
+        runtime.memory = FixedMemory(0, "unknown")
+    elif vram_gb is None:
+        runtime.memory = FixedMemory(config.VRAM_TOTAL_MB * MIB, "config")
+    return runtime
+
+
+def node_changes(document: dict | None, current: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(to add, to remove) given the store's document of nodes added and removed at run time."""
+    added = [u for u in (document or {}).get("added", [])]
+    removed = set((document or {}).get("removed", []))
+    have = set(current)
+    return ([u for u in added if split_node_url(u)[0] not in have and u not in removed],
+            [u for u in have if u in removed])
+
+
+def node_view(node: RuntimeNode, margin_bytes: int) -> dict:
+    """One node as /api/stats shows it."""
+    state = node.state
+    models = node.core.states()
+    total = state.memory_total if state else 0
+    used = state.memory_used if state else 0
+    return {
+        "url": node.url, "kind": node.runtime.kind, "ok": bool(state and state.runtime_ok) and not node.removed,
+        "error": state.runtime_error if state else "not read yet",
+        "gpus": [vars(g) for g in state.gpus] if state else [],
+        "vram": {"total": total, "used": used, "free": max(total - used, 0),
+                 "budget": node.core.budget_bytes, "capacity": max(total - margin_bytes, 0)},
+        "loaded_models": [{"name": m.name, "phase": m.phase.value, "running": m.running, "slots": m.slots,
+                           "planned_bytes": m.bytes, "gpu_bytes": list(m.gpu_bytes)}
+                          for m in sorted(models, key=lambda m: m.name)],
+        "slots_in_use": sum(m.running for m in models),
+        "slots_total": sum(m.slots for m in models),
+    }
