@@ -99,7 +99,9 @@ class JobVerdict:
 def after_job_failure(kind: FailureKind, retries: int, limits: PolicyLimits) -> JobVerdict:
     """`retries`: the job's passing failures before this one."""
     oom = kind is FailureKind.OUT_OF_MEMORY
-    passing = oom or kind is FailureKind.BUSY
+    # A dropped connection is a runtime (a node) that died or restarted: the job runs again,
+    # elsewhere if the node stays down; bounded, in case it is the prompt that brings it down.
+    passing = oom or kind in (FailureKind.BUSY, FailureKind.UNAVAILABLE)
     distrust = oom or kind is FailureKind.UNAVAILABLE     # the runtime may have dropped the model
     if passing and retries < limits.max_job_retries:
         return JobVerdict(True, grow_need=oom, distrust_table=distrust, retries=retries + 1)

@@ -11,7 +11,7 @@ from jobs import Priority
 from model_memory import estimated_need
 from queue_manager import WaitingIndex
 from simulator.des import Gpu, Job
-from vram_scheduler import Limits, Phase, ResidentModel, Snapshot
+from vram_scheduler import Limits, Phase, Plan, ResidentModel, Snapshot
 from warm_pool import RecentArrivals
 
 
@@ -177,6 +177,7 @@ class ManagerPolicy:
         self.nodes: list[_Node] = []
         self.replica_loads = 0                  # loads of a model already on another node
         self.max_copies = 0                     # most nodes holding one model at once
+        self.warm_loads = 0                     # loads without waiting work: pinned or predicted models
 
     def attach(self, gpu: Gpu) -> None:
         self.attach_nodes([gpu])
@@ -240,12 +241,13 @@ class ManagerPolicy:
         self.placed = decided.placed
         unloaded = False
         for node in self.nodes:
-            self._carry_out(node, decided.plans[node.gpu.name])
-            unloaded = unloaded or bool(decided.plans[node.gpu.name].unloads)
+            name = node.gpu.name
+            self._carry_out(node, decided.plans[name], frozenset(decided.snapshots[name].wanted))
+            unloaded = unloaded or bool(decided.plans[name].unloads)
         if unloaded:
             self.step()                    # unloads are instant here: plan again with the room freed
 
-    def _carry_out(self, node: _Node, decided) -> None:
+    def _carry_out(self, node: _Node, decided: Plan, wanted: frozenset[str]) -> None:
         gpu = node.gpu
         node.draining = frozenset(decided.draining)
         if decided.never_fits:
@@ -259,6 +261,7 @@ class ManagerPolicy:
             if not gpu.load(model, self.slots_per_model):
                 raise RuntimeError(f"{self.name}: out of memory loading {model} on {gpu.name}")
             self.replica_loads += copies > 0
+            self.warm_loads += model in wanted
             self.max_copies = max(self.max_copies, copies + 1)
         for model, n in decided.dispatch:
             for _ in range(n):

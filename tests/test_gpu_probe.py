@@ -82,27 +82,33 @@ class FakeNvml:
     class NVMLError(Exception):
         pass
 
-    def __init__(self, q: dict[str, float], energy_supported: bool = True):
-        self.q = q
+    NVML_TEMPERATURE_GPU = 0
+
+    def __init__(self, q: dict[str, float] | list[dict[str, float]], energy_supported: bool = True):
+        self.devices = q if isinstance(q, list) else [q]    # several: one capture per device
         self.energy_supported = energy_supported
 
     def nvmlInit(self):
         pass
 
     def nvmlDeviceGetCount(self):
-        return 1
+        return len(self.devices)
 
     def nvmlDeviceGetHandleByIndex(self, i):
-        return f"handle{i}"
+        return i
 
     def nvmlDeviceGetMemoryInfo(self, h):
-        return SimpleNamespace(total=self.q["total"] * MIB, used=self.q["used"] * MIB, free=self.q["free"] * MIB)
+        q = self.devices[h]
+        return SimpleNamespace(total=q["total"] * MIB, used=q["used"] * MIB, free=q["free"] * MIB)
 
     def nvmlDeviceGetUtilizationRates(self, h):
-        return SimpleNamespace(gpu=int(self.q["util"]), memory=0)
+        return SimpleNamespace(gpu=int(self.devices[h]["util"]), memory=0)
 
     def nvmlDeviceGetPowerUsage(self, h):
-        return int(self.q["power"] * 1000)       # milliwatts
+        return int(self.devices[h]["power"] * 1000)       # milliwatts
+
+    def nvmlDeviceGetTemperature(self, h, sensor):
+        return 40 + h
 
     def nvmlDeviceGetTotalEnergyConsumption(self, h):
         if not self.energy_supported:
@@ -128,3 +134,36 @@ def test_nvml_reading_converts_units_and_survives_unsupported_calls():
     r = NvmlSource(FakeNvml(q, energy_supported=False)).read()[0]
     assert r.energy_j is None
     assert NvmlSource(FakeNvml(q)).processes()[0].used_memory == 15690 * MIB
+
+
+def test_several_devices_are_read_and_budgeted_one_by_one():
+    """Three recorded GPUs as one node: each keeps its own budget, and a model goes where Ollama
+    would put it (the GPU with most free memory if it needs <= 80% of it, else split)."""
+    from resource_monitor import ResourceState
+    from scheduler_core import build_snapshot
+    from vram_scheduler import Demand, Limits, plan
+    captures = [query_fields("h100", "load"), query_fields("rtx4080", "idle"), query_fields("l40s", "load")]
+    readings = NvmlSource(FakeNvml(captures)).read()
+    assert [r.index for r in readings] == [0, 1, 2] and [r.temperature_c for r in readings] == [40.0, 41.0, 42.0]
+    total, used, gpus = GpuMemory(SimpleNamespace(name="nvml", read=lambda: readings)).read(0)
+    state = ResourceState(0.0, "nvml", total, used, gpus)
+    margin = 512 * MIB
+    snapshot = build_snapshot(state, (), [], lambda m: 0, Limits(), margin)
+    assert snapshot.gpu_budgets == tuple(q["free"] * MIB - margin for q in captures)
+    most_free = max(range(3), key=lambda i: captures[i]["free"])
+    room = snapshot.gpu_budgets[most_free]
+    small, large = int(room * 0.7), int(room * 1.2)
+    for name, need in (("small", small), ("large", large)):
+        s = build_snapshot(state, (), [Demand(name, 1, 1.0, 0.0)], lambda m, need=need: need, Limits(), margin)
+        decided = plan(s)
+        alloc = decided.placements[name]
+        assert all(a <= b for a, b in zip(alloc, s.gpu_budgets)) and sum(alloc) == need
+        if name == "small":
+            assert alloc[most_free] == need                   # whole, on the GPU with most free memory
+        else:
+            assert sum(1 for a in alloc if a) >= 2            # more than any one GPU holds: split
+
+
+def test_query_gpu_csv_reads_the_temperature():
+    r = parse_query_gpu_csv(section("h100", "load :: query-gpu (csv"))[0]
+    assert r.temperature_c is not None and 0 < r.temperature_c < 120

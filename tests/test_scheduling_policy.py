@@ -36,7 +36,8 @@ def test_after_a_failed_load(failures_before, kind, failures_after, gives_up, gr
     (OOM, 2, True, True, True, 3),
     (OOM, 3, False, True, True, 4),                   # OOM_MAX_RETRIES used up: it fails
     (BUSY, 0, True, False, False, 1),                 # the runtime's own queue was full: try again
-    (DOWN, 0, False, False, True, 0),                 # dropped mid-answer: fails, and the table is doubted
+    (DOWN, 0, True, False, True, 1),                  # dropped mid-answer (a node died): again, elsewhere
+    (DOWN, 3, False, False, True, 4),                 # ... but not forever: it may be the prompt that kills it
     (FailureKind.TIMEOUT, 0, False, False, False, 0),
     (FailureKind.REFUSED, 0, False, False, False, 0),
 ])

@@ -184,3 +184,12 @@ def test_without_auth_required_a_placeholder_key_is_no_one(tmp_path):
         assert client.get("/api/jobs", headers=auth("ollama")).status_code == 200   # what OpenAI clients send
     finally:
         service.raw_store.close()
+
+
+def test_admin_routes_need_an_admin_key(idle):
+    service, client = idle
+    user, admin = make_key(service, "team"), make_key(service, "ops", admin=True)
+    assert client.get("/api/admin/nodes").status_code == 401
+    assert client.get("/api/admin/nodes", headers=auth(user)).status_code == 403
+    assert client.post("/api/admin/nodes", json={"url": "http://x:1"}, headers=auth(user)).status_code == 403
+    assert client.get("/api/admin/nodes", headers=auth(admin)).status_code == 200
