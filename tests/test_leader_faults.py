@@ -25,15 +25,17 @@ pytestmark = pytest.mark.slow
 MODEL = "qwen2.5:0.5b"
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    sim = ManagedRuntime("sim", "simulator", ["--num-parallel", "4", "--tokens-per-s", "400", "--load-gbps", "50",
-                                              "--default-tokens", "16"], tmp_path / "sim.log")
-    sim_url = sim.start()
+def gunicorn_on(tmp_path, nodes: int):
+    """gunicorn with two workers in front of `nodes` standalone simulators (as Ollama nodes)."""
+    sims = [ManagedRuntime("sim", "simulator", ["--num-parallel", "4", "--tokens-per-s", "400", "--load-gbps", "50",
+                                                "--default-tokens", "16"], tmp_path / f"sim{i}.log")
+            for i in range(nodes)]
+    sim_urls = [sim.start() for sim in sims]
     port = free_port()
     env = {**os.environ, "HTTP_PORT": str(port), "DATA_DIR": str(tmp_path / "data"), "LOG_FILE": str(tmp_path / "mm.log"),
-           "BACKEND": "ollama", "OLLAMA_URL": sim_url, "OLLAMA_NUM_PARALLEL": "4", "VRAM_TOTAL_MB": "20000",
-           "STORE": "sqlite", "MONGODB_URI": "", "GUNICORN_WORKERS": "2", "RUNTIME_POLL_INTERVAL": "0.2"}
+           "BACKEND": "ollama", "OLLAMA_URLS": ",".join(f"{u}#vram=20" for u in sim_urls), "OLLAMA_NUM_PARALLEL": "4",
+           "REPLICA_AFTER": "2", "STORE": "sqlite", "MONGODB_URI": "", "GUNICORN_WORKERS": "2",
+           "RUNTIME_POLL_INTERVAL": "0.2"}
     proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT,
                             env=env, stdout=open(tmp_path / "gunicorn.log", "wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -45,14 +47,26 @@ def cluster(tmp_path):
             return False
     try:
         wait_until(healthy, timeout=60, message="gunicorn to serve")
-        yield url, sim_url, tmp_path
+        yield url, sim_urls, tmp_path
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
-        sim.stop()
+        for sim in sims:
+            sim.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    for url, sim_urls, directory in gunicorn_on(tmp_path, 1):
+        yield url, sim_urls[0], directory
+
+
+@pytest.fixture
+def two_nodes(tmp_path):
+    yield from gunicorn_on(tmp_path, 2)
 
 
 def leader_pid(url):
@@ -110,3 +124,30 @@ def test_a_leader_killed_outright_has_its_jobs_run_again_and_answered_once(clust
     assert max(answered.values()) == 1 and len(answered) == 20
     recovered = [j for j in jobs if j["attempts"] == 2]
     assert recovered                                   # the ones cut off mid-answer ran again
+
+
+def test_a_standby_takes_over_scheduling_every_node_when_the_leader_dies(two_nodes):
+    """Two nodes, two managers (gunicorn workers) on one store: the leader is killed while both
+    nodes run its jobs; the standby leads both nodes, every job completes, none answered twice."""
+    url, sim_urls, _ = two_nodes
+    leader = wait_until(lambda: leader_pid(url), message="a leader to publish")
+    ids = [requests.post(url + "/api/submit", json={"model": model, "prompt": f"{model} {i}",
+                                                    "options": {"num_predict": 300}}, timeout=10).json()["job_id"]
+           for i in range(10) for model in (MODEL, "llama3.2:1b")]
+
+    def running(sim_url):
+        return requests.get(sim_url + "/api/sim/stats", timeout=5).json()["running"]
+    wait_until(lambda: all(running(u) >= 1 for u in sim_urls), message="jobs running on both nodes")
+    os.kill(leader, signal.SIGKILL)
+
+    def all_ended():
+        jobs = [requests.get(f"{url}/api/job/{job_id}", timeout=5).json() for job_id in ids]
+        return jobs if all(j["status"] in ("complete", "failed") for j in jobs) else None
+    jobs = wait_until(all_ended, timeout=120, interval=0.5, message="every job to end")
+    assert [j["status"] for j in jobs] == ["complete"] * len(ids)
+    answered = collections.Counter(a["prompt"] for u in sim_urls
+                                   for a in requests.get(u + "/api/sim/stats", timeout=5).json()["answered"])
+    assert len(answered) == len(ids) and max(answered.values()) == 1
+    stats = requests.get(url + "/api/stats", timeout=5).json()
+    assert leader_pid(url) not in (None, leader)
+    assert [n["url"] for n in stats["nodes"]] == sim_urls and all(n["ok"] for n in stats["nodes"])
