@@ -14,8 +14,7 @@ from flask import Blueprint, jsonify, request
 from api_auth import caller
 from api_common import ApiError, read_body, service
 from config import split_node_url
-from runtime_nodes import NODES_KEY
-from scheduler_view import STATE_KEY
+from scheduler_view import NODES_KEY, STATE_KEY
 
 admin_bp = Blueprint("admin", __name__)
 

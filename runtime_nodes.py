@@ -26,7 +26,6 @@ from runtime_client import OllamaClient
 from scheduler_core import SchedulerCore
 
 syslog = get_logger("SYSTEM")
-NODES_KEY = "nodes"          # the store's state document of nodes added and removed at run time
 
 
 @dataclass
@@ -140,23 +139,3 @@ def node_changes(document: dict | None, current: Iterable[str]) -> tuple[list[st
     have = set(current)
     return ([u for u in added if split_node_url(u)[0] not in have and u not in removed],
             [u for u in have if u in removed])
-
-
-def node_view(node: RuntimeNode, margin_bytes: int) -> dict:
-    """One node as /api/stats shows it."""
-    state = node.state
-    models = node.core.states()
-    total = state.memory_total if state else 0
-    used = state.memory_used if state else 0
-    return {
-        "url": node.url, "kind": node.runtime.kind, "ok": bool(state and state.runtime_ok) and not node.removed,
-        "error": state.runtime_error if state else "not read yet",
-        "gpus": [vars(g) for g in state.gpus] if state else [],
-        "vram": {"total": total, "used": used, "free": max(total - used, 0),
-                 "budget": node.core.budget_bytes, "capacity": max(total - margin_bytes, 0)},
-        "loaded_models": [{"name": m.name, "phase": m.phase.value, "running": m.running, "slots": m.slots,
-                           "planned_bytes": m.bytes, "gpu_bytes": list(m.gpu_bytes)}
-                          for m in sorted(models, key=lambda m: m.name)],
-        "slots_in_use": sum(m.running for m in models),
-        "slots_total": sum(m.slots for m in models),
-    }

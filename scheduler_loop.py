@@ -34,10 +34,10 @@ from queue_manager import QueueManager
 from resource_monitor import ResourceMonitor, ResourceState
 from resource_sampler import ResourceSampler
 from runtime_backends import Runtime, open_runtimes
-from runtime_nodes import NODES_KEY, NodeParts, RuntimeNode, build_node, node_changes, open_added_node
+from runtime_nodes import NodeParts, RuntimeNode, build_node, node_changes, open_added_node
 from runtime_client import RuntimeFailure
 from scheduler_core import SchedulerCore, cluster_pass
-from scheduler_view import REGISTRY_KEY, STATE_KEY, registry_document, scheduler_view
+from scheduler_view import NODES_KEY, REGISTRY_KEY, STATE_KEY, registry_document, scheduler_view
 from scheduling_policy import LeftRun, RunAction, left_run_verdict
 from store.base import SCHEDULER_LEASE, Fenced
 
@@ -344,9 +344,12 @@ class SchedulerTerm:
         """Nodes added or removed at run time (/api/admin/nodes, kept in the store)."""
         published = self.ctx.store.get_state(NODES_KEY)
         add, remove = node_changes(published[0] if published else None, [n.url for n in self.nodes if not n.removed])
-        if not add and not remove:
+        gone = [n for n in self.nodes if n.removed and n.engine.wait_idle(0)]   # removed, its requests ended
+        if not add and not remove and not gone:
             return
-        nodes = list(self.nodes)
+        for node in gone:
+            node.close()
+        nodes = [n for n in self.nodes if n not in gone]
         for url in remove:
             for node in nodes:
                 if node.url == url and not node.removed:
