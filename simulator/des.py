@@ -293,7 +293,9 @@ def run(policy: Policy, trace: list[Job], models: list[SimModel], total_bytes: i
         load_done = policy.on_load_done
     elif len(gpus) == 1:
         policy.attach(gpus[0])
-        load_done = lambda model, gpu: policy.on_load_done(model)   # noqa: E731
+
+        def load_done(model: str, gpu: Gpu) -> None:
+            policy.on_load_done(model)
     else:
         raise ValueError(f"{policy.name} runs on one node, not {len(gpus)}")
     for job in jobs:
