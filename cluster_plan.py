@@ -8,16 +8,19 @@ A node is one runtime (one Ollama) with its memory (one pool, or several GPUs). 
   work (so that it is not taken for an idle model and pushed out); a copy with free slots and
   nothing to do is spare, free to give way.
 * When a model's waiting work exceeds what its nodes' slots take by `replica_after` jobs or
-  more, and another node has room for it now (without pushing anything out), a second copy is
-  loaded there: a replica takes the overflow.
+  more, and another node has room for it now, a second copy is loaded there: a replica takes
+  the overflow. Once that work has waited `replica_wait_s`, room for the copy may also be made
+  by pushing out idle models with no waiting work.
 * A model that is loaded nowhere goes to a node where it fits now (the one with the most free
   memory), else to the node where the most memory could be made free (free plus idle models
-  with no waiting work), among nodes that have it installed and could ever hold it. The choice
+  with no waiting work), among nodes that have it installed and could ever hold it beside the
+  models pinned there. The choice
   is kept from pass to pass (`placed`), so that two nodes do not both make room for it.
 * A model that fits no node's capacity goes to the largest node, whose plan fails its jobs.
 * Down nodes get nothing; their models count as loaded nowhere.
-* Pinned models stay where they are loaded; pinned or predicted models that are loaded nowhere
-  go to the node with the most free memory where they fit now.
+* Pinned models stay where they are loaded (one copy of each: further copies are replicas);
+  pinned or predicted models that are loaded nowhere go to the node with the most free memory
+  where they fit now.
 """
 from __future__ import annotations
 
@@ -62,20 +65,29 @@ class _Room:
         for i, b in enumerate(alloc):
             self.free[i] -= b
 
-    def could_hold(self, need: int) -> bool:
-        return place(need, self.snapshot.capacities, self.snapshot.split) is not None
+    def could_hold(self, need: int, pinned: frozenset[str]) -> bool:
+        """Whether `need` could ever fit here beside the models pinned here."""
+        return place(need, self.snapshot.room_beside(pinned), self.snapshot.split) is not None
 
-    def reclaimable(self, demanded: set[str]) -> int:
-        s = self.snapshot
-        idle = sum(m.bytes for m in s.resident if m.phase is Phase.LOADED and m.running == 0
-                   and m.name not in demanded and m.name not in s.pinned)
-        return sum(max(f, 0) for f in self.free) + idle
+    def spare(self, demanded: set[str], pinned: frozenset[str]) -> list[int]:
+        """Free memory per GPU, plus what idle models with no waiting work hold."""
+        s, room = self.snapshot, [max(f, 0) for f in self.free]
+        for m in s.resident:
+            if m.phase is Phase.LOADED and m.running == 0 and m.name not in demanded and m.name not in pinned:
+                for i, b in enumerate(s.split_of(m)):
+                    room[i] += b
+        return room
+
+    def reclaimable(self, demanded: set[str], pinned: frozenset[str]) -> int:
+        return sum(self.spare(demanded, pinned))
 
 
 def plan_cluster(nodes: Sequence[NodeState], demand: Sequence[Demand], need_bytes: Mapping[str, int],
                  placed: Mapping[str, str] | None = None, replica_after: int = 8,
-                 pinned: frozenset[str] = frozenset(), predicted: Sequence[str] = ()) -> ClusterPlan:
+                 pinned: frozenset[str] = frozenset(), predicted: Sequence[str] = (),
+                 replica_wait_s: float = 30.0) -> ClusterPlan:
     up = [n for n in nodes if n.ok]
+    pins = _pins_by_node(up, pinned)
     rooms = {n.name: _Room(n.snapshot) for n in up}
     share: dict[str, list[Demand]] = {n.name: [] for n in up}
     wanted: dict[str, list[str]] = {n.name: [] for n in up}
@@ -95,19 +107,31 @@ def plan_cluster(nodes: Sequence[NodeState], demand: Sequence[Demand], need_byte
                 for alloc in [rooms[n.name].fits_now(need)] if alloc is not None]
         return max(fits, key=lambda f: (sum(rooms[f[0].name].free), f[0].name)) if fits else None
 
+    def room_to_make(model: str, exclude: set[str]) -> tuple[NodeState, tuple[int, ...]] | None:
+        """A node where `model` fits once idle models without waiting work give way."""
+        need = need_bytes.get(model, 0)
+        fits = [(n, alloc) for n in up if n.name not in exclude and installed(n, model)
+                for alloc in [place(need, rooms[n.name].spare(demanded, pins[n.name]), n.snapshot.split)]
+                if alloc is not None]
+        return max(fits, key=lambda f: (rooms[f[0].name].reclaimable(demanded, pins[f[0].name]), f[0].name)) if fits else None
+
     for d in sorted(demand, key=lambda d: (-d.score, d.oldest_submitted, d.model)):
         holders = holders_of(d.model)
         if holders:
             remaining = _spread_over_slots(d, holders, share)
             if remaining >= replica_after and len(holders) < len(up):
-                spot = room_now(d.model, {n.name for n in holders})
+                exclude = {n.name for n in holders}
+                spot = room_now(d.model, exclude)
+                if spot is None and d.head_wait_s >= replica_wait_s:
+                    spot = room_to_make(d.model, exclude)
                 if spot is not None:
                     node, alloc = spot
                     rooms[node.name].take(alloc)
                     share[node.name].append(replace(d, waiting=remaining))
                     result.replicas.append((d.model, node.name))
             continue
-        node = _home_for(d.model, up, rooms, need_bytes.get(d.model, 0), previous.get(d.model), demanded, installed)
+        node = _home_for(d.model, up, rooms, need_bytes.get(d.model, 0), previous.get(d.model), demanded, installed,
+                         pins)
         if node is None:
             continue
         result.placed[d.model] = node.name
@@ -126,7 +150,7 @@ def plan_cluster(nodes: Sequence[NodeState], demand: Sequence[Demand], need_byte
             wanted[node.name].append(model)
 
     for n in up:
-        s = replace(n.snapshot, demand=tuple(share[n.name]), wanted=tuple(wanted[n.name]), pinned=pinned,
+        s = replace(n.snapshot, demand=tuple(share[n.name]), wanted=tuple(wanted[n.name]), pinned=pins[n.name],
                     need_bytes={**n.snapshot.need_bytes, **{m: need_bytes[m] for m in
                                                             [d.model for d in share[n.name]] + wanted[n.name]
                                                             if m in need_bytes}})
@@ -139,7 +163,7 @@ def _spread_over_slots(d: Demand, holders: list[NodeState], share: dict[str, lis
     """Give each node that has the model as many jobs as it has free slots; return the rest."""
     def free_slots(n: NodeState) -> int:
         m = next(m for m in n.snapshot.resident if m.name == d.model)
-        return max(m.slots - m.running, 0) if m.phase is Phase.LOADED else 0
+        return max(m.slots - m.running, 0)      # a copy still loading will have its slots soon
 
     remaining = d.waiting
     given: dict[str, int] = {}
@@ -155,12 +179,25 @@ def _spread_over_slots(d: Demand, holders: list[NodeState], share: dict[str, lis
     return remaining
 
 
+def _pins_by_node(up: list[NodeState], pinned: frozenset[str]) -> dict[str, frozenset[str]]:
+    """Which pinned models each node keeps: one copy of each (the first node that has it loaded),
+    and, everywhere, those loaded nowhere yet (so that they are kept once loaded). Other copies
+    are replicas like any other, free to go."""
+    keeper: dict[str, str] = {}
+    for n in sorted(up, key=lambda n: n.name):
+        for m in n.snapshot.resident:
+            if m.name in pinned and m.phase is not Phase.UNLOADING:
+                keeper.setdefault(m.name, n.name)
+    loose = pinned - set(keeper)
+    return {n.name: frozenset(m for m, at in keeper.items() if at == n.name) | loose for n in up}
+
+
 def _home_for(model: str, up: list[NodeState], rooms: dict[str, _Room], need: int, before: str | None,
-              demanded: set[str], installed) -> NodeState | None:
+              demanded: set[str], installed, pins: dict[str, frozenset[str]]) -> NodeState | None:
     """Where a model that is loaded nowhere should go (see the module's doc)."""
     if not up:
         return None
-    able = [n for n in up if installed(n, model) and rooms[n.name].could_hold(need)]
+    able = [n for n in up if installed(n, model) and rooms[n.name].could_hold(need, pins[n.name])]
     if not able:
         # fits no node (its plan fails the jobs) or is installed nowhere (its load says so)
         return max(up, key=lambda n: (sum(n.snapshot.capacities), n.name))
@@ -170,4 +207,4 @@ def _home_for(model: str, up: list[NodeState], rooms: dict[str, _Room], need: in
     now = [n for n in able if rooms[n.name].fits_now(need) is not None]
     if now:
         return max(now, key=lambda n: (sum(rooms[n.name].free), n.name))
-    return max(able, key=lambda n: (rooms[n.name].reclaimable(demanded), n.name))
+    return max(able, key=lambda n: (rooms[n.name].reclaimable(demanded, pins[n.name]), n.name))

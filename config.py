@@ -110,6 +110,9 @@ class Config(BaseSettings):
     REPLICA_AFTER: int = Field(
         8, ge=1, description="Several nodes: a model whose waiting jobs exceed its nodes' free slots by this many gets "
         "a second copy on another node that has memory free for it.")
+    REPLICA_WAIT_S: float = Field(
+        30.0, ge=0, description="Several nodes: once that overflow has waited this long, idle models with no waiting "
+        "work on another node may be pushed out to make room for the second copy.")
     NODE_DOWN_AFTER_S: float = Field(
         10.0, gt=0, description="A node whose runtime has not answered for this long is down: its running requests "
         "are stopped and their jobs re-queued to run elsewhere (a node that refuses connections loses them at once).")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 from cluster_plan import NodeState, plan_cluster
 from config import Config
-from gpu_placement import GpuSplit
+from gpu_placement import GpuSplit, place
 from counters import Counters
 from jobs import ErrorKind, JobStatus
 from log_setup import get_logger
@@ -212,8 +212,13 @@ class SchedulerCore:
 
     def _fail_never_fits(self, model: str, snapshot: Snapshot, now: float) -> None:
         need = snapshot.need_bytes.get(model, 0)
-        reason = (f"model {model} needs {need / 1e9:.2f} GB but at most {snapshot.capacity_bytes / 1e9:.2f} GB "
-                  f"can ever be used (memory minus VRAM_SAFETY_MARGIN_MB)")
+        beside = sum(snapshot.capacities) - sum(snapshot.room_beside(snapshot.pinned))
+        if beside and place(need, snapshot.capacities, snapshot.split) is not None:
+            reason = (f"model {model} needs {need / 1e9:.2f} GB, which cannot fit beside the pinned models "
+                      f"(PINNED_MODELS, {beside / 1e9:.2f} GB) on any node")
+        else:
+            reason = (f"model {model} needs {need / 1e9:.2f} GB but at most {snapshot.capacity_bytes / 1e9:.2f} GB "
+                      f"can ever be used (memory minus VRAM_SAFETY_MARGIN_MB)")
         self._fail_model(model, reason, now)
 
     def _fail_model(self, model: str, reason: str, now: float) -> None:
@@ -333,6 +338,7 @@ def cluster_pass(cores: list[SchedulerCore], readings: dict[str, ResourceState |
         predicted = queue.arrivals.predicted(now, config.PRELOAD_LIMIT, resident | {d.model for d in demand})
     wanted = {d.model for d in demand} | set(pinned) | set(predicted)
     needs = {name: registry.need_bytes(name) for name in wanted}
-    decided = plan_cluster(nodes, demand, needs, first.cluster.placed, config.REPLICA_AFTER, pinned, predicted)
+    decided = plan_cluster(nodes, demand, needs, first.cluster.placed, config.REPLICA_AFTER, pinned, predicted,
+                           config.REPLICA_WAIT_S)
     first.cluster.placed = decided.placed
     return {core.node: core.act(decided.snapshots[core.node], now) for core in acting if core.node in decided.snapshots}

@@ -106,6 +106,17 @@ class Snapshot:
     def capacities(self) -> tuple[int, ...]:
         return self.gpu_capacity or (self.capacity_bytes,)
 
+    def room_beside(self, pinned: frozenset[str]) -> tuple[int, ...]:
+        """Capacity per GPU less what the loaded models in `pinned` hold: the most any other
+        model could ever have while they stay. (One still loading counts once its load says
+        what it really takes: its first estimate may be well above it.)"""
+        room = list(self.capacities)
+        for m in self.resident:
+            if m.name in pinned and m.phase is Phase.LOADED:
+                for i, b in enumerate(self.split_of(m)):
+                    room[i] -= b
+        return tuple(room)
+
     def split_of(self, m: ResidentModel) -> tuple[int, ...]:
         """`m`'s bytes on each GPU: as recorded, else where the runtime would put it on empty GPUs."""
         n = len(self.budgets)
@@ -217,8 +228,8 @@ def plan(snapshot: Snapshot) -> Plan:
             continue
 
         need = snapshot.need_bytes.get(d.model, 0)
-        if place(need, snapshot.capacities, snapshot.split) is None:
-            result.never_fits.append(d.model)
+        if place(need, snapshot.room_beside(pinned), snapshot.split) is None:
+            result.never_fits.append(d.model)      # not even alone, or not beside the pinned models
             continue
         under_cap = limits.max_loaded == 0 or loaded_count < limits.max_loaded
         alloc = memory.place_now(need)

@@ -21,7 +21,8 @@ cluster_plan.plan_cluster and carries out each node's plan on that node. Three p
    model's first estimate); preloading predicted models (warm_pool.RecentArrivals, 120 s
    window, 2 models); and pinning with preloading (`--skip-warm` leaves this part out). The
    cost: loads, weights moved, and loads of a model that ran no job before it was unloaded
-   (or the run ended). A run left with jobs that can never start prints STUCK.
+   (or the run ended). A run left with jobs that can never start prints STUCK (waiting forever) or NEVER FITS (the
+   planner says a model cannot fit beside the pinned one: the service fails its jobs with that reason).
 
 Targets: throughput per node at 8 nodes >= 0.9 of one node's (on every seed's trace; the mean
 is printed too); pass median and p99 < 2 ms; no out-of-memory error anywhere. Each target
@@ -191,8 +192,8 @@ def warm_pools(jobs_per_node: int, seed: int) -> list[dict]:
                 row = {"rate_per_node": rate, "nodes": n, "variant": label}
                 try:
                     row.update(figures(one_run(p, n, jobs_per_node, rate, seed), p))
-                except RuntimeError as e:
-                    if "stuck" not in str(e):
+                except RuntimeError as e:           # jobs that could never run: waiting, or failed as never fitting
+                    if "stuck" not in str(e) and "never fit" not in str(e):
                         raise
                     row.update(stuck=str(e), oom_errors=sum(g.memory.oom_errors for g in [x.gpu for x in p.nodes]),
                                waiting=len(p.index))
@@ -206,7 +207,8 @@ def print_warm(rows: list[dict]) -> None:
     for r in rows:
         b = base[(r["rate_per_node"], r["nodes"])]
         if "stuck" in r:
-            out.append([r["rate_per_node"], r["nodes"], r["variant"], "STUCK", f"{r['waiting']} jobs never ran"]
+            what = "NEVER FITS" if "never fit" in r["stuck"] else "STUCK"
+            out.append([r["rate_per_node"], r["nodes"], r["variant"], what, f"{r['waiting']} jobs never ran"]
                        + ["-"] * 7 + [r["oom_errors"]])
             continue
         out.append([r["rate_per_node"], r["nodes"], r["variant"], r["loads"], f"{r['loads'] - b['loads']:+d}",

@@ -253,8 +253,8 @@ class ManagerPolicy:
         if decided.never_fits:
             raise RuntimeError(f"models that can never fit: {decided.never_fits}")
         for model in decided.unloads:
-            if model in self.pinned:
-                raise RuntimeError(f"{self.name}: the plan unloads pinned {model}")
+            if model in self.pinned and not any(model in n.gpu.loaded for n in self.nodes if n is not node):
+                raise RuntimeError(f"{self.name}: the plan unloads the last copy of pinned {model}")
             gpu.unload(model)
         for model in decided.loads:
             copies = sum(model in n.gpu.loaded or model in n.gpu.loading for n in self.nodes)

@@ -19,6 +19,17 @@ def unloads_of(result, model):
     return [(node.name, t) for node in result.nodes for t, event, m in node.log if event == "unload" and m == model]
 
 
+def copies_over_time(result, model):
+    """How many nodes hold `model` (loading or loaded) after each of its loads and unloads."""
+    events = sorted((t, +1 if event == "load" else -1) for node in result.nodes for t, event, m in node.log
+                    if m == model and event in ("load", "unload"))
+    counts, held = [], 0
+    for _, change in events:
+        held += change
+        counts.append(held)
+    return counts
+
+
 def test_two_nodes_share_the_work_without_running_out_of_memory():
     models = [SimModel(f"m{i}", 5 * GB, SMALL_KV) for i in range(4)]      # two fit on a node
     trace = make_trace(models, 300, 10.0, seed=2, zipf_s=0.5)             # more than one node serves
@@ -90,7 +101,8 @@ def test_a_pinned_model_is_never_unloaded(nodes):
     assert unloads_of(free, "a")                            # under pressure it would go
     pinned = run(ManagerPolicy(margin_bytes=0, pinned=frozenset({"a"})), trace, models, 15 * GB, **PHYSICS,
                  nodes=nodes)
-    assert unloads_of(pinned, "a") == []
+    # one copy stays loaded throughout (a further copy on another node is a replica, free to go)
+    assert unloads_of(pinned, "a") == [] if nodes == 1 else min(copies_over_time(pinned, "a")) >= 1
     assert pinned.oom_errors == 0 and all(j.finished is not None for j in pinned.jobs)
     assert all(unloads_of(pinned, m.name) for m in models[1:])   # the others take turns beside it
 
