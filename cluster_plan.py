@@ -180,14 +180,14 @@ def _spread_over_slots(d: Demand, holders: list[NodeState], share: dict[str, lis
 
 
 def _pins_by_node(up: list[NodeState], pinned: frozenset[str]) -> dict[str, frozenset[str]]:
-    """Which pinned models each node keeps: one copy of each (the first node that has it loaded),
+    """Which pinned models each node keeps: one copy of each (a loaded one where there is),
     and, everywhere, those loaded nowhere yet (so that they are kept once loaded). Other copies
     are replicas like any other, free to go."""
     keeper: dict[str, str] = {}
-    for n in sorted(up, key=lambda n: n.name):
-        for m in n.snapshot.resident:
-            if m.name in pinned and m.phase is not Phase.UNLOADING:
-                keeper.setdefault(m.name, n.name)
+    copies = sorted(((m.phase is not Phase.LOADED, n.name, m.name) for n in up for m in n.snapshot.resident
+                     if m.name in pinned and m.phase is not Phase.UNLOADING))
+    for _, node, model in copies:               # a loaded copy first
+        keeper.setdefault(model, node)
     loose = pinned - set(keeper)
     return {n.name: frozenset(m for m, at in keeper.items() if at == n.name) | loose for n in up}
 

@@ -253,7 +253,7 @@ class ManagerPolicy:
         if decided.never_fits:
             raise RuntimeError(f"models that can never fit: {decided.never_fits}")
         for model in decided.unloads:
-            if model in self.pinned and not any(model in n.gpu.loaded for n in self.nodes if n is not node):
+            if model in self.pinned and not any(model in n.gpu.loaded | n.gpu.loading for n in self.nodes if n is not node):
                 raise RuntimeError(f"{self.name}: the plan unloads the last copy of pinned {model}")
             gpu.unload(model)
         for model in decided.loads:
