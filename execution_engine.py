@@ -36,6 +36,7 @@ from scheduling_policy import FailureKind, JobVerdict, PolicyLimits, after_job_f
 from store.base import JobStore
 
 log = get_logger("ENGINE")
+RUNTIME_PROBE_S = 1.0        # after a dropped connection: does the runtime answer at all?
 
 
 class DeadlineWatch:
@@ -176,6 +177,14 @@ class ExecutionEngine:
         self.post(UnloadFinished(model, self.clock(), ok, message))
 
     # --- running one job ------------------------------------------------------------------------
+    def _runtime_answers(self) -> bool:
+        """Whether the runtime answers at all (after a dropped connection: gone, or one request cut)."""
+        try:
+            self.client.version(timeout=RUNTIME_PROBE_S)
+            return True
+        except RuntimeFailure:
+            return False
+
     def _request_body(self, job: JobDoc) -> dict[str, Any]:
         body: dict[str, Any] = {"model": job["model"], "keep_alive": self.settings.keep_alive_for(job["model"]),
                                 "options": self.settings.request_options(job["model"], job.get("options"))}
@@ -247,7 +256,8 @@ class ExecutionEngine:
                 log.exception("resource figures of job %s could not be read", job["job_id"])
         verdict = None
         if failure is not None:
-            verdict = after_job_failure(failure.failure, int(job.get("oom_retries") or 0), self.policy)
+            down = failure.failure is FailureKind.UNAVAILABLE and not self._runtime_answers()
+            verdict = after_job_failure(failure.failure, int(job.get("oom_retries") or 0), self.policy, down)
         self._record(job, run, status, final, failure, verdict, finished, first_token, usage)
         return verdict, failure.failure if failure else None
 

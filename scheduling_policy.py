@@ -96,12 +96,15 @@ class JobVerdict:
     retries: int = 0                   # the job's count of passing failures, this one included
 
 
-def after_job_failure(kind: FailureKind, retries: int, limits: PolicyLimits) -> JobVerdict:
-    """`retries`: the job's passing failures before this one."""
+def after_job_failure(kind: FailureKind, retries: int, limits: PolicyLimits, runtime_down: bool = False) -> JobVerdict:
+    """`retries`: the job's passing failures before this one. `runtime_down`: after the failure
+    the runtime did not answer at all (a node that died or restarts), as opposed to one request
+    cut off by a runtime that still answers."""
     oom = kind is FailureKind.OUT_OF_MEMORY
-    # A dropped connection is a runtime (a node) that died or restarted: the job runs again,
-    # elsewhere if the node stays down; bounded, in case it is the prompt that brings it down.
-    passing = oom or kind in (FailureKind.BUSY, FailureKind.UNAVAILABLE)
+    # A connection dropped by a runtime that is gone: the job runs again (elsewhere, if the node
+    # stays down), bounded in case it is the prompt that brings it down. One request dropped by
+    # a runtime that still answers fails with the reason: running it again would serve it twice.
+    passing = oom or kind is FailureKind.BUSY or (kind is FailureKind.UNAVAILABLE and runtime_down)
     distrust = oom or kind is FailureKind.UNAVAILABLE     # the runtime may have dropped the model
     if passing and retries < limits.max_job_retries:
         return JobVerdict(True, grow_need=oom, distrust_table=distrust, retries=retries + 1)

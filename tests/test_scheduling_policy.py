@@ -36,8 +36,7 @@ def test_after_a_failed_load(failures_before, kind, failures_after, gives_up, gr
     (OOM, 2, True, True, True, 3),
     (OOM, 3, False, True, True, 4),                   # OOM_MAX_RETRIES used up: it fails
     (BUSY, 0, True, False, False, 1),                 # the runtime's own queue was full: try again
-    (DOWN, 0, True, False, True, 1),                  # dropped mid-answer (a node died): again, elsewhere
-    (DOWN, 3, False, False, True, 4),                 # ... but not forever: it may be the prompt that kills it
+    (DOWN, 0, False, False, True, 0),                 # dropped mid-answer by a runtime that still answers: fails
     (FailureKind.TIMEOUT, 0, False, False, False, 0),
     (FailureKind.REFUSED, 0, False, False, False, 0),
 ])
@@ -45,6 +44,12 @@ def test_after_a_failed_job(kind, retries, requeue, grows, distrusts, retries_af
     verdict = after_job_failure(kind, retries, LIMITS)
     assert (verdict.requeue, verdict.grow_need, verdict.distrust_table, verdict.retries) == (
         requeue, grows, distrusts, retries_after)
+
+
+@pytest.mark.parametrize("retries, requeue", [(0, True), (2, True), (3, False)])
+def test_a_job_cut_off_by_a_runtime_that_is_gone_runs_again_but_not_forever(retries, requeue):
+    verdict = after_job_failure(DOWN, retries, LIMITS, runtime_down=True)
+    assert verdict.requeue is requeue and verdict.distrust_table and verdict.retries == retries + 1
 
 
 def test_the_scheduler_waits_for_a_reading_taken_after_a_surprise():
