@@ -163,7 +163,7 @@ class Config(BaseSettings):
         "time before other work may push it out (one with no waiting work may go at once): higher = fewer loads "
         "and more throughput under memory pressure, lower = urgent work for other models gets memory sooner.")
     OOM_MAX_RETRIES: int = Field(3, ge=0, description="Times a job is re-queued after a passing failure before it fails: an out-of-memory answer, the runtime's "
-        "queue full (503), or its connection dropped (a node that died or restarted).")
+        "queue full (503), or its connection dropped by a runtime that then does not answer (a node that died).")
     OOM_GROWTH: float = Field(
         1.25, gt=1.0, description="After an out-of-memory incident, a model's planned need grows by this factor (once "
         "per incident, never past the capacity) until its next successful load measures it.")
