@@ -15,6 +15,7 @@ from service import Service
 
 MAX_WAIT_S = 300.0
 LIST_METADATA_MAX_BYTES = 4096      # larger metadata is shown in listings as its size only
+READ_CHUNK_BYTES = 64 * 1024
 
 
 class ApiError(Exception):
@@ -47,7 +48,8 @@ def read_body() -> bytes:
                        max_bytes=limit)
     chunks, size = [], 0
     while size <= limit:
-        chunk = request.stream.read(limit + 1 - size)     # over the limit: the app's stream says 413
+        # in pieces: a read of n bytes allocates n bytes first, and the limit may be megabytes
+        chunk = request.stream.read(min(READ_CHUNK_BYTES, limit + 1 - size))
         if not chunk:
             break
         chunks.append(chunk)

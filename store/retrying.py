@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -40,9 +41,20 @@ class RetryingStore:
 
     def call(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         store = self.store
+        started = time.monotonic()
+        try:                     # the common case, without building a retry loop for it
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if not store.is_transient(exc):
+                raise
+            left = self.patience_s - (time.monotonic() - started)
+            if left <= 0 or self.should_stop():
+                log.error("store call %s gave up after %.1f s: %s", name, self.patience_s, exc)
+                raise StoreUnavailable(f"the job store does not answer ({type(exc).__name__}: {exc})") from exc
+            log.debug("store call %s failed (%s); retrying", name, exc)
         retrying = Retrying(
             retry=retry_if_exception(store.is_transient),
-            stop=stop_after_delay(self.patience_s) | (lambda _: self.should_stop()),
+            stop=stop_after_delay(left) | (lambda _: self.should_stop()),
             wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.05),
             before_sleep=_log_retry(name), reraise=True)
         try:
