@@ -44,8 +44,9 @@ def _split(job: JobDoc) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _row_to_job(row: sqlite3.Row) -> JobDoc:
     job = json.loads(row["doc"])
+    present = row.keys()
     for key in _COLUMNS:
-        if key in row.keys():
+        if key in present:
             job[key] = row[key]
     return job
 
