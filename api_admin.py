@@ -77,6 +77,10 @@ def add_node():
 def remove_node():
     _require_admin()
     base = split_node_url(_node_url())[0]
+    view = service().published(STATE_KEY)
+    nodes = [n.get("url") for n in (view[0] if view else {}).get("nodes", [])]
+    if nodes == [base]:
+        raise ApiError(409, f"{base} is the only node; add another before removing it")
     changes = _changes()
     changes["added"] = [u for u in changes["added"] if split_node_url(u)[0] != base]
     if base not in changes["removed"]:

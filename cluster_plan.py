@@ -14,10 +14,12 @@ A node is one runtime (one Ollama) with its memory (one pool, or several GPUs). 
 * A model that is loaded nowhere goes to a node where it fits now (the one with the most free
   memory), else to the node where the most memory could be made free (free plus idle models
   with no waiting work), among nodes that have it installed and could ever hold it beside the
-  models pinned there. The choice
-  is kept from pass to pass (`placed`), so that two nodes do not both make room for it.
-* A model that fits no node's capacity goes to the largest node, whose plan fails its jobs.
-* Down nodes get nothing; their models count as loaded nowhere.
+  models pinned there. The choice is kept from pass to pass (`placed`) while the model still
+  fits there or fits nowhere now, so that two nodes do not both make room for it.
+* A model that fits no node's capacity goes to the largest node, whose plan fails its jobs;
+  while a node is down (it may be the one that can hold it) the work waits instead.
+* Down nodes, and nodes whose memory is not known, get nothing new; a down node's models count
+  as loaded nowhere.
 * Pinned models stay where they are loaded (one copy of each: further copies are replicas);
   pinned or predicted models that are loaded nowhere go to the node with the most free memory
   where they fit now.
@@ -28,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from gpu_placement import place
-from vram_scheduler import Demand, Phase, Plan, Snapshot, plan
+from vram_scheduler import Demand, FreeMemory, Phase, Plan, Snapshot, plan
 
 
 @dataclass(frozen=True)
@@ -53,25 +55,26 @@ class _Room:
 
     def __init__(self, s: Snapshot):
         self.snapshot = s
-        self.free = list(s.budgets)
-        for m in s.resident:
-            for i, b in enumerate(s.split_of(m)):
-                self.free[i] -= b
+        self.memory = FreeMemory(s)
+        self.free = self.memory.free
 
     def fits_now(self, need: int) -> tuple[int, ...] | None:
-        return place(need, self.free, self.snapshot.split)
+        return self.memory.place_now(need) if self.snapshot.memory_known else None
 
     def take(self, alloc: tuple[int, ...]) -> None:
-        for i, b in enumerate(alloc):
-            self.free[i] -= b
+        self.memory.take(alloc)
 
     def could_hold(self, need: int, pinned: frozenset[str]) -> bool:
-        """Whether `need` could ever fit here beside the models pinned here."""
-        return place(need, self.snapshot.room_beside(pinned), self.snapshot.split) is not None
+        """Whether `need` could ever fit here beside the models pinned here (never, while the
+        node's memory is not known)."""
+        return self.snapshot.memory_known and place(need, self.snapshot.room_beside(pinned),
+                                                    self.snapshot.split) is not None
 
     def spare(self, demanded: set[str], pinned: frozenset[str]) -> list[int]:
         """Free memory per GPU, plus what idle models with no waiting work hold."""
         s, room = self.snapshot, [max(f, 0) for f in self.free]
+        if not s.memory_known:
+            return [0] * len(room)
         for m in s.resident:
             if m.phase is Phase.LOADED and m.running == 0 and m.name not in demanded and m.name not in pinned:
                 for i, b in enumerate(s.split_of(m)):
@@ -131,7 +134,7 @@ def plan_cluster(nodes: Sequence[NodeState], demand: Sequence[Demand], need_byte
                     result.replicas.append((d.model, node.name))
             continue
         node = _home_for(d.model, up, rooms, need_bytes.get(d.model, 0), previous.get(d.model), demanded, installed,
-                         pins)
+                         pins, all_up=len(up) == len(nodes))
         if node is None:
             continue
         result.placed[d.model] = node.name
@@ -193,18 +196,23 @@ def _pins_by_node(up: list[NodeState], pinned: frozenset[str]) -> dict[str, froz
 
 
 def _home_for(model: str, up: list[NodeState], rooms: dict[str, _Room], need: int, before: str | None,
-              demanded: set[str], installed, pins: dict[str, frozenset[str]]) -> NodeState | None:
-    """Where a model that is loaded nowhere should go (see the module's doc)."""
+              demanded: set[str], installed, pins: dict[str, frozenset[str]], all_up: bool) -> NodeState | None:
+    """Where a model that is loaded nowhere should go (see the module's doc); None: it waits."""
     if not up:
         return None
     able = [n for n in up if installed(n, model) and rooms[n.name].could_hold(need, pins[n.name])]
     if not able:
-        # fits no node (its plan fails the jobs) or is installed nowhere (its load says so)
-        return max(up, key=lambda n: (sum(n.snapshot.capacities), n.name))
-    sticky = next((n for n in able if n.name == before), None)
-    if sticky is not None:
-        return sticky
+        # No node that answers can take it. While a node is down (it may be the one that can),
+        # the work waits; with every node up it fits none (its plan fails the jobs as never
+        # fitting) or none has it (its load says so).
+        known = [n for n in up if n.snapshot.memory_known]
+        if not all_up or not known:
+            return None
+        return max(known, key=lambda n: (sum(n.snapshot.capacities), n.name))
     now = [n for n in able if rooms[n.name].fits_now(need) is not None]
+    sticky = next((n for n in able if n.name == before), None)
+    if sticky is not None and (sticky in now or not now):
+        return sticky                   # kept while it still fits there, or fits nowhere now
     if now:
         return max(now, key=lambda n: (sum(rooms[n.name].free), n.name))
     return max(able, key=lambda n: (rooms[n.name].reclaimable(demanded, pins[n.name]), n.name))

@@ -9,6 +9,8 @@ nothing else reads the environment.
 """
 from __future__ import annotations
 
+import math
+
 import ipaddress
 import json
 import sys
@@ -328,9 +330,12 @@ def split_node_url(node_url: str) -> tuple[str, float | None]:
     key, _, value = fragment.partition("=")
     if key != "vram":
         raise ValueError(f"{node_url}: the only thing a node URL may say after # is vram=GB")
-    gb = float(value)
-    if gb <= 0:
-        raise ValueError(f"{node_url}: vram must be positive")
+    try:
+        gb = float(value)
+    except ValueError:
+        raise ValueError(f"{node_url}: vram must be a number of GB") from None
+    if not math.isfinite(gb) or gb <= 0:
+        raise ValueError(f"{node_url}: vram must be a positive number of GB")
     return url.rstrip("/"), gb
 
 

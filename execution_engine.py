@@ -30,7 +30,7 @@ from jobs import JobDoc, JobKind, JobStatus
 from log_setup import get_logger
 from model_settings import ModelSettings
 from result_cache import cached_answer
-from runtime_client import OllamaClient, RequestCancelled, RequestHandle, RuntimeFailure
+from runtime_client import NODE_DOWN, NodeDown, OllamaClient, RequestCancelled, RequestHandle, RuntimeFailure
 from scheduler_events import Event, JobFinished, LoadFinished, RunContext, UnloadFinished
 from scheduling_policy import FailureKind, JobVerdict, PolicyLimits, after_job_failure
 from store.base import JobStore
@@ -135,12 +135,14 @@ class ExecutionEngine:
         if handle is not None:
             handle.stop("cancelled")
 
-    def interrupt_all(self) -> None:
-        """The scheduler is shutting down: stop every request; their jobs go back to the queue."""
+    def interrupt_all(self, reason: str = "shutdown") -> None:
+        """Stop every request; their jobs go back to the queue. `shutdown`: the scheduler stops
+        (not the job's fault, not counted); NODE_DOWN: the node stopped answering (counted, like
+        a connection dropped by a runtime that is gone)."""
         with self._lock:
             handles = list(self._handles.values())
         for handle in handles:
-            handle.stop("shutdown")
+            handle.stop(reason)
 
     def wait_idle(self, timeout: float | None) -> bool:
         """Wait until no job runs here (each ended and was recorded); False if `timeout` ran out."""
@@ -241,7 +243,10 @@ class ExecutionEngine:
                                            on_first_token=lambda: first_token.append(self.clock()),
                                            on_piece=writer.add if writer else None)
         except RequestCancelled as exc:
-            status = JobStatus.CANCELLED if exc.reason == "cancelled" else JobStatus.PENDING
+            if exc.reason == NODE_DOWN:
+                failure = NodeDown(f"the node stopped answering (NODE_DOWN_AFTER_S = {self.config.NODE_DOWN_AFTER_S:g})")
+            else:
+                status = JobStatus.CANCELLED if exc.reason == "cancelled" else JobStatus.PENDING
         except RuntimeFailure as exc:
             failure = exc
         except Exception as exc:  # a bug must still end the job, with the reason
@@ -256,7 +261,8 @@ class ExecutionEngine:
                 log.exception("resource figures of job %s could not be read", job["job_id"])
         verdict = None
         if failure is not None:
-            down = failure.failure is FailureKind.UNAVAILABLE and not self._runtime_answers()
+            down = isinstance(failure, NodeDown) or (
+                failure.failure is FailureKind.UNAVAILABLE and not self._runtime_answers())
             verdict = after_job_failure(failure.failure, int(job.get("oom_retries") or 0), self.policy, down)
         self._record(job, run, status, final, failure, verdict, finished, first_token, usage)
         return verdict, failure.failure if failure else None

@@ -1,10 +1,11 @@
 """Where a runtime puts a model among a node's GPUs: a pure function of the free memory per GPU.
 
-Ollama's rule (server/sched.go, `bestSingleGPUFit` and `bestGPUGroupByAvailableMemory`):
+Ollama's rule (server/sched.go as of August 2026, `bestSingleGPUFit` and
+`bestGPUGroupByAvailableMemory`; older versions' `pickBestFullFitByLibrary` differs in detail):
 unless OLLAMA_SCHED_SPREAD is set, a model goes whole on the single GPU with the most free
 memory, provided it needs at most 80% of that GPU's free memory; otherwise it is split over all
 the node's GPUs, layer by layer, in proportion to their free memory. So a 10 GB model does fit
-two GPUs with 6 GB free each (split), but not one with 12 GB free and another full.
+two GPUs with 6 GB free each (split), and a 4 GB one goes whole on the freer of them.
 
 `GpuSplit` says what the manager lets a model do:
 

@@ -55,6 +55,8 @@ def choose_backend(config: Config) -> str:
     """`auto`: Ollama when one answers at OLLAMA_URL, else the embedded runtime."""
     if config.BACKEND != "auto":
         return config.BACKEND
+    if config.OLLAMA_URLS.strip():
+        return "ollama"             # nodes named on purpose: scheduled even if none answers yet
     if ollama_answers(split_node_url(config.runtime_urls[0])[0]):
         return "ollama"
     if importlib.util.find_spec("embedded_runtime") is None or importlib.util.find_spec("xllamacpp") is None:
@@ -83,6 +85,10 @@ def open_runtimes(config: Config) -> list[Runtime]:
     return [open_runtime(config)]
 
 
+def runtime_client(config: Config, url: str) -> OllamaClient:
+    return OllamaClient(url, config.RUNTIME_CONNECT_TIMEOUT_S, config.MAX_RUNNING_JOBS + 8)
+
+
 def open_simulator(config: Config, node: int = 0) -> Runtime:
     process = ManagedRuntime("sim", "simulator", [
         "--vram-gb", str(config.SIM_VRAM_GB), "--load-gbps", str(config.SIM_LOAD_GBPS),
@@ -93,7 +99,7 @@ def open_simulator(config: Config, node: int = 0) -> Runtime:
         config.DATA_DIR / "logs" / (f"simulator-{node}.log" if node else "simulator.log"),
         fixed_port=config.SIM_PORT + node if config.SIM_PORT else 0)
     url = process.start()
-    client = OllamaClient(url, config.RUNTIME_CONNECT_TIMEOUT_S, config.MAX_RUNNING_JOBS + 8)
+    client = runtime_client(config, url)
     return Runtime("sim", url, client, SimulatorMemory(client, config.SIM_ENERGY_COUNTER), process,
                    num_parallel=config.SIM_NUM_PARALLEL)
 
@@ -104,7 +110,7 @@ def open_ollama(config: Config, node_url: str) -> Runtime:
     read from here, so each further node says its memory in its URL (`http://gpu2:11434#vram=24`,
     GB; the fragment is never sent) or takes VRAM_TOTAL_MB; with neither it loads nothing."""
     url, vram_gb = split_node_url(node_url)
-    client = OllamaClient(url, config.RUNTIME_CONNECT_TIMEOUT_S, config.MAX_RUNNING_JOBS + 8)
+    client = runtime_client(config, url)
     first = node_url == config.runtime_urls[0]
     gpu = detect_gpu() if first and vram_gb is None else None
     if gpu is not None:
@@ -124,14 +130,13 @@ def open_ollama(config: Config, node_url: str) -> Runtime:
 
 def open_runtime(config: Config) -> Runtime:
     kind = choose_backend(config)
-    pool = config.MAX_RUNNING_JOBS + 8
     if kind == "sim":
         return open_simulator(config)
     if kind == "embedded":
         from embedded_runtime.catalog import CATALOG
         from embedded_runtime.launch import start_embedded
         process = start_embedded(config)
-        client = OllamaClient(process.url, config.RUNTIME_CONNECT_TIMEOUT_S, pool)
+        client = runtime_client(config, process.url)
         catalog = tuple(ModelSpec(m.name, m.size_bytes, ("completion",), m.family, m.parameter_size,
                                   m.install_command) for m in CATALOG.values())
         return Runtime("embedded", process.url, client, host_memory(config), process, catalog,

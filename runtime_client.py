@@ -47,6 +47,13 @@ class RuntimeUnavailable(RuntimeFailure):
     failure = FailureKind.UNAVAILABLE
 
 
+NODE_DOWN = "node down"          # why a node's requests were stopped (RequestHandle.stop)
+
+
+class NodeDown(RuntimeUnavailable):
+    """The node stopped answering, so its requests were stopped: the runtime is gone."""
+
+
 class RuntimeTimeout(RuntimeFailure):
     failure = FailureKind.TIMEOUT
 
@@ -120,7 +127,7 @@ class RequestHandle:
 
     def __init__(self, deadline: float):
         self.deadline = deadline
-        self.reason: str | None = None           # "cancelled", "shutdown" or "timeout" once stopped
+        self.reason: str | None = None           # "cancelled", "shutdown", NODE_DOWN or "timeout" once stopped
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
 
@@ -145,7 +152,7 @@ class RequestHandle:
             _shutdown(sock)
 
     def raise_if_stopped(self) -> None:
-        if self.reason in ("cancelled", "shutdown"):
+        if self.reason in ("cancelled", "shutdown", NODE_DOWN):
             raise RequestCancelled(self.reason)
         if self.reason == "timeout" or time.time() >= self.deadline:
             raise RuntimeTimeout("job timed out: the runtime did not finish within the job's timeout_s")

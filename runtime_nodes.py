@@ -21,8 +21,8 @@ from model_registry import ModelRegistry
 from model_settings import ModelSettings
 from resource_monitor import FixedMemory, ResourceMonitor, ResourceState, SimulatorMemory
 from resource_sampler import ResourceSampler, RunnerPids
-from runtime_backends import Runtime, open_ollama
-from runtime_client import OllamaClient
+from runtime_backends import Runtime, open_ollama, runtime_client
+from runtime_client import NODE_DOWN
 from scheduler_core import SchedulerCore
 
 syslog = get_logger("SYSTEM")
@@ -69,7 +69,7 @@ class RuntimeNode:
             self.stopped_requests = True
             syslog.warning("node %s is down (no answer for %.0fs): its running jobs go back to the queue",
                            self.url, now - (self.unanswered_since or now))
-            self.engine.interrupt_all()
+            self.engine.interrupt_all(NODE_DOWN)
 
     def close(self) -> None:
         self.engine.shutdown(wait=False)
@@ -116,7 +116,7 @@ def open_added_node(config: Config, node_url: str) -> Runtime:
     """A node added at run time: an Ollama, or a GPU simulator started on its own (which says
     its memory), told apart by the simulator's own stats route."""
     url, vram_gb = split_node_url(node_url)
-    client = OllamaClient(url, config.RUNTIME_CONNECT_TIMEOUT_S, config.MAX_RUNNING_JOBS + 8)
+    client = runtime_client(config, url)
     try:
         simulated = requests.get(url + "/api/sim/stats", timeout=2.0).ok
     except requests.RequestException:
@@ -130,6 +130,46 @@ def open_added_node(config: Config, node_url: str) -> Runtime:
     elif vram_gb is None:
         runtime.memory = FixedMemory(config.VRAM_TOTAL_MB * MIB, "config")
     return runtime
+
+
+ADD_RETRY_S = 30.0
+
+
+def follow_changes(nodes: list[RuntimeNode], document: dict | None, parts: NodeParts, now: float,
+                   failed_adds: dict[str, float]) -> list[RuntimeNode] | None:
+    """The term's nodes after the changes asked for at run time (None: no change). Removed
+    nodes stop their requests at once (their jobs go back to the queue) and are closed once
+    those have ended; the last node is never removed; a node that cannot be added is tried
+    again every ADD_RETRY_S."""
+    add, remove = node_changes(document, [n.url for n in nodes if not n.removed])
+    add = [u for u in add if failed_adds.get(u, 0.0) <= now]
+    gone = [n for n in nodes if n.removed and n.engine.wait_idle(0)]   # removed, its requests ended
+    if not add and not remove and not gone:
+        return None
+    for node in gone:
+        node.close()
+    nodes = [n for n in nodes if n not in gone]
+    for url in remove:
+        if sum(1 for n in nodes if not n.removed) <= 1:
+            syslog.warning("node %s is the last one: it stays", url)
+            break
+        for node in nodes:
+            if node.url == url and not node.removed:
+                node.removed = True
+                syslog.warning("node %s removed: its running jobs go back to the queue", url)
+                node.engine.interrupt_all()
+    for url in add:
+        try:
+            node = build_node(open_added_node(parts.config, url), parts)
+        except Exception as exc:
+            failed_adds[url] = now + ADD_RETRY_S
+            syslog.warning("cannot add node %s (trying again in %.0f s): %s", url, ADD_RETRY_S, exc)
+            continue
+        failed_adds.pop(url, None)
+        node.sample(now)
+        nodes.append(node)
+        syslog.info("node %s added", node.url)
+    return nodes
 
 
 def node_changes(document: dict | None, current: Iterable[str]) -> tuple[list[str], list[str]]:

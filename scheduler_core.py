@@ -32,7 +32,7 @@ from resource_monitor import ResourceState
 from scheduler_events import Effects, Event, JobFinished, LoadFinished, RunContext, UnloadFinished
 from scheduling_policy import (FailureKind, LoadHealth, PolicyLimits, after_load_failure, after_load_success,
                                backing_off, reading_is_stale)
-from vram_scheduler import Demand, Limits, Plan, ResidentModel, Snapshot, plan
+from vram_scheduler import UNKNOWN_CAPACITY, Demand, Limits, Plan, ResidentModel, Snapshot, plan
 
 log = get_logger("SCHEDULER")
 
@@ -50,7 +50,8 @@ def build_snapshot(state: ResourceState, resident: tuple[ResidentModel, ...], de
     needs.update({m.name: need_of(m.name) for m in resident if m.name in demanded})
     draining = draining & resident_names
     if state.memory_total <= 0 or not state.runtime_ok:   # memory unknown or runtime down: no loads
-        return Snapshot(sum(m.bytes for m in resident), 1 << 62, resident, tuple(demand), needs, limits, draining, now)
+        return Snapshot(sum(m.bytes for m in resident), UNKNOWN_CAPACITY, resident, tuple(demand), needs, limits,
+                        draining, now)
     capacity = state.memory_total - margin_bytes
     snapshot = Snapshot(capacity - state.used_by_others, capacity, resident, tuple(demand), needs, limits, draining,
                         now, split=split)
@@ -259,6 +260,10 @@ class SchedulerCore:
             self.health[model] = after_load_success(self.health.get(model, LoadHealth()))
             self.counters.add("loads")
             log.info("loaded %s in %.2fs", model, event.at - (state.load_started if state else event.at))
+            if self._reconciled is not None and len(self._reconciled.gpus) > 1:
+                # where the runtime put it among the GPUs shows in the next reading: no more
+                # loads (or anything else) on this node until then
+                self.distrusted_at = max(self.distrusted_at, event.at)
             self.want_reading()
             return
         self.table.load_failed(model)

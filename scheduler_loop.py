@@ -19,6 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from answer_stream import StreamHub
@@ -34,7 +35,7 @@ from queue_manager import QueueManager
 from resource_monitor import ResourceMonitor, ResourceState
 from resource_sampler import ResourceSampler
 from runtime_backends import Runtime, open_runtimes
-from runtime_nodes import NodeParts, RuntimeNode, build_node, node_changes, open_added_node
+from runtime_nodes import NodeParts, RuntimeNode, build_node, follow_changes
 from runtime_client import RuntimeFailure
 from scheduler_core import SchedulerCore, cluster_pass
 from scheduler_view import NODES_KEY, REGISTRY_KEY, STATE_KEY, registry_document, scheduler_view
@@ -79,6 +80,8 @@ class SchedulerTerm:
         self._wake = threading.Event()
         self._sample_now = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"scheduler-{epoch}", daemon=True)
+        self._readers = ThreadPoolExecutor(8, thread_name_prefix=f"node-reader-{epoch}")
+        self._failed_adds: dict[str, float] = {}    # node URL -> when its add may be tried again
 
     # --- life cycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -96,6 +99,7 @@ class SchedulerTerm:
             self._thread.join(30)
         self.ctx.queue.stop()
         if not self.nodes:
+            self._readers.shutdown(wait=False)
             syslog.info("scheduler term %d ended", self.epoch)
             return
         if shutting_down:
@@ -122,6 +126,7 @@ class SchedulerTerm:
                                self.epoch, exc)
         for node in self.nodes:
             node.close()
+        self._readers.shutdown(wait=False)
         syslog.info("scheduler term %d ended", self.epoch)
 
     # --- the first node's parts (one node is the common case; tools and tests read these) --------
@@ -216,22 +221,32 @@ class SchedulerTerm:
 
     # --- housekeeping ---------------------------------------------------------------------------
     def _sample(self) -> None:
-        """Read each node's loaded models, memory and the host; the next pass reconciles."""
+        """Read each node's loaded models, memory and the host (all at once: one node that hangs
+        must not hold up the readings of the others); the next pass reconciles."""
         now = self.clock()
-        for node in self.nodes:
-            node.sample(now)
+        self._on_each_node(lambda node: node.sample(now))
         self._wake.set()
+
+    def _on_each_node(self, action) -> list:
+        nodes = self.nodes
+        if len(nodes) == 1:
+            return [action(nodes[0])]
+        return list(self._readers.map(action, nodes))
 
     def _refresh_tags(self) -> None:
         """The models of every node (what each can load), and the architecture of any whose KV
         cache cannot be sized yet."""
-        listed: dict[str, dict] = {}
-        answered = 0
-        for node in self.nodes:
+        def tags(node: RuntimeNode) -> list[dict] | None:
             try:
-                entries = node.runtime.client.tags()
+                return node.runtime.client.tags()
             except Exception as exc:   # a runtime that is down must not stop the scheduler
                 log.warning("cannot list the models of %s: %s", node.url, exc)
+                return None
+
+        listed: dict[str, dict] = {}
+        answered = 0
+        for node, entries in zip(self.nodes, self._on_each_node(tags)):
+            if entries is None:
                 continue
             answered += 1
             node.core.installed = frozenset(canonical_name(str(e.get("name") or e.get("model"))) for e in entries)
@@ -242,7 +257,9 @@ class SchedulerTerm:
         if len(self.nodes) == 1:
             self.nodes[0].core.installed = None       # one node: its load says what it lacks
         self.registry.update_from_runtime(listed.values())
-        client = next(n.runtime.client for n in self.nodes if n.state is None or n.state.runtime_ok)
+        client = next((n.runtime.client for n in self.nodes if n.state is None or n.state.runtime_ok), None)
+        if client is None:
+            return
         for name in self.registry.names():
             entry = self.registry.get(name)
             if entry is None or entry.on_runtime is not True or entry.spec.arch is not None:
@@ -343,30 +360,11 @@ class SchedulerTerm:
     def _follow_node_changes(self) -> None:
         """Nodes added or removed at run time (/api/admin/nodes, kept in the store)."""
         published = self.ctx.store.get_state(NODES_KEY)
-        add, remove = node_changes(published[0] if published else None, [n.url for n in self.nodes if not n.removed])
-        gone = [n for n in self.nodes if n.removed and n.engine.wait_idle(0)]   # removed, its requests ended
-        if not add and not remove and not gone:
-            return
-        for node in gone:
-            node.close()
-        nodes = [n for n in self.nodes if n not in gone]
-        for url in remove:
-            for node in nodes:
-                if node.url == url and not node.removed:
-                    node.removed = True
-                    syslog.warning("node %s removed: its running jobs go back to the queue", url)
-                    node.engine.interrupt_all()
-        for url in add:
-            try:
-                node = build_node(open_added_node(self.config, url), self._parts)
-            except Exception as exc:
-                syslog.warning("cannot add node %s: %s", url, exc)
-                continue
-            node.sample(self.clock())
-            nodes.append(node)
-            syslog.info("node %s added", node.url)
-        self.nodes = nodes
-        self._wake.set()
+        nodes = follow_changes(self.nodes, published[0] if published else None, self._parts, self.clock(),
+                               self._failed_adds)
+        if nodes is not None:
+            self.nodes = nodes
+            self._wake.set()
 
     # --- what the API workers read --------------------------------------------------------------
     def view(self) -> dict:

@@ -68,13 +68,17 @@ def after_load_failure(health: LoadHealth, kind: FailureKind, message: str, mode
     if kind is FailureKind.UNAVAILABLE:
         # The runtime is down, not the model: back off, count nothing, the jobs wait.
         return LoadVerdict(replace(health, retry_after=retry_at))
+    # Giving up fails the waiting jobs and starts the count afresh, after the usual pause: a
+    # pinned or predicted model has no jobs to fail and would otherwise be loaded every pass.
     if kind is FailureKind.NOT_FOUND:
-        return LoadVerdict(LoadHealth(), give_up=f"model {model} is not available on the runtime: {message}")
+        return LoadVerdict(LoadHealth(retry_after=retry_at),
+                           give_up=f"model {model} is not available on the runtime: {message}")
     failures = health.failures + 1
     oom = kind is FailureKind.OUT_OF_MEMORY
     if failures >= limits.max_load_failures:
         what = "ran out of memory loading" if oom else "failed to load"
-        return LoadVerdict(LoadHealth(), give_up=f"model {model} {what} {failures} times in a row: {message}",
+        return LoadVerdict(LoadHealth(retry_after=retry_at),
+                           give_up=f"model {model} {what} {failures} times in a row: {message}",
                            grow_need=oom, distrust_table=oom)
     return LoadVerdict(LoadHealth(failures, retry_at), grow_need=oom, distrust_table=oom)
 

@@ -82,6 +82,9 @@ class Limits:
     fair_wait_s: float = 60.0    # work waiting this much longer than a loaded model's, at its priority, may take its place
 
 
+UNKNOWN_CAPACITY = 1 << 62      # memory not known (not read yet, runtime down): nothing is loaded
+
+
 @dataclass(frozen=True)
 class Snapshot:
     budget_bytes: int            # what managed models may occupy now: total - margin - others' use
@@ -97,6 +100,10 @@ class Snapshot:
     split: GpuSplit = GpuSplit.OLLAMA     # how the runtime places a model over the GPUs
     pinned: frozenset[str] = frozenset()  # never pushed out
     wanted: tuple[str, ...] = ()          # load into memory no waiting work needs, in this order
+
+    @property
+    def memory_known(self) -> bool:
+        return self.capacity_bytes < UNKNOWN_CAPACITY
 
     @property
     def budgets(self) -> tuple[int, ...]:
@@ -141,7 +148,7 @@ class Plan:
         return not (self.unloads or self.loads or self.dispatch or self.never_fits)
 
 
-class _Memory:
+class FreeMemory:
     """Bytes per GPU not yet promised: `free` now, and `incoming` from unloads on their way."""
 
     def __init__(self, snapshot: Snapshot):
@@ -188,7 +195,7 @@ def plan(snapshot: Snapshot) -> Plan:
     result = Plan()
     resident = {m.name: m for m in snapshot.resident}
     demand = {d.model: d for d in snapshot.demand}
-    memory = _Memory(snapshot)
+    memory = FreeMemory(snapshot)
     free_overall = limits.max_running - sum(m.running for m in snapshot.resident)
     loaded_count = sum(1 for m in snapshot.resident if m.phase is not Phase.UNLOADING)
     pinned = snapshot.pinned

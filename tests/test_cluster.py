@@ -4,6 +4,7 @@ like a real node's Ollama."""
 import collections
 import random
 import signal
+import time
 
 import pytest
 import requests
@@ -145,3 +146,41 @@ def test_nodes_are_added_and_removed_at_run_time_by_admins_only(running_service,
            for i in range(6)]
     wait_for_jobs(client, ids)
     assert sim_stats(url_b)["completed"] == 0                               # a removed node gets no work
+
+
+def test_a_node_that_stops_answering_is_marked_down_and_its_jobs_finish_elsewhere(running_service, two_nodes):
+    sim_a, url_a = two_nodes("a")
+    sim_b, url_b = two_nodes("b")
+    service, client = running_service(BACKEND="ollama", OLLAMA_URLS=f"{url_a}#vram=6,{url_b}#vram=6",
+                                      OLLAMA_NUM_PARALLEL=4, NODE_DOWN_AFTER_S=1.0, RUNTIME_CONNECT_TIMEOUT_S=0.5)
+    ids = [client.post("/api/submit", json={"model": model, "prompt": f"{model} job {i}",
+                                            "options": {"num_predict": 150}}).get_json()["job_id"]
+           for i in range(8) for model in ("qwen2.5:0.5b", "llama3.2:1b")]
+    wait_until(lambda: sim_stats(url_b)["running"] >= 1 and sim_stats(url_a)["running"] >= 1,
+               message="jobs running on both nodes")
+    sim_b.process.send_signal(signal.SIGSTOP)         # alive, but answers nothing
+    try:
+        jobs = wait_for_jobs(client, ids, timeout=90)
+        assert [j["status"] for j in jobs] == ["complete"] * len(ids)
+        assert any(j["attempts"] >= 2 for j in jobs)          # the ones the node held ran again
+        service.publish()
+        assert {n["url"]: n["ok"] for n in client.get("/api/stats").get_json()["nodes"]} == {url_a: True, url_b: False}
+    finally:
+        sim_b.process.send_signal(signal.SIGCONT)
+
+    def rejoined():
+        service.publish()
+        return {n["url"]: n["ok"] for n in client.get("/api/stats").get_json()["nodes"]}[url_b]
+    wait_until(rejoined, timeout=20, message="the node to answer again")
+    time.sleep(1.0)                                   # what it had in hand, it notices was abandoned
+    answered = collections.Counter(a["prompt"] for u in (url_a, url_b) for a in sim_stats(u)["answered"])
+    assert max(answered.values()) == 1                # nothing answered on both nodes
+
+
+def test_the_last_node_cannot_be_removed_and_a_node_url_must_say_its_memory_plainly(running_service):
+    service, client = running_service()
+    service.publish()
+    only = client.get("/api/stats").get_json()["nodes"][0]["url"]
+    assert client.delete("/api/admin/nodes", json={"url": only}).status_code == 409
+    for bad in ("http://x:1#vram=nan", "http://x:1#vram=inf", "http://x:1#vram=-2", "http://x:1#vram=lots"):
+        assert client.post("/api/admin/nodes", json={"url": bad}).status_code == 400, bad

@@ -104,3 +104,30 @@ def test_every_node_stays_within_its_budget_and_no_model_is_given_more_jobs_than
         assert resident + sum(sum(a) for a in decided.placements.values()) <= max(s.budget_bytes, resident)
     for d in demand:
         assert sum(dict(pl.dispatch).get(d.model, 0) for pl in p.plans.values()) <= d.waiting
+
+
+def unknown_memory(name):
+    from vram_scheduler import UNKNOWN_CAPACITY
+    return NodeState(name, True, Snapshot(0, UNKNOWN_CAPACITY, (), (), {}, Limits()))
+
+
+def test_a_node_whose_memory_is_unknown_is_given_nothing_new():
+    p = plan_cluster([node("a", 8), unknown_memory("u")], [Demand("big", 1, 1.0, 0.0), Demand("m", 1, 0.5, 0.0)],
+                     needs(big=20, m=4))
+    assert p.plans["u"].loads == [] and p.plans["u"].never_fits == []
+    assert p.plans["a"].never_fits == ["big"] and p.plans["a"].loads == ["m"]
+
+
+def test_while_a_node_is_down_work_that_fits_no_other_waits_instead_of_failing():
+    nodes = [node("big", 48, ok=False), node("small", 24), node("has", 24, installed=frozenset({"x"}))]
+    p = plan_cluster(nodes, [Demand("m", 3, 1.0, 0.0)], needs(m=30))
+    assert all(not pl.never_fits and not pl.loads for pl in p.plans.values())
+    nodes = [node("big", 48, ok=False, installed=frozenset({"only"})), node("small", 24, installed=frozenset())]
+    p = plan_cluster(nodes, [Demand("only", 1, 1.0, 0.0)], needs(only=4))
+    assert p.plans["small"].loads == []                # installed only on the down node: it waits
+
+
+def test_a_home_that_no_longer_fits_is_given_up_for_a_node_where_it_fits_now():
+    nodes = [node("a", 10, [model("busy", 8, running=1)]), node("b", 10)]
+    p = plan_cluster(nodes, [Demand("m", 1, 1.0, 0.0)], needs(m=4), placed={"m": "a"})
+    assert p.placed == {"m": "b"} and p.plans["b"].loads == ["m"]

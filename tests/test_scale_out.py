@@ -104,7 +104,8 @@ def test_a_pinned_model_is_never_unloaded(nodes):
     # one copy stays loaded throughout (a further copy on another node is a replica, free to go)
     assert unloads_of(pinned, "a") == [] if nodes == 1 else min(copies_over_time(pinned, "a")) >= 1
     assert pinned.oom_errors == 0 and all(j.finished is not None for j in pinned.jobs)
-    assert all(unloads_of(pinned, m.name) for m in models[1:])   # the others take turns beside it
+    if nodes == 1:
+        assert all(unloads_of(pinned, m.name) for m in models[1:])   # the others take turns beside it
 
 
 def test_a_pinned_model_is_loaded_before_any_job_asks_for_it():

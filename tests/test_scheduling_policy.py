@@ -15,11 +15,11 @@ OOM, NOT_FOUND, DOWN, OTHER, BUSY = (FailureKind.OUT_OF_MEMORY, FailureKind.NOT_
 @pytest.mark.parametrize("failures_before, kind, failures_after, gives_up, grows, distrusts, backs_off", [
     (0, OTHER, 1, False, False, False, True),
     (1, OTHER, 2, False, False, False, True),
-    (2, OTHER, 0, True, False, False, False),        # the third failure in a row: its jobs fail
+    (2, OTHER, 0, True, False, False, True),         # the third failure in a row: its jobs fail (and a pause)
     (0, OOM, 1, False, True, True, True),            # out of memory counts toward giving up too
-    (2, OOM, 0, True, True, True, False),
+    (2, OOM, 0, True, True, True, True),
     (2, DOWN, 2, False, False, False, True),         # the runtime is down, not the model: nothing counted
-    (0, NOT_FOUND, 0, True, False, False, False),    # the runtime lacks the model: give up at once
+    (0, NOT_FOUND, 0, True, False, False, True),     # the runtime lacks the model: give up at once
 ])
 def test_after_a_failed_load(failures_before, kind, failures_after, gives_up, grows, distrusts, backs_off):
     verdict = after_load_failure(LoadHealth(failures_before), kind, "boom", "m", now=100.0, limits=LIMITS)
