@@ -337,10 +337,12 @@ def cluster_pass(cores: list[SchedulerCore], readings: dict[str, ResourceState |
     if not any(n.ok for n in nodes):
         return {}
     demand = queue.demand(now)
-    pinned = registry.settings.pinned
+    known = registry.get                # a pinned or predicted model the registry does not know is not loaded
+    pinned = frozenset(m for m in registry.settings.pinned if known(m) is not None)
     if predicted is None:
         resident = {m.name for n in nodes for m in n.snapshot.resident}
-        predicted = queue.arrivals.predicted(now, config.PRELOAD_LIMIT, resident | {d.model for d in demand})
+        predicted = [m for m in queue.arrivals.predicted(now, config.PRELOAD_LIMIT, resident | {d.model for d in demand})
+                     if known(m) is not None]
     wanted = {d.model for d in demand} | set(pinned) | set(predicted)
     needs = {name: registry.need_bytes(name) for name in wanted}
     decided = plan_cluster(nodes, demand, needs, first.cluster.placed, config.REPLICA_AFTER, pinned, predicted,

@@ -202,6 +202,9 @@ class SchedulerTerm:
         self.sweep()
         self._follow_node_changes()
         self._refresh_tags()
+        unknown = sorted(m for m in settings.pinned if self.registry.get(m) is None)
+        if unknown:
+            syslog.warning("PINNED_MODELS names models no node has; they are not loaded: %s", ", ".join(unknown))
         self._sample()
         self.publish()                  # other workers see the new scheduler at once
 

@@ -184,3 +184,15 @@ def test_the_last_node_cannot_be_removed_and_a_node_url_must_say_its_memory_plai
     assert client.delete("/api/admin/nodes", json={"url": only}).status_code == 409
     for bad in ("http://x:1#vram=nan", "http://x:1#vram=inf", "http://x:1#vram=-2", "http://x:1#vram=lots"):
         assert client.post("/api/admin/nodes", json={"url": bad}).status_code == 400, bad
+
+
+def test_pinned_models_are_loaded_before_any_job_and_a_name_no_node_has_is_never_tried(running_service):
+    service, client = running_service(PINNED_MODELS="qwen2.5:0.5b,no-such-model:7b")
+    wait_until(lambda: sim_stats(service.runtime.url)["loads"] >= 1, message="the pinned model to load")
+    time.sleep(1.0)
+    stats = sim_stats(service.runtime.url)
+    assert stats["loads"] == 1 and stats["completed"] == 0           # loaded with no job asking; nothing else tried
+    ps = requests.get(service.runtime.url + "/api/ps", timeout=5).json()["models"]
+    assert [m["name"] for m in ps] == ["qwen2.5:0.5b"]
+    service.publish()
+    assert client.get("/api/stats").get_json()["errors"]["runtime"] == 0   # no load of the unknown name was sent
