@@ -38,11 +38,15 @@ def test_the_runtime_alone_serves_first_come_first_served(running_service):
     def send(prompt):
         requests.post(url + "/api/generate", json={"model": MODEL, "prompt": prompt, "stream": False,
                                                    "options": {"num_predict": 100}}, timeout=30).raise_for_status()
+    def inside():
+        stats = sim_stats(service)
+        return stats["running"] + stats["waiting"]
     threads = []
-    for prompt in [f"low-{i}" for i in range(8)] + ["high"]:
+    for i, prompt in enumerate([f"low-{i}" for i in range(8)] + ["high"]):
         threads.append(threading.Thread(target=send, args=(prompt,)))
         threads[-1].start()
-        time.sleep(0.03)
+        # each in before the next is sent (a sleep between them is not an order on a busy machine)
+        wait_until(lambda i=i: inside() >= i + 1 or not threads[-1].is_alive(), message=f"request {i} inside")
     for t in threads:
         t.join()
     served = [s["prompt"] for s in sim_stats(service)["served"]]
