@@ -32,7 +32,6 @@ unfinished in part 1, or a crash.
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import sys
 import time
@@ -40,10 +39,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import emit_json, machine, percentile, table  # noqa: E402
+from bench.scheduler_pass import waiting_jobs  # noqa: E402
 from bench.scheduling_quality import PHYSICS, PRESSURE_CATALOG, SLOTS  # noqa: E402
 from cluster_plan import NodeState, plan_cluster  # noqa: E402
 from model_memory import estimated_need, kv_cache_bytes  # noqa: E402
-from queue_manager import WaitingIndex  # noqa: E402
 from simulator.des import RunResult, SimModel, make_trace, run  # noqa: E402
 from simulator.policies import ManagerPolicy  # noqa: E402
 from vram_scheduler import Limits, Phase, ResidentModel, Snapshot  # noqa: E402
@@ -109,13 +108,7 @@ def cluster_world(nodes: int, n_models: int, pending: int, seed: int = 1):
     """A waiting index of `pending` jobs over `n_models` (skewed popularity, mixed priorities),
     and `nodes` 24 GB nodes, each filled with popular models (the most popular on several), some
     with jobs running, one loading on every other node."""
-    rng = random.Random(seed)
-    names = [f"model-{i}:7b" for i in range(n_models)]
-    weights = [1 / (i + 1) for i in range(n_models)]
-    index = WaitingIndex(aging_s=60)
-    for j in range(pending):
-        index.add(f"job-{j}", rng.choices(names, weights)[0], rng.choice((0, 1, 1, 2)), rng.uniform(0, 100))
-    sizes = {n: int(rng.uniform(1, 9) * GB) for n in names}
+    rng, names, index, sizes = waiting_jobs(pending, n_models, seed)
     budget = NODE_BYTES - 2 ** 30
     states = []
     for i in range(nodes):

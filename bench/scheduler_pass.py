@@ -26,14 +26,20 @@ from vram_scheduler import Limits, Phase, ResidentModel, Snapshot, plan  # noqa:
 GB = 10 ** 9
 
 
-def world(pending: int, n_models: int, seed: int = 1):
+def waiting_jobs(pending: int, n_models: int, seed: int = 1):
+    """`pending` jobs over `n_models` (popularity 1/rank, mixed priorities) in a waiting index, and
+    a size for each model: (rng, names, index, sizes)."""
     rng = random.Random(seed)
     names = [f"model-{i}:7b" for i in range(n_models)]
     weights = [1 / (i + 1) for i in range(n_models)]
     index = WaitingIndex(aging_s=60)
     for j in range(pending):
         index.add(f"job-{j}", rng.choices(names, weights)[0], rng.choice((0, 1, 1, 2)), rng.uniform(0, 100))
-    sizes = {n: int(rng.uniform(1, 9) * GB) for n in names}
+    return rng, names, index, {n: int(rng.uniform(1, 9) * GB) for n in names}
+
+
+def world(pending: int, n_models: int, seed: int = 1):
+    rng, names, index, sizes = waiting_jobs(pending, n_models, seed)
     resident, used = [], 0
     for name in names:              # the most popular models fill the memory, as they would
         if used + sizes[name] > 30 * GB:

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -161,6 +163,34 @@ def module_service(tmp_path_factory):
     runner = ServiceRunner(tmp_path_factory.mktemp("service"))
     yield runner
     runner.stop()
+
+
+@contextmanager
+def gunicorn_server(directory: Path, env: dict[str, str], workers: int = 2):
+    """`gunicorn -c gunicorn.conf.py wsgi:app` as deployed, on a free port with its data in
+    `directory`; yields (url, process) once /api/health answers 200; stopped with SIGTERM."""
+    port = free_port()
+    full = {**os.environ, "HTTP_PORT": str(port), "DATA_DIR": str(directory / "data"),
+            "LOG_FILE": str(directory / "mm.log"), "STORE": "sqlite", "MONGODB_URI": "",
+            "GUNICORN_WORKERS": str(workers), **env}
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT,
+                            env=full, stdout=open(directory / "gunicorn.log", "wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy():
+        try:
+            return requests.get(url + "/api/health", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+    try:
+        wait_until(healthy, timeout=60, message="gunicorn to serve")
+        yield url, proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def free_port() -> int:

@@ -93,16 +93,22 @@ def two_nodes(tmp_path):
         sim.stop()
 
 
+def jobs_running_on(client, url_a, url_b, per_model, tokens, on_b):
+    """Jobs for two models, submitted until both nodes run some (`on_b` or more on node b)."""
+    ids = [client.post("/api/submit", json={"model": model, "prompt": f"{model} job {i}",
+                                            "options": {"num_predict": tokens}}).get_json()["job_id"]
+           for i in range(per_model) for model in ("qwen2.5:0.5b", "llama3.2:1b")]
+    wait_until(lambda: sim_stats(url_b)["running"] >= on_b and sim_stats(url_a)["running"] >= 1,
+               message="jobs running on both nodes")
+    return ids
+
+
 def test_a_node_killed_mid_run_has_its_jobs_finish_elsewhere_none_lost_none_answered_twice(running_service, two_nodes):
     sim_a, url_a = two_nodes("a")
     sim_b, url_b = two_nodes("b")
     service, client = running_service(BACKEND="ollama", OLLAMA_URLS=f"{url_a}#vram=6,{url_b}#vram=6",
                                       OLLAMA_NUM_PARALLEL=4, NODE_DOWN_AFTER_S=1.0, REPLICA_AFTER=4)
-    ids = [client.post("/api/submit", json={"model": model, "prompt": f"{model} job {i}",
-                                            "options": {"num_predict": 200}}).get_json()["job_id"]
-           for i in range(12) for model in ("qwen2.5:0.5b", "llama3.2:1b")]
-    wait_until(lambda: sim_stats(url_b)["running"] >= 2 and sim_stats(url_a)["running"] >= 1,
-               message="jobs running on both nodes")
+    ids = jobs_running_on(client, url_a, url_b, per_model=12, tokens=200, on_b=2)
     before_kill = sim_stats(url_b)["answered"]
     sim_b.process.send_signal(signal.SIGKILL)
     sim_b.process.wait(10)
@@ -153,11 +159,7 @@ def test_a_node_that_stops_answering_is_marked_down_and_its_jobs_finish_elsewher
     sim_b, url_b = two_nodes("b")
     service, client = running_service(BACKEND="ollama", OLLAMA_URLS=f"{url_a}#vram=6,{url_b}#vram=6",
                                       OLLAMA_NUM_PARALLEL=4, NODE_DOWN_AFTER_S=1.0, RUNTIME_CONNECT_TIMEOUT_S=0.5)
-    ids = [client.post("/api/submit", json={"model": model, "prompt": f"{model} job {i}",
-                                            "options": {"num_predict": 150}}).get_json()["job_id"]
-           for i in range(8) for model in ("qwen2.5:0.5b", "llama3.2:1b")]
-    wait_until(lambda: sim_stats(url_b)["running"] >= 1 and sim_stats(url_a)["running"] >= 1,
-               message="jobs running on both nodes")
+    ids = jobs_running_on(client, url_a, url_b, per_model=8, tokens=150, on_b=1)
     sim_b.process.send_signal(signal.SIGSTOP)         # alive, but answers nothing
     try:
         jobs = wait_for_jobs(client, ids, timeout=90)

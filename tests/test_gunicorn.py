@@ -4,43 +4,22 @@ dies, another takes over."""
 import json
 import os
 import signal
-import subprocess
-import sys
 
 import psutil
 import pytest
 import requests
 
-from conftest import ROOT, free_port, wait_until
+from conftest import gunicorn_server, wait_until
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def gunicorn(tmp_path, request):
-    port = free_port()
-    env = {**os.environ, "HTTP_PORT": str(port), "DATA_DIR": str(tmp_path / "data"),
-           "LOG_FILE": str(tmp_path / "mm.log"), "BACKEND": "sim", "STORE": "sqlite", "MONGODB_URI": "",
-           "GUNICORN_WORKERS": "4", "SIM_LOAD_GBPS": "50", "SIM_TOKENS_PER_S": "2000", "SIM_DEFAULT_TOKENS": "16",
+    env = {"BACKEND": "sim", "SIM_LOAD_GBPS": "50", "SIM_TOKENS_PER_S": "2000", "SIM_DEFAULT_TOKENS": "16",
            **getattr(request, "param", {})}
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT,
-                            env=env, stdout=open(tmp_path / "gunicorn.log", "wb"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy():
-        try:
-            return requests.get(url + "/api/health", timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
-    try:
-        wait_until(healthy, timeout=60, message="gunicorn to serve")
+    with gunicorn_server(tmp_path, env, workers=int(env.pop("GUNICORN_WORKERS", 4))) as (url, proc):
         yield url, proc, tmp_path
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def simulators(master_pid):

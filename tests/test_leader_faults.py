@@ -11,14 +11,12 @@ it serves (the simulator, standing alone like an Ollama server).
 import collections
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import requests
 
-from conftest import ROOT, free_port, wait_until
+from conftest import gunicorn_server, wait_until
 from runtime_launcher import ManagedRuntime
 
 pytestmark = pytest.mark.slow
@@ -31,29 +29,12 @@ def gunicorn_on(tmp_path, nodes: int):
                                                 "--default-tokens", "16"], tmp_path / f"sim{i}.log")
             for i in range(nodes)]
     sim_urls = [sim.start() for sim in sims]
-    port = free_port()
-    env = {**os.environ, "HTTP_PORT": str(port), "DATA_DIR": str(tmp_path / "data"), "LOG_FILE": str(tmp_path / "mm.log"),
-           "BACKEND": "ollama", "OLLAMA_URLS": ",".join(f"{u}#vram=20" for u in sim_urls), "OLLAMA_NUM_PARALLEL": "4",
-           "REPLICA_AFTER": "2", "STORE": "sqlite", "MONGODB_URI": "", "GUNICORN_WORKERS": "2",
-           "RUNTIME_POLL_INTERVAL": "0.2"}
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT,
-                            env=env, stdout=open(tmp_path / "gunicorn.log", "wb"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy():
-        try:
-            return requests.get(url + "/api/health", timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
+    env = {"BACKEND": "ollama", "OLLAMA_URLS": ",".join(f"{u}#vram=20" for u in sim_urls),
+           "OLLAMA_NUM_PARALLEL": "4", "REPLICA_AFTER": "2", "RUNTIME_POLL_INTERVAL": "0.2"}
     try:
-        wait_until(healthy, timeout=60, message="gunicorn to serve")
-        yield url, sim_urls, tmp_path
+        with gunicorn_server(tmp_path, env) as (url, _):
+            yield url, sim_urls, tmp_path
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
         for sim in sims:
             sim.stop()
 

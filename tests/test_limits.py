@@ -4,18 +4,14 @@ the service always answers; listings page with a cursor and bound their size; a 
 submission with the same Idempotency-Key makes no second job; the log file rotates."""
 import json
 import logging
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 import requests
 
-from conftest import ROOT, free_port, wait_until
+from conftest import gunicorn_server, wait_until
 from log_setup import get_logger, setup_logging
 
 MODEL = "qwen2.5:0.5b"
@@ -61,29 +57,10 @@ def test_a_chunked_body_over_the_limit_is_refused_before_it_is_read_under_main(m
 
 @pytest.mark.slow
 def test_a_chunked_body_over_the_limit_is_refused_before_it_is_read_under_gunicorn(tmp_path):
-    port = free_port()
-    env = {**os.environ, "HTTP_PORT": str(port), "DATA_DIR": str(tmp_path / "data"), "LOG_FILE": str(tmp_path / "mm.log"),
-           "BACKEND": "sim", "STORE": "sqlite", "MONGODB_URI": "", "GUNICORN_WORKERS": "2", "MAX_PROMPT_BYTES": "1000"}
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT,
-                            env=env, stdout=open(tmp_path / "gunicorn.log", "wb"), stderr=subprocess.STDOUT)
-    try:
-        wait_until(lambda: _pings(port), timeout=60, message="gunicorn to serve")
-        sent, answer = send_chunked_until_answered(port)
+    with gunicorn_server(tmp_path, {"BACKEND": "sim", "MAX_PROMPT_BYTES": "1000"}) as (url, _):
+        sent, answer = send_chunked_until_answered(int(url.rsplit(":", 1)[1]))
         assert answer.startswith(b"HTTP/1.1 413") and sent < 1_000_000
         assert b"MAX_PROMPT_BYTES" in answer or b"application/json" in answer
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def _pings(port):
-    try:
-        return requests.get(f"http://127.0.0.1:{port}/api/ping", timeout=1).ok
-    except requests.RequestException:
-        return False
 
 
 def test_long_polls_are_capped_so_the_service_keeps_answering(running_service):
