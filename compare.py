@@ -1,0 +1,159 @@
+"""One large model against several small models working in branches, on the same tasks.
+
+    .venv/bin/python compare.py --tasks humaneval:20 --large qwen2.5-coder:1.5b \\
+        --small smollm2:135m,qwen2.5-coder:0.5b --out reports/
+
+Every model call is a job through the service's queue and scheduler (the one at `--url`, or an
+embedded one this command starts), tagged with the experiment, strategy, task and branch.
+Generated code is judged in a sandbox (experiment/sandbox.py). The service derives each task's
+costs from its ledger; this command writes `<out>/<experiment>/summary.json`, `results.jsonl`
+and `report.html`, and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import requests
+from tqdm import tqdm
+
+from experiment.checking import check_answer
+from experiment.report import markdown_table, summarize, write_outputs
+from experiment.sandbox import Limits, ProcessSandbox
+from experiment.service_client import ServiceClient
+from experiment.strategies import BRANCHED, LARGE, STRATEGIES, Outcome, Runner
+from experiment.tasks import TaskSpecError, select_tasks
+
+ROOT = Path(__file__).resolve().parent
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", default="humaneval:20",
+                   help="humaneval:N (the first N), humaneval:ID,ID,... or builtin:N; join several with +")
+    p.add_argument("--large", default="qwen2.5-coder:1.5b", help="the large model (strategy `large`)")
+    p.add_argument("--small", default="smollm2:135m,qwen2.5-coder:0.5b",
+                   help="comma-separated small models (strategy `branched`)")
+    p.add_argument("--branches", type=int, default=4, help="most attempts per task in the branched strategy")
+    p.add_argument("--strategies", default=",".join(STRATEGIES), help="which to run, in this order")
+    p.add_argument("--out", type=Path, default=Path("reports"), help="reports go to OUT/EXPERIMENT/")
+    p.add_argument("--experiment", default=None, help="name (default compare-YYYYmmdd-HHMMSS)")
+    p.add_argument("--url", default=None, help="a running Model Manager; default: start an embedded one")
+    p.add_argument("--api-key", default=os.environ.get("MM_API_KEY"), help="key for --url (or MM_API_KEY)")
+    p.add_argument("--max-tokens", type=int, default=300, help="num_predict for every call")
+    p.add_argument("--timeout-s", type=float, default=None, help="each job's timeout (default: the service's)")
+    p.add_argument("--sandbox", choices=("process", "docker"), default="process",
+                   help="where generated code runs (docker needs an engine that answers)")
+    p.add_argument("--model-cache", type=Path, default=None,
+                   help="embedded service: where joined model files are kept (default .cache/models if present)")
+    args = p.parse_args(argv)
+    args.small_models = [m.strip() for m in args.small.split(",") if m.strip()]
+    args.strategy_list = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    unknown = set(args.strategy_list) - set(STRATEGIES)
+    if unknown:
+        p.error(f"--strategies takes {', '.join(STRATEGIES)}, not {', '.join(sorted(unknown))}")
+    if BRANCHED in args.strategy_list and not args.small_models:
+        p.error("--small names no model")
+    if args.branches < 1:
+        p.error("--branches must be at least 1")
+    args.experiment = args.experiment or time.strftime("compare-%Y%m%d-%H%M%S")
+    return args
+
+
+def make_sandbox(kind: str):
+    if kind == "docker":
+        from experiment.sandbox_docker import DockerSandbox
+        return DockerSandbox(Limits())
+    return ProcessSandbox(Limits())
+
+
+@contextlib.contextmanager
+def embedded_service(directory: Path, model_cache: Path | None) -> Iterator[str]:
+    """`main.py --backend embedded` on a free port, its store and log in `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "LOG_FILE": str(directory / "model_manager.log"), "STORE": "sqlite", "MONGODB_URI": ""}
+    cache = model_cache or (ROOT / ".cache" / "models")
+    if model_cache or cache.is_dir():
+        env["EMBEDDED_MODEL_CACHE"] = str(cache)
+    log = open(directory / "service.out", "wb")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--backend", "embedded", "--http-port", str(port),
+                             "--data-dir", str(directory / "data")], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"the embedded service exited ({proc.returncode}); see {directory / 'service.out'}")
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(url + "/api/health", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the embedded service did not answer in 120 s; see {directory / 'service.out'}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def run_experiment(args: argparse.Namespace, url: str) -> dict:
+    tasks = select_tasks(args.tasks)
+    client = ServiceClient(url, args.api_key, {"temperature": 0, "num_predict": args.max_tokens}, args.timeout_s)
+    client.put_tasks(tasks)
+    sandbox = make_sandbox(args.sandbox)
+    runner = Runner(client, lambda task, answer: check_answer(task, answer, sandbox), args.experiment)
+    attempts, results = [], []
+    for strategy in args.strategy_list:
+        bar = tqdm(tasks, desc=f"{strategy:>8}", unit="task")
+        for task in bar:
+            outcome: Outcome = (runner.large(task, args.large) if strategy == LARGE
+                                else runner.branched(task, args.small_models, args.branches))
+            attempts.extend(a.record() for a in outcome.attempts)
+            results.append(client.record_result(args.experiment, {
+                "task_id": task["task_id"], "strategy": strategy, "solved": outcome.solved,
+                "attempts": len(outcome.attempts), "job_ids": outcome.job_ids, "eval_s": round(outcome.eval_s, 4),
+                "client_wall_s": round(outcome.wall_s, 4)}))
+            bar.set_postfix(solved=sum(1 for r in results if r["strategy"] == strategy and r["solved"]))
+    summary = summarize(args.experiment, [t["task_id"] for t in tasks], results)
+    command = "python compare.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    paths = write_outputs(args.out / args.experiment, summary, attempts, command)
+    print(markdown_table(summary))
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        select_tasks(args.tasks)
+    except TaskSpecError as exc:
+        print(f"compare.py: {exc}", file=sys.stderr)
+        return 2
+    if args.url:
+        run_experiment(args, args.url)
+        return 0
+    with embedded_service(args.out / args.experiment / "service", args.model_cache) as url:
+        run_experiment(args, url)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The comparison experiment: tasks, strategies, sandboxed evaluation and reports."""

@@ -1,0 +1,130 @@
+"""Judge a model's answer to a task: what the model is asked, the program that checks code
+(run in a sandbox, never here), and exact-answer checks. Pure, except `check_answer`, which
+runs the sandbox it is given."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from experiment.sandbox import SandboxResult
+from experiment.tasks import Task
+
+_FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_ANSWER_LINE = re.compile(r"answer\s*[:=]\s*(.+)", re.IGNORECASE)
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+_FEEDBACK_CHARS = 600
+
+
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool
+    score: float               # 1.0 passed; below, how close (used to pick the best failed answer)
+    feedback: str | None       # what to tell the model when it failed: the failing test or the checker's verdict
+    error: str | None
+
+
+def instructions(task: Task) -> str:
+    """The user message for a first attempt."""
+    if task["check"]["kind"] == "python_tests":
+        return ("Complete the following Python function. Answer with the whole function, including "
+                "its imports and signature, in one ```python code block.\n\n" + task["prompt"])
+    return task["prompt"] + "\n\nThink briefly, then give the final answer on the last line as 'Answer: <answer>'."
+
+
+def retry_instructions(task: Task, feedback: str) -> str:
+    """The user message for a branch that starts from a failed attempt."""
+    if task["check"]["kind"] == "python_tests":
+        return ("That function fails its tests:\n" + feedback + "\n\nFix it. Answer with the whole corrected "
+                "function in one ```python code block.")
+    return f"That answer is wrong ({feedback}). Try again; end with 'Answer: <answer>'."
+
+
+def extract_code(answer: str) -> str:
+    """The code in a model's answer: the first fenced block holding a function, else the answer."""
+    blocks = [b for b in _FENCE.findall(answer or "") if b.strip()]
+    for block in blocks:
+        if re.search(r"^\s*def\s", block, re.MULTILINE):
+            return block
+    return blocks[0] if blocks else (answer or "")
+
+
+def completion_for(task: Task, answer: str) -> str:
+    """What follows the task's prompt, as HumanEval scores it (`prompt + completion`)."""
+    code = extract_code(answer)
+    entry = task["check"]["entry_point"]
+    if re.search(rf"^\s*def\s+{re.escape(entry)}\s*\(", code, re.MULTILINE):
+        # the whole function: it replaces the prompt's stub, and the prompt's imports stay
+        return "\n    pass\n\n" + code
+    return code
+
+
+def test_program(task: Task, completion: str) -> str:
+    """HumanEval's check program: prompt, completion, the tests, `check(entry_point)`."""
+    check = task["check"]
+    return f"{task['prompt']}{completion}\n\n{check['test']}\n\ncheck({check['entry_point']})\n"
+
+
+def judge_run(result: SandboxResult) -> Verdict:
+    if result.passed:
+        return Verdict(True, 1.0, None, None)
+    # a function that runs but answers wrongly is closer than one that does not run at all
+    score = 0.5 if (result.error or "").startswith("AssertionError") else 0.25 if result.limit is None else 0.1
+    feedback = _failing_lines(result.stderr) or result.error or "it failed"
+    return Verdict(False, score, feedback[-_FEEDBACK_CHARS:], result.error)
+
+
+def _failing_lines(stderr: str) -> str:
+    """The end of the traceback: the failing test line and the error, not the sandbox's frames."""
+    lines = [line for line in stderr.strip().splitlines() if "sandbox_guard.py" not in line]
+    return "\n".join(lines[-4:]) if lines else ""
+
+
+def final_answer(text: str) -> str:
+    """The answer a model gave: its last `Answer: ...` line, else its last `\\boxed{...}` (how
+    models trained on maths mark one), else its last non-empty line."""
+    lines = [line.strip() for line in (text or "").strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        found = _ANSWER_LINE.search(line)
+        if found:
+            return _unboxed(found.group(1)).strip().strip("*`'\". ")
+    boxed = _BOXED.findall(text or "")
+    if boxed:
+        return boxed[-1].strip()
+    return lines[-1].strip("*`'\". ") if lines else ""
+
+
+def _unboxed(text: str) -> str:
+    found = _BOXED.search(text)
+    return found.group(1) if found else text
+
+
+def judge_exact(task: Task, text: str) -> Verdict:
+    expected = str(task["check"]["answer"])
+    given = final_answer(text)
+    if task["check"].get("answer_kind") == "number":
+        numbers = _NUMBER.findall(given)
+        value = _as_number(numbers[-1]) if numbers else None
+        if value is not None and abs(value - float(expected)) < 1e-6:
+            return Verdict(True, 1.0, None, None)
+        why = f"expected a number, got {given!r}" if value is None else f"{given!r} is not the right number"
+        return Verdict(False, 0.25 if value is not None else 0.0, why, why)
+    if given.casefold() == expected.casefold():
+        return Verdict(True, 1.0, None, None)
+    why = f"{given!r} is not the right answer"
+    return Verdict(False, 0.25 if expected.casefold() in text.casefold() else 0.0, why, why)
+
+
+def _as_number(text: str) -> float | None:
+    try:
+        return float(text.replace(",", ""))
+    except ValueError:
+        return None
+
+
+def check_answer(task: Task, answer: str, sandbox) -> tuple[Verdict, str]:
+    """(verdict, completion): judge a model's answer, running code only in `sandbox`."""
+    if task["check"]["kind"] == "python_tests":
+        completion = completion_for(task, answer)
+        return judge_run(sandbox.run(test_program(task, completion))), completion
+    return judge_exact(task, answer), final_answer(answer)

@@ -1,0 +1,155 @@
+"""The experiment's outputs: `summary.json` (per strategy: pass rate and what it cost, in all and
+per solved task), `results.jsonl` (one line per attempt) and `report.html` (the table and plots,
+matplotlib PNGs inlined)."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+SUMMED = ("wall_s", "model_s", "load_s", "queue_wait_s", "eval_s", "cpu_s", "tokens", "attempts")
+TABLE = (("pass_rate", "pass rate", "{:.0%}"), ("solved", "solved", "{}"), ("attempts", "attempts", "{}"),
+         ("wall_s", "wall s", "{:.1f}"), ("model_s", "model s", "{:.1f}"), ("cpu_s", "CPU s", "{:.1f}"),
+         ("peak_rss_bytes", "peak RSS MB", "mb"), ("tokens", "tokens", "{}"), ("energy_j", "energy J", "{}"))
+
+
+def summarize(experiment: str, task_ids: list[str], results: list[dict[str, Any]]) -> dict[str, Any]:
+    """`results`: the service's experiment_results documents, one per task and strategy."""
+    strategies: dict[str, Any] = {}
+    for strategy in dict.fromkeys(r["strategy"] for r in results):
+        rows = [r for r in results if r["strategy"] == strategy]
+        solved = sum(1 for r in rows if r["solved"])
+        totals: dict[str, Any] = {key: round(sum(float(r.get(key) or 0) for r in rows), 4) for key in SUMMED}
+        totals["tokens"], totals["attempts"] = int(totals["tokens"]), int(totals["attempts"])
+        energies = [r["energy_j"] for r in rows if r.get("energy_j") is not None]
+        totals["energy_j"] = round(sum(energies), 3) if energies else None
+        totals["peak_rss_bytes"] = max((int(r.get("peak_rss_bytes") or 0) for r in rows), default=0)
+        per_solved = {key: (round(value / solved, 4) if solved and value is not None else None)
+                      for key, value in totals.items() if key != "peak_rss_bytes"}
+        strategies[strategy] = {"tasks": len(rows), "solved": solved,
+                                "pass_rate": round(solved / len(rows), 4) if rows else 0.0,
+                                "models": sorted({m for r in rows for m in r.get("models", [])}),
+                                **totals, "per_solved_task": per_solved}
+    return {"experiment": experiment, "tasks": task_ids, "strategies": strategies,
+            "per_task": [{key: r.get(key) for key in ("task_id", "strategy", "solved", "attempts", "wall_s",
+                                                      "model_s", "load_s", "queue_wait_s", "eval_s", "cpu_s",
+                                                      "peak_rss_bytes", "tokens", "energy_j", "models")}
+                         for r in results]}
+
+
+def write_outputs(out_dir: Path, summary: dict[str, Any], attempts: list[dict[str, Any]],
+                  command: str) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"summary": out_dir / "summary.json", "results": out_dir / "results.jsonl",
+             "report": out_dir / "report.html"}
+    paths["summary"].write_text(json.dumps({**summary, "command": command}, indent=2) + "\n")
+    with open(paths["results"], "w") as f:
+        for attempt in attempts:
+            f.write(json.dumps(attempt) + "\n")
+    paths["report"].write_text(html_report(summary, command))
+    return paths
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    header = "| strategy | models | " + " | ".join(label for _, label, _ in TABLE) + " |"
+    lines = [header, "|" + "---|" * (len(TABLE) + 2)]
+    for name, s in summary["strategies"].items():
+        lines.append(f"| {name} | {', '.join(s['models'])} | " + " | ".join(_fmt(s.get(k), f) for k, _, f in TABLE) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any, fmt: str) -> str:
+    if value is None:
+        return "n/a"
+    if fmt == "mb":
+        return f"{value / 1e6:.0f}"
+    return fmt.format(value)
+
+
+def html_report(summary: dict[str, Any], command: str) -> str:
+    strategies = summary["strategies"]
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in TABLE)
+    rows = "".join(f"<tr><th>{html.escape(name)}<br><small>{html.escape(', '.join(s['models']))}</small></th>"
+                   + "".join(f"<td>{_fmt(s.get(k), f)}</td>" for k, _, f in TABLE) + "</tr>"
+                   for name, s in strategies.items())
+    per_solved = "".join(f"<tr><th>{html.escape(name)}</th>" + "".join(
+        f"<td>{_fmt(s['per_solved_task'].get(k), '{:.2f}')}</td>" for k in ("wall_s", "model_s", "cpu_s", "tokens"))
+        + "</tr>" for name, s in strategies.items())
+    figures = "".join(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>"
+                      for title, png in _plots(summary))
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>Experiment "
+            f"{html.escape(summary['experiment'])}</title><style>body{{font-family:sans-serif;margin:2em}}"
+            "td,th{border-bottom:1px solid #ddd;padding:4px 8px;text-align:right}th:first-child{text-align:left}"
+            "</style></head><body>"
+            f"<h1>One large model against branched small models: {html.escape(summary['experiment'])}</h1>"
+            f"<p>{len(summary['tasks'])} tasks. Command: <code>{html.escape(command)}</code></p>"
+            f"<table><tr><th>strategy</th>{head}</tr>{rows}</table>"
+            "<h2>Per solved task</h2><table><tr><th>strategy</th><th>wall s</th><th>model s</th><th>CPU s</th>"
+            f"<th>tokens</th></tr>{per_solved}</table>{figures}</body></html>")
+
+
+def _plots(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    strategies = summary["strategies"]
+    per_task = summary["per_task"]
+    out = []
+
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4), dpi=100)
+    for ax, (key, label) in zip(axes, (("model_s", "model time (s)"), ("cpu_s", "CPU (s)"),
+                                       ("peak_rss_bytes", "peak resident memory (MB)"))):
+        for name, s in strategies.items():
+            x = s[key] / 1e6 if key == "peak_rss_bytes" else s[key]
+            ax.scatter([x], [100 * s["pass_rate"]], s=80, label=name)
+            ax.annotate(name, (x, 100 * s["pass_rate"]), textcoords="offset points", xytext=(6, 4))
+        ax.set_xlabel(label)
+        ax.set_ylabel("pass rate (%)")
+        ax.set_ylim(-5, 105)
+        ax.set_xlim(left=0)
+    fig.suptitle("Cost against pass rate")
+    out.append(("Cost against pass rate", _png(fig, plt)))
+
+    tasks = list(dict.fromkeys(r["task_id"] for r in per_task))
+    fig, ax = plt.subplots(figsize=(max(7, 0.45 * len(tasks) + 2), 3.6), dpi=100)
+    width = 0.8 / max(1, len(strategies))
+    for i, name in enumerate(strategies):
+        by_task = {r["task_id"]: r for r in per_task if r["strategy"] == name}
+        xs = [t + i * width for t in range(len(tasks))]
+        values = [(by_task.get(t) or {}).get("wall_s") or 0 for t in tasks]
+        bars = ax.bar(xs, values, width, label=name)
+        for bar, t in zip(bars, tasks):
+            if not (by_task.get(t) or {}).get("solved"):
+                bar.set_hatch("//")
+    ax.set_xticks([t + width * (len(strategies) - 1) / 2 for t in range(len(tasks))])
+    ax.set_xticklabels([t.split("/")[-1] for t in tasks], fontsize=8)
+    ax.set_ylabel("wall time (s)")
+    ax.set_title("Per-task wall time (hatched: not solved)")
+    ax.legend()
+    out.append(("Per-task time", _png(fig, plt)))
+
+    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=100)
+    parts = (("model_s", "model work"), ("load_s", "loading"), ("queue_wait_s", "waiting"), ("eval_s", "evaluating"))
+    names = list(strategies)
+    left = [0.0] * len(names)
+    for key, label in parts:
+        values = [strategies[n].get(key) or 0 for n in names]
+        ax.barh(names, values, left=left, label=label)
+        left = [a + b for a, b in zip(left, values)]
+    ax.set_xlabel("seconds, summed over tasks (jobs of a branched round overlap)")
+    ax.set_title("Where each strategy's time went")
+    ax.legend(fontsize=8)
+    out.append(("Where the time went", _png(fig, plt)))
+    return out
+
+
+def _png(fig, plt) -> str:
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()

@@ -1,0 +1,182 @@
+"""The two strategies compared, as control flow over two small interfaces, so that they are
+tested with scripted model answers:
+
+* `ModelCalls`: submit a chat job (tagged with experiment, strategy, task and branch) and wait
+  for its answer; in production every call is a job through the service's queue and scheduler;
+* a judge: `(task, answer) -> (Verdict, completion)`, running code only in a sandbox.
+
+`large`: one large model, one attempt. `branched`: every small model attempts at once (one
+branch each, run in parallel where the scheduler finds slots and memory); failed branches go
+on with feedback (the failing test or the checker's verdict), to the same model, or to the
+model of the best answer so far when theirs did not even run, until one passes or `max_branches`
+attempts were made; the result is the first passing answer, else the best-scoring one.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from experiment.checking import Verdict, instructions, retry_instructions
+from experiment.tasks import Task
+
+LARGE = "large"
+BRANCHED = "branched"
+STRATEGIES = (LARGE, BRANCHED)
+RUNS_AT_ALL = 0.5            # a verdict scoring below this: the answer did not even run
+
+
+@dataclass(frozen=True)
+class ModelAnswer:
+    job_id: str
+    text: str
+    error: str | None = None          # the job failed (the service's reason)
+
+
+class ModelCalls(Protocol):
+    def submit(self, model: str, messages: list[dict[str, str]], tags: dict[str, Any]) -> str:
+        """Queue one chat job; its job id."""
+        ...
+
+    def answer(self, job_id: str) -> ModelAnswer:
+        """Wait for the job to finish."""
+        ...
+
+
+Judge = Callable[[Task, str], tuple[Verdict, str]]
+
+
+@dataclass
+class Attempt:
+    task_id: str
+    strategy: str
+    branch: int
+    model: str
+    job_id: str
+    completion: str
+    passed: bool
+    error: str | None
+    score: float
+    parent: int | None                # the branch whose feedback this one started from
+    messages: list[dict[str, str]] = field(repr=False, default_factory=list)
+    answer: str = field(repr=False, default="")
+    feedback: str | None = field(repr=False, default=None)
+
+    def record(self) -> dict[str, Any]:
+        """One line of results.jsonl."""
+        return {"task_id": self.task_id, "strategy": self.strategy, "branch": self.branch, "model": self.model,
+                "job_id": self.job_id, "completion": self.completion, "passed": self.passed, "error": self.error,
+                "score": self.score, "parent": self.parent}
+
+
+@dataclass
+class Outcome:
+    task_id: str
+    strategy: str
+    attempts: list[Attempt]
+    chosen: Attempt | None            # the combined answer
+    eval_s: float                     # time spent judging (the sandbox), not in the ledger
+    wall_s: float                     # first submission to verdict, as this client saw it
+
+    @property
+    def solved(self) -> bool:
+        return bool(self.chosen and self.chosen.passed)
+
+    @property
+    def job_ids(self) -> list[str]:
+        return [a.job_id for a in self.attempts if a.job_id]
+
+
+@dataclass(frozen=True)
+class _Branch:
+    number: int
+    model: str
+    messages: list[dict[str, str]]
+    parent: int | None
+
+
+class Runner:
+    """Runs tasks under a strategy: the experiment's name tags every job."""
+
+    def __init__(self, calls: ModelCalls, judge: Judge, experiment: str, clock: Callable[[], float] = time.monotonic):
+        self.calls = calls
+        self.judge = judge
+        self.experiment = experiment
+        self.clock = clock
+
+    def large(self, task: Task, model: str) -> Outcome:
+        started = self.clock()
+        attempts, eval_s = self._round(task, LARGE, [_Branch(0, model, _first_messages(task), None)])
+        return Outcome(task["task_id"], LARGE, attempts, attempts[0], eval_s, self.clock() - started)
+
+    def branched(self, task: Task, models: list[str], max_branches: int) -> Outcome:
+        if not models or max_branches < 1:
+            raise ValueError("the branched strategy needs at least one small model and one branch")
+        started = self.clock()
+        attempts: list[Attempt] = []
+        eval_total = 0.0
+        pending = [_Branch(n, model, _first_messages(task), None) for n, model in enumerate(models[:max_branches])]
+        while pending:
+            done, eval_s = self._round(task, BRANCHED, pending)
+            attempts.extend(done)
+            eval_total += eval_s
+            if any(a.passed for a in done):
+                break
+            pending = _next_branches(task, done, attempts, max_branches - len(attempts))
+        return Outcome(task["task_id"], BRANCHED, attempts, combine(attempts), eval_total, self.clock() - started)
+
+    def _round(self, task: Task, strategy: str, branches: list[_Branch]) -> tuple[list[Attempt], float]:
+        """Submit every branch at once (the scheduler runs them side by side where it can), then
+        judge the answers in order."""
+        submitted = []
+        for branch in branches:
+            tags = {"experiment": self.experiment, "strategy": strategy, "task_id": task["task_id"],
+                    "branch": branch.number, "role": "attempt" if branch.parent is None else "retry"}
+            submitted.append((branch, self.calls.submit(branch.model, branch.messages, tags)))
+        attempts, eval_s = [], 0.0
+        for branch, job_id in submitted:
+            answer = self.calls.answer(job_id)
+            if answer.error is not None:
+                verdict, completion = Verdict(False, 0.0, None, f"job failed: {answer.error}"), ""
+            else:
+                judged = self.clock()
+                verdict, completion = self.judge(task, answer.text)
+                eval_s += self.clock() - judged
+            attempts.append(Attempt(task["task_id"], strategy, branch.number, branch.model, job_id, completion,
+                                    verdict.passed, verdict.error, verdict.score, branch.parent,
+                                    branch.messages, answer.text, verdict.feedback))
+        return attempts, eval_s
+
+
+def _first_messages(task: Task) -> list[dict[str, str]]:
+    return [{"role": "user", "content": instructions(task)}]
+
+
+def _next_branches(task: Task, failed: list[Attempt], every: list[Attempt], budget: int) -> list[_Branch]:
+    """Each failed branch of the last round goes on with its feedback, best first, while the
+    budget lasts: to its own model, or to the best-scoring model when its answer did not run. A
+    job that failed outright (no answer to build on) starts over on the best model."""
+    if budget <= 0:
+        return []
+    best = max(every, key=lambda a: (a.score, -a.branch))
+    numbered = len(every)
+    branches = []
+    for attempt in sorted(failed, key=lambda a: (-a.score, a.branch))[:budget]:
+        model = attempt.model if attempt.score >= RUNS_AT_ALL else best.model
+        if attempt.feedback is None:          # the job itself failed: nothing to give feedback on
+            messages = _first_messages(task)
+        else:
+            messages = [*attempt.messages, {"role": "assistant", "content": attempt.answer},
+                        {"role": "user", "content": retry_instructions(task, attempt.feedback)}]
+        branches.append(_Branch(numbered, model, messages, attempt.branch))
+        numbered += 1
+    return branches
+
+
+def combine(attempts: list[Attempt]) -> Attempt | None:
+    """The first passing answer, else the best-scoring one (the earlier on a tie)."""
+    for attempt in attempts:
+        if attempt.passed:
+            return attempt
+    return max(attempts, key=lambda a: (a.score, -a.branch)) if attempts else None

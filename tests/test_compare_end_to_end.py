@@ -1,0 +1,67 @@
+"""compare.py end to end: an embedded service it starts, real CPU inference on two HumanEval
+tasks under both strategies, code judged in the sandbox, costs from the service's ledger."""
+import json
+
+import pytest
+
+import compare
+from conftest import require_models
+from store.sqlite import SqliteStore
+
+pytestmark = [pytest.mark.slow, pytest.mark.embedded]
+
+
+def test_two_humaneval_tasks_under_both_strategies(tmp_path, model_cache, capsys):
+    require_models("smollm2:135m", "qwen2.5-coder:0.5b")
+    code = compare.main(["--tasks", "humaneval:HumanEval/0,HumanEval/2", "--large", "qwen2.5-coder:0.5b",
+                         "--small", "smollm2:135m,qwen2.5-coder:0.5b", "--branches", "3", "--max-tokens", "200",
+                         "--out", str(tmp_path), "--experiment", "e2e", "--model-cache", str(model_cache)])
+    assert code == 0
+    out = tmp_path / "e2e"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["experiment"] == "e2e" and summary["tasks"] == ["HumanEval/0", "HumanEval/2"]
+    assert set(summary["strategies"]) == {"large", "branched"}
+    for name, s in summary["strategies"].items():
+        for key in ("pass_rate", "solved", "wall_s", "model_s", "cpu_s", "peak_rss_bytes", "tokens", "energy_j",
+                    "per_solved_task"):
+            assert key in s, (name, key)
+        assert s["model_s"] > 0 and s["cpu_s"] > 0 and s["tokens"] > 0 and s["peak_rss_bytes"] > 100e6
+        assert s["energy_j"] is None                             # no GPU here: none reported, none invented
+    assert summary["strategies"]["large"]["models"] == ["qwen2.5-coder:0.5b"]
+
+    attempts = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    for a in attempts:
+        assert set(a) >= {"task_id", "strategy", "branch", "model", "job_id", "completion", "passed", "error"}
+    assert {a["strategy"] for a in attempts} == {"large", "branched"}
+    assert sum(a["strategy"] == "large" for a in attempts) == 2
+    assert all(1 <= sum(a["strategy"] == "branched" and a["task_id"] == t for a in attempts) <= 3
+               for t in summary["tasks"])
+    # a task counts as solved exactly when one of its attempts passed in the sandbox
+    for r in summary["per_task"]:
+        mine = [a for a in attempts if a["task_id"] == r["task_id"] and a["strategy"] == r["strategy"]]
+        assert r["solved"] == any(a["passed"] for a in mine) and r["attempts"] == len(mine)
+
+    report = (out / "report.html").read_text()
+    assert report.count("data:image/png;base64,") == 3 and "branched" in report
+    assert "| large |" in capsys.readouterr().out
+
+    # the service kept the tasks, the tagged ledger and the per-task results
+    store = SqliteStore(next((out / "service" / "data").glob("*.db")))
+    try:
+        assert store.get_task("HumanEval/2")["check"]["entry_point"] == "truncate_number"
+        results = store.list_results("e2e")
+        assert sorted((r["task_id"], r["strategy"]) for r in results) == sorted(
+            (t, s) for t in summary["tasks"] for s in ("large", "branched"))
+        entries = [store.list_metrics(job_id=a["job_id"])[0] for a in attempts]
+        assert all(e["tags"]["experiment"] == "e2e" and e["tags"]["task_id"] == a["task_id"]
+                   and e["tags"]["strategy"] == a["strategy"] and e["tags"]["branch"] == a["branch"]
+                   for e, a in zip(entries, attempts))
+    finally:
+        store.close()
+
+
+def test_a_task_spec_that_names_nothing_is_refused(tmp_path, capsys):
+    assert compare.main(["--tasks", "humaneval:HumanEval/999", "--out", str(tmp_path)]) == 2
+    assert "no humaneval task" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        compare.main(["--strategies", "large,bogus"])

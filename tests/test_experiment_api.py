@@ -1,0 +1,112 @@
+"""Tasks and experiment results over HTTP, on the GPU simulator: the service derives each
+result's costs from the ledger of the jobs it names, and refuses what it cannot vouch for."""
+import json
+
+import pytest
+
+from experiment.service_client import ServiceClient
+from experiment.tasks import select_tasks
+
+
+@pytest.fixture(scope="module")
+def api(module_service):
+    service, client = module_service()
+    return client
+
+
+def post(client, path, body):
+    return client.post(path, data=json.dumps(body) if not isinstance(body, bytes) else body,
+                       content_type="application/json")
+
+
+def finished_job(client, experiment, task_id="t1", strategy="large", model="qwen2.5:0.5b"):
+    body = {"model": model, "kind": "chat", "messages": [{"role": "user", "content": "hi"}],
+            "metadata": {"experiment": experiment, "strategy": strategy, "task_id": task_id, "branch": 0}}
+    r = client.post("/api/submit?wait=20", data=json.dumps(body), content_type="application/json")
+    assert r.status_code == 200, r.get_json()
+    return r.get_json()
+
+
+def test_tasks_are_stored_listed_and_read_back_by_id(api):
+    tasks = select_tasks("humaneval:2+builtin:1")
+    r = post(api, "/api/tasks", {"tasks": tasks})
+    assert r.status_code == 200 and r.get_json()["stored"] == 3
+    listed = api.get("/api/tasks?suite=humaneval").get_json()["tasks"]
+    assert [t["task_id"] for t in listed] == ["HumanEval/0", "HumanEval/1"]
+    one = api.get("/api/tasks/HumanEval/1").get_json()
+    assert one["check"]["entry_point"] == tasks[1]["check"]["entry_point"] and one["prompt"] == tasks[1]["prompt"]
+    assert api.get("/api/tasks/HumanEval/999").status_code == 404
+
+
+@pytest.mark.parametrize("body, field", [
+    (b"{nope", "body"), ({"tasks": []}, "tasks"), ({"tasks": [{"task_id": "x"}]}, "tasks.0.suite"),
+    ({"tasks": [{"task_id": "x", "suite": "s", "prompt": "p", "check": {"kind": "vibes"}}]}, "tasks.0.check.kind"),
+    ({"tasks": [{"task_id": "x", "suite": "s", "prompt": "p", "check": {"kind": "exact", "$where": 1}}]}, "tasks"),
+])
+def test_bad_tasks_are_refused_with_the_field(api, body, field):
+    r = post(api, "/api/tasks", body)
+    assert r.status_code == 400 and r.get_json()["field"] == field, r.get_json()
+
+
+def test_a_result_gets_its_costs_from_the_ledger_of_its_jobs(api):
+    jobs = [finished_job(api, "exp-a", model=m) for m in ("qwen2.5:0.5b", "qwen2.5:0.5b", "gemma:2b")]
+    r = post(api, "/api/experiments/exp-a/results", {"task_id": "t1", "strategy": "branched", "solved": True,
+                                                      "attempts": 3, "job_ids": [j["job_id"] for j in jobs],
+                                                      "eval_s": 0.25})
+    assert r.status_code == 201, r.get_json()
+    doc = r.get_json()
+    metrics = [j["metrics"] for j in jobs]
+    assert doc["model_s"] == pytest.approx(sum(m["run_s"] for m in metrics), abs=1e-3)
+    assert doc["tokens"] == sum(m["prompt_tokens"] + m["output_tokens"] for m in metrics)
+    assert doc["models"] == ["gemma:2b", "qwen2.5:0.5b"] and doc["runs"] == 3 and doc["eval_s"] == 0.25
+    assert doc["wall_s"] > 0
+    # the simulated GPU reports energy; the ledger splits it among the jobs that shared it
+    assert doc["energy_j"] == pytest.approx(sum(m["gpu_energy_j"] for m in metrics), abs=1e-2)
+    stored = api.get("/api/experiments/exp-a/results").get_json()["results"]
+    assert [(s["task_id"], s["strategy"], s["tokens"]) for s in stored] == [("t1", "branched", doc["tokens"])]
+
+
+def test_results_for_jobs_that_are_unknown_unfinished_or_of_another_experiment_are_refused(api):
+    other = finished_job(api, "exp-other")
+    r = post(api, "/api/experiments/exp-b/results", {"task_id": "t", "strategy": "large", "solved": False,
+                                                      "attempts": 1, "job_ids": [other["job_id"]]})
+    assert r.status_code == 422 and r.get_json()["job_id"] == other["job_id"]
+    r = post(api, "/api/experiments/exp-b/results", {"task_id": "t", "strategy": "large", "solved": False,
+                                                      "attempts": 1, "job_ids": ["0" * 32]})
+    assert r.status_code == 404
+    waiting = api.post("/api/submit", data=json.dumps({"model": "phi3:mini", "prompt": "x", "priority": "low",
+                                                       "metadata": {"experiment": "exp-b"}}),
+                       content_type="application/json").get_json()
+    r = post(api, "/api/experiments/exp-b/results", {"task_id": "t", "strategy": "large", "solved": False,
+                                                      "attempts": 1, "job_ids": [waiting["job_id"]]})
+    assert r.status_code in (409, 201)            # 409 while it has not finished
+    if r.status_code == 409:
+        assert "no ledger entry yet" in r.get_json()["error"]
+    assert post(api, "/api/experiments/bad name!/results", {}).status_code in (400, 404)
+    assert post(api, "/api/experiments/exp-b/results", {"task_id": "t"}).status_code == 400
+
+
+def test_the_experiments_client_speaks_this_api(api, monkeypatch):
+    """ServiceClient against the Flask app (its requests routed to the test client)."""
+    client = ServiceClient("http://mm.test")
+
+    def request(method, url, **kwargs):
+        path = url.removeprefix("http://mm.test")
+        r = api.open(path, method=method, json=kwargs.get("json"), query_string=kwargs.get("params"),
+                     headers=kwargs.get("headers"))
+        return _Response(r)
+    monkeypatch.setattr(client.session, "request", request)
+    job_id = client.submit("qwen2.5:0.5b", [{"role": "user", "content": "hi"}], {"experiment": "exp-c", "branch": 0})
+    answer = client.answer(job_id)
+    assert answer.error is None and answer.text.strip()
+    assert client.record_result("exp-c", {"task_id": "t", "strategy": "large", "solved": True, "attempts": 1,
+                                          "job_ids": [job_id]})["tokens"] > 0
+    assert [r["task_id"] for r in client.results("exp-c")] == ["t"]
+
+
+class _Response:
+    def __init__(self, r):
+        self.status_code, self._r, self.text = r.status_code, r, r.get_data(as_text=True)
+
+    def json(self):
+        return self._r.get_json()

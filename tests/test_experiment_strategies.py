@@ -1,0 +1,136 @@
+"""The strategies' control flow on scripted model answers: attempt, feedback, branch limit,
+combine; and the summary's arithmetic over per-task results."""
+import itertools
+
+import pytest
+
+from experiment.checking import Verdict
+from experiment.report import markdown_table, summarize
+from experiment.strategies import BRANCHED, LARGE, ModelAnswer, Runner, combine
+from experiment.tasks import builtin_tasks
+
+TASK = {"task_id": "t/1", "suite": "toy", "prompt": "Say the word.", "check": {"kind": "exact", "answer": "ok"}}
+
+
+class ScriptedCalls:
+    """Answers each model's calls from a script, in order; records what was asked."""
+
+    def __init__(self, script: dict[str, list[str | None]]):
+        self.script = {model: iter(answers) for model, answers in script.items()}
+        self.ids = itertools.count()
+        self.submitted: list[dict] = []
+        self.answers: dict[str, ModelAnswer] = {}
+
+    def submit(self, model, messages, tags):
+        job_id = f"job{next(self.ids)}"
+        self.submitted.append({"job_id": job_id, "model": model, "messages": messages, "tags": tags})
+        text = next(self.script[model])
+        self.answers[job_id] = ModelAnswer(job_id, "", "runtime error") if text is None else ModelAnswer(job_id, text)
+        return job_id
+
+    def answer(self, job_id):
+        return self.answers[job_id]
+
+
+def judge(task, answer):
+    """'ok' passes; 'runs' is a wrong answer that ran (0.5); anything else did not run (0.1)."""
+    if answer == "ok":
+        return Verdict(True, 1.0, None, None), answer
+    if answer.startswith("runs"):
+        return Verdict(False, 0.5, f"wrong: {answer}", "AssertionError"), answer
+    return Verdict(False, 0.1, f"broken: {answer}", "SyntaxError"), answer
+
+
+def test_large_is_one_attempt_tagged_with_the_experiment():
+    calls = ScriptedCalls({"big": ["runs 1"]})
+    outcome = Runner(calls, judge, "exp1").large(TASK, "big")
+    assert [a.branch for a in outcome.attempts] == [0] and not outcome.solved
+    assert calls.submitted[0]["tags"] == {"experiment": "exp1", "strategy": LARGE, "task_id": "t/1",
+                                          "branch": 0, "role": "attempt"}
+    assert outcome.chosen is outcome.attempts[0] and outcome.job_ids == ["job0"]
+
+
+def test_every_small_model_attempts_at_once_and_a_pass_ends_the_task():
+    calls = ScriptedCalls({"a": ["runs 1"], "b": ["ok"]})
+    outcome = Runner(calls, judge, "e").branched(TASK, ["a", "b"], max_branches=4)
+    assert outcome.solved and outcome.chosen.model == "b" and outcome.chosen.branch == 1
+    assert len(calls.submitted) == 2            # no second round once an answer passed
+
+
+def test_feedback_goes_back_to_the_same_model_when_its_answer_ran():
+    calls = ScriptedCalls({"a": ["runs 1", "ok"], "b": ["broken", "x"]})
+    outcome = Runner(calls, judge, "e").branched(TASK, ["a", "b"], max_branches=3)
+    assert outcome.solved and [a.branch for a in outcome.attempts] == [0, 1, 2]
+    retry = calls.submitted[2]
+    assert retry["model"] == "a" and retry["tags"]["role"] == "retry" and outcome.attempts[2].parent == 0
+    # the retry carries the conversation: the question, the failed answer, and the test's verdict
+    roles = [m["role"] for m in retry["messages"]]
+    assert roles == ["user", "assistant", "user"] and retry["messages"][1]["content"] == "runs 1"
+    assert "wrong: runs 1" in retry["messages"][2]["content"]
+
+
+def test_a_branch_whose_answer_did_not_run_moves_to_the_best_model_so_far():
+    calls = ScriptedCalls({"a": ["runs 1", "runs 2", "runs 3"], "b": ["broken"]})
+    outcome = Runner(calls, judge, "e").branched(TASK, ["a", "b"], max_branches=4)
+    second_round = calls.submitted[2:4]
+    assert [s["model"] for s in second_round] == ["a", "a"]       # b's branch continues on a
+    assert [outcome.attempts[i].parent for i in (2, 3)] == [0, 1]
+    assert not outcome.solved and len(outcome.attempts) == 4
+
+
+def test_the_branch_limit_counts_every_attempt():
+    calls = ScriptedCalls({"a": ["runs"] * 10, "b": ["runs"] * 10})
+    for limit in (1, 2, 3, 5):
+        calls.submitted.clear()
+        outcome = Runner(calls, judge, "e").branched(TASK, ["a", "b"], max_branches=limit)
+        assert len(outcome.attempts) == limit == len(calls.submitted)
+        assert sorted(a.branch for a in outcome.attempts) == list(range(limit))
+
+
+def test_a_failed_job_starts_its_branch_over_without_feedback():
+    calls = ScriptedCalls({"a": [None, "ok"]})
+    outcome = Runner(calls, judge, "e").branched(TASK, ["a"], max_branches=2)
+    assert outcome.attempts[0].error == "job failed: runtime error" and outcome.solved
+    assert len(calls.submitted[1]["messages"]) == 1
+
+
+def test_combine_takes_the_first_pass_else_the_best_score():
+    calls = ScriptedCalls({"a": ["broken", "runs 2"], "b": ["runs 1", "runs 3"]})
+    outcome = Runner(calls, judge, "e").branched(TASK, ["a", "b"], max_branches=3)
+    assert not outcome.solved and outcome.chosen.branch == 1         # the first of the best-scoring
+    assert combine([]) is None
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError):
+        Runner(ScriptedCalls({}), judge, "e").branched(TASK, [], max_branches=2)
+
+
+def test_summary_sums_costs_and_divides_by_solved_tasks():
+    results = [
+        {"task_id": "a", "strategy": LARGE, "solved": True, "attempts": 1, "wall_s": 4.0, "model_s": 3.0,
+         "cpu_s": 3.5, "peak_rss_bytes": 1_200_000_000, "tokens": 300, "energy_j": None, "models": ["big"]},
+        {"task_id": "b", "strategy": LARGE, "solved": False, "attempts": 1, "wall_s": 6.0, "model_s": 5.0,
+         "cpu_s": 5.5, "peak_rss_bytes": 1_300_000_000, "tokens": 500, "energy_j": None, "models": ["big"]},
+        {"task_id": "a", "strategy": BRANCHED, "solved": True, "attempts": 3, "wall_s": 2.0, "model_s": 2.5,
+         "cpu_s": 2.0, "peak_rss_bytes": 700_000_000, "tokens": 900, "energy_j": 10.0, "models": ["s1", "s2"]},
+        {"task_id": "b", "strategy": BRANCHED, "solved": True, "attempts": 1, "wall_s": 1.0, "model_s": 0.5,
+         "cpu_s": 1.0, "peak_rss_bytes": 600_000_000, "tokens": 100, "energy_j": 2.5, "models": ["s1"]},
+    ]
+    summary = summarize("x", ["a", "b"], results)
+    large, branched = summary["strategies"][LARGE], summary["strategies"][BRANCHED]
+    assert (large["solved"], large["pass_rate"], large["wall_s"], large["tokens"]) == (1, 0.5, 10.0, 800)
+    assert large["per_solved_task"]["model_s"] == 8.0 and large["energy_j"] is None
+    assert large["peak_rss_bytes"] == 1_300_000_000
+    assert branched["pass_rate"] == 1.0 and branched["attempts"] == 4 and branched["energy_j"] == 12.5
+    assert branched["per_solved_task"]["cpu_s"] == 1.5 and branched["models"] == ["s1", "s2"]
+    table = markdown_table(summary)
+    assert "| large | big | 50% | 1 |" in table and "| branched | s1, s2 | 100% | 2 |" in table
+
+
+def test_builtin_tasks_have_exact_answers_their_checker_accepts():
+    from experiment.checking import judge_exact
+    for task in builtin_tasks():
+        answer = task["check"]["answer"]
+        assert judge_exact(task, f"Let me think.\nAnswer: {answer}").passed, task["task_id"]
+        assert not judge_exact(task, "Answer: 123456789").passed, task["task_id"]
