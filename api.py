@@ -20,7 +20,9 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 import api_auth
 from api_admin import admin_bp
 from api_common import MAX_WAIT_S, ApiError
+from api_dashboard import dashboard_bp
 from api_jobs import jobs_bp
+from api_metrics import metrics_bp
 from api_ollama import ollama_bp
 from api_openai import openai_bp
 from api_system import SharedViews, system_bp
@@ -53,6 +55,8 @@ def create_app(config: Config | None = None, service: Service | None = None) -> 
     app.register_blueprint(admin_bp)
     app.register_blueprint(ollama_bp)
     app.register_blueprint(openai_bp)
+    app.register_blueprint(metrics_bp)
+    app.register_blueprint(dashboard_bp)
 
     @app.after_request
     def served_by(response):

@@ -16,7 +16,12 @@ from api_common import ApiError
 from service import Service
 from tenancy import ANONYMOUS, ApiKey, Caller, key_hash
 
-OPEN_PATHS = frozenset({"/api/ping", "/api/health"})
+OPEN_PATHS = frozenset({"/api/ping", "/api/health", "/", "/dashboard"})
+OPEN_PREFIXES = ("/dashboard/static/",)     # the dashboard's files hold no data; the page asks for a key
+
+
+def is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
 class KeyCache:
@@ -60,7 +65,7 @@ def install(app: Flask, service: Service) -> None:
     def identify() -> None:
         key = presented_key()
         if key is None:
-            if required and request.path not in OPEN_PATHS:
+            if required and not is_open(request.path):
                 raise _unauthorized("an API key is required: send Authorization: Bearer KEY (or X-API-Key)")
             g.caller = ANONYMOUS
             return
@@ -68,7 +73,7 @@ def install(app: Flask, service: Service) -> None:
         if found is None:
             # Without AUTH_REQUIRED a key that is not ours is no one's: the OpenAI client always
             # sends one ("ollama", say), and OLLAMA_API_KEY may be set for another server.
-            if not required or request.path in OPEN_PATHS:
+            if not required or is_open(request.path):
                 g.caller = ANONYMOUS
                 return
             raise _unauthorized("the API key is not valid (unknown or revoked)")

@@ -214,6 +214,12 @@ class Config(BaseSettings):
         None, description="Embedded runtime: where chunked models are joined and checked (default DATA_DIR/models).")
     EMBEDDED_BINDING: Literal["xllamacpp"] = Field("xllamacpp", description="Embedded runtime: llama.cpp binding.")
 
+    # --- Metrics and dashboard -----------------------------------------------------------------
+    PROMETHEUS_MULTIPROC_DIR: Path | None = Field(
+        None, description="gunicorn: folder where the workers write the counters and histograms that `/metrics` "
+        "adds up (prometheus-client's multiprocess mode); emptied when gunicorn starts. Default: a new temporary "
+        "folder, removed when gunicorn stops. `python main.py` (one process) needs none.")
+
     # --- Logging ------------------------------------------------------------------------------
     LOG_FILE: Path = Field(Path("model_manager.log"), description="Log file; lines are `[HH:MM:SS.mmm] [COMPONENT] message`.")
     LOG_MAX_BYTES: int = Field(

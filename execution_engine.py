@@ -303,6 +303,7 @@ class ExecutionEngine:
             store.record_metrics(ledger)
         elif store.finish(job_id, run_id, status.value, fields, ledger):
             self.counters.add(status.value)
+            self.counters.job_finished(status.value, job, metrics)
             log.debug("job %s %s in %.3fs", job_id, status.value, finished - run.granted_at)
             if status is JobStatus.COMPLETE and job.get("cache_key"):
                 self._remember(job, fields, finished)

@@ -7,6 +7,7 @@ embedded runtime or simulator, when used) and the engine; if it dies another tak
 import os
 import sys
 
+import metrics_setup
 from config import Config
 
 _config = Config()
@@ -23,6 +24,10 @@ if threads <= _config.MAX_WAITERS:
              "could take every thread and /api/health would stop answering")
 timeout = 120
 graceful_timeout = 30
+# /metrics: every worker's counters and histograms in one folder, added up by whichever worker
+# answers a scrape (process_metrics.py). Set before any worker imports prometheus-client.
+_metrics_dir, _metrics_dir_is_temporary = metrics_setup.prepare_multiprocess_dir(
+    str(_config.PROMETHEUS_MULTIPROC_DIR) if _config.PROMETHEUS_MULTIPROC_DIR else None)
 
 
 def post_worker_init(worker):
@@ -33,3 +38,12 @@ def post_worker_init(worker):
 def worker_exit(server, worker):
     import wsgi
     wsgi.service.stop()
+
+
+def child_exit(server, worker):
+    metrics_setup.worker_gone(worker.pid)
+
+
+def on_exit(server):
+    if _metrics_dir_is_temporary:
+        metrics_setup.remove_temporary_dir(_metrics_dir)

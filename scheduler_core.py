@@ -146,7 +146,10 @@ class SchedulerCore:
             snapshot = replace(snapshot, demand=tuple(d for d in snapshot.demand if d.model not in held_back),
                                wanted=tuple(m for m in snapshot.wanted if m not in held_back))
         decided = plan(snapshot)
+        evicted = [m for m in (*decided.unloads, *decided.draining) if m not in self.last_plan.draining]
         self.last_plan = decided             # before acting: a drain chosen here holds even if acting fails
+        for model in evicted:                # pushed out to make room (unloaded now, or once drained)
+            self.counters.record("evict", model, self.node, now)
         for model in decided.never_fits:
             self._fail_never_fits(model, snapshot, now)
         for model in decided.unloads:
@@ -226,6 +229,7 @@ class SchedulerCore:
         failed = self.queue.fail_model(model, {"error": reason, "error_kind": ErrorKind.RUNTIME.value,
                                                "completed_at": now})
         if failed:
+            self.counters.job_finished("failed", n=failed)
             log.warning("failed %d waiting jobs: %s", failed, reason)
 
     # --- taking in what happened ------------------------------------------------------------------
@@ -258,7 +262,7 @@ class SchedulerCore:
         if event.failure is None:
             self.table.load_succeeded(model, event.at)
             self.health[model] = after_load_success(self.health.get(model, LoadHealth()))
-            self.counters.add("loads")
+            self.counters.record("load", model, self.node, event.at)
             log.info("loaded %s in %.2fs", model, event.at - (state.load_started if state else event.at))
             if self._reconciled is not None and len(self._reconciled.gpus) > 1:
                 # where the runtime put it among the GPUs shows in the next reading: no more
@@ -283,7 +287,7 @@ class SchedulerCore:
     def _unload_finished(self, event: UnloadFinished) -> None:
         self.table.unload_finished(event.model, event.ok, event.at)
         if event.ok:
-            self.counters.add("unloads")
+            self.counters.record("unload", event.model, self.node, event.at)
         else:
             log.warning("unload of %s failed: %s", event.model, event.message)
         self.want_reading()

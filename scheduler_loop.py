@@ -357,6 +357,7 @@ class SchedulerTerm:
         if done:
             syslog.warning("job %s %s: %s", job_id, "re-queued" if action is RunAction.REQUEUE else "failed", why)
             if action is RunAction.FAIL:
+                self.ctx.counters.job_finished(JobStatus.FAILED.value, run)
                 self.ctx.on_job_done(job_id)
         return int(done)
 

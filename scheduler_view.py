@@ -47,6 +47,7 @@ def scheduler_view(term: Any) -> dict[str, Any]:
         "scheduler": {
             "passes": max(c.passes for c in cores), "last_pass_ms": round(term.last_pass_ms, 3),
             "loads": counters.get("loads", 0), "unloads": counters.get("unloads", 0),
+            "evictions": counters.get("evictions", 0),
             "waiting_for_memory": sorted({m for c in cores for m in c.last_plan.waiting_for_memory}),
             "draining": sorted({m for c in cores for m in c.last_plan.draining}),
             "slots_in_use": sum(v["slots_in_use"] for v in views),
@@ -58,6 +59,7 @@ def scheduler_view(term: Any) -> dict[str, Any]:
         "errors": {k.value: counters.get(f"errors.{k.value}", 0) for k in ErrorKind},
         "jobs": {k: counters.get(k, 0) for k in ("complete", "failed", "cancelled_running", "requeued")},
         "nodes": views,
+        "activity": term.ctx.counters.activity.snapshot(),    # recent loads, unloads, evictions (dashboard)
     }
 
 

@@ -17,10 +17,11 @@ from typing import Any
 from answer_stream import StreamHub, follow
 from config import Config
 from counters import Counters
-from jobs import FINISHED, JobDoc
+from jobs import FINISHED, JobDoc, JobStatus
 from leadership import Leadership, new_owner
 from log_setup import get_logger
 from model_registry import ModelRegistry
+from process_metrics import ProcessMetrics
 from queue_manager import QueueManager
 from scheduler_loop import SchedulerTerm, TermContext
 from scheduler_view import capacity_bytes
@@ -80,7 +81,8 @@ class Service:
         self.queue = QueueManager(self.store, config.QUEUE_MAX_SIZE, config.QUEUE_AGING_S, on_submit=self.wake,
                                   submit_store=self.api_store, preload_window_s=config.PRELOAD_WINDOW_S)
         self.owner = new_owner()
-        self.counters = Counters()
+        self.metrics = ProcessMetrics()         # what /metrics counts of events in this process
+        self.counters = Counters(observer=self.metrics)
         self.completions = CompletionEvents(config.MAX_WAITERS)
         self.answers = StreamHub()
         self.leadership = Leadership(self.raw_store, self.owner, self._elected, self._lost, clock=clock)
@@ -145,6 +147,7 @@ class Service:
         """Store a job that was answered without running (from the result cache), so that it
         can be polled and listed like any other."""
         self.api_store.enqueue(job)
+        self.counters.job_finished(job["status"])
 
     def will_stream(self) -> str:
         """How a job submitted here will have its pieces streamed back: "local" when this
@@ -212,6 +215,7 @@ class Service:
     def cancel(self, job_id: str, reason: str = "cancelled by request") -> CancelOutcome:
         outcome = self.api_store.cancel(job_id, {"completed_at": self.clock(), "error": reason})
         if outcome.cancelled:
+            self.counters.job_finished(JobStatus.CANCELLED.value)
             self.completions.notify(job_id)
             self.answers.finished(job_id)
             self.wake()
