@@ -25,6 +25,7 @@ from api_jobs import jobs_bp
 from api_metrics import metrics_bp
 from api_ollama import ollama_bp
 from api_openai import openai_bp
+from api_openapi import openapi_bp
 from api_system import SharedViews, system_bp
 from config import Config
 from front_door.openai_shapes import error_body
@@ -55,6 +56,7 @@ def create_app(config: Config | None = None, service: Service | None = None) -> 
     app.register_blueprint(admin_bp)
     app.register_blueprint(ollama_bp)
     app.register_blueprint(openai_bp)
+    app.register_blueprint(openapi_bp)
     app.register_blueprint(metrics_bp)
     app.register_blueprint(dashboard_bp)
 
@@ -83,7 +85,9 @@ def create_app(config: Config | None = None, service: Service | None = None) -> 
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
-        return error(exc.code or 500, {"error": exc.description or exc.name})
+        # keep what the exception says in headers (a 405's Allow), not its HTML content type
+        headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+        return error(exc.code or 500, {"error": exc.description or exc.name}, headers)
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):

@@ -27,6 +27,7 @@ from api_submission import (check_model, check_priority, check_rate, default_pri
 from front_door.delivery import Delivery
 from jobs import FINISHED, JobDoc, JobKind, JobStatus, Priority, new_job
 from model_settings import settle_runner_options
+from runtime_errors import refused_by_runtime
 
 PRIORITY_HEADER = "X-Priority"
 METADATA_HEADER = "X-Job-Metadata"
@@ -37,7 +38,8 @@ _FINISHED = {s.value for s in FINISHED}
 def parse(model: type[BaseModel]) -> Any:
     raw = read_body()
     try:
-        return model.model_validate_json(raw or b"null")
+        # strict, as Ollama's and OpenAI's own servers: `"stream": "false"` or `"n": 1.0` is a 400, not a guess
+        return model.model_validate_json(raw or b"null", strict=True)
     except ValidationError as exc:
         field, message, details = describe_validation_error(exc)
         if field == "body":
@@ -72,6 +74,12 @@ def _metadata() -> dict[str, Any]:
     return metadata
 
 
+def check_headers() -> None:
+    """For a request that queues nothing (Ollama's load): its X-Priority and X-Job-Metadata are still checked."""
+    _priority()
+    _metadata()
+
+
 @dataclass
 class Admitted:
     """A front-door job: queued (and holding a waiter's place) or answered already."""
@@ -99,6 +107,7 @@ def admit(kind: JobKind, model: str, fields: dict[str, Any], options: dict[str, 
     options, problem = settle_runner_options(options, name, settings())
     if problem:
         raise ApiError(400, problem, field="options.num_ctx")
+    _check_answer_length(options, name)
     priority = _priority()
     check_priority(priority)
     metadata = _metadata()
@@ -125,6 +134,15 @@ def admit(kind: JobKind, model: str, fields: dict[str, Any], options: dict[str, 
             service().answers.unsubscribe(job["job_id"], inbox)
         raise
     return Admitted(job, kind, answered=False, waiter=waiter, inbox=inbox)
+
+
+def _check_answer_length(options: dict[str, Any], model: str) -> None:
+    """The request waits for its answer, and one longer than the model's context could only end in a
+    timeout (a 500): refused first, as OpenAI refuses a max_tokens over the model's limit."""
+    wanted, context = options.get("num_predict"), settings().ctx_for(model)
+    if isinstance(wanted, int) and not isinstance(wanted, bool) and wanted > context:
+        raise ApiError(400, f"num_predict (max_tokens) {wanted} is more than {model}'s context of {context} tokens "
+                       "(NUM_CTX / MODEL_NUM_CTX)", field="options.num_predict")
 
 
 def answer_events(admitted: Admitted, streamed: bool) -> Iterator[tuple[str, Any]]:
@@ -218,6 +236,8 @@ def _finished_job(job: JobDoc | None, job_id: str) -> JobDoc:
         err = ApiError(500, f"job {job_id} is gone")
     elif job["status"] == JobStatus.CANCELLED.value:
         err = ApiError(500, f"job {job_id} was cancelled: {job.get('error') or ''}".rstrip(": "))
+    elif refused_by_runtime(job.get("error")):      # the runtime refused what the client sent
+        raise ApiError(400, job["error"])
     else:
         err = ApiError(500, job.get("error") or f"job {job_id} failed")
     err.headers["x-should-retry"] = "false"     # the OpenAI client retries a 500: the job ran already

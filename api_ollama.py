@@ -15,7 +15,7 @@ import requests
 from flask import Blueprint, Response, jsonify, stream_with_context
 
 from api_common import ApiError, read_body
-from api_front import JOB_ID_HEADER, Admitted, admit, answer_events, parse
+from api_front import JOB_ID_HEADER, Admitted, admit, answer_events, check_headers, parse
 from api_submission import check_model
 from api_system import views
 from front_door import ollama_shapes as shapes
@@ -66,6 +66,7 @@ def _embed(req: shapes.EmbedRequest, answer) -> Response:
 def _complete(kind: JobKind, req: shapes.GenerateRequest | shapes.ChatRequest) -> Response:
     if req.is_load():
         name = check_model(req.model, kind)
+        check_headers()
         return jsonify(shapes.load_answer(kind, name, req.unloads()))
     admitted = admit(kind, req.model, req.job_fields(), req.options, req.cache, stream=req.stream)
     if not req.stream:
@@ -100,10 +101,12 @@ def _with_id(response: Response, admitted: Admitted) -> Response:
 # --- the runtime's own answers ------------------------------------------------------------------
 def _runtime_url() -> str:
     view, _ = views().scheduler()
-    url = ((view or {}).get("runtime") or {}).get("url")
-    if not url:
+    # with several nodes `runtime.url` lists them all ("a,b"): ask the first node that answers
+    urls = [n["url"] for n in (view or {}).get("nodes") or [] if n.get("ok") and n.get("url")]
+    urls = urls or [u for u in (((view or {}).get("runtime") or {}).get("url") or "").split(",") if u]
+    if not urls:
         raise ApiError(503, "no scheduler has reported a runtime yet; try again")
-    return url.rstrip("/")
+    return urls[0].rstrip("/")
 
 
 def _pass_through(method: str, path: str, body: bytes | None = None) -> Response:

@@ -56,6 +56,17 @@ class RuntimeRefused(RuntimeFailure):
     failure = FailureKind.REFUSED
 
 
+REFUSED_PREFIX = "runtime answered HTTP "
+
+
+def refused_by_runtime(error: str | None) -> bool:
+    """Whether a job's recorded error is the runtime refusing its request (a 4xx): the job's own input."""
+    if not error or not error.startswith(REFUSED_PREFIX):
+        return False
+    status = error[len(REFUSED_PREFIX):len(REFUSED_PREFIX) + 3]
+    return status.isdigit() and 400 <= int(status) < 500 and status != "408"
+
+
 def is_oom_message(message: str) -> bool:
     lowered = message.lower()
     if any(marker in lowered for marker in NOT_FOUND_MARKERS):
@@ -73,5 +84,5 @@ def failure_from_answer(status: int, message: str) -> RuntimeFailure:
     if status == 503:
         return RuntimeBusy(message)
     if 400 <= status < 500 and status != 408:
-        return RuntimeRefused(f"runtime answered HTTP {status}: {message}")
-    return RuntimeFailure(f"runtime answered HTTP {status}: {message}")
+        return RuntimeRefused(f"{REFUSED_PREFIX}{status}: {message}")
+    return RuntimeFailure(f"{REFUSED_PREFIX}{status}: {message}")

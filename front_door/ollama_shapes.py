@@ -4,14 +4,22 @@ fields; the chunks of a streamed answer."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from jobs import JobDoc, JobKind
 from ollama_protocol import rfc3339
 
 MAX_MODEL_NAME = 200
+
+
+def _whole_number(value: Any) -> Any:
+    """5.0 is an integer to JSON Schema (and to the OpenAPI document); strict parsing alone refuses it."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Integer = Annotated[int, BeforeValidator(_whole_number)]     # requests are parsed strictly (api_front.parse)
 
 
 def model_name(value: str) -> str:
@@ -49,7 +57,7 @@ class GenerateRequest(_Request):
     suffix: str | None = None
     system: str | None = None
     template: str | None = None
-    context: list[int] | None = None
+    context: list[Integer] | None = None
     raw: bool | None = None
     images: list[str] | None = None
     format: str | dict[str, Any] | None = None
@@ -103,7 +111,7 @@ class EmbedRequest(_Request):
     input: str | list[str] | None = None
     prompt: str | None = None        # /api/embeddings, the older route
     truncate: bool | None = None
-    dimensions: int | None = Field(default=None, gt=0)
+    dimensions: Integer | None = Field(default=None, gt=0)
     cache: bool = False
 
     def job_fields(self) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from front_door.delivery import answer_parts
-from front_door.ollama_shapes import MAX_MODEL_NAME, model_name
+from front_door.ollama_shapes import MAX_MODEL_NAME, Integer, model_name
 from jobs import JobDoc, JobKind
 
 
@@ -37,15 +37,15 @@ class StreamOptions(BaseModel):
 class _Sampling(_Request):
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, gt=0)
-    max_completion_tokens: int | None = Field(default=None, gt=0)
+    max_tokens: Integer | None = Field(default=None, gt=0)
+    max_completion_tokens: Integer | None = Field(default=None, gt=0)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    seed: int | None = None
+    seed: Integer | None = None
     stop: str | list[str] | None = None
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
-    n: int = Field(default=1, ge=1, le=1)      # one choice per request, as Ollama
+    n: Integer = Field(default=1, ge=1, le=1)      # one choice per request, as Ollama
 
     def options(self) -> dict[str, Any]:
         options: dict[str, Any] = {"temperature": 1.0 if self.temperature is None else self.temperature,
@@ -105,7 +105,7 @@ class CompletionRequest(_Sampling):
 class EmbeddingRequest(_Request):
     input: str | list[str]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(default=None, gt=0)
+    dimensions: Integer | None = Field(default=None, gt=0)
 
     def job_fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {"input": self.input}
@@ -130,7 +130,9 @@ def _message(index: int, message: dict[str, Any]) -> dict[str, Any]:
         for part in content:
             kind = part.get("type") if isinstance(part, dict) else None
             if kind == "text":
-                texts.append(str(part.get("text", "")))
+                if not isinstance(part.get("text", ""), str):
+                    raise ValueError(f"messages[{index}].content: a text part's text must be a string")
+                texts.append(part.get("text", ""))
             elif kind == "image_url":
                 url = (part.get("image_url") or {}).get("url", "") if isinstance(part.get("image_url"), dict) \
                     else str(part.get("image_url") or "")
@@ -144,19 +146,30 @@ def _message(index: int, message: dict[str, Any]) -> dict[str, Any]:
             out["images"] = images
     elif content is not None:
         raise ValueError(f"messages[{index}].content must be a string or a list of parts")
-    if message.get("tool_calls"):
-        out["tool_calls"] = [_tool_call_in(call) for call in message["tool_calls"]]
+    calls = message.get("tool_calls")
+    if not isinstance(calls, list | None):
+        raise ValueError(f"messages[{index}].tool_calls must be a list")
+    if calls:
+        out["tool_calls"] = [_tool_call_in(call) for call in calls]
     return out
 
 
-def _tool_call_in(call: dict[str, Any]) -> dict[str, Any]:
-    function = dict(call.get("function") or {})
+def _tool_call_in(call: Any) -> dict[str, Any]:
+    """An OpenAI tool call as Ollama's: the arguments an object (OpenAI sends them as JSON text)."""
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict | None) or not isinstance(call, dict):
+        raise ValueError("a tool call must be an object, its function an object")
+    function = dict(function or {})
+    if not isinstance(function.get("name", ""), str):
+        raise ValueError("a tool call's function name must be a string")
     arguments = function.get("arguments")
     if isinstance(arguments, str):
         try:
-            function["arguments"] = json.loads(arguments) if arguments else {}
+            arguments = function["arguments"] = json.loads(arguments) if arguments else {}
         except ValueError:
             raise ValueError("tool call arguments must be JSON") from None
+    if not isinstance(arguments, dict | None):
+        raise ValueError("tool call arguments must be a JSON object (or its text)")
     return {"function": function}
 
 
