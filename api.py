@@ -21,6 +21,7 @@ import api_auth
 from api_admin import admin_bp
 from api_common import MAX_WAIT_S, ApiError
 from api_dashboard import dashboard_bp
+from api_experiments import experiments_bp
 from api_jobs import jobs_bp
 from api_metrics import metrics_bp
 from api_ollama import ollama_bp
@@ -59,6 +60,7 @@ def create_app(config: Config | None = None, service: Service | None = None) -> 
     app.register_blueprint(openapi_bp)
     app.register_blueprint(metrics_bp)
     app.register_blueprint(dashboard_bp)
+    app.register_blueprint(experiments_bp)
 
     @app.after_request
     def served_by(response):

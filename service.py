@@ -232,6 +232,23 @@ class Service:
     def counts(self) -> QueueCounts:
         return self.api_store.counts()
 
+    # --- tasks and experiment results -----------------------------------------------------------
+    def put_tasks(self, tasks: list[dict[str, Any]]) -> None:
+        for task in tasks:
+            self.api_store.put_task(task)
+
+    def list_tasks(self, suite: str | None, limit: int) -> list[dict[str, Any]]:
+        return self.api_store.list_tasks(suite, limit)
+
+    def get_task(self, task_id: str) -> dict[str, Any] | None:
+        return self.api_store.get_task(task_id)
+
+    def record_result(self, result: dict[str, Any]) -> None:
+        self.api_store.record_result(result)
+
+    def list_results(self, experiment: str | None, limit: int) -> list[dict[str, Any]]:
+        return self.api_store.list_results(experiment, limit)
+
     def published(self, key: str) -> tuple[dict[str, Any], float] | None:
         return self.api_store.get_state(key)
 

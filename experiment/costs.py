@@ -20,10 +20,11 @@ def ledger_costs(entries: list[dict[str, Any]]) -> dict[str, Any]:
     * `peak_rss_bytes`: per model, its runner's peak resident memory, summed over the models the
       strategy used (they are resident together); `model_memory_bytes` the same for the model's
       budgeted (GPU) memory;
-    * `tokens` (prompt + output), and `energy_j` where a GPU reported energy, else None.
+    * `tokens` (prompt + output), and `energy_j` where a GPU reported energy, else None;
+    * `by_model`: per model, its jobs, `model_s`, `queue_wait_s` and `tokens` (where the time went).
     """
     if not entries:
-        return {key: (None if key == "energy_j" else 0) for key in COST_KEYS}
+        return {**{key: (None if key == "energy_j" else 0) for key in COST_KEYS}, "by_model": {}}
     started = min(float(e["submitted_at"]) for e in entries)
     finished = max(float(e.get("finished_at") or e["submitted_at"]) for e in entries)
     peak_rss: dict[str, int] = {}
@@ -31,6 +32,13 @@ def ledger_costs(entries: list[dict[str, Any]]) -> dict[str, Any]:
     for e in entries:
         peak_rss[e["model"]] = max(peak_rss.get(e["model"], 0), int(e.get("runtime_peak_rss_bytes") or 0))
         model_memory[e["model"]] = max(model_memory.get(e["model"], 0), int(e.get("model_memory_bytes") or 0))
+    by_model: dict[str, dict[str, Any]] = {}
+    for e in entries:
+        part = by_model.setdefault(e["model"], {"jobs": 0, "model_s": 0.0, "queue_wait_s": 0.0, "tokens": 0})
+        part["jobs"] += 1
+        part["model_s"] = round(part["model_s"] + float(e.get("run_s") or 0), 4)
+        part["queue_wait_s"] = round(part["queue_wait_s"] + float(e.get("queue_wait_s") or 0), 4)
+        part["tokens"] += int(e.get("prompt_tokens") or 0) + int(e.get("output_tokens") or 0)
     energies = [float(e["gpu_energy_j"]) for e in entries if e.get("gpu_energy_j") is not None]
     prompt_tokens = sum(int(e.get("prompt_tokens") or 0) for e in entries)
     output_tokens = sum(int(e.get("output_tokens") or 0) for e in entries)
@@ -46,4 +54,5 @@ def ledger_costs(entries: list[dict[str, Any]]) -> dict[str, Any]:
         "prompt_tokens": prompt_tokens,
         "output_tokens": output_tokens,
         "energy_j": round(sum(energies), 3) if energies else None,
+        "by_model": by_model,
     }

@@ -27,12 +27,18 @@ def summarize(experiment: str, task_ids: list[str], results: list[dict[str, Any]
         energies = [r["energy_j"] for r in rows if r.get("energy_j") is not None]
         totals["energy_j"] = round(sum(energies), 3) if energies else None
         totals["peak_rss_bytes"] = max((int(r.get("peak_rss_bytes") or 0) for r in rows), default=0)
+        by_model: dict[str, dict[str, float]] = {}
+        for r in rows:
+            for model, part in (r.get("by_model") or {}).items():
+                mine = by_model.setdefault(model, {"jobs": 0, "model_s": 0.0, "queue_wait_s": 0.0, "tokens": 0})
+                for key in mine:
+                    mine[key] = round(mine[key] + part.get(key, 0), 4)
         per_solved = {key: (round(value / solved, 4) if solved and value is not None else None)
                       for key, value in totals.items() if key != "peak_rss_bytes"}
         strategies[strategy] = {"tasks": len(rows), "solved": solved,
                                 "pass_rate": round(solved / len(rows), 4) if rows else 0.0,
                                 "models": sorted({m for r in rows for m in r.get("models", [])}),
-                                **totals, "per_solved_task": per_solved}
+                                **totals, "per_solved_task": per_solved, "by_model": by_model}
     return {"experiment": experiment, "tasks": task_ids, "strategies": strategies,
             "per_task": [{key: r.get(key) for key in ("task_id", "strategy", "solved", "attempts", "wall_s",
                                                       "model_s", "load_s", "queue_wait_s", "eval_s", "cpu_s",
@@ -110,7 +116,8 @@ def _plots(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ax.set_xlabel(label)
         ax.set_ylabel("pass rate (%)")
         ax.set_ylim(-5, 105)
-        ax.set_xlim(left=0)
+        ax.set_xlim(0, 1.3 * max([(s[key] / 1e6 if key == "peak_rss_bytes" else s[key]) or 0
+                                  for s in strategies.values()] + [1e-9]))
     fig.suptitle("Cost against pass rate")
     out.append(("Cost against pass rate", _png(fig, plt)))
 
@@ -132,17 +139,22 @@ def _plots(summary: dict[str, Any]) -> list[tuple[str, str]]:
     ax.legend()
     out.append(("Per-task time", _png(fig, plt)))
 
-    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=100)
-    parts = (("model_s", "model work"), ("load_s", "loading"), ("queue_wait_s", "waiting"), ("eval_s", "evaluating"))
+    fig, ax = plt.subplots(figsize=(8, 3.4), dpi=100)
     names = list(strategies)
     left = [0.0] * len(names)
-    for key, label in parts:
-        values = [strategies[n].get(key) or 0 for n in names]
-        ax.barh(names, values, left=left, label=label)
-        left = [a + b for a, b in zip(left, values)]
+    models = list(dict.fromkeys(m for s in strategies.values() for m in s.get("by_model", {})))
+    segments = [(f"{m}: model work", lambda s, m=m: (s.get("by_model", {}).get(m) or {}).get("model_s", 0))
+                for m in models]
+    segments += [("loading", lambda s: s.get("load_s") or 0), ("waiting", lambda s: s.get("queue_wait_s") or 0),
+                 ("evaluating (sandbox)", lambda s: s.get("eval_s") or 0)]
+    for label, value_of in segments:
+        values = [value_of(strategies[n]) for n in names]
+        if any(values):
+            ax.barh(names, values, left=left, label=label)
+            left = [a + b for a, b in zip(left, values)]
     ax.set_xlabel("seconds, summed over tasks (jobs of a branched round overlap)")
     ax.set_title("Where each strategy's time went")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="lower right")
     out.append(("Where the time went", _png(fig, plt)))
     return out
 
