@@ -121,7 +121,10 @@ class ProcessSandbox:
 
 
 def _child_setup(limits: Limits, cgroup: _PidsCgroup | None, status_path: Path):
-    """What the child does between fork and exec (only async-signal-safe enough calls)."""
+    """What the child does between fork and exec: system calls only, nothing that loads or locks
+    (libc is opened here, in the parent)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+
     def setup() -> None:
         if cgroup is not None:
             cgroup.join(os.getpid())
@@ -131,7 +134,6 @@ def _child_setup(limits: Limits, cgroup: _PidsCgroup | None, status_path: Path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (limits.output_bytes, limits.output_bytes))
         resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
         resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
-        libc = ctypes.CDLL(None, use_errno=True)
         if libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0:
             status_path.write_text("net")
     return setup
@@ -208,9 +210,8 @@ class _PidsCgroup:
                 (path / "pids.max").write_text(str(max_pids))
                 return cls(path)
             except OSError:
-                shutil.rmtree(path, ignore_errors=True) if path.exists() else None
                 try:
-                    path.rmdir()
+                    path.rmdir()          # a cgroup's files are the kernel's: rmdir, not rmtree
                 except OSError:
                     pass
         return None
