@@ -113,11 +113,10 @@ def embedded_service(directory: Path, model_cache: Path | None) -> Iterator[str]
         log.close()
 
 
-def run_experiment(args: argparse.Namespace, url: str) -> dict:
+def run_experiment(args: argparse.Namespace, url: str, sandbox) -> dict:
     tasks = select_tasks(args.tasks)
     client = ServiceClient(url, args.api_key, {"temperature": 0, "num_predict": args.max_tokens}, args.timeout_s)
     client.put_tasks(tasks)
-    sandbox = make_sandbox(args.sandbox)
     runner = Runner(client, lambda task, answer: check_answer(task, answer, sandbox), args.experiment)
     attempts, results = [], []
     for strategy in args.strategy_list:
@@ -147,11 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     except TaskSpecError as exc:
         print(f"compare.py: {exc}", file=sys.stderr)
         return 2
+    try:
+        sandbox = make_sandbox(args.sandbox)
+    except Exception as exc:              # the docker SDK's errors: no engine, no permission
+        print(f"compare.py: the {args.sandbox} sandbox cannot run here: {exc}", file=sys.stderr)
+        return 2
     if args.url:
-        run_experiment(args, args.url)
+        run_experiment(args, args.url, sandbox)
         return 0
     with embedded_service(args.out / args.experiment / "service", args.model_cache) as url:
-        run_experiment(args, url)
+        run_experiment(args, url, sandbox)
     return 0
 
 

@@ -65,3 +65,10 @@ def test_a_task_spec_that_names_nothing_is_refused(tmp_path, capsys):
     assert "no humaneval task" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         compare.main(["--strategies", "large,bogus"])
+
+
+def test_a_docker_sandbox_without_an_engine_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("docker")
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    assert compare.main(["--tasks", "builtin:1", "--sandbox", "docker", "--out", str(tmp_path)]) == 2
+    assert "the docker sandbox cannot run here" in capsys.readouterr().err
