@@ -14,6 +14,9 @@ from api_auth import caller, tenant_filter, visible
 from api_common import ApiError, limit_arg, read_body, service
 from api_schemas import describe_validation_error, storable_keys_error
 from experiment.costs import ledger_costs
+from jobs import FINISHED
+
+FINISHED_STATUSES = {s.value for s in FINISHED}
 
 experiments_bp = Blueprint("experiments", __name__)
 EXPERIMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
@@ -27,7 +30,7 @@ class Check(BaseModel):
 
 
 class TaskIn(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     task_id: str = Field(min_length=1, max_length=200)
     suite: str = Field(min_length=1, max_length=100)
     prompt: str = Field(min_length=1)
@@ -40,11 +43,11 @@ class TasksIn(BaseModel):
 
 
 class ResultIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     task_id: str = Field(min_length=1, max_length=200)
     strategy: str = Field(min_length=1, max_length=100)
     solved: bool
-    attempts: int = Field(ge=0)
+    attempts: int = Field(ge=0, le=MAX_JOBS_PER_RESULT)
     job_ids: list[str] = Field(min_length=1, max_length=MAX_JOBS_PER_RESULT)
     eval_s: float = Field(default=0.0, ge=0)          # time the client spent judging answers
     client_wall_s: float | None = Field(default=None, ge=0)
@@ -97,22 +100,27 @@ def get_task(task_id: str):
 def record_result(experiment: str):
     experiment = _experiment_name(experiment)
     body = _parse(ResultIn)
-    entries = []
+    entries, unmetered = [], []
+    wanted = {"experiment": experiment, "task_id": body.task_id, "strategy": body.strategy}
     for job_id in dict.fromkeys(body.job_ids):
         job = service().get(job_id)
         if job is None or not visible(job.get("tenant")):
             raise ApiError(404, f"no job with id '{job_id}'", field="job_ids")
+        metadata = job.get("metadata") or {}
+        wrong = [key for key, value in wanted.items() if str(metadata.get(key)) != value]
+        if wrong:
+            raise ApiError(422, f"job '{job_id}' is not tagged with this result's {', '.join(wrong)} "
+                           f"({', '.join(f'{k}={wanted[k]!r}' for k in wrong)})", field="job_ids", job_id=job_id)
+        if job["status"] not in FINISHED_STATUSES:
+            raise ApiError(409, f"job '{job_id}' is {job['status']}: record results after its jobs finish",
+                           field="job_ids", job_id=job_id)
         found = service().list_ledger(None, job_id, MAX_JOBS_PER_RESULT, None, tenant=tenant_filter())
         if not found:
-            raise ApiError(409, f"job '{job_id}' has no ledger entry yet: record results after its jobs finish",
-                           field="job_ids", job_id=job_id)
-        tagged = {str((e.get("tags") or {}).get("experiment")) for e in found}
-        if tagged != {experiment}:
-            raise ApiError(422, f"job '{job_id}' is not tagged with experiment '{experiment}'",
-                           field="job_ids", job_id=job_id)
+            unmetered.append(job_id)     # it never ran (failed or cancelled while waiting): it cost nothing
         entries.extend(found)            # every run of the job: a re-run's work was done too
     doc = {"experiment": experiment, **body.model_dump(mode="json"), "tenant": caller().tenant,
-           "recorded_at": time.time(), "runs": len(entries), **ledger_costs(entries)}
+           "recorded_at": time.time(), "runs": len(entries), "unmetered_job_ids": unmetered,
+           **ledger_costs(entries)}
     if not doc["models"]:
         doc["models"] = sorted({e["model"] for e in entries})
     service().record_result(doc)

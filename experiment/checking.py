@@ -4,6 +4,7 @@ runs the sandbox it is given."""
 from __future__ import annotations
 
 import re
+import secrets
 from dataclasses import dataclass
 
 from experiment.sandbox import SandboxResult
@@ -126,5 +127,8 @@ def check_answer(task: Task, answer: str, sandbox) -> tuple[Verdict, str]:
     """(verdict, completion): judge a model's answer, running code only in `sandbox`."""
     if task["check"]["kind"] == "python_tests":
         completion = completion_for(task, answer)
-        return judge_run(sandbox.run(test_program(task, completion))), completion
+        # printed only once every test ran: a program that exits early with status 0 fails
+        finished = f"all tests ran {secrets.token_hex(8)}"
+        program = f"{test_program(task, completion)}print({finished!r})\n"
+        return judge_run(sandbox.run(program, must_print=finished)), completion
     return judge_exact(task, answer), final_answer(answer)

@@ -14,17 +14,19 @@ COST_KEYS = ("wall_s", "model_s", "load_s", "queue_wait_s", "cpu_s", "peak_rss_b
 def ledger_costs(entries: list[dict[str, Any]]) -> dict[str, Any]:
     """Sums over one task's jobs under one strategy:
 
-    * `wall_s`: first submission to last answer;
+    * `wall_s`: first submission to last answer (for a strategy with several rounds this
+      includes judging the answers between rounds: `eval_s` of the result says how long);
     * `model_s`: the runtime's work (`run_s`), `load_s` loading, `queue_wait_s` waiting;
     * `cpu_s`: the runners' CPU charged to these jobs;
     * `peak_rss_bytes`: per model, its runner's peak resident memory, summed over the models the
       strategy used (they are resident together); `model_memory_bytes` the same for the model's
       budgeted (GPU) memory;
     * `tokens` (prompt + output), and `energy_j` where a GPU reported energy, else None;
-    * `by_model`: per model, its jobs, `model_s`, `queue_wait_s` and `tokens` (where the time went).
+    * `by_model`: per model, its jobs, `model_s`, `queue_wait_s` and `tokens` (where the time went),
+      a list (model names hold dots, which MongoDB field names should not).
     """
     if not entries:
-        return {**{key: (None if key == "energy_j" else 0) for key in COST_KEYS}, "by_model": {}}
+        return {**{key: (None if key == "energy_j" else 0) for key in COST_KEYS}, "by_model": []}
     started = min(float(e["submitted_at"]) for e in entries)
     finished = max(float(e.get("finished_at") or e["submitted_at"]) for e in entries)
     peak_rss: dict[str, int] = {}
@@ -34,7 +36,8 @@ def ledger_costs(entries: list[dict[str, Any]]) -> dict[str, Any]:
         model_memory[e["model"]] = max(model_memory.get(e["model"], 0), int(e.get("model_memory_bytes") or 0))
     by_model: dict[str, dict[str, Any]] = {}
     for e in entries:
-        part = by_model.setdefault(e["model"], {"jobs": 0, "model_s": 0.0, "queue_wait_s": 0.0, "tokens": 0})
+        part = by_model.setdefault(e["model"], {"model": e["model"], "jobs": 0, "model_s": 0.0, "queue_wait_s": 0.0,
+                                                "tokens": 0})
         part["jobs"] += 1
         part["model_s"] = round(part["model_s"] + float(e.get("run_s") or 0), 4)
         part["queue_wait_s"] = round(part["queue_wait_s"] + float(e.get("queue_wait_s") or 0), 4)
@@ -54,5 +57,5 @@ def ledger_costs(entries: list[dict[str, Any]]) -> dict[str, Any]:
         "prompt_tokens": prompt_tokens,
         "output_tokens": output_tokens,
         "energy_j": round(sum(energies), 3) if energies else None,
-        "by_model": by_model,
+        "by_model": list(by_model.values()),
     }

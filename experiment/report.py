@@ -29,8 +29,8 @@ def summarize(experiment: str, task_ids: list[str], results: list[dict[str, Any]
         totals["peak_rss_bytes"] = max((int(r.get("peak_rss_bytes") or 0) for r in rows), default=0)
         by_model: dict[str, dict[str, float]] = {}
         for r in rows:
-            for model, part in (r.get("by_model") or {}).items():
-                mine = by_model.setdefault(model, {"jobs": 0, "model_s": 0.0, "queue_wait_s": 0.0, "tokens": 0})
+            for part in r.get("by_model") or []:
+                mine = by_model.setdefault(part["model"], {"jobs": 0, "model_s": 0.0, "queue_wait_s": 0.0, "tokens": 0})
                 for key in mine:
                     mine[key] = round(mine[key] + part.get(key, 0), 4)
         per_solved = {key: (round(value / solved, 4) if solved and value is not None else None)

@@ -7,10 +7,14 @@ the interpreter's isolated mode with, layered:
   writes (its output included), open files, no core dumps, and the number of processes;
 * a process-count cap that holds for root as well: a pids cgroup where one can be made (root's
   RLIMIT_NPROC is not enforced), and otherwise forking is refused outright;
-* a new session, killed as a whole at the end (and every process left in its cgroup);
+* a new session, killed as a whole at the end, and every process in its cgroup (which it
+  cannot leave: Landlock keeps it from writing to /sys);
 * an empty network namespace (`unshare(CLONE_NEWUSER | CLONE_NEWNET)`) where the kernel allows;
-* an audit hook in the child (sandbox_guard.py) refusing files outside its directory, sockets,
-  starting programs and C libraries;
+* Landlock (landlock.py) where the kernel has it: the filesystem boundary, enforced by the
+  kernel on the child and all it starts: read its interpreter, libraries and standard library,
+  execute nothing but the interpreter, read and write only its own directory, no TCP;
+* an audit hook in the child (sandbox_guard.py) that turns the ordinary mistakes (files outside
+  its directory, sockets, subprocess, ctypes) into clear errors; not a boundary by itself;
 * a wall-clock limit, an empty environment and only the first `output_bytes` of its output.
 
 It is not a virtual machine: where stronger isolation is wanted, `DockerSandbox`
@@ -28,10 +32,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psutil
+
+from experiment.landlock import Ruleset, elf_interpreter
 
 GUARD = Path(__file__).with_name("sandbox_guard.py")
 CLONE_NEWUSER = 0x10000000
@@ -75,18 +81,21 @@ class ProcessSandbox:
         # the base interpreter, not the virtualenv's: no site-packages, only the standard library
         self.python = python or getattr(sys, "_base_executable", None) or sys.executable
 
-    def run(self, program: str) -> SandboxResult:
+    def run(self, program: str, must_print: str | None = None) -> SandboxResult:
+        """Run `program`; it passes when it exits 0 within every limit and, when `must_print` is
+        given, printed that line (so a program that exits early with status 0 does not pass)."""
         limits = self.limits
         work = Path(tempfile.mkdtemp(prefix="mm-sandbox-"))
+        private = Path(tempfile.mkdtemp(prefix="mm-sandbox-state-"))    # outside the program's reach
         cgroup = _PidsCgroup.create(limits.processes)
         isolation = ["rlimits", "session", "empty-env"] + (["audit-hook"] if self.audit_hook else [])
         if cgroup is not None:
             isolation.append("pids-cgroup")
+        ruleset = self._ruleset(work)
         try:
             source = work / "program.py"
             source.write_text(program, encoding="utf-8")
-            out_path, err_path = work / ".stdout", work / ".stderr"
-            status_path = work / ".isolation"
+            out_path, err_path, status_path = private / "stdout", private / "stderr", private / "isolation"
             with open(out_path, "wb") as out, open(err_path, "wb") as err:
                 started = time.monotonic()
                 cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -97,7 +106,7 @@ class ProcessSandbox:
                     env={"PATH": "/usr/bin:/bin", "HOME": str(work), "TMPDIR": str(work), "LANG": "C.UTF-8",
                          "PYTHONHASHSEED": "0"},
                     start_new_session=True,
-                    preexec_fn=_child_setup(limits, cgroup, status_path))
+                    preexec_fn=_child_setup(limits, cgroup, ruleset, str(status_path)))
                 timed_out = False
                 try:
                     proc.wait(timeout=limits.wall_s)
@@ -107,22 +116,39 @@ class ProcessSandbox:
                 proc.wait()
                 wall = time.monotonic() - started
                 cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-            if status_path.exists() and status_path.read_text() == "net":
-                isolation.append("network-namespace")
+            held = status_path.read_text().split(",") if status_path.exists() else []
+            isolation += [layer for layer in ("network-namespace", "landlock") if layer in held]
             stdout = _head(out_path, limits.output_bytes)
             stderr = _head(err_path, limits.output_bytes)
             over_output = max(out_path.stat().st_size, err_path.stat().st_size) >= limits.output_bytes
-            return verdict_of(proc.returncode, timed_out, over_output, stdout, stderr, wall,
-                            (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime), tuple(isolation))
+            result = verdict_of(proc.returncode, timed_out, over_output, stdout, stderr, wall,
+                                (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime), tuple(isolation))
+            if result.passed and must_print is not None and must_print not in stdout.splitlines():
+                return replace(result, passed=False,
+                               error="exited with status 0 before the end of the program (its tests did not all run)")
+            return result
         finally:
             if cgroup is not None:
                 cgroup.remove()
+            if ruleset is not None:
+                ruleset.close()
             shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(private, ignore_errors=True)
+
+    def _ruleset(self, work: Path) -> Ruleset | None:
+        """The filesystem the child may touch: read its interpreter, libraries and standard
+        library; execute only the interpreter and its loader; read and write its directory."""
+        python = Path(os.path.realpath(self.python))
+        read = [Path(os.path.realpath(p)) for p in {sys.base_prefix, sys.base_exec_prefix}]
+        read += [Path(p) for p in ("/usr/lib", "/lib", "/lib64", "/usr/lib64", "/etc/ld.so.cache",
+                                   "/usr/share/zoneinfo", "/dev/urandom", "/dev/zero")] + [GUARD]
+        execute = [python] + [p for p in [elf_interpreter(str(python))] if p is not None]
+        return Ruleset.build(read=read, execute=execute, write=[work, Path("/dev/null")])
 
 
-def _child_setup(limits: Limits, cgroup: _PidsCgroup | None, status_path: Path):
-    """What the child does between fork and exec: system calls only, nothing that loads or locks
-    (libc is opened here, in the parent)."""
+def _child_setup(limits: Limits, cgroup: _PidsCgroup | None, ruleset: Ruleset | None, status_path: str):
+    """What the child does between fork and exec (libc and the ruleset are opened in the parent):
+    join the cgroup, set limits, leave the network, then confine the filesystem, last."""
     libc = ctypes.CDLL(None, use_errno=True)
 
     def setup() -> None:
@@ -134,8 +160,16 @@ def _child_setup(limits: Limits, cgroup: _PidsCgroup | None, status_path: Path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (limits.output_bytes, limits.output_bytes))
         resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
         resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
+        held = []
         if libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0:
-            status_path.write_text("net")
+            held.append("network-namespace")
+        if ruleset is not None:
+            held.append("landlock")
+        fd = os.open(status_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.write(fd, ",".join(held).encode())
+        os.close(fd)
+        if ruleset is not None and not ruleset.restrict_self():
+            os._exit(126)                 # never run the program unconfined after promising otherwise
     return setup
 
 

