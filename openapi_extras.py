@@ -59,14 +59,17 @@ def experiment_paths(config: Config) -> dict[str, Schema]:
                  "additionalProperties": False, "properties": {
                      "task_id": {"type": "string", "minLength": 1, "maxLength": 200},
                      "strategy": {"type": "string", "minLength": 1, "maxLength": 100},
-                     "solved": {"type": "boolean"}, "attempts": {"type": "integer", "minimum": 0},
+                     "solved": {"type": "boolean"}, "attempts": {"type": "integer", "minimum": 0, "maximum": 100},
                      "job_ids": {**STRING_LIST, "minItems": 1, "maxItems": 100,
-                                 "description": "Finished jobs tagged with this experiment (metadata.experiment)."},
+                                 "description": "Finished jobs whose metadata carries this experiment, task_id and strategy "
+                                                "(409 for one not finished; one that never ran is listed in "
+                                                "unmetered_job_ids)."},
                      "eval_s": {"type": "number", "minimum": 0, "default": 0},
                      "client_wall_s": nullable({"type": "number", "minimum": 0}),
                      "models": {**STRING_LIST, "maxItems": 100}}}
     result = {"type": "object", "required": ["experiment", "task_id", "strategy", "solved", "runs"],
-              "properties": {"experiment": {"type": "string"}, "runs": {"type": "integer"}}}
+              "properties": {"experiment": {"type": "string"}, "runs": {"type": "integer"},
+                             "unmetered_job_ids": STRING_LIST, "by_model": OBJECT_LIST}}
     experiment = {"name": "experiment", "in": "path", "required": True,
                   "schema": {"type": "string", "pattern": EXPERIMENT_NAME}}
     limit = query("limit", {"type": "integer", "minimum": 1, "maximum": 1000})
