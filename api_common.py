@@ -8,7 +8,9 @@ import math
 from typing import Any
 
 from flask import current_app, request
+from pydantic import BaseModel, ValidationError
 
+from api_schemas import describe_validation_error
 from config import Config
 from model_settings import ModelSettings
 from service import Service
@@ -72,15 +74,33 @@ def float_arg(name: str, default: float, low: float, high: float) -> float:
     return value
 
 
-def limit_arg(default: int = 100) -> int:
-    raw = request.args.get("limit", str(default))
+def int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
     try:
-        limit = int(raw)
+        value = int(raw)
     except ValueError:
-        raise ApiError(400, "limit must be an integer", field="limit") from None
-    if not 1 <= limit <= 1000:
-        raise ApiError(400, "limit must be between 1 and 1000", field="limit")
-    return limit
+        raise ApiError(400, f"{name} must be an integer", field=name) from None
+    if not low <= value <= high:
+        raise ApiError(400, f"{name} must be between {low} and {high}", field=name)
+    return value
+
+
+def limit_arg(default: int = 100) -> int:
+    return int_arg("limit", default, 1, 1000)
+
+
+def parse_body(model: type[BaseModel], strict: bool = False) -> Any:
+    """The request's JSON body as `model`, or 400 naming the first offending field."""
+    raw = read_body()
+    try:
+        return model.model_validate_json(raw or b"null", strict=strict)
+    except ValidationError as exc:
+        field, message, details = describe_validation_error(exc)
+        if field == "body" or not raw:
+            message = "request body must be a JSON object"
+        raise ApiError(400, message, field=field, details=details) from None
 
 
 def cursor_arg() -> tuple[float, str] | None:

@@ -13,10 +13,10 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
 from api_auth import caller, tenant_filter
-from api_common import ApiError, config, service
+from api_common import config, int_arg, service
 from api_system import views
 from dashboard_data import job_row, ledger_summary, loaded_models, memory_summary
 from jobs import JobStatus, public_view
@@ -43,25 +43,12 @@ def page() -> Response:
                              "Content-Security-Policy": PAGE_POLICY})
 
 
-def _count_arg(name: str, default: int, high: int) -> int:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, f"{name} must be an integer", field=name) from None
-    if not 1 <= value <= high:
-        raise ApiError(400, f"{name} must be between 1 and {high}", field=name)
-    return value
-
-
 @dashboard_bp.get("/api/dashboard")
 def data():
     """`?jobs=N` recent jobs (1..200, default 25), `?ledger=N` ledger entries for the charts
     (1..1000, default 300)."""
-    recent_n = _count_arg("jobs", 25, 200)
-    ledger_n = _count_arg("ledger", 300, 1000)
+    recent_n = int_arg("jobs", 25, 1, 200)
+    ledger_n = int_arg("ledger", 300, 1, 1000)
     who, tenant = caller(), tenant_filter()
     counts = service().counts()
     view, age = views().scheduler()

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, Literal
+from typing import Literal
 
 from flask import Blueprint, jsonify, request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from api_auth import caller, tenant_filter, visible
-from api_common import ApiError, limit_arg, read_body, service
-from api_schemas import describe_validation_error, storable_keys_error
+from api_common import ApiError, limit_arg, parse_body, service
+from api_schemas import storable_keys_error
 from experiment.costs import ledger_costs
 from jobs import FINISHED
 
@@ -54,16 +54,6 @@ class ResultIn(BaseModel):
     models: list[str] = Field(default_factory=list, max_length=100)
 
 
-def _parse(model: type[BaseModel]) -> Any:
-    raw = read_body()
-    try:
-        return model.model_validate_json(raw or b"null")
-    except ValidationError as exc:
-        field, message, details = describe_validation_error(exc)
-        raise ApiError(400, message if raw else "request body must be a JSON object", field=field,
-                       details=details) from None
-
-
 def _experiment_name(name: str) -> str:
     if not EXPERIMENT_NAME.match(name):
         raise ApiError(400, "experiment names are 1 to 100 letters, digits and _ . : - (a letter or digit first)",
@@ -73,7 +63,7 @@ def _experiment_name(name: str) -> str:
 
 @experiments_bp.post("/api/tasks")
 def put_tasks():
-    body = _parse(TasksIn)
+    body = parse_body(TasksIn)
     tasks = [t.model_dump(mode="json") for t in body.tasks]
     problem = storable_keys_error(tasks)
     if problem:
@@ -99,7 +89,7 @@ def get_task(task_id: str):
 @experiments_bp.post("/api/experiments/<experiment>/results")
 def record_result(experiment: str):
     experiment = _experiment_name(experiment)
-    body = _parse(ResultIn)
+    body = parse_body(ResultIn)
     entries, unmetered = [], []
     wanted = {"experiment": experiment, "task_id": body.task_id, "strategy": body.strategy}
     for job_id in dict.fromkeys(body.job_ids):

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import request
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from answer_stream import End, Gone, Piece
 from api_auth import caller
-from api_common import ApiError, config, read_body, service, settings
-from api_schemas import describe_validation_error, storable_keys_error
+from api_common import ApiError, config, parse_body, service, settings
+from api_schemas import storable_keys_error
 from api_submission import (check_model, check_priority, check_rate, default_priority, look_in_cache, queue_job,
                             wants_cache)
 from front_door.delivery import Delivery
@@ -36,15 +36,8 @@ _FINISHED = {s.value for s in FINISHED}
 
 
 def parse(model: type[BaseModel]) -> Any:
-    raw = read_body()
-    try:
-        # strict, as Ollama's and OpenAI's own servers: `"stream": "false"` or `"n": 1.0` is a 400, not a guess
-        return model.model_validate_json(raw or b"null", strict=True)
-    except ValidationError as exc:
-        field, message, details = describe_validation_error(exc)
-        if field == "body":
-            message = "request body must be a JSON object"
-        raise ApiError(400, message, field=field, details=details) from None
+    # strict, as Ollama's and OpenAI's own servers: `"stream": "false"` or `"n": 1.0` is a 400, not a guess
+    return parse_body(model, strict=True)
 
 
 def _priority() -> Priority:

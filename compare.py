@@ -113,8 +113,7 @@ def embedded_service(directory: Path, model_cache: Path | None) -> Iterator[str]
         log.close()
 
 
-def run_experiment(args: argparse.Namespace, url: str, sandbox) -> dict:
-    tasks = select_tasks(args.tasks)
+def run_experiment(args: argparse.Namespace, url: str, tasks: list[dict], sandbox) -> dict:
     client = ServiceClient(url, args.api_key, {"temperature": 0, "num_predict": args.max_tokens}, args.timeout_s)
     client.put_tasks(tasks)
     runner = Runner(client, lambda task, answer: check_answer(task, answer, sandbox), args.experiment)
@@ -142,7 +141,7 @@ def run_experiment(args: argparse.Namespace, url: str, sandbox) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        select_tasks(args.tasks)
+        tasks = select_tasks(args.tasks)
     except TaskSpecError as exc:
         print(f"compare.py: {exc}", file=sys.stderr)
         return 2
@@ -152,10 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"compare.py: the {args.sandbox} sandbox cannot run here: {exc}", file=sys.stderr)
         return 2
     if args.url:
-        run_experiment(args, args.url, sandbox)
+        run_experiment(args, args.url, tasks, sandbox)
         return 0
     with embedded_service(args.out / args.experiment / "service", args.model_cache) as url:
-        run_experiment(args, url, sandbox)
+        run_experiment(args, url, tasks, sandbox)
     return 0
 
 
