@@ -3,23 +3,22 @@ cost, derived here from the ledger of that task's jobs (the client names the job
 are the service's own)."""
 from __future__ import annotations
 
-import re
 import time
 from typing import Literal
 
 from flask import Blueprint, jsonify, request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api_auth import caller, tenant_filter, visible
 from api_common import ApiError, limit_arg, parse_body, service
-from api_schemas import storable_keys_error
+from api_schemas import FieldError, storable_keys_error
+from experiment import EXPERIMENT_NAME, EXPERIMENT_NAME_RULE
 from experiment.costs import ledger_costs
 from jobs import FINISHED
 
 FINISHED_STATUSES = {s.value for s in FINISHED}
 
 experiments_bp = Blueprint("experiments", __name__)
-EXPERIMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
 MAX_TASKS_PER_REQUEST = 1000
 MAX_JOBS_PER_RESULT = 100
 
@@ -27,6 +26,17 @@ MAX_JOBS_PER_RESULT = 100
 class Check(BaseModel):
     model_config = ConfigDict(extra="allow")
     kind: Literal["python_tests", "exact"]
+    test: str | None = Field(default=None, min_length=1)          # python_tests: defines check(candidate)
+    entry_point: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    answer: str | int | float | None = None                        # exact: the expected answer
+
+    @model_validator(mode="after")
+    def _fields_for_kind(self) -> "Check":
+        needed = ("test", "entry_point") if self.kind == "python_tests" else ("answer",)
+        missing = [name for name in needed if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"kind '{self.kind}' needs {' and '.join(missing)}")
+        return self
 
 
 class TaskIn(BaseModel):
@@ -51,24 +61,43 @@ class ResultIn(BaseModel):
     job_ids: list[str] = Field(min_length=1, max_length=MAX_JOBS_PER_RESULT)
     eval_s: float = Field(default=0.0, ge=0)          # time the client spent judging answers
     client_wall_s: float | None = Field(default=None, ge=0)
-    models: list[str] = Field(default_factory=list, max_length=100)
+    models: list[str] = Field(default_factory=list, max_length=100)   # only for jobs that never ran
+
+    @model_validator(mode="after")
+    def _an_attempt_per_job(self) -> "ResultIn":
+        if self.attempts < len(set(self.job_ids)):
+            raise FieldError("attempts", f"({self.attempts}) is fewer than the distinct job_ids "
+                             f"({len(set(self.job_ids))}): every job is an attempt")
+        return self
+
+
+def _without_tenant(task: dict) -> dict:
+    return {k: v for k, v in task.items() if k != "tenant"}
 
 
 def _experiment_name(name: str) -> str:
     if not EXPERIMENT_NAME.match(name):
-        raise ApiError(400, "experiment names are 1 to 100 letters, digits and _ . : - (a letter or digit first)",
-                       field="experiment")
+        raise ApiError(400, f"experiment names are {EXPERIMENT_NAME_RULE}", field="experiment")
     return name
 
 
 @experiments_bp.post("/api/tasks")
 def put_tasks():
     body = parse_body(TasksIn)
-    tasks = [t.model_dump(mode="json") for t in body.tasks]
+    tasks = [{**t.model_dump(mode="json", exclude_unset=True), "tenant": caller().tenant} for t in body.tasks]
     problem = storable_keys_error(tasks)
     if problem:
         raise ApiError(400, problem, field="tasks")
-    service().put_tasks(tasks)
+    changed = []
+    for task in tasks:      # tasks are shared for reading, so that teams compare on the same ones;
+        stored = service().get_task(task["task_id"])   # only their tenant (or an admin) changes them
+        if stored is not None and _without_tenant(stored) == _without_tenant(task):
+            continue                                    # the same task again (HumanEval, imported twice)
+        if stored is not None and not visible(stored.get("tenant")):
+            raise ApiError(403, f"task '{task['task_id']}' belongs to another tenant", field="tasks",
+                           task_id=task["task_id"])
+        changed.append(task)
+    service().put_tasks(changed)
     return jsonify({"stored": len(tasks), "task_ids": [t["task_id"] for t in tasks]})
 
 
@@ -108,10 +137,11 @@ def record_result(experiment: str):
         if not found:
             unmetered.append(job_id)     # it never ran (failed or cancelled while waiting): it cost nothing
         entries.extend(found)            # every run of the job: a re-run's work was done too
-    doc = {"experiment": experiment, **body.model_dump(mode="json"), "tenant": caller().tenant,
+    doc = {"experiment": experiment, **body.model_dump(mode="json"), "job_ids": list(dict.fromkeys(body.job_ids)),
+           "tenant": caller().tenant,
            "recorded_at": time.time(), "runs": len(entries), "unmetered_job_ids": unmetered,
            **ledger_costs(entries)}
-    if not doc["models"]:
+    if entries:                          # the models that did the work, as the ledger says
         doc["models"] = sorted({e["model"] for e in entries})
     service().record_result(doc)
     return jsonify(doc), 201
@@ -120,5 +150,5 @@ def record_result(experiment: str):
 @experiments_bp.get("/api/experiments/<experiment>/results")
 def list_results(experiment: str):
     experiment = _experiment_name(experiment)
-    results = [r for r in service().list_results(experiment, limit_arg(1000)) if visible(r.get("tenant"))]
+    results = service().list_results(experiment, limit_arg(1000), tenant_filter())
     return jsonify({"experiment": experiment, "results": results, "count": len(results)})

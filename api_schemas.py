@@ -84,23 +84,41 @@ class FieldError(ValueError):
         self.message = message
 
 
+INT64 = range(-2**63, 2**63)         # BSON's widest integer
+
+
 def storable_keys_error(value: Any) -> str | None:
-    """Why `value` cannot be stored as it is (MongoDB field names), or None."""
+    """Why `value` cannot be stored as it is (MongoDB field names, BSON integers), or None."""
     bad = sorted(_bad_keys(value))
-    return f"keys may not start with '$' or contain '.': {', '.join(bad)}" if bad else None
+    if bad:
+        return f"keys may not start with '$' or contain '.' or NUL: {', '.join(bad)}"
+    wide = sorted(_wide_integers(value))
+    return f"integers must fit in 64 bits: {', '.join(wide)}" if wide else None
 
 
 def _bad_keys(value: Any, prefix: str = "") -> list[str]:
     bad = []
     if isinstance(value, dict):
         for key, inner in value.items():
-            if not isinstance(key, str) or key.startswith("$") or "." in key:
-                bad.append(prefix + str(key))
+            if not isinstance(key, str) or key.startswith("$") or "." in key or "\0" in key:
+                bad.append(prefix + repr(key).strip("'") if isinstance(key, str) else prefix + str(key))
             bad.extend(_bad_keys(inner, f"{prefix}{key}/"))
     elif isinstance(value, list):
         for item in value:
             bad.extend(_bad_keys(item, prefix))
     return bad
+
+
+def _wide_integers(value: Any, where: str = "") -> list[str]:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [] if value in INT64 else [where or "value"]
+    if isinstance(value, dict):
+        return [w for key, inner in value.items() for w in _wide_integers(inner, f"{where}/{key}" if where else str(key))]
+    if isinstance(value, list):
+        return [w for n, item in enumerate(value) for w in _wide_integers(item, f"{where}[{n}]")]
+    return []
 
 
 _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}

@@ -25,10 +25,11 @@ from pathlib import Path
 import requests
 from tqdm import tqdm
 
+from experiment import EXPERIMENT_NAME, EXPERIMENT_NAME_RULE
 from experiment.checking import check_answer
 from experiment.report import markdown_table, summarize, write_outputs
 from experiment.sandbox import Limits, ProcessSandbox
-from experiment.service_client import ServiceClient
+from experiment.service_client import ServiceClient, ServiceError
 from experiment.strategies import BRANCHED, LARGE, STRATEGIES, Outcome, Runner
 from experiment.tasks import TaskSpecError, select_tasks
 
@@ -66,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.branches < 1:
         p.error("--branches must be at least 1")
     args.experiment = args.experiment or time.strftime("compare-%Y%m%d-%H%M%S")
+    if not EXPERIMENT_NAME.match(args.experiment):
+        p.error(f"--experiment takes {EXPERIMENT_NAME_RULE}, not {args.experiment!r}")
+    args.command = "python compare.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     return args
 
 
@@ -130,8 +134,7 @@ def run_experiment(args: argparse.Namespace, url: str, tasks: list[dict], sandbo
                 "client_wall_s": round(outcome.wall_s, 4)}))
             bar.set_postfix(solved=sum(1 for r in results if r["strategy"] == strategy and r["solved"]))
     summary = summarize(args.experiment, [t["task_id"] for t in tasks], results)
-    command = "python compare.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    paths = write_outputs(args.out / args.experiment, summary, attempts, command)
+    paths = write_outputs(args.out / args.experiment, summary, attempts, args.command)
     print(markdown_table(summary))
     for name, path in paths.items():
         print(f"{name}: {path}")
@@ -150,12 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:              # the docker SDK's errors: no engine, no permission
         print(f"compare.py: the {args.sandbox} sandbox cannot run here: {exc}", file=sys.stderr)
         return 2
-    if args.url:
-        run_experiment(args, args.url, tasks, sandbox)
+    try:
+        if args.url:
+            run_experiment(args, args.url, tasks, sandbox)
+            return 0
+        with embedded_service(args.out / args.experiment / "service", args.model_cache) as url:
+            run_experiment(args, url, tasks, sandbox)
         return 0
-    with embedded_service(args.out / args.experiment / "service", args.model_cache) as url:
-        run_experiment(args, url, tasks, sandbox)
-    return 0
+    except (ServiceError, requests.RequestException) as exc:    # the service refused, or went away
+        print(f"compare.py: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -35,6 +35,9 @@ def summarize(experiment: str, task_ids: list[str], results: list[dict[str, Any]
                     mine[key] = round(mine[key] + part.get(key, 0), 4)
         per_solved = {key: (round(value / solved, 4) if solved and value is not None else None)
                       for key, value in totals.items() if key != "peak_rss_bytes"}
+        # memory is not spent per task: the peak over the tasks it solved, not a share of a sum
+        per_solved["peak_rss_bytes"] = max((int(r.get("peak_rss_bytes") or 0) for r in rows if r["solved"]),
+                                           default=None)
         strategies[strategy] = {"tasks": len(rows), "solved": solved,
                                 "pass_rate": round(solved / len(rows), 4) if rows else 0.0,
                                 "models": sorted({m for r in rows for m in r.get("models", [])}),

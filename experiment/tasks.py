@@ -88,13 +88,12 @@ def select_tasks(spec: str) -> list[Task]:
                 raise TaskSpecError(f"{suite} has {len(every)} tasks: ask for 1 to {len(every)}")
             chosen.extend(every[:count])
             continue
-        by_id = {t["task_id"]: t for t in every}
+        by_id = {t["task_id"].casefold(): t for t in every}      # `humaneval/2`, `HumanEval/2` or `2`
         for task_id in (i.strip() for i in which.split(",") if i.strip()):
-            if task_id not in by_id and f"{suite}/{task_id}" in by_id:
-                task_id = f"{suite}/{task_id}"
-            if task_id not in by_id:
+            task = by_id.get(task_id.casefold()) or by_id.get(f"{suite}/{task_id}".casefold())
+            if task is None:
                 raise TaskSpecError(f"no {suite} task {task_id!r} (ids look like {every[0]['task_id']!r})")
-            chosen.append(by_id[task_id])
+            chosen.append(task)
     if not chosen:
         raise TaskSpecError("--tasks names no tasks")
     return chosen

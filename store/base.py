@@ -240,8 +240,9 @@ class JobStore(AccessStore, AnswerStore, ABC):
         """Store one experiment result (`experiment`, `task_id`, `recorded_at`, anything else)."""
 
     @abstractmethod
-    def list_results(self, experiment: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        """Results in the order they were recorded."""
+    def list_results(self, experiment: str | None = None, limit: int = 1000,
+                     tenant: str | None = None) -> list[dict[str, Any]]:
+        """Results in the order they were recorded; only `tenant`'s when one is given."""
 
     # --- shared state -------------------------------------------------------------------------
     @abstractmethod

@@ -39,7 +39,7 @@ class MongoRecords:
                      before: tuple[float, str] | None = None, tenant: str | None = None) -> list[dict[str, Any]]:
         query: dict[str, Any] = {"job_id": job_id} if job_id else {"model": model} if model else {}
         if tenant is not None:
-            query["tenant"] = tenant
+            query["tenant"] = tenant if tenant else {"$in": ["", None]}
         if before is not None:
             query["$or"] = [{"finished_at": {"$lt": before[0]}},
                             {"finished_at": before[0], "_id": {"$lt": before[1]}}]
@@ -64,8 +64,11 @@ class MongoRecords:
     def record_result(self, result: dict[str, Any]) -> None:
         self.results.insert_one(dict(result))        # _id: an ObjectId, increasing in insertion order
 
-    def list_results(self, experiment: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        query = {"experiment": experiment} if experiment else {}
+    def list_results(self, experiment: str | None = None, limit: int = 1000,
+                     tenant: str | None = None) -> list[dict[str, Any]]:
+        query: dict[str, Any] = {"experiment": experiment} if experiment else {}
+        if tenant is not None:
+            query["tenant"] = tenant
         return [_plain(d) for d in self.results.find(query).sort("_id", ASCENDING).limit(limit)]
 
     # --- shared state -------------------------------------------------------------------------

@@ -82,11 +82,16 @@ class SqliteRecords:
             conn.execute("INSERT INTO experiment_results (experiment, task_id, recorded_at, doc) VALUES (?, ?, ?, ?)",
                          (result.get("experiment"), result.get("task_id"), result.get("recorded_at"), dumps(result)))
 
-    def list_results(self, experiment: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        sql, args = "SELECT doc FROM experiment_results", []
+    def list_results(self, experiment: str | None = None, limit: int = 1000,
+                     tenant: str | None = None) -> list[dict[str, Any]]:
+        where, args = [], []
         if experiment:
-            sql += " WHERE experiment = ?"
+            where.append("experiment = ?")
             args.append(experiment)
+        if tenant is not None:
+            where.append("coalesce(json_extract(doc, '$.tenant'), '') = ?")
+            args.append(tenant)
+        sql = "SELECT doc FROM experiment_results" + (" WHERE " + " AND ".join(where) if where else "")
         with self.db.read() as conn:
             rows = conn.execute(sql + " ORDER BY id LIMIT ?", (*args, limit)).fetchall()
         return [json.loads(r["doc"]) for r in rows]

@@ -20,6 +20,7 @@ def test_two_humaneval_tasks_under_both_strategies(tmp_path, model_cache, capsys
     out = tmp_path / "e2e"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["experiment"] == "e2e" and summary["tasks"] == ["HumanEval/0", "HumanEval/2"]
+    assert summary["command"].startswith("python compare.py --tasks humaneval:HumanEval/0,HumanEval/2 --large")
     assert set(summary["strategies"]) == {"large", "branched"}
     for name, s in summary["strategies"].items():
         for key in ("pass_rate", "solved", "wall_s", "model_s", "cpu_s", "peak_rss_bytes", "tokens", "energy_j",

@@ -41,7 +41,19 @@ def test_tasks_are_stored_listed_and_read_back_by_id(api):
 @pytest.mark.parametrize("body, field", [
     (b"{nope", "body"), ({"tasks": []}, "tasks"), ({"tasks": [{"task_id": "x"}]}, "tasks.0.suite"),
     ({"tasks": [{"task_id": "x", "suite": "s", "prompt": "p", "check": {"kind": "vibes"}}]}, "tasks.0.check.kind"),
-    ({"tasks": [{"task_id": "x", "suite": "s", "prompt": "p", "check": {"kind": "exact", "$where": 1}}]}, "tasks"),
+    ({"tasks": [{"task_id": "x", "suite": "s", "prompt": "p", "check": {"kind": "exact", "answer": 1, "$where": 1}}]}, "tasks"),
+    # what MongoDB cannot store: a NUL in a key, an integer wider than 64 bits
+    ({"tasks": [{"task_id": "x", "suite": "s", "prompt": "p", "check": {"kind": "exact", "answer": 1, "a\u0000b": 1}}]},
+     "tasks"),
+    ({"tasks": [{"task_id": "x", "suite": "s", "prompt": "p", "check": {"kind": "exact", "answer": 1},
+                 "extra": {"n": 2**64}}]}, "tasks"),
+    # a check that could never be run
+    ({"tasks": [{"task_id": "x", "suite": "s", "prompt": "p", "check": {"kind": "python_tests", "test": "x"}}]},
+     "tasks.0.check"),
+    ({"tasks": [{"task_id": "x", "suite": "s", "prompt": "p", "check": {"kind": "exact"}}]}, "tasks.0.check"),
+    ({"tasks": [{"task_id": "x", "suite": "s", "prompt": "p",
+                 "check": {"kind": "python_tests", "test": "x", "entry_point": "not a name"}}]},
+     "tasks.0.check.entry_point"),
 ])
 def test_bad_tasks_are_refused_with_the_field(api, body, field):
     r = post(api, "/api/tasks", body)
@@ -68,7 +80,20 @@ def test_a_result_gets_its_costs_from_the_ledger_of_its_jobs(api):
 
 
 def result(job_ids, task_id="t", strategy="large"):
-    return {"task_id": task_id, "strategy": strategy, "solved": False, "attempts": 1, "job_ids": job_ids}
+    return {"task_id": task_id, "strategy": strategy, "solved": False, "attempts": len(set(job_ids)),
+            "job_ids": job_ids}
+
+
+def test_a_results_models_and_jobs_are_the_ledgers_not_the_clients(api):
+    job = finished_job(api, "exp-m", task_id="t", strategy="large", model="gemma:2b")
+    claimed = {**result([job["job_id"], job["job_id"]]), "models": ["a-much-larger:70b"]}
+    r = post(api, "/api/experiments/exp-m/results", claimed)
+    assert r.status_code == 201, r.get_json()
+    doc = r.get_json()
+    assert doc["models"] == ["gemma:2b"] and doc["job_ids"] == [job["job_id"]] and doc["runs"] == 1
+    fewer = {**result([job["job_id"], finished_job(api, "exp-m", task_id="t")["job_id"]]), "attempts": 1}
+    r = post(api, "/api/experiments/exp-m/results", fewer)
+    assert r.status_code == 400 and "every job is an attempt" in r.get_json()["error"]
 
 
 def test_results_for_jobs_that_are_unknown_unfinished_or_tagged_otherwise_are_refused(api):

@@ -122,6 +122,7 @@ def test_summary_sums_costs_and_divides_by_solved_tasks():
     assert (large["solved"], large["pass_rate"], large["wall_s"], large["tokens"]) == (1, 0.5, 10.0, 800)
     assert large["per_solved_task"]["model_s"] == 8.0 and large["energy_j"] is None
     assert large["peak_rss_bytes"] == 1_300_000_000
+    assert large["per_solved_task"]["peak_rss_bytes"] == 1_200_000_000   # the peak over the tasks it solved
     assert branched["pass_rate"] == 1.0 and branched["attempts"] == 4 and branched["energy_j"] == 12.5
     assert branched["per_solved_task"]["cpu_s"] == 1.5 and branched["models"] == ["s1", "s2"]
     table = markdown_table(summary)
@@ -134,3 +135,29 @@ def test_builtin_tasks_have_exact_answers_their_checker_accepts():
         answer = task["check"]["answer"]
         assert judge_exact(task, f"Let me think.\nAnswer: {answer}").passed, task["task_id"]
         assert not judge_exact(task, "Answer: 123456789").passed, task["task_id"]
+
+
+def test_tasks_are_named_as_humaneval_names_them_or_by_number_alone():
+    from experiment.tasks import TaskSpecError, select_tasks
+    chosen = select_tasks("humaneval:2,HumanEval/7,humaneval/9")
+    assert [t["task_id"] for t in chosen] == ["HumanEval/2", "HumanEval/7", "HumanEval/9"]
+    assert [t["task_id"] for t in select_tasks("humaneval:2")] == ["HumanEval/0", "HumanEval/1"]
+    for bad in ("humaneval:HumanEval/999", "humaneval:0", "nope:3", "humaneval:"):
+        with pytest.raises(TaskSpecError):
+            select_tasks(bad)
+
+
+def test_compare_refuses_a_bad_experiment_name_before_it_starts_anything(capsys):
+    import compare
+    with pytest.raises(SystemExit) as exit_:
+        compare.main(["--tasks", "builtin:1", "--experiment", "../elsewhere"])
+    assert exit_.value.code == 2 and "--experiment takes" in capsys.readouterr().err
+    args = compare.parse_args(["--tasks", "builtin:1", "--experiment", "mine"])
+    assert args.command == "python compare.py --tasks builtin:1 --experiment mine"
+
+
+def test_compare_reports_a_service_that_refuses_without_a_traceback(capsys):
+    import compare
+    code = compare.main(["--tasks", "builtin:1", "--strategies", "large", "--experiment", "x",
+                         "--url", "http://127.0.0.1:9", "--timeout-s", "1"])
+    assert code == 1 and capsys.readouterr().err.startswith("compare.py: ")

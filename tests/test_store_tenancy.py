@@ -99,3 +99,14 @@ def test_listings_of_one_tenant(store):
         store.record_metrics({"job_id": job_id, "run_id": "r", "model": "m", "tenant": tenant, "finished_at": 3.0})
     assert [e["job_id"] for e in store.list_metrics(tenant="bob")] == ["b"]
     assert len(store.list_metrics()) == 2
+
+
+def test_a_tenants_results_are_listed_before_the_limit_not_after(store):
+    for n in range(5):
+        store.record_result({"experiment": "e", "task_id": f"a{n}", "tenant": "alice", "recorded_at": float(n)})
+    store.record_result({"experiment": "e", "task_id": "b0", "tenant": "bob", "recorded_at": 9.0})
+    store.record_result({"experiment": "e", "task_id": "x0", "tenant": "", "recorded_at": 10.0})
+    assert [r["task_id"] for r in store.list_results("e", limit=2, tenant="bob")] == ["b0"]
+    assert [r["task_id"] for r in store.list_results("e", limit=2, tenant="alice")] == ["a0", "a1"]
+    assert [r["task_id"] for r in store.list_results("e", limit=9, tenant="")] == ["x0"]
+    assert len(store.list_results("e", limit=9)) == 7                 # an admin's listing: everyone's

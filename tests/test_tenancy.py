@@ -193,3 +193,21 @@ def test_admin_routes_need_an_admin_key(idle):
     assert client.get("/api/admin/nodes", headers=auth(user)).status_code == 403
     assert client.post("/api/admin/nodes", json={"url": "http://x:1"}, headers=auth(user)).status_code == 403
     assert client.get("/api/admin/nodes", headers=auth(admin)).status_code == 200
+
+
+def test_tasks_are_shared_for_reading_but_only_their_tenant_changes_them(idle):
+    service, client = idle
+    alice, bob, admin = make_key(service, "alice"), make_key(service, "bob"), make_key(service, "ops", admin=True)
+    task = {"task_id": "t/1", "suite": "s", "prompt": "2+2?", "check": {"kind": "exact", "answer": "4"}}
+
+    def put(key, body):
+        return client.post("/api/tasks", data=json.dumps({"tasks": [body]}), content_type="application/json",
+                           headers=auth(key))
+    assert put(alice, task).status_code == 200
+    assert client.get("/api/tasks/t/1", headers=auth(bob)).get_json()["prompt"] == "2+2?"
+    assert put(bob, task).status_code == 200                      # the same task again: nothing changes
+    changed = {**task, "check": {"kind": "exact", "answer": "5"}}
+    r = put(bob, changed)
+    assert r.status_code == 403 and r.get_json()["task_id"] == "t/1"
+    assert client.get("/api/tasks/t/1", headers=auth(alice)).get_json()["check"]["answer"] == "4"
+    assert put(alice, changed).status_code == 200 and put(admin, task).status_code == 200
