@@ -13,11 +13,15 @@ that was not stored.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from flask import Flask, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 import api_auth
+import http_errors
+import strict_json
 from api_admin import admin_bp
 from api_common import MAX_WAIT_S, ApiError
 from api_dashboard import dashboard_bp
@@ -40,17 +44,37 @@ log = get_logger("API")
 __all__ = ["MAX_WAIT_S", "ApiError", "create_app"]
 
 
+class FiniteJSONProvider(DefaultJSONProvider):
+    """Every answer is JSON that any client parses: a non-finite figure (a rate over zero
+    seconds, a value stored before the API refused them) is written as null, never NaN."""
+    sort_keys = False
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        kwargs.setdefault("default", self.default)
+        kwargs.setdefault("ensure_ascii", self.ensure_ascii)
+        kwargs.setdefault("sort_keys", self.sort_keys)
+        return strict_json.dumps(obj, **kwargs)
+
+
 def create_app(config: Config | None = None, service: Service | None = None) -> Flask:
     config = config or Config()
     service = service or Service(config)
     app = Flask("model_manager")
-    app.json.sort_keys = False
+    app.json = FiniteJSONProvider(app)
     # Refused as soon as a declared length says so, and for chunked bodies as soon as the
     # limit is passed while reading: never read in full.
     app.config["MAX_CONTENT_LENGTH"] = config.MAX_PROMPT_BYTES
     app.extensions["model_manager"] = service
     app.extensions["model_manager_views"] = SharedViews(service)
     app.extensions["model_manager_settings"] = ModelSettings.from_config(config)
+
+    @app.before_request
+    def headers_within_limit():
+        size = http_errors.header_bytes(request.environ)
+        if size > http_errors.MAX_HEADER_BYTES:
+            raise ApiError(431, f"request headers are {size} bytes; the limit is {http_errors.MAX_HEADER_BYTES}",
+                           max_header_bytes=http_errors.MAX_HEADER_BYTES)
+
     api_auth.install(app, service)
     app.register_blueprint(jobs_bp)
     app.register_blueprint(system_bp)

@@ -3,17 +3,20 @@
 The change is written to the store (`runtime_nodes.NODES_KEY`), where the scheduling leader,
 in whichever process or host it runs, picks it up within a second; the answer is 202 for that
 reason. Admin keys only (with AUTH_REQUIRED off, any caller without a key is an admin).
+
+A node URL goes through `node_urls.validate_node_url` (the check the settings get at start): a
+refused one is a 400 naming the field `url` and saying why.
 """
 from __future__ import annotations
 
-import json
 import time
 
 from flask import Blueprint, jsonify, request
 
 from api_auth import caller
-from api_common import ApiError, read_body, service
+from api_common import ApiError, load_json, read_body, service
 from config import split_node_url
+from node_urls import node_label, scrub_urls, validate_node_url, without_credentials
 from scheduler_view import NODES_KEY, STATE_KEY
 
 admin_bp = Blueprint("admin", __name__)
@@ -24,26 +27,24 @@ def _require_admin() -> None:
         raise ApiError(403, "this route needs an admin key")
 
 
-def _node_url() -> str:
+def _node_url(adding: bool = True) -> str:
+    """The node the request names, checked; a node being removed may have a link-local
+    address (one added while NODE_ALLOW_LINK_LOCAL was on)."""
     raw = read_body()
     url = request.args.get("url")
     if raw.strip():
-        try:
-            body = json.loads(raw)
-        except ValueError as exc:
-            raise ApiError(400, f"the body is not JSON: {exc}") from None
+        body = load_json(raw, "body")       # strictly: no NaN, no 1e999, no nesting past 64 levels
         if not isinstance(body, dict) or not isinstance(body.get("url"), str):
-            raise ApiError(400, 'the body must be {"url": "http://host:11434"} (optionally "#vram=GB" after it)')
+            raise ApiError(400, 'the body must be {"url": "http://host:11434"} (optionally "#vram=GB" after it)',
+                           field="url")
         url = body["url"]
     if not url:
-        raise ApiError(400, 'say which node: {"url": "http://host:11434"} or ?url=')
-    url = url.strip()
-    if not url.startswith(("http://", "https://")):
-        raise ApiError(400, f"{url}: a node URL starts with http:// or https://")
+        raise ApiError(400, 'say which node: {"url": "http://host:11434"} or ?url=', field="url")
+    url = url.strip(" ")
     try:
-        split_node_url(url)
+        validate_node_url(url, allow_link_local=not adding or service().config.NODE_ALLOW_LINK_LOCAL)
     except ValueError as exc:
-        raise ApiError(400, str(exc)) from None
+        raise ApiError(400, str(exc), field="url") from None
     return url
 
 
@@ -57,8 +58,11 @@ def _changes() -> dict:
 def list_nodes():
     _require_admin()
     view = service().published(STATE_KEY)
-    nodes = (view[0] if view else {}).get("nodes", [])
-    return jsonify({"nodes": nodes, "changes": _changes()})
+    nodes = [{**n, "url": without_credentials(str(n.get("url") or "")), "error": scrub_urls(n.get("error")),
+              "name": node_label(str(n.get("kind") or ""), str(n.get("url") or ""))}
+             for n in (view[0] if view else {}).get("nodes", [])]
+    changes = {k: [without_credentials(str(u)) for u in v] for k, v in _changes().items()}
+    return jsonify({"nodes": nodes, "changes": changes})
 
 
 @admin_bp.post("/api/admin/nodes")
@@ -76,7 +80,7 @@ def add_node():
 @admin_bp.delete("/api/admin/nodes")
 def remove_node():
     _require_admin()
-    base = split_node_url(_node_url())[0]
+    base = split_node_url(_node_url(adding=False))[0]
     view = service().published(STATE_KEY)
     nodes = [n.get("url") for n in (view[0] if view else {}).get("nodes", [])]
     if nodes == [base]:

@@ -5,11 +5,16 @@ from __future__ import annotations
 import base64
 import json
 import math
+import select
+import socket
+import time
+from collections.abc import Callable
 from typing import Any
 
 from flask import current_app, request
 from pydantic import BaseModel, ValidationError
 
+import strict_json
 from api_schemas import describe_validation_error
 from config import Config
 from model_settings import ModelSettings
@@ -91,16 +96,39 @@ def limit_arg(default: int = 100) -> int:
     return int_arg("limit", default, 1, 1000)
 
 
-def parse_body(model: type[BaseModel], strict: bool = False) -> Any:
-    """The request's JSON body as `model`, or 400 naming the first offending field."""
+def parse_body(model: type[BaseModel], strict: bool = False, empty: str = "request body must be a JSON object") -> Any:
+    """The request's JSON body as `model`, or 400 naming the first offending field (`empty`:
+    the message for a body that is no object at all)."""
     raw = read_body()
+    check_json(raw)
     try:
         return model.model_validate_json(raw or b"null", strict=strict)
     except ValidationError as exc:
         field, message, details = describe_validation_error(exc)
         if field == "body" or not raw:
-            message = "request body must be a JSON object"
+            message = empty
         raise ApiError(400, message, field=field, details=details) from None
+
+
+def check_json(raw: bytes | str, what: str = "body") -> None:
+    """400 naming the field when `raw` holds a number no store can keep (NaN, Infinity, 1e999,
+    an integer past 64 bits), a lone surrogate, or nesting past strict_json.MAX_DEPTH."""
+    if not raw:
+        return
+    try:
+        strict_json.check(raw, what)
+    except strict_json.JsonError as exc:
+        if exc.message.startswith("is not valid JSON") and what == "body":
+            return                          # pydantic says what is wrong with it, as before
+        raise ApiError(400, str(exc), field=exc.field) from None
+
+
+def load_json(raw: bytes | str, what: str) -> Any:
+    """`raw` parsed strictly (strict_json), or 400 naming `what` and the field."""
+    try:
+        return strict_json.loads(raw, what)
+    except strict_json.JsonError as exc:
+        raise ApiError(400, str(exc), field=exc.field) from None
 
 
 def cursor_arg() -> tuple[float, str] | None:
@@ -142,3 +170,39 @@ def _trim_metadata(item: dict[str, Any]) -> dict[str, Any]:
     if size <= LIST_METADATA_MAX_BYTES:
         return item
     return {**item, "metadata": {"truncated": True, "bytes": size}}
+
+
+def client_gone_probe() -> Callable[[], bool]:
+    """Whether this request's client went away, checked at most every 0.1 s (a streamed body runs
+    outside the request context, so the environ is kept)."""
+    environ = request.environ
+    checked = [0.0, False]
+
+    def gone() -> bool:
+        now = time.monotonic()
+        if now - checked[0] < 0.1:
+            return checked[1]
+        checked[0] = now
+        checked[1] = _gone_in(environ)
+        return checked[1]
+    return gone
+
+
+def _gone_in(environ: dict[str, Any]) -> bool:
+    probe = environ.get("waitress.client_disconnected")
+    if probe is not None:
+        return bool(probe())
+    sock = environ.get("gunicorn.socket")
+    if isinstance(sock, socket.socket):
+        try:
+            poller = select.poll()          # not select(): descriptors past 1024 are common in gthread
+            poller.register(sock, select.POLLIN | select.POLLHUP)
+            events = poller.poll(0)
+            if not events:
+                return False
+            if events[0][1] & select.POLLHUP:
+                return True
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except (OSError, ValueError):      # cannot tell: the client is taken to be there
+            return False
+    return False

@@ -5,7 +5,8 @@ shows in one answer, which it polls every two seconds.
 The page and its files hold no data and are served without a key; the data needs one where
 AUTH_REQUIRED (the page asks for it, and keeps it for the browser tab). A tenant's key shows
 that tenant's jobs and ledger; the queue, the loaded models and the scheduler are shown to every
-caller, as `/api/stats` shows them.
+caller, as `/api/stats` shows them: node and runtime URLs to admins only, anyone else seeing each
+node's name in their place (infra_view.py).
 """
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from flask import Blueprint, Response, jsonify
 
 from api_auth import caller, tenant_filter
 from api_common import config, int_arg, service
-from api_system import views
+from api_system import shows_infrastructure, views
 from dashboard_data import job_row, ledger_summary, loaded_models, memory_summary
+from infra_view import shown_view
 from jobs import JobStatus, public_view
 
 ASSETS = Path(__file__).resolve().parent / "dashboard"
@@ -52,6 +54,7 @@ def data():
     who, tenant = caller(), tenant_filter()
     counts = service().counts()
     view, age = views().scheduler()
+    view = shown_view(view, shows_infrastructure())
     registry, _ = views().registry()
     scheduler = (view or {}).get("scheduler") or {}
     running = service().list_jobs(JobStatus.RUNNING.value, None, RUNNING_SHOWN, None, tenant=tenant)

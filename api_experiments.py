@@ -4,10 +4,10 @@ are the service's own)."""
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Any, Literal
 
 from flask import Blueprint, jsonify, request
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from api_auth import caller, tenant_filter, visible
 from api_common import ApiError, limit_arg, parse_body, service
@@ -29,6 +29,13 @@ class Check(BaseModel):
     test: str | None = Field(default=None, min_length=1)          # python_tests: defines check(candidate)
     entry_point: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     answer: str | int | float | None = None                        # exact: the expected answer
+
+    @field_validator("answer", mode="before")
+    @classmethod
+    def _no_bool_answer(cls, value: Any) -> Any:
+        if isinstance(value, bool):                 # not a number, whatever pydantic would make of it
+            raise ValueError("must be a string or a number")
+        return value
 
     @model_validator(mode="after")
     def _fields_for_kind(self) -> "Check":

@@ -7,9 +7,6 @@ wait in one process; past it the answer is 503 at once, before anything is queue
 """
 from __future__ import annotations
 
-import json
-import select
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,13 +17,14 @@ from pydantic import BaseModel
 
 from answer_stream import End, Gone, Piece
 from api_auth import caller
-from api_common import ApiError, config, parse_body, service, settings
+from api_common import ApiError, client_gone_probe, config, load_json, parse_body, service, settings
 from api_schemas import storable_keys_error
 from api_submission import (check_model, check_priority, check_rate, default_priority, look_in_cache, queue_job,
                             wants_cache)
 from front_door.delivery import Delivery
 from jobs import FINISHED, JobDoc, JobKind, JobStatus, Priority, new_job
 from model_settings import settle_runner_options
+from ollama_options import option_error
 from runtime_errors import refused_by_runtime
 
 PRIORITY_HEADER = "X-Priority"
@@ -55,10 +53,7 @@ def _metadata() -> dict[str, Any]:
     raw = request.headers.get(METADATA_HEADER)
     if not raw:
         return {}
-    try:
-        metadata = json.loads(raw)
-    except ValueError:
-        metadata = None
+    metadata = load_json(raw, METADATA_HEADER)
     if not isinstance(metadata, dict):
         raise ApiError(400, f"{METADATA_HEADER} must be a JSON object", field=METADATA_HEADER)
     problem = storable_keys_error(metadata)
@@ -93,17 +88,26 @@ class Admitted:
 
 
 def admit(kind: JobKind, model: str, fields: dict[str, Any], options: dict[str, Any], cache: bool,
-          stream: bool) -> Admitted:
-    """Check, then queue (or answer from the cache) the job a request asks for."""
+          stream: bool, answer_limits: tuple[int | None, ...] = ()) -> Admitted:
+    """Check, then queue (or answer from the cache) the job a request asks for. `answer_limits`:
+    more answer lengths the request names (OpenAI's max_tokens beside max_completion_tokens),
+    each held to the model's context as options.num_predict is."""
     cfg = config()
     name = check_model(model, kind)
+    for limit in (options.get("num_predict"), *answer_limits):
+        _check_answer_length({"num_predict": limit}, name)
+    wrong = option_error(options)
+    if wrong:
+        raise ApiError(400, f"{wrong[0]} {wrong[1]}", field=wrong[0])
     options, problem = settle_runner_options(options, name, settings())
     if problem:
         raise ApiError(400, problem, field="options.num_ctx")
-    _check_answer_length(options, name)
     priority = _priority()
     check_priority(priority)
     metadata = _metadata()
+    problem = storable_keys_error(options)
+    if problem:
+        raise ApiError(400, f"options: {problem}", field="options")
     check_rate()
     job = new_job(model=name, kind=kind, priority=priority, submitted_at=time.time(), timeout_s=cfg.JOB_TIMEOUT_S,
                   options=options, metadata=metadata, tenant=caller().tenant)
@@ -114,10 +118,17 @@ def admit(kind: JobKind, model: str, fields: dict[str, Any], options: dict[str, 
         answered = look_in_cache(job)
         if answered is not None:
             return Admitted(answered, kind, answered=True)
-    waiter = service().completions.register(job["job_id"])
+    waiter = service().completions.register(job["job_id"], caller().tenant)
     if waiter is None:
-        raise ApiError(503, f"server busy: {cfg.MAX_WAITERS} requests already wait for answers in this process "
-                       "(MAX_WAITERS); try again", max_waiters=cfg.MAX_WAITERS)
+        if service().completions.tenant_full(caller().tenant):
+            err = ApiError(503, f"server busy: this tenant already has {cfg.MAX_WAITERS_PER_TENANT} requests waiting "
+                           "for answers in this process (MAX_WAITERS_PER_TENANT); try again",
+                           max_waiters_per_tenant=cfg.MAX_WAITERS_PER_TENANT)
+        else:
+            err = ApiError(503, f"server busy: {cfg.MAX_WAITERS} requests already wait for answers in this process "
+                           "(MAX_WAITERS); try again", max_waiters=cfg.MAX_WAITERS)
+        err.headers["Retry-After"] = "1"
+        raise err
     inbox = service().listen(job["job_id"], relay=job.get("stream") == "relay")
     try:
         queue_job(job)
@@ -146,7 +157,7 @@ def answer_events(admitted: Admitted, streamed: bool) -> Iterator[tuple[str, Any
     if admitted.answered:
         yield "end", (job, Delivery().rest(admitted.kind, job.get("result")))
         return
-    gone = _gone_probe()
+    gone = client_gone_probe()
     delivery = Delivery()
     finished = False
     try:
@@ -177,42 +188,6 @@ def answer_events(admitted: Admitted, streamed: bool) -> Iterator[tuple[str, Any
         admitted.release()
         if not finished:
             _cancel_left(admitted.job_id)
-
-
-def _gone_probe():
-    """Whether this request's client went away, checked at most every 0.1 s (a streamed body runs
-    outside the request context, so the environ is kept)."""
-    environ = request.environ
-    checked = [0.0, False]
-
-    def gone() -> bool:
-        now = time.monotonic()
-        if now - checked[0] < 0.1:
-            return checked[1]
-        checked[0] = now
-        checked[1] = _gone_in(environ)
-        return checked[1]
-    return gone
-
-
-def _gone_in(environ: dict[str, Any]) -> bool:
-    probe = environ.get("waitress.client_disconnected")
-    if probe is not None:
-        return bool(probe())
-    sock = environ.get("gunicorn.socket")
-    if isinstance(sock, socket.socket):
-        try:
-            poller = select.poll()          # not select(): descriptors past 1024 are common in gthread
-            poller.register(sock, select.POLLIN | select.POLLHUP)
-            events = poller.poll(0)
-            if not events:
-                return False
-            if events[0][1] & select.POLLHUP:
-                return True
-            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except (OSError, ValueError):      # cannot tell: the client is taken to be there
-            return False
-    return False
 
 
 def _cancel_left(job_id: str) -> None:

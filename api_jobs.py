@@ -6,11 +6,9 @@ import json
 import time
 
 from flask import Blueprint, jsonify, request
-from pydantic import ValidationError
-
 from api_auth import caller, tenant_filter, visible
-from api_common import MAX_WAIT_S, ApiError, config, cursor_arg, float_arg, limit_arg, page, read_body, service
-from api_schemas import SubmitRequest, describe_validation_error
+from api_common import MAX_WAIT_S, ApiError, client_gone_probe, config, cursor_arg, float_arg, limit_arg, page, parse_body, service
+from api_schemas import SubmitRequest
 from api_submission import (check_model, check_options, check_priority, check_rate, default_priority, look_in_cache,
                             queue_job, wants_cache)
 from jobs import FINISHED, JobDoc, JobStatus, new_job, public_view
@@ -25,14 +23,7 @@ MAX_IDEMPOTENCY_KEY = 200
 @jobs_bp.post("/api/submit")
 def submit():
     cfg = config()
-    raw = read_body()
-    try:
-        req = SubmitRequest.model_validate_json(raw or b"null")
-    except ValidationError as exc:
-        field, message, details = describe_validation_error(exc)
-        if field == "body" or not raw:
-            message = "request body must be a JSON object with at least `model` and `prompt`"
-        raise ApiError(400, message, field=field, details=details) from None
+    req = parse_body(SubmitRequest, empty="request body must be a JSON object with at least `model` and `prompt`")
     wait = float_arg("wait", 0.0, 0.0, MAX_WAIT_S)
     timeout_s = float(req.timeout_s) if req.timeout_s is not None else cfg.JOB_TIMEOUT_S
     if timeout_s > cfg.MAX_JOB_TIMEOUT_S:
@@ -52,12 +43,12 @@ def submit():
     for key in ("format", "think", "tools"):
         if getattr(req, key) is not None:
             job[key] = getattr(req, key)
-    if wants_cache(req.cache):
-        answered = look_in_cache(job)
-        if answered is not None:
-            return jsonify(public_view(answered)), 200, {"Location": f"/api/job/{answered['job_id']}"}
-    key = _idempotency(req, now)
+    key = _idempotency(req, now)        # before the cache: a retry gets the same job, wherever its answer came from
     try:
+        if wants_cache(req.cache):
+            answered = look_in_cache(job, key)
+            if answered is not None:
+                return jsonify(public_view(answered)), 200, {"Location": f"/api/job/{answered['job_id']}"}
         position = queue_job(job, key)
     except IdempotentReplay as replay:
         earlier = service().get(replay.job_id)
@@ -87,7 +78,8 @@ def _answer(job_id: str, wait: float, position: int | None, replay: bool):
     it finished within `?wait=`."""
     location = {"Location": f"/api/job/{job_id}"}
     extra = {"idempotent_replay": True} if replay else {}
-    job: JobDoc | None = service().wait_for(job_id, wait) if wait > 0 else None
+    job: JobDoc | None = (service().wait_for(job_id, wait, caller().tenant, client_gone_probe()) if wait > 0
+                          else None)
     if job is None and replay:
         job = service().get(job_id)
     if job is not None and job["status"] in _FINISHED:
@@ -105,7 +97,7 @@ def get_job(job_id: str):
     if job is None or not visible(job.get("tenant")):
         raise ApiError(404, f"no job with id '{job_id}'")
     if wait > 0 and job["status"] not in _FINISHED:
-        job = service().wait_for(job_id, wait) or job
+        job = service().wait_for(job_id, wait, caller().tenant, client_gone_probe()) or job
     return jsonify(public_view(job, include_request=request.args.get("include") == "request"))
 
 

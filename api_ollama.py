@@ -14,7 +14,8 @@ from collections.abc import Iterator
 import requests
 from flask import Blueprint, Response, jsonify, stream_with_context
 
-from api_common import ApiError, read_body
+import strict_json
+from api_common import ApiError, load_json, read_body
 from api_front import JOB_ID_HEADER, Admitted, admit, answer_events, check_headers, parse
 from api_submission import check_model
 from api_system import views
@@ -81,10 +82,10 @@ def _complete(kind: JobKind, req: shapes.GenerateRequest | shapes.ChatRequest) -
         try:
             for event, value in answer_events(admitted, streamed=True):
                 if event == "piece":
-                    yield json.dumps(shapes.chunk(kind, model, value)) + "\n"
+                    yield strict_json.dumps(shapes.chunk(kind, model, value)) + "\n"
                 else:
                     job, rest = value
-                    yield json.dumps(shapes.final(kind, job, rest)) + "\n"
+                    yield strict_json.dumps(shapes.final(kind, job, rest)) + "\n"
         except ApiError as exc:         # the status went out with the first line: the error goes in the stream
             yield json.dumps({"error": exc.payload["error"]}) + "\n"
         except Exception:
@@ -112,9 +113,12 @@ def _runtime_url() -> str:
 def _pass_through(method: str, path: str, body: bytes | None = None) -> Response:
     try:
         answer = requests.request(method, _runtime_url() + path, data=body, timeout=PASS_THROUGH_TIMEOUT_S,
+                                  allow_redirects=False,       # a runtime never sends a client elsewhere
                                   headers={"Content-Type": "application/json"} if body is not None else None)
     except requests.RequestException as exc:
         raise ApiError(502, f"the runtime did not answer {path}: {exc}") from None
+    if answer.status_code >= 500 or answer.is_redirect:    # the runtime's failure, not the client's
+        raise ApiError(502, f"the runtime failed {path} ({answer.status_code})")
     return Response(answer.content, status=answer.status_code,
                     mimetype=answer.headers.get("Content-Type", "application/json").split(";")[0])
 
@@ -136,4 +140,8 @@ def version():
 
 @ollama_bp.post("/api/show")
 def show():
-    return _pass_through("POST", "/api/show", read_body())
+    body = load_json(read_body() or b"null", "body")
+    name = body.get("model", body.get("name")) if isinstance(body, dict) else None   # `name`: older clients'
+    if not isinstance(name, str) or not name.strip():
+        raise ApiError(400, 'the body must be {"model": "name"}', field="model")
+    return _pass_through("POST", "/api/show", strict_json.dumps(body).encode())

@@ -5,13 +5,13 @@ has. Errors come in OpenAI's shape (api.py formats every error under `/v1/` so).
 """
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, stream_with_context
 
+import strict_json
 from api_common import ApiError
 from api_front import JOB_ID_HEADER, admit, answer_events, parse
 from api_system import views
@@ -53,7 +53,8 @@ def embeddings():
 
 
 def _complete(kind: JobKind, req: Any, fields: dict[str, Any], answer_id: str) -> Response:
-    admitted = admit(kind, req.model, fields, req.options(), req.cache, stream=req.stream)
+    admitted = admit(kind, req.model, fields, req.options(), req.cache, stream=req.stream,
+                     answer_limits=(req.max_tokens, req.max_completion_tokens))
     chat = kind is JobKind.CHAT
     if not req.stream:
         for event, value in answer_events(admitted, streamed=False):
@@ -96,7 +97,7 @@ def _complete(kind: JobKind, req: Any, fields: dict[str, Any], answer_id: str) -
 
 
 def _sse(payload: dict[str, Any]) -> str:
-    return f"data: {json.dumps(payload)}\n\n"
+    return f"data: {strict_json.dumps(payload)}\n\n"
 
 
 @openai_bp.get("/v1/models")

@@ -14,7 +14,7 @@ from config import Config
 from openapi_extras import dashboard_paths, experiment_paths, metrics_paths
 from openapi_front import front_door_paths
 from openapi_spec import (Schema, admin_paths, docs_paths, error_responses, jobs_paths, schemas, security_schemes,
-                          system_paths)
+                          storable_everywhere, system_paths)
 
 openapi_bp = Blueprint("openapi", __name__)
 SPEC_PATH = "/api/openapi.json"
@@ -31,7 +31,7 @@ def build_spec(cfg: Config) -> dict[str, Any]:
     for group in PATH_GROUPS:
         paths.update(group(cfg))
     keys = [{"bearerAuth": []}, {"apiKeyAuth": []}]
-    return {
+    return storable_everywhere({
         "openapi": "3.1.0",
         "info": {"title": "Model Manager", "version": "1.0.0", "description": (
             "A fair, memory-aware job queue in front of local model runtimes (Ollama). Every error is JSON "
@@ -43,7 +43,7 @@ def build_spec(cfg: Config) -> dict[str, Any]:
         "paths": paths,
         "components": {"securitySchemes": security_schemes(), "schemas": schemas(cfg),
                        "responses": error_responses()},
-    }
+    })
 
 
 @openapi_bp.get(SPEC_PATH)

@@ -6,6 +6,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from jobs import JobKind, Priority
+from ollama_options import option_error
 
 MAX_MODEL_NAME = 200
 
@@ -64,6 +65,14 @@ class SubmitRequest(BaseModel):
         problem = storable_keys_error(value)
         if problem:
             raise ValueError(problem)
+        return value
+
+    @field_validator("options")
+    @classmethod
+    def _known_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        problem = option_error(value)
+        if problem:
+            raise FieldError(*problem)
         return value
 
     @model_validator(mode="after")

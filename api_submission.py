@@ -83,9 +83,10 @@ def wants_cache(body_flag: Any) -> bool:
     return body_flag is True or request.headers.get(CACHE_HEADER, "").strip().lower() in ("true", "1", "yes")
 
 
-def look_in_cache(job: JobDoc) -> JobDoc | None:
+def look_in_cache(job: JobDoc, idempotency: Idempotency | None = None) -> JobDoc | None:
     """Mark `job` for the result cache and return it answered from the cache when an identical
-    earlier request's answer is there (stored, finished), else None."""
+    earlier request's answer is there (stored, finished), else None. With `idempotency`, the
+    answered job is stored under its key (IdempotentReplay or IdempotencyConflict as queue_job)."""
     registry, _ = views().registry()
     entry = registry.get(job["model"]) if registry is not None else None
     digest = entry.spec.digest if entry is not None else ""
@@ -101,7 +102,7 @@ def look_in_cache(job: JobDoc) -> JobDoc | None:
                         "started_at": now, "completed_at": now, "run_id": f"cache-{uuid.uuid4().hex[:8]}",
                         "metrics": {**(hit.get("metrics") or {}), "cached": True, "cached_from": hit.get("job_id"),
                                     "queue_wait_s": 0.0, "load_s": 0.0, "total_s": round(now - job["submitted_at"], 6)}}
-    service().record_answered(answered)
+    service().record_answered(answered, idempotency)
     return answered
 
 

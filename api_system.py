@@ -1,5 +1,8 @@
 """The system blueprint: stats, health, liveness, models; and the leader's published views
-that every worker reads (cached briefly, or live when the scheduler runs in this process)."""
+that every worker reads (cached briefly, or live when the scheduler runs in this process).
+
+Node and runtime URLs, runtime errors, GPU UUIDs, host readings and the leader are shown to admins
+only (infra_view.py); `/api/health` shows them to no one but an admin's key."""
 from __future__ import annotations
 
 import threading
@@ -9,7 +12,8 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify
 
 from api_auth import caller
-from api_common import service
+from api_common import config, service
+from infra_view import health_body, shown_view
 from jobs import JobStatus
 from model_registry import ModelRegistry
 from scheduler_view import REGISTRY_KEY, STATE_KEY
@@ -73,11 +77,18 @@ def views() -> SharedViews:
     return current_app.extensions["model_manager_views"]
 
 
+def shows_infrastructure() -> bool:
+    """Whether the caller may see URLs and the rest of the infrastructure: an admin's key, or no
+    key where AUTH_REQUIRED is off (where every caller is an admin)."""
+    who = caller()
+    return who.admin and (who.key is not None or not config().AUTH_REQUIRED)
+
+
 @system_bp.get("/api/stats")
 def stats():
     counts = service().counts()
     view, age = views().scheduler()
-    view = view or {}
+    view = shown_view(view, shows_infrastructure()) or {}
     by_status = {s.value: counts.by_status.get(s.value, 0) for s in JobStatus}
     scheduler = dict(view.get("scheduler") or {})
     scheduler.update(leader=view.get("owner"), epoch=view.get("epoch"),
@@ -109,17 +120,12 @@ def ping():
 
 @system_bp.get("/api/health")
 def health():
+    """Ready or not, and why, for anyone (no key needed): no URL, host or runtime error in it but
+    for an admin's key."""
     view, age = views().scheduler()
-    if view is None:
-        return jsonify({"status": "starting", "reason": "no scheduler has reported yet"}), 503
-    runtime = view.get("runtime") or {}
-    if age is not None and age > STATE_FRESH_S:
-        return jsonify({"status": "unhealthy", "reason": f"the scheduler last reported {age:.1f}s ago",
-                        "runtime": runtime}), 503
-    if not runtime.get("ok"):
-        return jsonify({"status": "unhealthy", "reason": f"runtime does not answer: {runtime.get('error')}",
-                        "runtime": runtime}), 503
-    return jsonify({"status": "ok", "runtime": runtime, "scheduler": view.get("owner")})
+    who = caller()
+    body, status = health_body(view, age, STATE_FRESH_S, detailed=who.key is not None and who.admin)
+    return jsonify(body), status
 
 
 @system_bp.get("/api/models")

@@ -46,7 +46,8 @@ def parse_per_model(value: Any) -> Any:
 class Config(BaseSettings):
     """Service configuration. Field names are the environment variable names."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    # hide_input_in_errors: a refused setting is named, its value (a URL with a password) is not printed
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True, hide_input_in_errors=True)
 
     # --- HTTP API -------------------------------------------------------------------------
     HTTP_HOST: str = Field("127.0.0.1", description="Address the API listens on.")
@@ -61,6 +62,10 @@ class Config(BaseSettings):
         "Ollama/OpenAI requests together. Past it a long poll answers at once with the job as it is and an "
         "Ollama/OpenAI request gets 503 (Ollama's 'server busy'), so that the request threads are never all taken "
         "(`/api/ping` and `/api/health` always answer). Must be below HTTP_THREADS.")
+    MAX_WAITERS_PER_TENANT: int = Field(
+        24, ge=1, description="Most of those waiting requests one tenant (an API key's) holds in one process, so that "
+        "one tenant's long polls cannot keep another's requests at 503. Callers without a key are held only by "
+        "MAX_WAITERS. A long poll whose client went away frees its place at once.")
     MAX_PAGE_BYTES: int = Field(
         1 * MIB, gt=0, description="Largest answer of a listing (`/api/jobs`, `/api/ledger`); a longer one ends early "
         "with `next_cursor`. Metadata over 4 KB is shown in listings as its size only.")
@@ -95,6 +100,11 @@ class Config(BaseSettings):
     OLLAMA_URLS: str = Field(
         "", description="Several runtime nodes: a comma-separated list of Ollama base URLs, one per node (overrides "
         "OLLAMA_URL). Nodes can also be added and removed at run time through `/api/admin/nodes`.")
+    NODE_ALLOW_LINK_LOCAL: bool = Field(
+        False, description="Accept runtime node URLs (OLLAMA_URL, OLLAMA_URLS, `/api/admin/nodes`) whose host is, or "
+        "resolves to, a link-local address (169.254.0.0/16, fe80::/10) or a cloud metadata service "
+        "(169.254.169.254, metadata.google.internal, ...); off, such a URL is refused. Every node URL is "
+        "`http(s)://host[:port]`, optionally `#vram=GB`: no credentials, path or query.")
     GPU_SPLIT: Literal["ollama", "spread", "single"] = Field(
         "ollama", description="How the runtime places a model on a node with several GPUs: `ollama` = on the GPU "
         "with the most free memory if it needs at most 80% of it, else split over all (Ollama's rule); `spread` = "
@@ -276,6 +286,19 @@ class Config(BaseSettings):
             if url.strip():
                 split_node_url(url.strip())
         return value
+
+    @model_validator(mode="after")
+    def _node_urls_acceptable(self) -> Config:
+        """Every node URL of the settings passes node_urls' check, or the service does not start."""
+        from node_urls import validate_node_url
+        named = [("OLLAMA_URL", self.OLLAMA_URL.strip())]
+        named += [("OLLAMA_URLS", u.strip()) for u in self.OLLAMA_URLS.split(",") if u.strip()]
+        for name, url in named:
+            try:
+                validate_node_url(url, allow_link_local=self.NODE_ALLOW_LINK_LOCAL)
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+        return self
 
     @field_validator("MODEL_NUM_PARALLEL", "MODEL_NUM_CTX", mode="before")
     @classmethod

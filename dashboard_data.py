@@ -26,7 +26,7 @@ def loaded_models(view: dict[str, Any] | None, registry_rows: Iterable[dict[str,
                 kv_cache = max(memory - weights, 0)
                 weights = min(weights, memory)
             rows.append({
-                "name": m["name"], "node": node.get("url"), "phase": m.get("phase"),
+                "name": m["name"], "node": node.get("url"), "node_name": node.get("name"), "phase": m.get("phase"),
                 "memory_bytes": memory, "planned_bytes": int(m.get("planned_bytes") or 0),
                 "weights_bytes": weights, "kv_cache_bytes": kv_cache,
                 "other_bytes": max(memory - weights - kv_cache, 0),
@@ -39,8 +39,9 @@ def loaded_models(view: dict[str, Any] | None, registry_rows: Iterable[dict[str,
 
 def memory_summary(view: dict[str, Any] | None) -> dict[str, Any]:
     vram = ((view or {}).get("resources") or {}).get("vram") or {}
-    nodes = [{"url": n.get("url"), "ok": bool(n.get("ok")), **{k: int((n.get("vram") or {}).get(k) or 0)
-              for k in ("total", "used", "free", "budget")}} for n in (view or {}).get("nodes") or []]
+    nodes = [{"url": n.get("url"), "name": n.get("name"), "ok": bool(n.get("ok")),
+              **{k: int((n.get("vram") or {}).get(k) or 0) for k in ("total", "used", "free", "budget")}}
+             for n in (view or {}).get("nodes") or []]
     return {**{k: int(vram.get(k) or 0) for k in ("total", "used", "free", "budget", "capacity", "used_by_others")},
             "nodes": nodes}
 

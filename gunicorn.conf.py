@@ -7,6 +7,7 @@ embedded runtime or simulator, when used) and the engine; if it dies another tak
 import os
 import sys
 
+import http_errors
 import metrics_setup
 from config import Config
 
@@ -15,7 +16,8 @@ if _config.exposure_error():
     sys.exit(_config.exposure_error())
 bind = f"{_config.HTTP_HOST}:{_config.HTTP_PORT}"
 workers = int(os.environ.get("GUNICORN_WORKERS", "4"))
-worker_class = "gthread"
+# gthread, answering its own errors (a request line or headers too large) in the API's JSON
+worker_class = http_errors.gunicorn_worker_class()
 # Each waiting request (a long poll, an Ollama or OpenAI request) holds a thread: MAX_WAITERS
 # of them at most, below this.
 threads = int(os.environ.get("GUNICORN_THREADS", str(_config.HTTP_THREADS)))

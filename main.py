@@ -15,11 +15,11 @@ import signal
 import threading
 
 from pydantic import ValidationError
-
 from waitress.server import create_server
 
-from api import MAX_WAIT_S, create_app
+import http_errors
 import keys_cli
+from api import MAX_WAIT_S, create_app
 from config import Config
 from log_setup import get_logger, setup_logging
 from service import Service
@@ -65,13 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(config, service)
     # waitress: a production WSGI server in this one process (keep-alive, a thread pool);
     # long polls (?wait=) hold a thread each, hence HTTP_THREADS.
-    # waitress reads a whole body before the app sees it: its own limit stops an oversized
-    # one (chunked too) while it is read, with 413. Reading ahead on a connection is what lets
+    # waitress reads a whole body before the app sees it: its own limit (well above
+    # MAX_PROMPT_BYTES, so that the app answers an ordinary oversized body itself, once the
+    # client is done sending) stops a huge one, chunked too, while it is read, with 413. Reading ahead on a connection is what lets
     # it tell a request that its client went away (an Ollama or OpenAI request then cancels its job).
     server = create_server(app, host=config.HTTP_HOST, port=config.HTTP_PORT, threads=config.HTTP_THREADS,
                            connection_limit=max(100, config.HTTP_THREADS * 4), channel_timeout=MAX_WAIT_S + 60,
-                           max_request_body_size=config.MAX_PROMPT_BYTES, ident="model-manager",
+                           max_request_body_size=config.MAX_PROMPT_BYTES * http_errors.SERVER_BODY_FACTOR,
+                           max_request_header_size=http_errors.SERVER_HEADER_BYTES, ident="model-manager",
                            channel_request_lookahead=5)
+    http_errors.install_waitress(server)        # its own 413 and 431 in the API's JSON
     if not args.no_scheduler:
         service.start()
     log.info("Model Manager listening on http://%s:%s (store: %s)", config.HTTP_HOST,

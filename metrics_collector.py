@@ -2,7 +2,8 @@
 queue from the store, and memory, loaded models, slots, GPUs and the runtime from the view the
 leader publishes in the store (scheduler_view.py). Nothing is kept between scrapes, so any
 worker, on any host, answers with the same figures, and a new leader's are there as soon as it
-publishes. (Counters and histograms of events are in process_metrics.py.)"""
+publishes. (Counters and histograms of events are in process_metrics.py.) A node is labelled by
+its name (`node_urls.node_label`), never its URL: every caller with a key may scrape this."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
@@ -13,6 +14,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from jobs import JobStatus, Priority
+from node_urls import node_label
 from store import QueueCounts
 
 PREFIX = "model_manager_"
@@ -93,7 +95,7 @@ def node_gauges(nodes: list[dict[str, Any]]) -> Iterable[Metric]:
     gpu_used = _gauge("gpu_memory_used_bytes", "GPU memory in use", ["node", "gpu"])
     gpu_total = _gauge("gpu_memory_total_bytes", "GPU memory", ["node", "gpu"])
     for node in nodes:
-        name = f"{node.get('kind')}@{node.get('url')}"      # as the node is named in the event counters
+        name = node_label(str(node.get("kind") or ""), str(node.get("url") or ""))   # as in the event counters
         vram = node.get("vram") or {}
         for key, gauge in memory.items():
             gauge.add_metric([name], float(vram.get(key) or 0))

@@ -47,8 +47,15 @@ def metrics_paths(config: Config) -> dict[str, Schema]:
 
 
 def experiment_paths(config: Config) -> dict[str, Schema]:
-    check = _storable({"type": "object", "required": ["kind"], "properties": {
-        "kind": {"type": "string", "enum": ["python_tests", "exact"]}}})
+    check = {"oneOf": [
+        _storable({"type": "object", "required": ["kind", "test", "entry_point"], "properties": {
+            "kind": {"const": "python_tests"},
+            "test": {"type": "string", "minLength": 1, "description": "Defines `check(candidate)`."},
+            "entry_point": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"}}}),
+        _storable({"type": "object", "required": ["kind", "answer"], "properties": {
+            "kind": {"const": "exact"},
+            "answer": {"anyOf": [{"type": "string"}, {"type": "number"}],
+                       "description": "The expected answer."}}})]}
     task = _storable({"type": "object", "required": ["task_id", "suite", "prompt", "check"], "properties": {
         "task_id": {"type": "string", "minLength": 1, "maxLength": 200},
         "suite": {"type": "string", "minLength": 1, "maxLength": 100},
@@ -59,7 +66,9 @@ def experiment_paths(config: Config) -> dict[str, Schema]:
                  "additionalProperties": False, "properties": {
                      "task_id": {"type": "string", "minLength": 1, "maxLength": 200},
                      "strategy": {"type": "string", "minLength": 1, "maxLength": 100},
-                     "solved": {"type": "boolean"}, "attempts": {"type": "integer", "minimum": 0, "maximum": 100},
+                     "solved": {"type": "boolean"},
+                     "attempts": {"type": "integer", "minimum": 0, "maximum": 100,
+                                  "description": "At least the distinct job_ids (every job is an attempt), else 400."},
                      "job_ids": {**STRING_LIST, "minItems": 1, "maxItems": 100,
                                  "description": "Finished jobs whose metadata carries this experiment, task_id and strategy "
                                                 "(409 for one not finished; one that never ran is listed in "

@@ -6,7 +6,8 @@ from typing import Any
 
 from config import Config
 from jobs import Priority
-from openapi_spec import (JSON, MODEL_NAME, OBJECT_LIST, STORABLE_KEY, STRING_LIST, Schema, errors, header, json_body,
+from ollama_options import INT32_MAX
+from openapi_spec import (JSON, MODEL_NAME, OBJECT_LIST, STORABLE_KEY, STRING_LIST, Schema, errors, header, json_body, options_schema,
                           nullable, op, ref)
 
 NDJSON = "application/x-ndjson"
@@ -28,21 +29,25 @@ def _body(schema: Schema, example: dict[str, Any]) -> Schema:
     return {"required": True, "content": {JSON: {"schema": schema, "examples": {"example": {"value": example}}}}}
 
 
-def _ollama_request(properties: Schema, required: tuple[str, ...] = ()) -> Schema:
+def _ollama_request(properties: Schema, required: tuple[str, ...] = (), num_predict_max: int = INT32_MAX) -> Schema:
     return {"type": "object", "required": ["model", *required], "properties": {
-        "model": MODEL_NAME, "options": nullable({"type": "object", "description": (
-            "Sampling options. Runner options (`num_ctx`, ...) are dropped: the model runs with its configured ones; "
-            "a `num_ctx` above the model's configured context gets 400, and so does a `num_predict` above it. A "
-            "request the runtime refuses (a 4xx) gets 400 with its message.")}),
+        "model": MODEL_NAME, "options": nullable(options_schema(
+            "Sampling options, each with a known meaning checked for type and range. Runner options (`num_ctx`, "
+            "...) are dropped: the model runs with its configured ones; a `num_ctx` above the model's configured "
+            "context gets 400, and so does a `num_predict` above it. A request the runtime refuses (a 4xx) gets 400 "
+            "with its message.", num_predict_max)),
         "keep_alive": {"description": "Ignored: the manager decides how long models stay."},
         "cache": {"type": "boolean", "default": False}, **properties}}
 
 
 def ollama_paths(config: Config) -> dict[str, Schema]:
+    def _request(properties: Schema, required: tuple[str, ...] = ()) -> Schema:
+        return _ollama_request(properties, required, longest_context(config))
+
     stream = {"type": "boolean", "default": True, "description": "false: one JSON answer; true: NDJSON pieces."}
     common = {"format": nullable({"anyOf": [{"type": "string"}, {"type": "object"}]}),
               "think": nullable({"type": ["boolean", "string"]}), "stream": stream}
-    generate = _ollama_request({
+    generate = _request({
         "prompt": nullable({"type": "string"}), "suffix": nullable({"type": "string"}),
         "system": nullable({"type": "string"}), "template": nullable({"type": "string"}),
         "context": nullable({"type": "array", "items": {"type": "integer"}}), "raw": nullable({"type": "boolean"}),
@@ -50,12 +55,12 @@ def ollama_paths(config: Config) -> dict[str, Schema]:
     message = {"type": "object", "required": ["role"], "properties": {
         "role": {"type": "string", "enum": ["system", "user", "assistant", "tool"]},
         "content": nullable({"type": "string"})}}
-    chat = _ollama_request({"messages": {"type": "array", "items": message}, "tools": nullable(OBJECT_LIST),
+    chat = _request({"messages": {"type": "array", "items": message}, "tools": nullable(OBJECT_LIST),
                             **common})
-    embed = _ollama_request({"input": {"anyOf": [{"type": "string"}, STRING_LIST]},
+    embed = _request({"input": {"anyOf": [{"type": "string"}, STRING_LIST]},
                              "truncate": nullable({"type": "boolean"}),
                              "dimensions": nullable({"type": "integer", "minimum": 1})}, ("input",))
-    embeddings = _ollama_request({"prompt": {"type": "string"}, "truncate": nullable({"type": "boolean"}),
+    embeddings = _request({"prompt": {"type": "string"}, "truncate": nullable({"type": "boolean"}),
                                   "dimensions": nullable({"type": "integer", "minimum": 1})}, ("prompt",))
     answer = {"type": "object", "required": ["model", "created_at", "done"], "properties": {
         "model": {"type": "string"}, "created_at": {"type": "string"}, "done": {"type": "boolean"},
@@ -113,7 +118,8 @@ def openai_paths(config: Config) -> dict[str, Schema]:
         "temperature": nullable({"type": "number", "minimum": 0, "maximum": 2}),
         "top_p": nullable({"type": "number", "minimum": 0, "maximum": 1}),
         "seed": nullable({"type": "integer"}), "stop": nullable({"anyOf": [{"type": "string"}, STRING_LIST]}),
-        "frequency_penalty": nullable({"type": "number"}), "presence_penalty": nullable({"type": "number"}),
+        "frequency_penalty": nullable({"type": "number", "minimum": -2, "maximum": 2}),
+        "presence_penalty": nullable({"type": "number", "minimum": -2, "maximum": 2}),
         "n": {"type": "integer", "const": 1, "description": "One choice per request, as Ollama."},
         "cache": {"type": "boolean", "default": False},
     }

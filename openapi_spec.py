@@ -13,9 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import ollama_options
 from api_common import MAX_WAIT_S
 from config import Config
 from jobs import JobKind, JobStatus, Priority
+from model_settings import RUNNER_OPTIONS
+from strict_json import INT_MAX, INT_MIN, MAX_DEPTH
 
 Schema = dict[str, Any]
 JSON = "application/json"
@@ -78,8 +81,8 @@ def error_responses() -> dict[str, Schema]:
 
 
 # --- request fields -------------------------------------------------------------------------------
-# Keys of metadata and options are stored as field names (MongoDB): none may start with `$` or hold `.`.
-STORABLE_KEY = {"type": "string", "pattern": r"^([^$.][^.]*)?$"}
+# Keys of metadata and options are stored as field names (MongoDB): none may start with `$` or hold `.` or NUL.
+STORABLE_KEY = {"type": "string", "pattern": r"^([^$.\x00][^.\x00]*)?$"}
 MODEL_NAME = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"^[!-~]+$",
               "description": "Ollama's naming (`all-minilm` means `all-minilm:latest`); no whitespace. A model "
                              "that cannot serve the request's kind (an embedding model asked to generate) gets 400."}
@@ -92,6 +95,55 @@ def storable_object(description: str) -> Schema:
             "description": description}
 
 
+INT64 = {"type": "integer", "minimum": INT_MIN, "maximum": INT_MAX}
+
+
+def options_schema(description: str, num_predict_max: int = ollama_options.INT32_MAX) -> Schema:
+    """Ollama's options: those with a known meaning with their type and range (ollama_options.RULES),
+    any other as a storable value."""
+    kinds = {"int": "integer", "float": "number", "bool": "boolean"}
+    properties: Schema = {}
+    for name, rule in ollama_options.RULES.items():
+        if name in RUNNER_OPTIONS:              # fixed per model: described, not offered
+            continue
+        if rule.kind == "stop":
+            properties[name] = nullable({"type": "array", "maxItems": ollama_options.MAX_STOP_SEQUENCES,
+                                         "items": {"type": "string", "maxLength": ollama_options.MAX_STOP_CHARS}})
+            continue
+        schema: Schema = {"type": kinds[rule.kind]}
+        if rule.low is not None:
+            schema["minimum"] = rule.low
+        if rule.high is not None:
+            schema["maximum"] = num_predict_max if name == "num_predict" else rule.high
+        if rule.special:
+            schema = {"anyOf": [schema, {"enum": list(rule.special)}]}
+        properties[name] = nullable(schema)
+    return {**storable_object(description), "properties": properties}
+
+
+def storable_everywhere(node: Any) -> Any:
+    """What the API takes, said in the document: every integer fits in 64 bits and every free-form
+    object or array holds storable values (strict_json refuses the rest with 400). Applied to the
+    whole document once it is built."""
+    if isinstance(node, list):
+        return [storable_everywhere(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: storable_everywhere(value) for key, value in node.items()}
+    kinds = out.get("type")
+    if not isinstance(kinds, (str, list)):      # not a schema (a `properties` map with a field named `type`)
+        return out
+    kinds = set(kinds) if isinstance(kinds, list) else {kinds}
+    if "integer" in kinds:
+        out.setdefault("minimum", INT_MIN)
+        out.setdefault("maximum", INT_MAX)
+    if "object" in kinds and out.get("additionalProperties", True) in (True, {}):
+        out["additionalProperties"] = ref("JsonValue")
+    if "array" in kinds and out.get("items", True) in (True, {}):
+        out["items"] = ref("JsonValue")
+    return out
+
+
 def _submit_variant(kind: JobKind, config: Config) -> Schema:
     properties: Schema = {
         "model": MODEL_NAME,
@@ -101,7 +153,7 @@ def _submit_variant(kind: JobKind, config: Config) -> Schema:
         "system": nullable({"type": "string"}),
         "messages": nullable({"type": "array", "items": ref("Message")}),
         "input": nullable({"anyOf": [{"type": "string"}, STRING_LIST]}),
-        "options": storable_object(
+        "options": options_schema(
             "Ollama's sampling options (`num_predict`, `temperature`, `seed`, `stop`, ...). Runner options that "
             "would reload the model (`num_ctx`, `num_gpu`, `num_batch`, ...) get 400 unless equal to the model's "
             "configured value."),
@@ -157,7 +209,12 @@ def schemas(config: Config) -> dict[str, Schema]:
             "type": "object", "required": ["message", "type"],
             "properties": {"message": {"type": "string"}, "type": {"type": "string"},
                            "param": nullable({"type": "string"}), "code": nullable({"type": "string"})}}}},
-        "StorableValue": {"anyOf": [{"type": ["string", "number", "boolean", "null"]},
+        "JsonValue": {"description": "Any JSON value the store can keep: finite numbers, 64-bit integers, at most "
+                                     f"{MAX_DEPTH} levels deep.",
+                      "anyOf": [{"type": ["string", "boolean", "null"]}, INT64, {"type": "number"},
+                                {"type": "array", "items": ref("JsonValue")},
+                                {"type": "object", "additionalProperties": ref("JsonValue")}]},
+        "StorableValue": {"anyOf": [{"type": ["string", "boolean", "null"]}, INT64, {"type": "number"},
                                     {"type": "array", "items": ref("StorableValue")},
                                     storable_object("")]},
         "Message": {"type": "object", "required": ["role"], "properties": {
@@ -246,17 +303,23 @@ def system_paths(config: Config) -> dict[str, Schema]:
              "properties": {**{k: {"type": "object"} for k in stats_keys},
                             "running": {"type": "integer", "minimum": 0}, "nodes": OBJECT_LIST,
                             "tenants": {"type": "object", "description": "Admin keys only."}}}
+    health_runtime = {"type": "object", "required": ["ok"], "properties": {"ok": {"type": "boolean"}},
+                      "description": "`ok` only; with an admin's key also the runtime's `kind` and `error`. "
+                                     "No URL or host, for anyone."}
     health_ok = {"type": "object", "required": ["status", "runtime"], "properties": {
-        "status": {"const": "ok"}, "runtime": {"type": "object"}, "scheduler": nullable({"type": "string"})}}
+        "status": {"const": "ok"}, "runtime": health_runtime,
+        "scheduler": nullable({"type": "string", "description": "The leader: an admin's key only."})}}
     health_bad = {"type": "object", "required": ["status", "reason"], "properties": {
         "status": {"type": "string", "enum": ["starting", "unhealthy"]}, "reason": {"type": "string"},
-        "runtime": {"type": "object"}}}
+        "runtime": health_runtime}}
     model_row = {"type": "object", "required": ["name", "need_bytes", "capabilities", "loaded", "fits"],
                  "properties": {"name": {"type": "string"}, "need_bytes": {"type": "integer"},
                                 "capabilities": STRING_LIST, "loaded": {"type": "boolean"},
                                 "fits": {"type": "boolean"}, "on_runtime": nullable({"type": "boolean"})}}
     return {
-        "/api/stats": {"get": op("Queue, loaded models, memory and counters", {
+        "/api/stats": {"get": op("Queue, loaded models, memory and counters (node and runtime URLs, runtime errors, "
+                                 "GPU UUIDs, host readings and the leader for admins only: anyone else sees each "
+                                 "node's `name` where its URL was)", {
             "200": json_body(stats), **errors(401, 503)}, "system")},
         "/api/ping": {"get": op("Liveness: answers while the process serves HTTP", {
             "200": json_body({"type": "object", "required": ["pong"], "properties": {"pong": {"const": True}}})},
@@ -274,8 +337,12 @@ def system_paths(config: Config) -> dict[str, Schema]:
 
 def admin_paths(config: Config) -> dict[str, Schema]:
     positive_number = r"0*([1-9][0-9]*(\.[0-9]*)?|\.[0-9]*[1-9][0-9]*)"
-    node_url = {"type": "string", "pattern": rf"^https?://[^#\s]*(#vram={positive_number})?$",
-                "description": "http(s) base URL, optionally `#vram=GB` after it.",
+    node_url = {"type": "string", "maxLength": 2048,
+                "pattern": rf"^https?://[A-Za-z0-9_.\-\[\]:]+/?(#vram={positive_number})?$",
+                "description": "http(s) base URL, optionally `#vram=GB` after it: a host (a name, or an IP address "
+                               "written plainly) and a port from 1 to 65535; no credentials, path, query or control "
+                               "characters. Link-local and cloud metadata addresses are refused unless "
+                               "NODE_ALLOW_LINK_LOCAL is set. A refused URL is a 400 with `field: url`.",
                 "examples": ["http://gpu3:11434#vram=24"]}
     body = {"required": False, "content": {JSON: {"schema": {
         "type": "object", "required": ["url"], "properties": {"url": node_url}}}}}

@@ -264,7 +264,9 @@ class QueueManager:
                 with self._lock:
                     self.index.add(job_id, model, rank, submitted_at)
                 raise
-            except Exception:
+            except Exception as exc:
+                if self.store.is_unreadable(exc) and self._fail_unclaimable(job_id, exc, now):
+                    continue            # that job's document is unusable: it fails, the others go on
                 # The store failed: the job is still waiting there, so it goes back in line here;
                 # what was claimed before it is returned to be run.
                 log.exception("claiming job %s failed; it stays queued", job_id)
@@ -274,6 +276,16 @@ class QueueManager:
             if job is not None:
                 claimed.append(job)
         return claimed
+
+    def _fail_unclaimable(self, job_id: str, exc: BaseException, now: float) -> bool:
+        log.error("job %s cannot be started (%s: %s); it fails", job_id, type(exc).__name__, exc)
+        try:
+            return self.store.fail_waiting(job_id, {"completed_at": now,
+                                                    "error": f"the job could not be started: its stored request is "
+                                                             f"unusable ({type(exc).__name__})"}) or True
+        except Exception:
+            log.exception("job %s could not be failed either; it is left out of this queue", job_id)
+            return True
 
     def fail_model(self, model: str, fields: dict[str, Any]) -> int:
         """Fail every waiting job of `model` (it can never run)."""

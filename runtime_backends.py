@@ -12,6 +12,7 @@ from config import MIB, Config, split_node_url
 from gpu_probe import detect_gpu
 from log_setup import get_logger
 from model_registry import ModelSpec
+from node_urls import check_resolved, validate_node_url
 from resource_monitor import FixedMemory, GpuMemory, MemorySource, SimulatorMemory
 from runtime_client import OllamaClient
 from runtime_launcher import ManagedRuntime
@@ -45,10 +46,13 @@ class Runtime:
 
 
 def ollama_answers(url: str, timeout: float = 1.5) -> bool:
+    """Whether an Ollama answers at `url` itself (a redirect is not followed, and is no answer)."""
     try:
-        return requests.get(url.rstrip("/") + "/api/version", timeout=timeout).ok
+        answer = requests.get(url.rstrip("/") + "/api/version", timeout=timeout, allow_redirects=False)
     except requests.RequestException:
         return False
+    answer.close()
+    return 200 <= answer.status_code < 300
 
 
 def choose_backend(config: Config) -> str:
@@ -85,6 +89,14 @@ def open_runtimes(config: Config) -> list[Runtime]:
     return [open_runtime(config)]
 
 
+def checked_node_url(config: Config, node_url: str) -> str:
+    """`node_url` when node_urls' check passes it, and its host resolves to no refused address
+    (NodeUrlError otherwise): every node opened goes through here, whatever it came from."""
+    validate_node_url(node_url, allow_link_local=config.NODE_ALLOW_LINK_LOCAL)
+    check_resolved(node_url, allow_link_local=config.NODE_ALLOW_LINK_LOCAL)
+    return node_url
+
+
 def runtime_client(config: Config, url: str) -> OllamaClient:
     return OllamaClient(url, config.RUNTIME_CONNECT_TIMEOUT_S, config.MAX_RUNNING_JOBS + 8)
 
@@ -109,6 +121,7 @@ def open_ollama(config: Config, node_url: str) -> Runtime:
     NVML (else it plans with host RAM, as a single node always did). Another host's GPU cannot be
     read from here, so each further node says its memory in its URL (`http://gpu2:11434#vram=24`,
     GB; the fragment is never sent) or takes VRAM_TOTAL_MB; with neither it loads nothing."""
+    checked_node_url(config, node_url)
     url, vram_gb = split_node_url(node_url)
     client = runtime_client(config, url)
     first = node_url == config.runtime_urls[0]

@@ -7,6 +7,11 @@ deadline passed, has its socket shut down, which unblocks the read and makes the
 generating (Ollama cancels a request whose client went away). Failures come back as
 `RuntimeFailure` subclasses that say what went wrong in words a user can act on, each with the
 `FailureKind` the scheduling policy acts on.
+
+No request to a runtime follows a redirect: an answer 3xx is a `RuntimeRedirected` failure (the
+node's URL must be the runtime itself), so a node can never send the manager, or what it sends,
+anywhere else. Failures name the node by its label, never its URL: their text can reach a job's
+error, which the job's tenant reads.
 """
 from __future__ import annotations
 
@@ -28,6 +33,15 @@ from runtime_errors import (NODE_DOWN, ModelNotFound, NodeDown, RuntimeBusy, Run
                             failure_from_answer, is_oom_message)
 
 CONNECT_RETRY_DELAY_S = 0.2
+
+
+class RuntimeRedirected(RuntimeUnavailable):
+    """The runtime answered with a redirect, which is never followed."""
+
+
+def _redirect_failure(status: int) -> RuntimeRedirected:
+    return RuntimeRedirected(f"the runtime answered HTTP {status}, a redirect, which is not followed: the node's URL "
+                             "must be the runtime's own address")
 
 
 class RequestCancelled(Exception):
@@ -98,8 +112,9 @@ def _shutdown(sock: socket.socket) -> None:
 
 
 class OllamaClient:
-    def __init__(self, base_url: str, connect_timeout: float = 5.0, pool_size: int = 64):
+    def __init__(self, base_url: str, connect_timeout: float = 5.0, pool_size: int = 64, name: str = "the runtime"):
         self.base_url = base_url.rstrip("/")
+        self.name = name                  # how failures name the node (its label, never its URL)
         self.connect_timeout = connect_timeout
         self.session = requests.Session()
         # The runtime is reached directly; reading proxy settings from the environment on every
@@ -128,15 +143,19 @@ class OllamaClient:
     # --- plumbing -------------------------------------------------------------------------------
     def _request(self, method: str, path: str, timeout: float, **kwargs: Any) -> requests.Response:
         try:
-            response = self.session.request(method, self.base_url + path,
+            # never a redirect followed (requests' max_redirects=0 would refuse even to look at one)
+            response = self.session.request(method, self.base_url + path, allow_redirects=False,
                                             timeout=(self.connect_timeout, timeout), **kwargs)
         except requests.RequestException as exc:
             # With a retry policy, requests reports a read timeout as a ConnectionError.
             if isinstance(exc, requests.Timeout) or "Read timed out" in str(exc):
                 raise RuntimeTimeout(f"timed out: the runtime did not answer {path} within {timeout:.1f}s") from exc
             if isinstance(exc, requests.ConnectionError):
-                raise RuntimeUnavailable(f"cannot reach the runtime at {self.base_url}: {_reason(exc)}") from exc
-            raise RuntimeUnavailable(f"request to the runtime failed: {_reason(exc)}") from exc
+                raise RuntimeUnavailable(f"cannot reach {self.name}: {_reason(exc)}") from exc
+            raise RuntimeUnavailable(f"request to {self.name} failed: {_reason(exc)}") from exc
+        if 300 <= response.status_code < 400:
+            response.close()
+            raise _redirect_failure(response.status_code)
         if response.status_code >= 400:
             text = _error_text(response)
             response.close()
@@ -202,7 +221,7 @@ class OllamaClient:
                 if attempt == 1 and isinstance(exc, ConnectionRefusedError):
                     time.sleep(CONNECT_RETRY_DELAY_S)       # one retry when the connection cannot be made
                     continue
-                raise RuntimeUnavailable(f"cannot reach the runtime at {self.base_url}: {_reason(exc)}") from exc
+                raise RuntimeUnavailable(f"cannot reach {self.name}: {_reason(exc)}") from exc
             # No read timeout of its own beyond the job's deadline: the engine's deadline watch
             # stops the request exactly then, even if the runtime stalls mid-answer.
             conn.sock.settimeout(max(handle.deadline - time.time(), 0.001) + 1.0)
@@ -215,6 +234,10 @@ class OllamaClient:
                 handle.detach()
                 conn.close()
                 self._raise_stopped_or(handle, exc, "before answering")
+            if 300 <= response.status < 400:
+                handle.detach()
+                conn.close()
+                raise _redirect_failure(response.status)
             if response.status >= 400:
                 try:
                     text = _error_body_text(response.read(), response.reason)
@@ -331,4 +354,11 @@ def _reason(exc: BaseException) -> str:
         return "Connection refused"
     if isinstance(exc, ConnectionResetError):
         return "Connection reset"
+    # requests' own text names the host and port (HTTPConnectionPool(host=..., port=...)): not shown
+    for marker, said in (("NameResolution", "the host name does not resolve"), ("Name or service not known",
+                         "the host name does not resolve"), ("timed out", "timed out"), ("SSL", "TLS failed")):
+        if marker in text:
+            return said
+    if isinstance(exc, requests.RequestException):
+        return type(exc).__name__
     return text[:200] or type(exc).__name__

@@ -99,8 +99,11 @@ class ManagedRuntime:
         ready.parent.rmdir()
         while True:
             try:
-                requests.get(self.url + "/api/version", timeout=1).raise_for_status()
-                break
+                answer = requests.get(self.url + "/api/version", timeout=1, allow_redirects=False)
+                answer.close()
+                if 200 <= answer.status_code < 300:    # a redirect is not followed, nor an answer
+                    break
+                raise requests.HTTPError(f"HTTP {answer.status_code}")
             except requests.RequestException:
                 if time.time() > deadline:
                     self.stop()

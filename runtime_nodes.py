@@ -5,6 +5,10 @@ The cores share the queue, the registry and the counters; `scheduler_core.cluste
 over all of them at once. A node whose runtime has not answered for NODE_DOWN_AFTER_S is down:
 its requests in flight are stopped, their jobs re-queued under their run's fence (so each runs
 again exactly once, elsewhere), and it takes no work until it answers again.
+
+A node is named by its label (`node_urls.node_label`: its kind and a digest of its URL) wherever
+the name can be seen by tenants (the ledger, the event counters, the activity log, job errors);
+its URL is for admins only. A node URL from the store is checked again before it is opened.
 """
 from __future__ import annotations
 
@@ -19,9 +23,10 @@ from execution_engine import ExecutionEngine
 from log_setup import get_logger
 from model_registry import ModelRegistry
 from model_settings import ModelSettings
+from node_urls import NodeUrlError, node_label, shown
 from resource_monitor import FixedMemory, ResourceMonitor, ResourceState, SimulatorMemory
 from resource_sampler import ResourceSampler, RunnerPids
-from runtime_backends import Runtime, open_ollama, runtime_client
+from runtime_backends import Runtime, checked_node_url, open_ollama, runtime_client
 from runtime_client import NODE_DOWN
 from scheduler_core import SchedulerCore
 
@@ -96,7 +101,9 @@ class NodeParts:
 
 
 def build_node(runtime: Runtime, parts: NodeParts) -> RuntimeNode:
-    name = f"{runtime.kind}@{runtime.url}"
+    name = node_label(runtime.kind, runtime.url)
+    runtime.client.name = f"node {name}"
+    syslog.info("node %s is %s", name, runtime.url)
     holder: list[RuntimeNode] = []
     monitor = ResourceMonitor(runtime.client, runtime.memory, parts.clock)
     sampler = ResourceSampler(RunnerPids(runtime.client, lambda: holder[0].state if holder else None),
@@ -114,11 +121,15 @@ def build_node(runtime: Runtime, parts: NodeParts) -> RuntimeNode:
 
 def open_added_node(config: Config, node_url: str) -> Runtime:
     """A node added at run time: an Ollama, or a GPU simulator started on its own (which says
-    its memory), told apart by the simulator's own stats route."""
+    its memory), told apart by the simulator's own stats route. NodeUrlError when its URL is
+    refused."""
+    checked_node_url(config, node_url)
     url, vram_gb = split_node_url(node_url)
     client = runtime_client(config, url)
     try:
-        simulated = requests.get(url + "/api/sim/stats", timeout=2.0).ok
+        answer = requests.get(url + "/api/sim/stats", timeout=2.0, allow_redirects=False)
+        answer.close()
+        simulated = 200 <= answer.status_code < 300
     except requests.RequestException:
         simulated = False
     if simulated and vram_gb is None:
@@ -161,6 +172,10 @@ def follow_changes(nodes: list[RuntimeNode], document: dict | None, parts: NodeP
     for url in add:
         try:
             node = build_node(open_added_node(parts.config, url), parts)
+        except NodeUrlError as exc:
+            failed_adds[url] = float("inf")           # refused for good: not tried (or logged) again
+            syslog.error("node %s is refused: %s", shown(url), exc)
+            continue
         except Exception as exc:
             failed_adds[url] = now + ADD_RETRY_S
             syslog.warning("cannot add node %s (trying again in %.0f s): %s", url, ADD_RETRY_S, exc)
@@ -174,8 +189,15 @@ def follow_changes(nodes: list[RuntimeNode], document: dict | None, parts: NodeP
 
 def node_changes(document: dict | None, current: Iterable[str]) -> tuple[list[str], list[str]]:
     """(to add, to remove) given the store's document of nodes added and removed at run time."""
-    added = [u for u in (document or {}).get("added", [])]
+    added = [u for u in (document or {}).get("added", []) if isinstance(u, str)]
     removed = set((document or {}).get("removed", []))
     have = set(current)
-    return ([u for u in added if split_node_url(u)[0] not in have and u not in removed],
+    return ([u for u in added if _base_url(u) not in have and u not in removed],
             [u for u in have if u in removed])
+
+
+def _base_url(node_url: str) -> str:
+    try:
+        return split_node_url(node_url)[0]
+    except ValueError:
+        return node_url          # opening it says why it is refused

@@ -34,23 +34,37 @@ _FINISHED = {s.value for s in FINISHED}
 
 class CompletionEvents:
     """Lets API requests in this process wait for a job to finish without polling the store
-    much, at most `limit` at a time (each holds a request thread)."""
+    much, at most `limit` at a time (each holds a request thread), and at most `per_tenant` of
+    them for one tenant (a key's; callers without a key are one tenant, held only by `limit`)."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, per_tenant: int | None = None):
         self.limit = limit
+        self.per_tenant = per_tenant
         self._lock = threading.Lock()
         self._events: dict[str, list[threading.Event]] = {}
+        self._owners: dict[threading.Event, str] = {}
+        self._by_tenant: dict[str, int] = {}
         self._count = 0
 
-    def register(self, job_id: str) -> threading.Event | None:
-        """An event set when `job_id` finishes here; None when `limit` waiters already wait."""
+    def register(self, job_id: str, tenant: str = "") -> threading.Event | None:
+        """An event set when `job_id` finishes here; None when `limit` waiters already wait, or
+        `per_tenant` of `tenant`'s."""
         event = threading.Event()
         with self._lock:
-            if self._count >= self.limit:
+            if self._count >= self.limit or self._tenant_full(tenant):
                 return None
             self._count += 1
+            self._by_tenant[tenant] = self._by_tenant.get(tenant, 0) + 1
+            self._owners[event] = tenant
             self._events.setdefault(job_id, []).append(event)
         return event
+
+    def _tenant_full(self, tenant: str) -> bool:
+        return bool(tenant) and self.per_tenant is not None and self._by_tenant.get(tenant, 0) >= self.per_tenant
+
+    def tenant_full(self, tenant: str) -> bool:
+        with self._lock:
+            return self._tenant_full(tenant)
 
     def unregister(self, job_id: str, event: threading.Event) -> None:
         with self._lock:
@@ -58,6 +72,12 @@ class CompletionEvents:
             if event in waiting:
                 waiting.remove(event)
                 self._count -= 1
+                tenant = self._owners.pop(event, "")
+                left = self._by_tenant.get(tenant, 1) - 1
+                if left > 0:
+                    self._by_tenant[tenant] = left
+                else:
+                    self._by_tenant.pop(tenant, None)
             if not waiting:
                 self._events.pop(job_id, None)
 
@@ -69,6 +89,10 @@ class CompletionEvents:
     @property
     def waiting(self) -> int:
         return self._count
+
+    def waiting_for(self, tenant: str) -> int:
+        with self._lock:
+            return self._by_tenant.get(tenant, 0)
 
 
 class Service:
@@ -83,7 +107,7 @@ class Service:
         self.owner = new_owner()
         self.metrics = ProcessMetrics()         # what /metrics counts of events in this process
         self.counters = Counters(observer=self.metrics)
-        self.completions = CompletionEvents(config.MAX_WAITERS)
+        self.completions = CompletionEvents(config.MAX_WAITERS, config.MAX_WAITERS_PER_TENANT)
         self.answers = StreamHub()
         self.leadership = Leadership(self.raw_store, self.owner, self._elected, self._lost, clock=clock)
         self.term: SchedulerTerm | None = None
@@ -143,10 +167,10 @@ class Service:
     def submit(self, job: JobDoc, idempotency: Idempotency | None = None, tenant_max: int | None = None) -> int:
         return self.queue.submit(job, idempotency, tenant_max)
 
-    def record_answered(self, job: JobDoc) -> None:
+    def record_answered(self, job: JobDoc, idempotency: Idempotency | None = None) -> None:
         """Store a job that was answered without running (from the result cache), so that it
-        can be polled and listed like any other."""
-        self.api_store.enqueue(job)
+        can be polled and listed like any other (under `idempotency`'s key when given)."""
+        self.api_store.enqueue(job, idempotency=idempotency)
         self.counters.job_finished(job["status"])
 
     def will_stream(self) -> str:
@@ -192,9 +216,12 @@ class Service:
     def get(self, job_id: str) -> JobDoc | None:
         return self.api_store.get(job_id)
 
-    def wait_for(self, job_id: str, timeout: float) -> JobDoc | None:
-        """The job, once finished or when `timeout` runs out; at once when MAX_WAITERS already wait."""
-        event = self.completions.register(job_id)
+    def wait_for(self, job_id: str, timeout: float, tenant: str = "",
+                 gone: Callable[[], bool] | None = None) -> JobDoc | None:
+        """The job, once finished, when `timeout` runs out or when `gone()` says the client that
+        waits went away (its place is free at once); at once when MAX_WAITERS already wait, or
+        MAX_WAITERS_PER_TENANT of `tenant`'s."""
+        event = self.completions.register(job_id, tenant)
         if event is None:
             return self.get(job_id)
         deadline = time.monotonic() + timeout
@@ -205,7 +232,7 @@ class Service:
                 if job is None or job["status"] in _FINISHED:
                     return job
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 or (gone is not None and gone()):
                     return job
                 event.wait(min(delay, left))   # set at once when the job finishes in this process
                 delay = min(delay * 2, 0.25)

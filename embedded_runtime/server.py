@@ -43,6 +43,12 @@ def sampling(options: Any) -> dict[str, Any]:
     out = {SAMPLING_OPTIONS[k]: v for k, v in options.items() if k in SAMPLING_OPTIONS and v is not None}
     if isinstance(out.get("max_tokens"), int) and out["max_tokens"] < 0:
         del out["max_tokens"]            # Ollama's -1: until the model stops
+    seed = out.get("seed")
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        if seed < 0:
+            del out["seed"]              # Ollama's -1: a random seed
+        else:
+            out["seed"] = seed & 0xFFFFFFFF   # llama.cpp's seed is 32 bits; OpenAI's may be 64
     return out
 
 

@@ -4,7 +4,6 @@ runs the sandbox it is given."""
 from __future__ import annotations
 
 import re
-import secrets
 from dataclasses import dataclass
 
 from experiment.sandbox import SandboxResult
@@ -60,12 +59,6 @@ def completion_for(task: Task, answer: str) -> str:
     return code
 
 
-def test_program(task: Task, completion: str) -> str:
-    """HumanEval's check program: prompt, completion, the tests, `check(entry_point)`."""
-    check = task["check"]
-    return f"{task['prompt']}{completion}\n\n{check['test']}\n\ncheck({check['entry_point']})\n"
-
-
 def judge_run(result: SandboxResult) -> Verdict:
     if result.passed:
         return Verdict(True, 1.0, None, None)
@@ -76,9 +69,17 @@ def judge_run(result: SandboxResult) -> Verdict:
 
 
 def _failing_lines(stderr: str) -> str:
-    """The end of the traceback: the failing test line and the error, not the sandbox's frames."""
-    lines = [line for line in stderr.strip().splitlines() if "sandbox_guard.py" not in line]
-    return "\n".join(lines[-4:]) if lines else ""
+    """The end of the traceback: the failing test line and the error, and where the error came
+    from inside the candidate's own code when it raised one; not the sandbox's frames."""
+    blocks = [[line for line in block.splitlines() if line.strip() and "sandbox_guard.py" not in line]
+              for block in stderr.split("Traceback (most recent call last):")]
+    blocks = [block for block in blocks if block]
+    if not blocks:
+        return ""
+    lines = blocks[-1][-4:]
+    if len(blocks) > 1 and blocks[-2][-1] == blocks[-1][-1]:    # raised in the candidate's process
+        lines = blocks[-2][-3:-1] + lines
+    return "\n".join(lines)
 
 
 def final_answer(text: str) -> str:
@@ -123,12 +124,18 @@ def _as_number(text: str) -> float | None:
         return None
 
 
+def check_completion(task: Task, completion: str, sandbox) -> Verdict:
+    """Judge code that follows a task's prompt (HumanEval's `prompt + completion`) in `sandbox`."""
+    check = task["check"]
+    # the tests run in their own process, with the prompt's helpers (HumanEval's tests use
+    # some, e.g. poly), against the program as the candidate's process defines it
+    return judge_run(sandbox.check(task["prompt"] + completion, f"{task['prompt']}\n\n{check['test']}\n",
+                                   check["entry_point"]))
+
+
 def check_answer(task: Task, answer: str, sandbox) -> tuple[Verdict, str]:
     """(verdict, completion): judge a model's answer, running code only in `sandbox`."""
     if task["check"]["kind"] == "python_tests":
         completion = completion_for(task, answer)
-        # printed only once every test ran: a program that exits early with status 0 fails
-        finished = f"all tests ran {secrets.token_hex(8)}"
-        program = f"{test_program(task, completion)}print({finished!r})\n"
-        return judge_run(sandbox.run(program, must_print=finished)), completion
+        return check_completion(task, completion, sandbox), completion
     return judge_exact(task, answer), final_answer(answer)

@@ -1,7 +1,10 @@
 """Landlock (Linux 5.13+): confine a process and everything it starts to a few paths, without
 privileges, irreversibly. The sandbox's filesystem boundary: the interpreter, its libraries and
 standard library may be read (and only the interpreter and its loader executed), the work
-directory read and written, nothing else touched; on ABI 4+ no TCP connect or bind either.
+directory read and written, nothing else touched; on ABI 4+ no TCP connect or bind either; on
+ABI 6+ (Linux 6.12) the process is also *scoped*: it may neither signal a process outside its
+Landlock domain (`kill`, `pidfd_send_signal`, SIGIO) nor connect to an abstract Unix socket made
+outside it.
 
 `Ruleset.build(...)` opens the ruleset in the parent; `restrict_self()` runs in the child between
 fork and exec. `available()` is the kernel's ABI version, 0 when Landlock is off.
@@ -21,6 +24,8 @@ _PR_SET_NO_NEW_PRIVS = 38
 EXECUTE, WRITE_FILE, READ_FILE, READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 _FS_BY_ABI = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 4: (1 << 15) - 1, 5: (1 << 16) - 1}
 _NET_TCP = (1 << 0) | (1 << 1)                 # bind, connect
+SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1 << 0, 1 << 1    # ABI 6+
+_SCOPED = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL
 _FILE_ONLY = EXECUTE | WRITE_FILE | READ_FILE | (1 << 14) | (1 << 15)   # rights a rule on a file may carry
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -42,6 +47,7 @@ class Ruleset:
     def __init__(self, fd: int, abi: int):
         self.fd = fd
         self.abi = abi
+        self.scoped = abi >= 6             # signals and abstract Unix sockets stay inside the domain
 
     @classmethod
     def build(cls, read: list[Path], execute: list[Path], write: list[Path]) -> Ruleset | None:
@@ -52,7 +58,12 @@ class Ruleset:
             return None
         handled_fs = _FS_BY_ABI.get(abi, _FS_BY_ABI[5])
         handled_net = _NET_TCP if abi >= 4 else 0
-        attr = struct.pack("=QQ", handled_fs, handled_net) if abi >= 4 else struct.pack("=Q", handled_fs)
+        if abi >= 6:
+            attr = struct.pack("=QQQ", handled_fs, handled_net, _SCOPED)
+        elif abi >= 4:
+            attr = struct.pack("=QQ", handled_fs, handled_net)
+        else:
+            attr = struct.pack("=Q", handled_fs)
         fd = _libc.syscall(_SYS_CREATE_RULESET, ctypes.c_char_p(attr), ctypes.c_size_t(len(attr)), ctypes.c_uint32(0))
         if fd < 0:
             raise LandlockError(ctypes.get_errno(), "landlock_create_ruleset")

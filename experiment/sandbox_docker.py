@@ -1,23 +1,29 @@
 """The same check in a Docker container, where a Docker engine answers (the `docker` SDK):
 no network, read-only root, memory, CPU and process limits equal to the process sandbox's,
-the program mounted read-only and a small tmpfs as its only writable place."""
+the program and the guard mounted read-only and a small tmpfs as the only writable place.
+
+Inside, sandbox_guard.py runs as in the process sandbox (`run`, or `judge` with the candidate
+in its own process). The judge's secret (the tests and the closing line) comes in its
+environment, which it empties before the candidate starts; its process is undumpable, so the
+candidate, of the same user in the same container, cannot read /proc/1/environ or its memory.
+Landlock and the pids cgroup are the container's own here: read-only root, `pids_limit`.
+"""
 from __future__ import annotations
 
+import json
+import secrets
 import shutil
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import requests
-from docker.types import LogConfig
+from docker.types import LogConfig, Ulimit
 
-from experiment.sandbox import Limits, SandboxResult, verdict_of
+from experiment.sandbox import GUARD, Limits, SandboxResult, require_line, verdict_of
 
 IMAGE = "python:3.11-slim"
-# as the process sandbox runs it: not as __main__ (see sandbox_guard.py)
-_RUN_AS_SANDBOX = ("exec(compile(open('/check/program.py').read(), '/check/program.py', 'exec'), "
-                   "{'__name__': '__sandbox__'})")
+_SECRET = "MM_JUDGE"
 
 
 class DockerSandbox:
@@ -31,17 +37,31 @@ class DockerSandbox:
         self.client = docker.from_env(timeout=int(self.limits.wall_s) + 30)
         self.client.ping()                   # fail now, clearly, when no engine answers
 
-    def run(self, program: str, must_print: str | None = None) -> SandboxResult:
+    def run(self, program: str) -> SandboxResult:
+        return self._launch({"program.py": program}, ["run", "/tmp", "/check/program.py", "1", "1"], {})
+
+    def check(self, candidate: str, tests: str, entry_point: str) -> SandboxResult:
+        closing_line = f"all tests ran {secrets.token_hex(16)}"
+        secret = json.dumps({"tests": tests, "closing_line": closing_line})
+        result = self._launch({"candidate.py": candidate},
+                              ["judge", "/tmp", f"env:{_SECRET}", "/check/candidate.py", entry_point, "1", "1"],
+                              {_SECRET: secret})
+        return require_line(result, closing_line)
+
+    def _launch(self, files: dict[str, str], guard_args: list[str], environment: dict[str, str]) -> SandboxResult:
         limits = self.limits
         work = Path(tempfile.mkdtemp(prefix="mm-docker-sandbox-"))
-        (work / "program.py").write_text(program, encoding="utf-8")
+        for name, text in files.items():
+            (work / name).write_text(text, encoding="utf-8")
         started = time.monotonic()
         container = self.client.containers.run(
-            self.image, ["python", "-I", "-B", "-c", _RUN_AS_SANDBOX], detach=True, network_disabled=True,
-            read_only=True, mem_limit=limits.memory_bytes, memswap_limit=limits.memory_bytes, nano_cpus=10**9,
+            self.image, ["python", "-I", "-S", "-B", "/guard/sandbox_guard.py", *guard_args], detach=True,
+            environment=environment, network_disabled=True, read_only=True,
+            mem_limit=limits.memory_bytes, memswap_limit=limits.memory_bytes, nano_cpus=10**9,
             pids_limit=limits.processes, working_dir="/tmp", user="65534:65534",
             tmpfs={"/tmp": f"size={limits.output_bytes},mode=1777"},
-            volumes={str(work): {"bind": "/check", "mode": "ro"}},
+            volumes={str(work): {"bind": "/check", "mode": "ro"},
+                     str(GUARD.parent): {"bind": "/guard", "mode": "ro"}},
             ulimits=[_ulimit("cpu", limits.cpu_s), _ulimit("fsize", limits.output_bytes),
                      _ulimit("nofile", limits.open_files), _ulimit("core", 0)],
             security_opt=["no-new-privileges"], cap_drop=["ALL"],
@@ -62,18 +82,14 @@ class DockerSandbox:
             shutil.rmtree(work, ignore_errors=True)
         if oom:
             stderr += "\nMemoryError: the container was killed for memory"
-        # docker reports 128 + signal for a killed process; the verdict reads a negative signal
+        # the engine reports 128 + signal for a killed process (and cannot tell it from a program
+        # that exits with such a status itself); the verdict reads a negative signal
         if code is not None and code > 128:
             code = -(code - 128)
         over_output = max(len(stdout), len(stderr)) >= limits.output_bytes
-        result = verdict_of(code, timed_out, over_output, stdout, stderr, time.monotonic() - started, 0.0,
-                            ("container", "no-network", "read-only-root", "pids-limit", "mem-limit"))
-        if result.passed and must_print is not None and must_print not in stdout.splitlines():
-            return replace(result, passed=False,
-                           error="exited with status 0 before the end of the program (its tests did not all run)")
-        return result
+        return verdict_of(code, timed_out, over_output, stdout, stderr, time.monotonic() - started, 0.0,
+                          ("container", "no-network", "read-only-root", "pids-limit", "mem-limit", "audit-hook"))
 
 
-def _ulimit(name: str, value: int):
-    from docker.types import Ulimit
+def _ulimit(name: str, value: int) -> Ulimit:
     return Ulimit(name=name, soft=value, hard=value)

@@ -43,8 +43,8 @@ class _Sampling(_Request):
     top_p: float | None = Field(default=None, ge=0, le=1)
     seed: Integer | None = None
     stop: str | list[str] | None = None
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)       # OpenAI's documented range
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     n: Integer = Field(default=1, ge=1, le=1)      # one choice per request, as Ollama
 
     def options(self) -> dict[str, Any]:

@@ -117,6 +117,11 @@ class JobStore(AccessStore, AnswerStore, ABC):
         """Whether `exc` is worth retrying (the backends narrow their error types down)."""
         return isinstance(exc, self.transient_errors)
 
+    def is_unreadable(self, exc: BaseException) -> bool:
+        """Whether `exc` says one document is unusable (not that the store is): the job it
+        belongs to fails, the others go on."""
+        return isinstance(exc, (ValueError, TypeError, KeyError, OverflowError)) or "malformed JSON" in str(exc)
+
     @abstractmethod
     def enqueue(self, job: JobDoc, max_waiting: int | None = None, idempotency: Idempotency | None = None,
                 held_by: int | None = None, tenant_max: int | None = None) -> int:

@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
+import strict_json
 from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
 from pymongo.errors import AutoReconnect, ConnectionFailure, OperationFailure, PyMongoError
 
@@ -55,7 +56,7 @@ TOKEN_GRACE_S = 60.0             # a token older than this whose job is not wait
 
 
 def _to_mongo(job: dict[str, Any]) -> dict[str, Any]:
-    doc = {k: (json.dumps(v) if k in _JSON_FIELDS and v is not None else v) for k, v in job.items()}
+    doc = {k: (strict_json.dumps(v) if k in _JSON_FIELDS and v is not None else v) for k, v in job.items()}
     if "job_id" in doc:
         doc["_id"] = doc["job_id"]
     return doc

@@ -9,10 +9,11 @@ column, patched with SQLite's `json_patch`.
 """
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,21 @@ class _Pending:
     tenant_max: int | None
     result: Any = None
     done: threading.Event = field(default_factory=threading.Event)
+
+
+def _repairing(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Defence in depth: when a document SQLite cannot read (NaN, from a file written before the
+    store refused it) fails a statement, repair the file (that job fails, with the reason) and
+    try once more, so that one bad row never stops claims, listings or cancels."""
+    @functools.wraps(method)
+    def wrapper(self: SqliteStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            if "malformed JSON" not in str(exc) or not self.db.repair():
+                raise
+            return method(self, *args, **kwargs)
+    return wrapper
 
 
 class SqliteStore(SqliteRecords, SqliteAccess, SqliteAnswers, JobStore):
@@ -173,11 +189,13 @@ class SqliteStore(SqliteRecords, SqliteAccess, SqliteAnswers, JobStore):
         with self.db.write() as conn:
             return conn.execute("DELETE FROM idempotency WHERE expires_at <= ?", (now,)).rowcount
 
+    @_repairing
     def get(self, job_id: str) -> JobDoc | None:
         with self.db.read() as conn:
             row = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return _row_to_job(row) if row else None
 
+    @_repairing
     def list_jobs(self, status: str | None = None, model: str | None = None, limit: int = 100,
                   before: tuple[float, str] | None = None, tenant: str | None = None) -> list[JobDoc]:
         where, args = [], []
@@ -212,6 +230,7 @@ class SqliteStore(SqliteRecords, SqliteAccess, SqliteAnswers, JobStore):
             by_tenant = dict(conn.execute("SELECT tenant, n FROM tenant_waiting WHERE n > 0").fetchall())
         return QueueCounts(by_status, by_priority, by_model, by_tenant)
 
+    @_repairing
     def statuses(self, job_ids: Iterable[str]) -> dict[str, str]:
         ids = list(job_ids)
         if not ids:
@@ -221,6 +240,7 @@ class SqliteStore(SqliteRecords, SqliteAccess, SqliteAnswers, JobStore):
             return dict(conn.execute(f"SELECT job_id, status FROM jobs WHERE job_id IN ({marks})", ids).fetchall())
 
     # --- jobs: the scheduler's transitions ---------------------------------------------------------
+    @_repairing
     def take_new(self, limit: int = 1000, epoch: int | None = None) -> list[JobDoc]:
         with self.db.read() as conn:      # a read first: most passes find nothing new to take
             if conn.execute("SELECT 1 FROM jobs WHERE status = ? LIMIT 1", (PENDING,)).fetchone() is None:
@@ -244,6 +264,7 @@ class SqliteStore(SqliteRecords, SqliteAccess, SqliteAnswers, JobStore):
             return conn.execute(f"UPDATE jobs SET status = ?, held_epoch = NULL WHERE {' AND '.join(where)}",
                                 (PENDING, *args)).rowcount
 
+    @_repairing
     def claim(self, job_id: str, run_id: str, fields: dict[str, Any], epoch: int | None = None) -> JobDoc | None:
         patch = dumps({**fields, **({"epoch": epoch} if epoch is not None else {})})
         fence = "" if epoch is None else " AND ? = (SELECT epoch FROM leases WHERE name = ?)"
@@ -258,6 +279,7 @@ class SqliteStore(SqliteRecords, SqliteAccess, SqliteAnswers, JobStore):
                 raise Fenced(f"epoch {epoch} is no longer the scheduler lease's")
         return _row_to_job(row) if row else None
 
+    @_repairing
     def finish(self, job_id: str, run_id: str, status: str, fields: dict[str, Any],
                ledger: dict[str, Any] | None = None) -> bool:
         _, doc = _split(fields)
@@ -270,6 +292,7 @@ class SqliteStore(SqliteRecords, SqliteAccess, SqliteAnswers, JobStore):
                 insert_metrics(conn, ledger)
             return done or self._already(conn, job_id, "status = ? AND run_id = ?", (status, run_id))
 
+    @_repairing
     def requeue(self, job_id: str, run_id: str, fields: dict[str, Any]) -> bool:
         return self._back_to_waiting(job_id, run_id, fields)
 
@@ -288,6 +311,7 @@ class SqliteStore(SqliteRecords, SqliteAccess, SqliteAnswers, JobStore):
         """Was the transition applied already (a retry after a lost answer)?"""
         return conn.execute(f"SELECT 1 FROM jobs WHERE job_id = ? AND {condition}", (job_id, *args)).fetchone() is not None
 
+    @_repairing
     def running_runs(self) -> list[JobDoc]:
         with self.db.read() as conn:
             rows = conn.execute(
@@ -302,6 +326,7 @@ class SqliteStore(SqliteRecords, SqliteAccess, SqliteAnswers, JobStore):
             return self._back_to_waiting(job_id, run_id, fields)
         return self.finish(job_id, run_id, FAILED, fields, ledger)
 
+    @_repairing
     def fail_waiting(self, job_id: str, fields: dict[str, Any]) -> bool:
         _, doc = _split(fields)
         marks = ", ".join("?" * len(_WAITING))
@@ -311,6 +336,7 @@ class SqliteStore(SqliteRecords, SqliteAccess, SqliteAnswers, JobStore):
                 f"WHERE job_id = ? AND status IN ({marks})",
                 (FAILED, fields.get("completed_at"), dumps(doc), job_id, *_WAITING)).rowcount == 1
 
+    @_repairing
     def cancel(self, job_id: str, fields: dict[str, Any]) -> CancelOutcome:
         _, doc = _split(fields)
         with self.db.write() as conn:

@@ -7,6 +7,7 @@ connection, for tests and throwaway runs.
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import sqlite3
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import strict_json
 from jobs import JobStatus
 
 BUSY_TIMEOUT_S = 5.0          # one try at a write; longer waits are the caller's retries (store/retrying.py)
@@ -125,6 +127,34 @@ _ADDED_COLUMNS = (("leases", "epoch", "INTEGER NOT NULL DEFAULT 0"), ("jobs", "h
                   ("jobs", "tenant", "TEXT NOT NULL DEFAULT ''"), ("job_metrics", "tenant", "TEXT NOT NULL DEFAULT ''"))
 
 
+_WAITING_STATUSES = (JobStatus.PENDING.value, JobStatus.QUEUED.value)
+# every table with a JSON document per row, and its column
+_DOCUMENTS = (("jobs", "doc"), ("job_metrics", "doc"), ("tasks", "doc"), ("experiment_results", "doc"),
+              ("state", "value"), ("result_cache", "doc"), ("api_keys", "doc"))
+
+
+def _repair_documents(conn: sqlite3.Connection) -> int:
+    """Rewrite the documents SQLite cannot read (NaN or Infinity, written before the store
+    refused them): one such row would fail every claim and listing that reads it. A job among
+    them that still waits fails with the reason rather than run with a request it never sent."""
+    repaired = 0
+    for table, column in _DOCUMENTS:
+        key = "status, " if table == "jobs" else ""
+        for row in conn.execute(f"SELECT rowid, {key}{column} FROM {table} WHERE NOT json_valid({column})").fetchall():
+            try:
+                doc = strict_json.finite(json.loads(row[column]))
+            except ValueError:
+                doc = {}
+            if table == "jobs" and row["status"] in _WAITING_STATUSES:
+                doc = {**doc, "error": "its stored request held a number no JSON reader accepts (NaN or Infinity)",
+                       "completed_at": time.time()}
+                conn.execute("UPDATE jobs SET status = ?, completed_at = ? WHERE rowid = ?",
+                             (JobStatus.FAILED.value, doc["completed_at"], row["rowid"]))
+            conn.execute(f"UPDATE {table} SET {column} = ? WHERE rowid = ?", (strict_json.dumps(doc), row["rowid"]))
+            repaired += 1
+    return repaired
+
+
 class SqliteDB:
     def __init__(self, path: str | Path, *, memory_uri: str | None = None):
         self._target = memory_uri or str(path)
@@ -145,12 +175,19 @@ class SqliteDB:
                 if column not in {r["name"] for r in conn.execute(f"PRAGMA table_info({table})")}:
                     conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
             conn.executescript(SCHEMA_TENANTS)
+        with self.write() as conn:
+            _repair_documents(conn)
         with self.write() as conn:      # true up the counts (a file from before the triggers)
             conn.execute("UPDATE waiting_counts SET n = (SELECT COUNT(*) FROM jobs WHERE jobs.rank = "
                          f"waiting_counts.rank AND status IN ({_W}))")
             conn.execute("DELETE FROM tenant_waiting")
             conn.execute(f"INSERT INTO tenant_waiting (tenant, n) SELECT tenant, COUNT(*) FROM jobs WHERE status IN ({_W}) "
                          "GROUP BY tenant")
+
+    def repair(self) -> int:
+        """Rewrite the documents SQLite cannot read (see _repair_documents); how many."""
+        with self.write() as conn:
+            return _repair_documents(conn)
 
     @classmethod
     def in_memory(cls) -> SqliteDB:

@@ -7,11 +7,15 @@ import json
 import sqlite3
 from typing import Any
 
+import strict_json
+
 from store.sqlite_db import BUSY_TIMEOUT_S, SqliteDB
 
 
 def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    # never NaN or Infinity: SQLite's JSON functions refuse a document with them, and one such
+    # row would fail every query that reads it (claims, listings)
+    return strict_json.dumps(value, separators=(",", ":"))
 
 
 def insert_metrics(conn: sqlite3.Connection, doc: dict[str, Any]) -> None:

@@ -105,12 +105,14 @@ def test_one_process_counts_what_happened(running_service):
 
 def test_gpu_gauges_only_where_the_gpu_reports_them():
     from metrics_collector import node_gauges
+    from node_urls import node_label
     gpus = [{"index": 0, "memory_total": 80e9, "memory_used": 20e9, "utilization_pct": 87.0, "power_w": 312.5},
             {"index": 1, "memory_total": 80e9, "memory_used": 1e9, "utilization_pct": None, "power_w": None}]
     view = [{"kind": "ollama", "url": "http://gpu-host:11434", "ok": True, "gpus": gpus, "loaded_models": [],
              "vram": {"total": 160e9, "used": 21e9, "free": 139e9, "budget": 137e9}}]
     figures = {f.name: {tuple(sorted(s.labels.items())): s.value for s in f.samples} for f in node_gauges(view)}
-    node = ("node", "ollama@http://gpu-host:11434")
+    node = ("node", node_label("ollama", "http://gpu-host:11434"))      # its label: no URL in /metrics
+    assert node[1].startswith("ollama-") and "gpu-host" not in node[1]
     assert figures["model_manager_gpu_power_watts"] == {(("gpu", "0"), node): 312.5}
     assert figures["model_manager_gpu_utilization_percent"] == {(("gpu", "0"), node): 87.0}
     assert len(figures["model_manager_gpu_memory_used_bytes"]) == 2

