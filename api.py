@@ -2,10 +2,10 @@
 
 `create_app(config, service)` is the app factory; `python main.py` and gunicorn (`wsgi.py`)
 both serve what it returns. Blueprints: `jobs` (submit, poll, cancel, list, ledger:
-api_jobs.py), `system` (stats, health, models: api_system.py), and the front doors for existing
-clients, `ollama` (Ollama's API: api_ollama.py) and `openai` (`/v1/...`: api_openai.py). Who
-calls is settled first (api_auth.py). The API reaches the service only through its facade
-(service.py). Every error is JSON `{"error": ...}` with the right status (under `/v1/`, in
+routes/jobs.py), `system` (stats, health, models: routes/system.py), and the front doors for existing
+clients, `ollama` (Ollama's API: routes/ollama.py) and `openai` (`/v1/...`: routes/openai.py). Who
+calls is settled first (auth.py). The API reaches the service only through its facade
+(service/facade.py). Every error is JSON `{"error": ...}` with the right status (under `/v1/`, in
 OpenAI's shape); bad input never gets a 500; a body over MAX_PROMPT_BYTES is refused before it
 is read; a store that does not answer gets 503 with Retry-After, and nothing is acknowledged
 that was not stored.
@@ -19,25 +19,23 @@ from flask import Flask, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-import api_auth
-import http_errors
-import strict_json
-from api_admin import admin_bp
-from api_common import MAX_WAIT_S, ApiError
-from api_dashboard import dashboard_bp
-from api_experiments import experiments_bp
-from api_jobs import jobs_bp
-from api_metrics import metrics_bp
-from api_ollama import ollama_bp
-from api_openai import openai_bp
-from api_openapi import openapi_bp
-from api_system import SharedViews, system_bp
 from config import Config
 from front_door.openai_shapes import error_body
-from log_setup import get_logger
-from model_settings import ModelSettings
-from service import Service
-from store import StoreUnavailable
+from routes import auth, http_errors
+from routes.admin import admin_bp
+from routes.common import MAX_WAIT_S, ApiError
+from routes.dashboard import dashboard_bp
+from routes.experiments import experiments_bp
+from routes.jobs import jobs_bp
+from routes.metrics import metrics_bp
+from routes.ollama import ollama_bp
+from routes.openai import openai_bp
+from routes.openapi import openapi_bp
+from routes.system import SharedViews, system_bp
+from scheduling.model_settings import ModelSettings
+from service.facade import Service
+from store import StoreUnavailable, storable
+from telemetry.logs import get_logger
 
 log = get_logger("API")
 
@@ -53,7 +51,7 @@ class FiniteJSONProvider(DefaultJSONProvider):
         kwargs.setdefault("default", self.default)
         kwargs.setdefault("ensure_ascii", self.ensure_ascii)
         kwargs.setdefault("sort_keys", self.sort_keys)
-        return strict_json.dumps(obj, **kwargs)
+        return storable.dumps(obj, **kwargs)
 
 
 def create_app(config: Config | None = None, service: Service | None = None) -> Flask:
@@ -75,7 +73,7 @@ def create_app(config: Config | None = None, service: Service | None = None) -> 
             raise ApiError(431, f"request headers are {size} bytes; the limit is {http_errors.MAX_HEADER_BYTES}",
                            max_header_bytes=http_errors.MAX_HEADER_BYTES)
 
-    api_auth.install(app, service)
+    auth.install(app, service)
     app.register_blueprint(jobs_bp)
     app.register_blueprint(system_bp)
     app.register_blueprint(admin_bp)

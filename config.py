@@ -9,8 +9,6 @@ nothing else reads the environment.
 """
 from __future__ import annotations
 
-import math
-
 import ipaddress
 import json
 import sys
@@ -19,6 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from runtime.node_urls import validate_node_url
 
 MIB = 1024 * 1024
 
@@ -174,8 +174,10 @@ class Config(BaseSettings):
         4.0, ge=0, description="A model just loaded serves its work for at least this many times its own load "
         "time before other work may push it out (one with no waiting work may go at once): higher = fewer loads "
         "and more throughput under memory pressure, lower = urgent work for other models gets memory sooner.")
-    OOM_MAX_RETRIES: int = Field(3, ge=0, description="Times a job is re-queued after a passing failure before it fails: an out-of-memory answer, the runtime's "
-        "queue full (503), or its connection dropped by a runtime that then does not answer (a node that died).")
+    OOM_MAX_RETRIES: int = Field(
+        3, ge=0, description="Times a job is re-queued after a passing failure before it fails: an out-of-memory "
+        "answer, the runtime's queue full (503), or its connection dropped by a runtime that then does not answer "
+        "(a node that died).")
     OOM_GROWTH: float = Field(
         1.25, gt=1.0, description="After an out-of-memory incident, a model's planned need grows by this factor (once "
         "per incident, never past the capacity) until its next successful load measures it.")
@@ -279,18 +281,9 @@ class Config(BaseSettings):
                 "could read every prompt and cancel any job. Make keys (python main.py keys create --tenant NAME), "
                 "set AUTH_REQUIRED=true, or set ALLOW_OPEN=true if an open port is what you want")
 
-    @field_validator("OLLAMA_URLS")
-    @classmethod
-    def _node_urls(cls, value: str) -> str:
-        for url in value.split(","):
-            if url.strip():
-                split_node_url(url.strip())
-        return value
-
     @model_validator(mode="after")
     def _node_urls_acceptable(self) -> Config:
         """Every node URL of the settings passes node_urls' check, or the service does not start."""
-        from node_urls import validate_node_url
         named = [("OLLAMA_URL", self.OLLAMA_URL.strip())]
         named += [("OLLAMA_URLS", u.strip()) for u in self.OLLAMA_URLS.split(",") if u.strip()]
         for name, url in named:
@@ -349,23 +342,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def split_node_url(node_url: str) -> tuple[str, float | None]:
-    """`http://host:11434#vram=24` -> (`http://host:11434`, 24.0). Raises ValueError on a bad fragment."""
-    url, _, fragment = node_url.partition("#")
-    if not fragment:
-        return url.rstrip("/"), None
-    key, _, value = fragment.partition("=")
-    if key != "vram":
-        raise ValueError(f"{node_url}: the only thing a node URL may say after # is vram=GB")
-    try:
-        gb = float(value)
-    except ValueError:
-        raise ValueError(f"{node_url}: vram must be a number of GB") from None
-    if not math.isfinite(gb) or gb <= 0:
-        raise ValueError(f"{node_url}: vram must be a positive number of GB")
-    return url.rstrip("/"), gb
 
 
 def settings_markdown() -> str:

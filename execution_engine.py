@@ -22,18 +22,18 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from answer_stream import PieceWriter, StreamHub
 from config import Config
-from counters import Counters
-from job_metrics import JobMeter, ledger_entry, run_metrics
-from jobs import JobDoc, JobKind, JobStatus
-from log_setup import get_logger
-from model_settings import ModelSettings
-from result_cache import cached_answer
-from runtime_client import NODE_DOWN, NodeDown, OllamaClient, RequestCancelled, RequestHandle, RuntimeFailure
-from scheduler_events import Event, JobFinished, LoadFinished, RunContext, UnloadFinished
-from scheduling_policy import FailureKind, JobVerdict, PolicyLimits, after_job_failure
+from jobs.model import JobDoc, JobKind, JobStatus
+from metering.ledger import JobMeter, ledger_entry, run_metrics
+from runtime.client import NODE_DOWN, NodeDown, OllamaClient, RequestCancelled, RequestHandle, RuntimeFailure
+from scheduling.events import Event, JobFinished, LoadFinished, RunContext, UnloadFinished
+from scheduling.model_settings import ModelSettings
+from scheduling.policy import FailureKind, JobVerdict, PolicyLimits, after_job_failure
+from service.answers import PieceWriter, StreamHub
+from service.result_cache import cached_answer
 from store.base import JobStore
+from telemetry.counters import Counters
+from telemetry.logs import get_logger
 
 log = get_logger("ENGINE")
 RUNTIME_PROBE_S = 1.0        # after a dropped connection: does the runtime answer at all?

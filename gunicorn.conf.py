@@ -7,9 +7,9 @@ embedded runtime or simulator, when used) and the engine; if it dies another tak
 import os
 import sys
 
-import http_errors
-import metrics_setup
 from config import Config
+from routes import http_errors
+from telemetry import prometheus_setup
 
 _config = Config()
 if _config.exposure_error():
@@ -27,8 +27,8 @@ if threads <= _config.MAX_WAITERS:
 timeout = 120
 graceful_timeout = 30
 # /metrics: every worker's counters and histograms in one folder, added up by whichever worker
-# answers a scrape (process_metrics.py). Set before any worker imports prometheus-client.
-_metrics_dir, _metrics_dir_is_temporary = metrics_setup.prepare_multiprocess_dir(
+# answers a scrape (telemetry/process_metrics.py). Set before any worker imports prometheus-client.
+_metrics_dir, _metrics_dir_is_temporary = prometheus_setup.prepare_multiprocess_dir(
     str(_config.PROMETHEUS_MULTIPROC_DIR) if _config.PROMETHEUS_MULTIPROC_DIR else None)
 
 
@@ -43,9 +43,9 @@ def worker_exit(server, worker):
 
 
 def child_exit(server, worker):
-    metrics_setup.worker_gone(worker.pid)
+    prometheus_setup.worker_gone(worker.pid)
 
 
 def on_exit(server):
     if _metrics_dir_is_temporary:
-        metrics_setup.remove_temporary_dir(_metrics_dir)
+        prometheus_setup.remove_temporary_dir(_metrics_dir)

@@ -3,7 +3,7 @@
     python main.py                          # Ollama if one answers, else the embedded runtime
     python main.py --backend sim            # the GPU simulator (SIM_VRAM_GB, ...)
     python main.py --http-port 5001
-    python main.py keys create --tenant NAME   # an API key (see keys_cli.py); keys list, keys revoke
+    python main.py keys create --tenant NAME   # an API key (see tenancy/keys_cli.py); keys list, keys revoke
 
 For several API workers, serve `wsgi:app` with gunicorn instead (see gunicorn.conf.py); the
 workers elect one scheduler among themselves.
@@ -17,12 +17,12 @@ import threading
 from pydantic import ValidationError
 from waitress.server import create_server
 
-import http_errors
-import keys_cli
 from api import MAX_WAIT_S, create_app
 from config import Config
-from log_setup import get_logger, setup_logging
-from service import Service
+from routes import http_errors
+from service.facade import Service
+from telemetry.logs import get_logger, setup_logging
+from tenancy import keys_cli
 
 log = get_logger("SYSTEM")
 

@@ -17,10 +17,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from log_setup import get_logger
-from model_memory import ModelArch, arch_from_model_info, estimated_need, grown_need, kv_cache_bytes
-from model_settings import ModelSettings, canonical_name
+from scheduling.model_memory import ModelArch, arch_from_model_info, estimated_need, grown_need, kv_cache_bytes
+from scheduling.model_settings import ModelSettings, canonical_name
 from store.base import JobStore
+from telemetry.logs import get_logger
 
 log = get_logger("REGISTRY")
 

@@ -23,11 +23,11 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from jobs import JobDoc, JobStatus, Priority
-from log_setup import get_logger
+from jobs.model import JobDoc, JobStatus, Priority
+from scheduling.warm_pool import RecentArrivals
 from store.base import Fenced, Idempotency, JobStore
+from telemetry.logs import get_logger
 from vram_scheduler import Demand
-from warm_pool import RecentArrivals
 
 log = get_logger("QUEUE")
 RANKS = tuple(sorted(p.rank for p in Priority))

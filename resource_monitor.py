@@ -7,15 +7,14 @@ has loaded (`/api/ps`), and the host's CPU and RAM (psutil).
 from __future__ import annotations
 
 import time
-
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import psutil
 
-from gpu_probe import GpuReading, GpuSource
-from log_setup import get_logger
-from runtime_client import OllamaClient, RuntimeFailure
+from runtime.client import OllamaClient, RuntimeFailure
+from runtime.gpu_probe import GpuReading, GpuSource
+from telemetry.logs import get_logger
 
 log = get_logger("MONITOR")
 

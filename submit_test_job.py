@@ -273,7 +273,7 @@ def print_summary(summary: dict[str, Any], sample: dict[str, Any] | None) -> Non
 
 
 def write_html(path: str, summary: dict[str, Any], out: Outcome) -> None:
-    from report import html_report
+    from loadtest.report import html_report
     with open(path, "w", encoding="utf-8") as f:
         f.write(html_report(summary, out.submit_latency, out.e2e_latency))
 

@@ -28,7 +28,7 @@ The policy, in the order it is applied:
   given to a less urgent one. Memory being unloaded counts as used until the unload finishes,
   and a load is only planned into memory that is free now, so a plan never exceeds the budget.
 * A node with several GPUs is budgeted per GPU: a model goes where the runtime would put it
-  (`gpu_placement.place`), so memory free on two GPUs is not taken for one pool.
+  (`scheduling.gpu_placement.place`), so memory free on two GPUs is not taken for one pool.
 * Pinned models are never pushed out. Models wanted without waiting work (pinned ones not yet
   loaded, models predicted to be needed soon) are loaded last, into memory no waiting work
   needs; a predicted one is the first to give way again.
@@ -37,12 +37,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
-from gpu_placement import GpuSplit, place
+from scheduling.gpu_placement import GpuSplit, place
 
 
-class Phase(str, Enum):
+class Phase(StrEnum):
     LOADING = "loading"
     LOADED = "loaded"
     UNLOADING = "unloading"
@@ -173,13 +173,13 @@ class FreeMemory:
 
     def fits_later(self, need: int, extra: list[int]) -> bool:
         """Would `need` fit once the unloads in flight and `extra` (more victims) are done?"""
-        room = [max(f, 0) + c + e for f, c, e in zip(self.free, self.incoming, extra)]
+        room = [max(f, 0) + c + e for f, c, e in zip(self.free, self.incoming, extra, strict=False)]
         return place(need, room, self.split) is not None
 
     def promise(self, need: int) -> None:
         """Set `need` aside from free memory, then from incoming, where it would go (or, if it
         cannot fit yet, as much of it as there is) so that no less urgent model takes it."""
-        room = [max(f, 0) + c for f, c in zip(self.free, self.incoming)]
+        room = [max(f, 0) + c for f, c in zip(self.free, self.incoming, strict=False)]
         alloc = place(need, room, self.split)
         if alloc is None:
             total = sum(room)

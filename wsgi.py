@@ -6,8 +6,8 @@ every worker's Service after the fork, and the workers elect one scheduler among
 """
 from api import create_app
 from config import Config
-from log_setup import setup_logging
-from service import Service
+from service.facade import Service
+from telemetry.logs import setup_logging
 
 config = Config()
 setup_logging(config.LOG_FILE, config.LOG_LEVEL, max_bytes=config.LOG_MAX_BYTES, backups=config.LOG_BACKUPS)

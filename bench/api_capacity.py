@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         proc.terminate()
         proc.wait(30)
     bare_per_s, submits_per_s = statistics.median(bare), statistics.median(submits)
-    ratio = statistics.median(s / b for s, b in zip(submits, bare))
+    ratio = statistics.median(s / b for s, b in zip(submits, bare, strict=False))
     print(f"gunicorn, {os.environ.get('GUNICORN_WORKERS', '4')} workers, {args.clients} clients, "
           f"{'wrk' if use_wrk else 'asyncio client'}, {args.seconds:.0f}s per phase, {os.cpu_count()} CPUs")
     print(table([["GET /api/ping (bare)", bare_per_s, " ".join(f"{v:.0f}" for v in bare)],
@@ -141,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
                 ["endpoint", "median req/s", "each round"]))
     print(f"ratio {ratio:.3f} (target >= 0.5); non-2xx submits: {rejected}; jobs stored: {stored}")
     emit_json(args.json, {"submits_per_s": round(submits_per_s, 1), "bare_per_s": round(bare_per_s, 1),
-                          "ratio": round(ratio, 4), "rounds": [[round(b, 1), round(s, 1)] for b, s in zip(bare, submits)], "non_2xx": rejected, "jobs_stored": stored,
+                          "ratio": round(ratio, 4),
+                          "rounds": [[round(b, 1), round(s, 1)] for b, s in zip(bare, submits, strict=False)],
+                          "non_2xx": rejected, "jobs_stored": stored,
                           "client": "wrk" if use_wrk else "asyncio", "machine": machine()})
     return 0
 

@@ -37,7 +37,7 @@ class Service:
         self.args = args
         self.process: subprocess.Popen | None = None
 
-    def __enter__(self) -> "Service":
+    def __enter__(self) -> Service:
         self.process = subprocess.Popen([sys.executable, "main.py", "--http-port", str(self.port), *self.args],
                                         cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL,
                                         stderr=open(self.dir / "stderr.log", "wb"))
@@ -79,7 +79,7 @@ def median(values: list[float]) -> float:
 def table(rows: list[list[Any]], header: list[str]) -> str:
     cells = [header] + [[f"{c:.3f}" if isinstance(c, float) else str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

@@ -41,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import emit_json, machine, percentile, table  # noqa: E402
 from bench.scheduler_pass import waiting_jobs  # noqa: E402
 from bench.scheduling_quality import PHYSICS, PRESSURE_CATALOG, SLOTS  # noqa: E402
-from cluster_plan import NodeState, plan_cluster  # noqa: E402
-from model_memory import estimated_need, kv_cache_bytes  # noqa: E402
+from scheduling.cluster_plan import NodeState, plan_cluster  # noqa: E402
+from scheduling.model_memory import estimated_need, kv_cache_bytes  # noqa: E402
 from simulator.des import RunResult, SimModel, make_trace, run  # noqa: E402
 from simulator.policies import ManagerPolicy  # noqa: E402
 from vram_scheduler import Limits, Phase, ResidentModel, Snapshot  # noqa: E402

@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import emit_json, machine, percentile, table  # noqa: E402
 from model_registry import DESIGN_CATALOG  # noqa: E402
-from model_memory import ModelArch  # noqa: E402
+from scheduling.model_memory import ModelArch  # noqa: E402
 from simulator.des import Job, RunResult, SimModel, make_trace, run  # noqa: E402
 from simulator.policies import ManagerPolicy, OllamaPolicy  # noqa: E402
 from vram_scheduler import Limits  # noqa: E402

@@ -38,7 +38,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ROOT, emit_json, free_port, machine, percentile, table  # noqa: E402
-from runtime_launcher import ManagedRuntime  # noqa: E402
+from runtime.launcher import ManagedRuntime  # noqa: E402
 
 MODELS = ("qwen2.5:0.5b", "smollm:360m", "tinyllama:1.1b")
 FINISHED = ("complete", "failed", "cancelled")
@@ -274,7 +274,8 @@ def _settle(soak: Soak, sim_url: str, args, freezes: int, memory: dict) -> dict:
     growth = {name: round(memory_slope_mb_per_min([s for s in samples if s[0] >= args.warm_up]), 3)
               for name, samples in memory.items()}
     return {
-        "minutes": args.minutes, "rate_per_s": args.rate, "warm_up_s": args.warm_up, "workers": args.workers, "leader_freezes": freezes,
+        "minutes": args.minutes, "rate_per_s": args.rate, "warm_up_s": args.warm_up, "workers": args.workers,
+        "leader_freezes": freezes,
         "requests_by_status": {str(k): v for k, v in sorted(soak.statuses.items())},
         "client_errors": dict(soak.errors),
         "accepted": len(soak.accepted), "completed": statuses.get("complete", 0), "failed": statuses.get("failed", 0),

@@ -4,7 +4,7 @@
 
 Each run gets a fresh service (`gunicorn -c gunicorn.conf.py wsgi:app` with GUNICORN_WORKERS workers, on the
 GPU simulator unless --backend says otherwise, a free port and a throwaway data folder), so no run inherits
-another's queue; `locust -f locustfile.py --headless` runs against it and writes its own HTML report,
+another's queue; `locust -f loadtest/locustfile.py --headless` runs against it and writes its own HTML report,
 `reports/{workers}_{users}_{rate}.html`. Then `reports/index.html` links every report and plots throughput
 and p95 latency against users, one line per worker count (and spawn rate, when several), and
 `reports/sweep.json` holds the figures. Settings of the service (SIM_TOKENS_PER_S, ...) come from the
@@ -175,7 +175,7 @@ def index_html(results: list[RunResult], run_time: str, backend: str) -> str:
     return ("<!doctype html><html><head><meta charset='utf-8'><title>Model Manager load-test sweep</title>"
             "<style>body{font-family:sans-serif;margin:2em}td,th{border-bottom:1px solid #ddd;padding:4px 8px;"
             "text-align:right}</style></head><body><h1>Model Manager load-test sweep</h1>"
-            f"<p>Locust ({html.escape(str(ROOT / 'locustfile.py'))}), headless, {html.escape(run_time)} per run, "
+            f"<p>Locust ({html.escape(str(ROOT / 'loadtest/locustfile.py'))}), headless, {html.escape(run_time)} per run, "
             f"backend <code>{html.escape(backend)}</code>, a fresh gunicorn service per run.</p>"
             f"<table><tr>{head}</tr>{rows}</table>{figures}</body></html>")
 
@@ -189,7 +189,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--run-time", default="30s", help="Locust's -t for each run (30s, 2m, ...)")
     parser.add_argument("--backend", default="sim", choices=["sim", "embedded", "ollama", "auto"],
                         help="the service's runtime (BACKEND); the GPU simulator by default")
-    parser.add_argument("--locustfile", type=Path, default=ROOT / "locustfile.py")
+    parser.add_argument("--locustfile", type=Path, default=ROOT / "loadtest/locustfile.py")
     parser.add_argument("--out", type=Path, default=ROOT / "reports", help="where the reports go")
     args = parser.parse_args(argv)
     if not RUN_TIME.match(args.run_time) or args.run_time in ("", "0"):

@@ -8,7 +8,7 @@ from pathlib import Path
 from embedded_runtime.catalog import ModelFiles
 from embedded_runtime.runners import RunnerPool
 from embedded_runtime.server import create_embedded_app
-from runtime_launcher import serve
+from runtime.launcher import serve
 
 
 def main(argv: list[str] | None = None) -> None:

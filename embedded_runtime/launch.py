@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from config import Config
-from runtime_launcher import ManagedRuntime
+from runtime.launcher import ManagedRuntime
 
 
 def start_embedded(config: Config) -> ManagedRuntime:

@@ -24,7 +24,7 @@ from dataclasses import asdict
 from multiprocessing.connection import Connection, Listener
 
 from embedded_runtime.binding import BindingError, LoadedModel, load
-from runtime_launcher import exit_with_parent
+from runtime.launcher import exit_with_parent
 
 AUTHKEY_ENV = "MM_RUNNER_AUTHKEY"
 WAIT_POLL_S = 0.25

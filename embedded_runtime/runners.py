@@ -23,7 +23,7 @@ import psutil
 
 from embedded_runtime.catalog import CATALOG, EmbeddedModel, ModelFiles, ModelUnavailable
 from embedded_runtime.runner import AUTHKEY_ENV
-from runtime_launcher import terminate
+from runtime.launcher import terminate
 
 ROOT = Path(__file__).resolve().parent.parent
 REAP_EVERY_S = 0.5

@@ -15,10 +15,10 @@ from typing import Any
 
 from flask import Flask, request
 
-import ollama_protocol as proto
 from embedded_runtime.catalog import CATALOG, EmbeddedModel, ModelUnavailable, installed_models
 from embedded_runtime.gguf_metadata import GGUFError, cached_metadata
 from embedded_runtime.runners import Runner, RunnerFailed, RunnerPool
+from runtime import ollama_protocol as proto
 
 VERSION = "0.0.0-embedded"
 SAMPLING_OPTIONS = {  # Ollama option -> llama.cpp server request field

@@ -111,7 +111,7 @@ def _plots(summary: dict[str, Any]) -> list[tuple[str, str]]:
 
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.4), dpi=100)
     for ax, (key, label) in zip(axes, (("model_s", "model time (s)"), ("cpu_s", "CPU (s)"),
-                                       ("peak_rss_bytes", "peak resident memory (MB)"))):
+                                       ("peak_rss_bytes", "peak resident memory (MB)")), strict=False):
         for name, s in strategies.items():
             x = s[key] / 1e6 if key == "peak_rss_bytes" else s[key]
             ax.scatter([x], [100 * s["pass_rate"]], s=80, label=name)
@@ -132,7 +132,7 @@ def _plots(summary: dict[str, Any]) -> list[tuple[str, str]]:
         xs = [t + i * width for t in range(len(tasks))]
         values = [(by_task.get(t) or {}).get("wall_s") or 0 for t in tasks]
         bars = ax.bar(xs, values, width, label=name)
-        for bar, t in zip(bars, tasks):
+        for bar, t in zip(bars, tasks, strict=False):
             if not (by_task.get(t) or {}).get("solved"):
                 bar.set_hatch("//")
     ax.set_xticks([t + width * (len(strategies) - 1) / 2 for t in range(len(tasks))])
@@ -154,7 +154,7 @@ def _plots(summary: dict[str, Any]) -> list[tuple[str, str]]:
         values = [value_of(strategies[n]) for n in names]
         if any(values):
             ax.barh(names, values, left=left, label=label)
-            left = [a + b for a, b in zip(left, values)]
+            left = [a + b for a, b in zip(left, values, strict=False)]
     ax.set_xlabel("seconds, summed over tasks (jobs of a branched round overlap)")
     ax.set_title("Where each strategy's time went")
     ax.legend(fontsize=7, loc="lower right")

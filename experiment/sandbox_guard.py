@@ -142,7 +142,7 @@ def _as_raised(name: str, message: str) -> BaseException:
 class _Candidate:
     """Stands in for the function under test: each call runs in the candidate's process."""
 
-    def __init__(self, process: "subprocess.Popen", calls: int, answers: int, name: str):
+    def __init__(self, process: object, calls: int, answers: int, name: str):   # a subprocess.Popen
         self._process, self._calls, self._answers = process, calls, answers
         self.__name__ = self.__qualname__ = name
 
@@ -198,7 +198,7 @@ def judge(work: str, judge_file: str, candidate: str, entry: str, allow_fork: bo
     closing_line = secret["closing_line"]
     del secret
     _undumpable()
-    import subprocess                            # here only: `run` and `serve` must not have it loaded
+    import subprocess  # here only: `run` and `serve` must not have it loaded
     calls_out, calls_in = os.pipe()
     answers_out, answers_in = os.pipe()
     process = subprocess.Popen(

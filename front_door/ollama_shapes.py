@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from jobs import JobDoc, JobKind
-from ollama_protocol import rfc3339
+from jobs.model import JobDoc, JobKind
+from runtime.ollama_protocol import rfc3339
 
 MAX_MODEL_NAME = 200
 

@@ -14,8 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from front_door.delivery import answer_parts
 from front_door.ollama_shapes import MAX_MODEL_NAME, Integer, model_name
-from jobs import JobDoc, JobKind
-
+from jobs.model import JobDoc, JobKind
 
 
 class _Request(BaseModel):

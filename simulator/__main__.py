@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from gpu_placement import GpuSplit
-from runtime_launcher import serve
+from runtime.launcher import serve
+from scheduling.gpu_placement import GpuSplit
 from simulator.server import Simulator, create_sim_app
 
 

@@ -4,7 +4,7 @@ seconds, for comparing scheduling policies on the same job trace and for capacit
 The physics are the HTTP simulator's (`physics.py`): the jobs running at once share the GPU's
 generation throughput, the loads in flight share its load bandwidth, and memory is checked at
 every load. A loaded model has a number of slots, like an Ollama runner: it takes the weights
-and the KV cache of every slot (`model_memory.kv_cache_bytes`, NUM_CTX tokens each), and runs at
+and the KV cache of every slot (`scheduling.model_memory.kv_cache_bytes`, NUM_CTX tokens each), and runs at
 most that many jobs at once (a policy that starts more fails the run). A policy sees events
 (arrivals, finished jobs, finished loads) and acts through the `Gpu` handle: start a load,
 unload, start a job. The run records, per job, when it arrived, started and finished; per run,
@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from model_memory import ModelArch, kv_cache_bytes
+from scheduling.model_memory import ModelArch, kv_cache_bytes
 from simulator.physics import SharedThroughput, SimOutOfMemory, VirtualGpu
 
 DEFAULT_NUM_CTX = 2048
@@ -57,7 +57,7 @@ def make_trace(models: list[SimModel], n: int, rate_per_s: float, seed: int = 1,
     `models` (first = most popular); output lengths log-normal around `mean_tokens`."""
     rng = random.Random(seed)
     weights = [1.0 / (rank ** zipf_s) for rank in range(1, len(models) + 1)]
-    names, shares = zip(*priorities)
+    names, shares = zip(*priorities, strict=False)
     t, jobs = 0.0, []
     sigma = 0.6
     mu = math.log(mean_tokens) - sigma ** 2 / 2

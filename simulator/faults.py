@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-import ollama_protocol as proto
+from runtime import ollama_protocol as proto
 
 KINDS = ("error", "stall", "garbage", "drop")
 DEFAULT_ERROR_STATUS = 500

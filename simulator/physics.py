@@ -16,7 +16,7 @@ import heapq
 import math
 from dataclasses import dataclass, field
 
-from gpu_placement import GpuSplit, place
+from scheduling.gpu_placement import GpuSplit, place
 
 OOM_MESSAGE = "llama runner process has terminated: cudaMalloc failed: out of memory"
 
@@ -95,7 +95,7 @@ class SharedThroughput:
 @dataclass
 class VirtualGpu:
     """Memory and load bandwidth of one simulated node: `gpus` GPUs sharing `total_bytes` evenly,
-    each model placed on them as Ollama places it (`gpu_placement.place`, by `split`)."""
+    each model placed on them as Ollama places it (`scheduling.gpu_placement.place`, by `split`)."""
     total_bytes: int
     load_bytes_per_s: float
     gpus: int = 1
@@ -128,7 +128,7 @@ class VirtualGpu:
         """Reserve memory for `name`; return how long the load takes. Raises SimOutOfMemory."""
         if name in self.resident:
             return 0.0
-        free = [t - u for t, u in zip(self.gpu_totals, self.gpu_used)]
+        free = [t - u for t, u in zip(self.gpu_totals, self.gpu_used, strict=False)]
         alloc = place(size, free, self.split)
         if alloc is None:
             self.oom_errors += 1

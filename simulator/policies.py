@@ -1,18 +1,18 @@
 """Scheduling policies for the discrete-event simulator (`des.py`): Ollama's own policy, as a
-baseline in two configurations, and Model Manager's scheduler (`cluster_plan.plan_cluster`, and
+baseline in two configurations, and Model Manager's scheduler (`scheduling.cluster_plan.plan_cluster`, and
 so `vram_scheduler.plan` on each node, with the queue manager's ordering), driven exactly as the
 service drives it, on one node or several."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cluster_plan import NodeState, plan_cluster
-from jobs import Priority
-from model_memory import estimated_need
+from jobs.model import Priority
 from queue_manager import WaitingIndex
+from scheduling.cluster_plan import NodeState, plan_cluster
+from scheduling.model_memory import estimated_need
+from scheduling.warm_pool import RecentArrivals
 from simulator.des import Gpu, Job
 from vram_scheduler import Limits, Phase, Plan, ResidentModel, Snapshot
-from warm_pool import RecentArrivals
 
 
 @dataclass
@@ -146,7 +146,7 @@ class _Node:
 
 
 class ManagerPolicy:
-    """Model Manager's scheduler: every event is followed by a pass of `cluster_plan.plan_cluster`
+    """Model Manager's scheduler: every event is followed by a pass of `scheduling.cluster_plan.plan_cluster`
     (one node: just `vram_scheduler.plan`) over the waiting index (priority with aging, grouping
     by model), and each node's plan is carried out on that node; each model has
     `slots_per_model` slots and is never given more jobs than that; a model's need is its size x
@@ -154,7 +154,7 @@ class ManagerPolicy:
     what the load really took (as `/api/ps` would report it). `pinned` models are kept loaded;
     with `preload_window_s` and `preload_limit`, up to that many models that had jobs arrive in
     the window and are neither loaded nor waiting are loaded into memory no waiting work needs
-    (`warm_pool.RecentArrivals`)."""
+    (`scheduling.warm_pool.RecentArrivals`)."""
 
     def __init__(self, name: str = "model-manager", margin_bytes: int = 1024 ** 3, multiplier: float = 1.3,
                  aging_s: float = 60.0, limits: Limits = Limits(), slots_per_model: int = 4,

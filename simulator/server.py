@@ -8,7 +8,7 @@ It behaves like Ollama where a scheduler in front of Ollama must respect it:
   one); the others wait inside the simulator, first come, first served, per model
   (`runtime_slots`). Beyond `max_queue` waiting requests it answers 503 as Ollama does.
 * Memory: a load reserves the weights plus the KV cache of the model's slots at its context
-  (`model_memory.kv_cache_bytes`) and takes that size / load bandwidth; a load that does not fit
+  (`scheduling.model_memory.kv_cache_bytes`) and takes that size / load bandwidth; a load that does not fit
   fails with Ollama's out-of-memory error. A request whose `options.num_ctx` differs from the
   loaded model's waits for the model's running requests, then reloads it with that context.
 * Time: the jobs running at once share the GPU's throughput (`physics.SharedThroughput`); idle
@@ -33,9 +33,9 @@ from typing import Any
 
 from flask import Flask, Response, request
 
-import ollama_protocol as proto
-from model_memory import model_info_of
 from model_registry import ModelSpec
+from runtime import ollama_protocol as proto
+from scheduling.model_memory import model_info_of
 from simulator.faults import Fault
 from simulator.physics import SimOutOfMemory
 from simulator.runtime_slots import ClientGone, ServerBusy, Waiter

@@ -19,10 +19,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import ollama_protocol as proto
-from gpu_placement import GpuSplit
-from model_memory import kv_cache_bytes
 from model_registry import DESIGN_CATALOG, ModelSpec, canonical_name
+from runtime import ollama_protocol as proto
+from scheduling.gpu_placement import GpuSplit
+from scheduling.model_memory import kv_cache_bytes
 from simulator.faults import Faults
 from simulator.physics import EnergyMeter, SharedThroughput, SimOutOfMemory, VirtualGpu
 from simulator.runtime_slots import ClientGone, ServerBusy, SlotQueues, Waiter, next_arrival
@@ -318,7 +318,7 @@ class Simulator:
                 "peak_vram_bytes": self.gpu.peak_bytes, "vram_total_bytes": self.gpu.total_bytes,
                 "vram_used_bytes": self.gpu.used_bytes, "running": sum(self.queues.running.values()),
                 "gpus": [{"index": i, "total_bytes": t, "used_bytes": u}
-                         for i, (t, u) in enumerate(zip(self.gpu.gpu_totals, self.gpu.gpu_used))],
+                         for i, (t, u) in enumerate(zip(self.gpu.gpu_totals, self.gpu.gpu_used, strict=False))],
                 "completed": self.completed,
                 "utilization_pct": 100.0 if len(self.throughput) else 0.0,
                 "num_parallel": self.num_parallel, "max_queue": self.max_queue, "num_ctx": self.num_ctx,

@@ -2,8 +2,19 @@
 from __future__ import annotations
 
 from config import Config
-from store.base import (SCHEDULER_LEASE, CancelOutcome, Fenced, Idempotency, IdempotencyConflict, IdempotentReplay,
-                        JobStore, QueueCounts, QueueFull, StoreUnavailable, TenantQueueFull)
+from store.base import (
+    SCHEDULER_LEASE,
+    CancelOutcome,
+    Fenced,
+    Idempotency,
+    IdempotencyConflict,
+    IdempotentReplay,
+    JobStore,
+    QueueCounts,
+    QueueFull,
+    StoreUnavailable,
+    TenantQueueFull,
+)
 
 __all__ = ["SCHEDULER_LEASE", "CancelOutcome", "Fenced", "Idempotency", "IdempotencyConflict", "IdempotentReplay",
            "JobStore", "QueueCounts", "QueueFull", "StoreUnavailable", "TenantQueueFull", "open_store"]

@@ -27,11 +27,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs import WAITING, JobDoc
+from jobs.model import WAITING, JobDoc
 from store.base_access import AccessStore
 from store.base_answers import AnswerStore
-from tenancy import Refusal
-
+from tenancy.keys import Refusal
 
 SCHEDULER_LEASE = "scheduler"
 
@@ -47,7 +46,7 @@ class TenantQueueFull(QueueFull):
 
 
 def queue_full(refusal: Refusal, waiting: int, tenant: str, tenant_waiting: int) -> QueueFull:
-    """The error for a submission `tenancy.admit` refused."""
+    """The error for a submission `tenancy.keys.admit` refused."""
     if refusal is Refusal.TENANT_FULL:
         return TenantQueueFull(waiting, f"tenant '{tenant}' has {tenant_waiting} jobs waiting, as many as its key "
                                         "allows (max_waiting)")

@@ -26,16 +26,16 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-import strict_json
 from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
 from pymongo.errors import AutoReconnect, ConnectionFailure, OperationFailure, PyMongoError
 
 from config import Config
-from jobs import FINISHED, WAITING, JobDoc, JobStatus
-from store.base import (SCHEDULER_LEASE, CancelOutcome, Fenced, Idempotency, JobStore, QueueCounts, QueueFull)
+from jobs.model import FINISHED, WAITING, JobDoc, JobStatus
+from store import storable
+from store.base import SCHEDULER_LEASE, CancelOutcome, Fenced, Idempotency, JobStore, QueueCounts, QueueFull
 from store.mongo_access import MongoAccess
 from store.mongo_admission import FREE, MongoAdmission
 from store.mongo_answers import MongoAnswers
@@ -56,7 +56,7 @@ TOKEN_GRACE_S = 60.0             # a token older than this whose job is not wait
 
 
 def _to_mongo(job: dict[str, Any]) -> dict[str, Any]:
-    doc = {k: (strict_json.dumps(v) if k in _JSON_FIELDS and v is not None else v) for k, v in job.items()}
+    doc = {k: (storable.dumps(v) if k in _JSON_FIELDS and v is not None else v) for k, v in job.items()}
     if "job_id" in doc:
         doc["_id"] = doc["job_id"]
     return doc
@@ -233,7 +233,7 @@ class MongoStore(MongoAdmission, MongoRecords, MongoAccess, MongoAnswers, JobSto
         done = fields.get("completed_at")
         if self.retention_s is None or done is None:
             return {}
-        return {"expire_at": datetime.fromtimestamp(done + self.retention_s, tz=timezone.utc)}
+        return {"expire_at": datetime.fromtimestamp(done + self.retention_s, tz=UTC)}
 
     def finish(self, job_id: str, run_id: str, status: str, fields: dict[str, Any],
                ledger: dict[str, Any] | None = None) -> bool:

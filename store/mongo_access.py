@@ -8,7 +8,7 @@ from pymongo import ASCENDING
 from pymongo.collection import Collection
 from pymongo.errors import AutoReconnect, DuplicateKeyError
 
-from tenancy import rate_take
+from tenancy.keys import rate_take
 
 
 def _plain(doc: dict[str, Any]) -> dict[str, Any]:

@@ -8,9 +8,9 @@ import threading
 from pymongo.collection import Collection
 from pymongo.errors import AutoReconnect, DuplicateKeyError, PyMongoError
 
-from jobs import WAITING
+from jobs.model import WAITING
 from store.base import Idempotency, IdempotencyConflict, IdempotentReplay, queue_full
-from tenancy import Refusal, admit
+from tenancy.keys import Refusal, admit
 
 _WAITING = [s.value for s in WAITING]
 FREE = ""                        # a queue token no job holds

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import strict_json
 from pymongo import ASCENDING
 from pymongo.collection import Collection
+
+from store import storable
 
 
 class MongoAnswers:
@@ -25,7 +26,7 @@ class MongoAnswers:
         return json.loads(doc["answer"]) if doc else None
 
     def cache_put(self, key: str, answer: dict[str, Any], expires_at: float) -> None:
-        self.cache.update_one({"_id": key}, {"$set": {"answer": strict_json.dumps(answer), "expires_at": expires_at}},
+        self.cache.update_one({"_id": key}, {"$set": {"answer": storable.dumps(answer), "expires_at": expires_at}},
                               upsert=True)
 
     def purge_cache(self, now: float) -> int:
@@ -34,7 +35,7 @@ class MongoAnswers:
     def append_pieces(self, job_id: str, run_id: str, seq: int, pieces: list[dict[str, Any]], now: float) -> None:
         self.pieces.update_one({"_id": f"{job_id}:{run_id}:{seq}"},
                                {"$setOnInsert": {"job_id": job_id, "run_id": run_id, "seq": seq, "at": now,
-                                                 "pieces": strict_json.dumps(pieces)}}, upsert=True)
+                                                 "pieces": storable.dumps(pieces)}}, upsert=True)
 
     def read_pieces(self, job_id: str, skip: int = 0) -> list[tuple[str, list[dict[str, Any]]]]:
         cursor = self.pieces.find({"job_id": job_id}).sort([("at", ASCENDING), ("seq", ASCENDING)]).skip(skip)

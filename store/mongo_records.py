@@ -7,10 +7,11 @@ import json
 from typing import Any
 
 import pymongo
-import strict_json
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
+
+from store import storable
 
 
 def run_key(doc: dict[str, Any]) -> str:
@@ -75,7 +76,7 @@ class MongoRecords:
     # --- shared state -------------------------------------------------------------------------
     def put_state(self, key: str, value: dict[str, Any], now: float) -> None:
         # As JSON text: model names and counters may hold characters MongoDB refuses in keys.
-        self.state.update_one({"_id": key}, {"$set": {"value": strict_json.dumps(value), "updated_at": now}}, upsert=True)
+        self.state.update_one({"_id": key}, {"$set": {"value": storable.dumps(value), "updated_at": now}}, upsert=True)
 
     def get_state(self, key: str) -> tuple[dict[str, Any], float] | None:
         doc = self.state.find_one({"_id": key})

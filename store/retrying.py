@@ -17,8 +17,8 @@ from typing import Any
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
-from log_setup import get_logger
 from store.base import JobStore, StoreUnavailable
+from telemetry.logs import get_logger
 
 log = get_logger("STORE")
 

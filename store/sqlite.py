@@ -18,14 +18,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jobs import FINISHED, WAITING, JobDoc, JobStatus
-from store.base import (SCHEDULER_LEASE, CancelOutcome, Fenced, Idempotency, IdempotencyConflict, IdempotentReplay,
-                        JobStore, QueueCounts, queue_full)
+from jobs.model import FINISHED, WAITING, JobDoc, JobStatus
+from store.base import (
+    SCHEDULER_LEASE,
+    CancelOutcome,
+    Fenced,
+    Idempotency,
+    IdempotencyConflict,
+    IdempotentReplay,
+    JobStore,
+    QueueCounts,
+    queue_full,
+)
 from store.sqlite_access import SqliteAccess
 from store.sqlite_answers import SqliteAnswers
 from store.sqlite_db import SqliteDB
 from store.sqlite_records import SqliteRecords, dumps, insert_metrics
-from tenancy import admit
+from tenancy.keys import admit
 
 _COLUMNS = ("job_id", "status", "model", "priority", "rank", "submitted_at", "completed_at", "run_id", "tenant")
 _SUMMARY_DROP = ("$.prompt", "$.messages", "$.input", "$.images", "$.result", "$.system")
@@ -132,7 +141,7 @@ class SqliteStore(SqliteRecords, SqliteAccess, SqliteAnswers, JobStore):
                 if not batch:
                     batch, self._enqueue_queue = self._enqueue_queue, []
             results = [exc] * len(batch)
-        for entry, result in zip(batch, results):
+        for entry, result in zip(batch, results, strict=False):
             entry.result = result
             entry.done.set()
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from store.sqlite_db import SqliteDB
 from store.sqlite_records import dumps
-from tenancy import rate_take
+from tenancy.keys import rate_take
 
 
 class SqliteAccess:

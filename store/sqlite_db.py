@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import strict_json
-from jobs import JobStatus
+from jobs.model import JobStatus
+from store import storable
 
 BUSY_TIMEOUT_S = 5.0          # one try at a write; longer waits are the caller's retries (store/retrying.py)
 _W = f"'{JobStatus.PENDING.value}', '{JobStatus.QUEUED.value}'"    # the waiting statuses, for SQL
@@ -142,7 +142,7 @@ def _repair_documents(conn: sqlite3.Connection) -> int:
         key = "status, " if table == "jobs" else ""
         for row in conn.execute(f"SELECT rowid, {key}{column} FROM {table} WHERE NOT json_valid({column})").fetchall():
             try:
-                doc = strict_json.finite(json.loads(row[column]))
+                doc = storable.finite(json.loads(row[column]))
             except ValueError:
                 doc = {}
             if table == "jobs" and row["status"] in _WAITING_STATUSES:
@@ -150,7 +150,7 @@ def _repair_documents(conn: sqlite3.Connection) -> int:
                        "completed_at": time.time()}
                 conn.execute("UPDATE jobs SET status = ?, completed_at = ? WHERE rowid = ?",
                              (JobStatus.FAILED.value, doc["completed_at"], row["rowid"]))
-            conn.execute(f"UPDATE {table} SET {column} = ? WHERE rowid = ?", (strict_json.dumps(doc), row["rowid"]))
+            conn.execute(f"UPDATE {table} SET {column} = ? WHERE rowid = ?", (storable.dumps(doc), row["rowid"]))
             repaired += 1
     return repaired
 

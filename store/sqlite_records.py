@@ -7,15 +7,14 @@ import json
 import sqlite3
 from typing import Any
 
-import strict_json
-
+from store import storable
 from store.sqlite_db import BUSY_TIMEOUT_S, SqliteDB
 
 
 def dumps(value: Any) -> str:
     # never NaN or Infinity: SQLite's JSON functions refuse a document with them, and one such
     # row would fail every query that reads it (claims, listings)
-    return strict_json.dumps(value, separators=(",", ":"))
+    return storable.dumps(value, separators=(",", ":"))
 
 
 def insert_metrics(conn: sqlite3.Connection, doc: dict[str, Any]) -> None:

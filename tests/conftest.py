@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from config import Config  # noqa: E402
-from jobs import JobKind, Priority, new_job  # noqa: E402
+from jobs.model import JobKind, Priority, new_job  # noqa: E402
 from store.sqlite import SqliteStore  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -134,7 +134,7 @@ class ServiceRunner:
 
     def __call__(self, **overrides):
         from api import create_app
-        from service import Service
+        from service.facade import Service
 
         cfg = make_config(self.directory / f"svc{len(self.started)}", **overrides)
         service = Service(cfg)
@@ -211,7 +211,7 @@ class MainProcess:
                     "STORE": "sqlite", "MONGODB_URI": "", "PYTHONUNBUFFERED": "1", **env}
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 60) -> "MainProcess":
+    def start(self, timeout: float = 60) -> MainProcess:
         self.process = subprocess.Popen(
             [sys.executable, "main.py", "--http-port", str(self.port), *self.args], cwd=ROOT, env=self.env,
             stdout=open(self.directory / "stdout.log", "ab"), stderr=subprocess.STDOUT)
@@ -229,7 +229,7 @@ class MainProcess:
         self.process.kill()
         self.process.wait()
 
-    def restart(self, timeout: float = 60) -> "MainProcess":
+    def restart(self, timeout: float = 60) -> MainProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         return self.start(timeout)

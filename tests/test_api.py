@@ -5,7 +5,7 @@ import pytest
 
 from api import create_app
 from conftest import make_config
-from service import Service
+from service.facade import Service
 
 
 @pytest.fixture(scope="module")

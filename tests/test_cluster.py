@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from conftest import wait_until
-from runtime_launcher import ManagedRuntime
+from runtime.launcher import ManagedRuntime
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,7 @@ def test_200_random_jobs_on_three_6gb_nodes_all_complete_without_running_out_of_
     stats = [sim_stats(u) for u in urls]
     assert [s["oom_errors"] for s in stats] == [0, 0, 0]
     assert all(s["peak_vram_bytes"] <= s["vram_total_bytes"] for s in stats)
-    served_on = {url: {a["model"] for a in s["answered"]} for url, s in zip(urls, stats)}
+    served_on = {url: {a["model"] for a in s["answered"]} for url, s in zip(urls, stats, strict=False)}
     assert sum(1 for models in served_on.values() if models) >= 2          # models placed on two nodes at least
     service.publish()
     nodes = client.get("/api/stats").get_json()["nodes"]

@@ -2,7 +2,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cluster_plan import NodeState, plan_cluster
+from scheduling.cluster_plan import NodeState, plan_cluster
 from vram_scheduler import Demand, Limits, Phase, ResidentModel, Snapshot
 
 GB = 10**9

@@ -56,7 +56,7 @@ def test_two_humaneval_tasks_under_both_strategies(tmp_path, model_cache, capsys
         entries = [store.list_metrics(job_id=a["job_id"])[0] for a in attempts]
         assert all(e["tags"]["experiment"] == "e2e" and e["tags"]["task_id"] == a["task_id"]
                    and e["tags"]["strategy"] == a["strategy"] and e["tags"]["branch"] == a["branch"]
-                   for e, a in zip(entries, attempts))
+                   for e, a in zip(entries, attempts, strict=False))
     finally:
         store.close()
 

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from config import Config, settings_markdown
-from log_setup import get_logger, setup_logging
+from telemetry.logs import get_logger, setup_logging
 
 
 def test_defaults_environment_and_dotenv(tmp_path, monkeypatch):

@@ -69,7 +69,7 @@ def test_page_and_files_are_served_without_a_key_but_data_needs_one(running_serv
 
 
 def test_activity_log_keeps_the_last_events_and_half_an_hour_of_minutes():
-    from activity_log import MINUTES_KEPT, RECENT_EVENTS, ActivityLog
+    from telemetry.activity import MINUTES_KEPT, RECENT_EVENTS, ActivityLog
     log = ActivityLog()
     for i in range(RECENT_EVENTS + 5):                                  # minute 10: 17 loads, 18 evictions
         log.record("load" if i % 2 else "evict", f"m{i}", "sim@x", at=600.0 + i)
@@ -187,9 +187,9 @@ def test_page_shows_submitted_jobs_running_ones_and_the_loaded_models(browser, s
 
 
 def _make_key(data_dir_owner: Path, tenant: str) -> str:
-    from jobs import Priority
+    from jobs.model import Priority
     from store import open_store
-    from tenancy import ApiKey, key_hash, new_key
+    from tenancy.keys import ApiKey, key_hash, new_key
     store = open_store(make_config(data_dir_owner))
     try:
         key_id, key = new_key()

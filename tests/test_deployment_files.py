@@ -6,8 +6,9 @@ from pathlib import Path
 
 import yaml
 
+from config import Config
 from conftest import ROOT
-from config import Config, split_node_url
+from runtime.node_urls import split_node_url
 
 COMPOSE = ROOT / "deploy" / "compose.cluster.yml"
 

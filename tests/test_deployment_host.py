@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT
 from config import Config
+from conftest import ROOT
 
 GUNICORN_COMMAND = ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
 ENV_EXAMPLE = ROOT / ".env.example"

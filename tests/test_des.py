@@ -1,7 +1,7 @@
 """The discrete-event simulator and the two policies it compares, on small traces with known answers."""
 import pytest
 
-from model_memory import ModelArch
+from scheduling.model_memory import ModelArch
 from simulator.des import Job, SimModel, make_trace, run
 from simulator.physics import SharedThroughput
 from simulator.policies import ManagerPolicy, OllamaPolicy
@@ -49,7 +49,7 @@ def test_trace_is_reproducible_and_skewed():
     assert [(j.model, j.tokens, j.priority) for j in a] == [(j.model, j.tokens, j.priority) for j in b]
     counts = {m.name: sum(j.model == m.name for j in a) for m in models}
     assert counts["m0"] > 2 * counts["m4"]
-    assert all(x.arrival < y.arrival for x, y in zip(a, a[1:]))
+    assert all(x.arrival < y.arrival for x, y in zip(a, a[1:], strict=False))
 
 
 def test_neither_policy_runs_out_of_memory_under_pressure():

@@ -11,8 +11,8 @@ import requests
 from conftest import require_models, wait_until
 from embedded_runtime.catalog import CATALOG, EmbeddedModel, ModelFiles, ModelUnavailable, is_installed, sha256_of
 from embedded_runtime.runner import SlotGate
-from runtime_client import OllamaClient
-from runtime_launcher import ManagedRuntime
+from runtime.client import OllamaClient
+from runtime.launcher import ManagedRuntime
 
 pytestmark = pytest.mark.embedded
 

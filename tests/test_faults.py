@@ -121,7 +121,7 @@ def test_jobs_finish_after_the_mongodb_server_was_away_for_10_s(running_service,
         wait_until(lambda: _answers(port), timeout=30, message="nx-27017 to answer")
         return proc
     mongo = start_mongo()
-    from runtime_launcher import ManagedRuntime
+    from runtime.launcher import ManagedRuntime
     sim = ManagedRuntime("sim", "simulator", ["--num-parallel", "2", "--tokens-per-s", "200", "--load-gbps", "50"],
                          tmp_path / "sim.log")
     sim_url = sim.start()            # a runtime of its own, like an Ollama server: it outlives leadership changes
@@ -163,7 +163,7 @@ def _answers(port):
 @pytest.mark.slow
 def test_a_worker_killed_mid_submit_loses_no_acknowledged_job_and_a_retried_submit_makes_no_second_one(tmp_path):
     sim_proc_env = {**os.environ}
-    from runtime_launcher import ManagedRuntime
+    from runtime.launcher import ManagedRuntime
     sim = ManagedRuntime("sim", "simulator", ["--num-parallel", "4", "--tokens-per-s", "2000", "--load-gbps", "50",
                                               "--default-tokens", "8"], tmp_path / "sim.log", env=sim_proc_env)
     sim_url = sim.start()

@@ -204,7 +204,7 @@ def test_a_client_that_goes_away_cancels_its_job(main_process):
 
 
 def test_relayed_pieces_sent_twice_after_a_failed_write_are_delivered_once():
-    from answer_stream import End, Piece, follow
+    from service.answers import End, Piece, follow
     batches = [("r1", [{"text": "a", "i": 0}, {"text": "b", "i": 1}]),
                ("r1", [{"text": "a", "i": 0}, {"text": "b", "i": 1}, {"text": "c", "i": 2}])]
     done = {"job_id": "j", "status": "complete"}
@@ -215,7 +215,7 @@ def test_relayed_pieces_sent_twice_after_a_failed_write_are_delivered_once():
 
 def test_the_end_of_a_stream_sends_exactly_what_it_missed():
     from front_door.delivery import Delivery
-    from jobs import JobKind
+    from jobs.model import JobKind
     delivery = Delivery()
     call = {"function": {"name": "f", "arguments": {}}}
     delivery.accept("r1", {"text": "Hel", "tool_calls": [call]})

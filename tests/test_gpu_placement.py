@@ -4,7 +4,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpu_placement import GpuSplit, place
+from scheduling.gpu_placement import GpuSplit, place
 from vram_scheduler import Demand, Limits, Phase, ResidentModel, Snapshot, plan
 
 GB = 10**9

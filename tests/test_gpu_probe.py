@@ -5,8 +5,8 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import FIXTURES
-from gpu_probe import MIB, NvmlSource, parse_compute_apps_csv, parse_query_gpu_csv
 from resource_monitor import GpuMemory
+from runtime.gpu_probe import MIB, NvmlSource, parse_compute_apps_csv, parse_query_gpu_csv
 
 CAPTURES = {
     "h100": "linux-x86_64__nvidia-h100-80gb-hbm3__590.48.01.txt",
@@ -140,7 +140,7 @@ def test_several_devices_are_read_and_budgeted_one_by_one():
     """Three recorded GPUs as one node: each keeps its own budget, and a model goes where Ollama
     would put it (the GPU with most free memory if it needs <= 80% of it, else split)."""
     from resource_monitor import ResourceState
-    from scheduler_core import build_snapshot
+    from scheduling.core import build_snapshot
     from vram_scheduler import Demand, Limits, plan
     captures = [query_fields("h100", "load"), query_fields("rtx4080", "idle"), query_fields("l40s", "load")]
     readings = NvmlSource(FakeNvml(captures)).read()
@@ -157,7 +157,7 @@ def test_several_devices_are_read_and_budgeted_one_by_one():
         s = build_snapshot(state, (), [Demand(name, 1, 1.0, 0.0)], lambda m, need=need: need, Limits(), margin)
         decided = plan(s)
         alloc = decided.placements[name]
-        assert all(a <= b for a, b in zip(alloc, s.gpu_budgets)) and sum(alloc) == need
+        assert all(a <= b for a, b in zip(alloc, s.gpu_budgets, strict=False)) and sum(alloc) == need
         if name == "small":
             assert alloc[most_free] == need                   # whole, on the GPU with most free memory
         else:

@@ -10,22 +10,22 @@ import time
 
 import pytest
 import requests
+from test_tenancy import auth, make_key
 
 from conftest import ROOT, MainProcess, gunicorn_server, make_config, sample_job, wait_until
 from queue_manager import QueueManager
 from store import open_store
-from test_tenancy import auth, make_key
 
 MODEL = "qwen2.5:0.5b"
 
 NON_FINITE = [
-    ('{"model": "%s", "prompt": "hi", "options": {"temperature": NaN}}' % MODEL, "options.temperature"),
-    ('{"model": "%s", "prompt": "hi", "options": {"top_p": Infinity}}' % MODEL, "options.top_p"),
-    ('{"model": "%s", "prompt": "hi", "options": {"x": [1, -Infinity]}}' % MODEL, "options.x.1"),
-    ('{"model": "%s", "prompt": "hi", "options": {"temperature": 1e999}}' % MODEL, "options.temperature"),
-    ('{"model": "%s", "prompt": "hi", "metadata": {"n": 123456789012345678901234567890}}' % MODEL, "metadata.n"),
-    ('{"model": "%s", "prompt": "hi", "metadata": {"a": "\\ud800"}}' % MODEL, "metadata.a"),
-    ('{"model": "%s", "prompt": "hi", "metadata": %s}' % (MODEL, "[" * 200 + "]" * 200), "body"),
+    (f'{{"model": "{MODEL}", "prompt": "hi", "options": {{"temperature": NaN}}}}', "options.temperature"),
+    (f'{{"model": "{MODEL}", "prompt": "hi", "options": {{"top_p": Infinity}}}}', "options.top_p"),
+    (f'{{"model": "{MODEL}", "prompt": "hi", "options": {{"x": [1, -Infinity]}}}}', "options.x.1"),
+    (f'{{"model": "{MODEL}", "prompt": "hi", "options": {{"temperature": 1e999}}}}', "options.temperature"),
+    (f'{{"model": "{MODEL}", "prompt": "hi", "metadata": {{"n": 123456789012345678901234567890}}}}', "metadata.n"),
+    (f'{{"model": "{MODEL}", "prompt": "hi", "metadata": {{"a": "\\ud800"}}}}', "metadata.a"),
+    ('{{"model": "{}", "prompt": "hi", "metadata": {}}}'.format(MODEL, "[" * 200 + "]" * 200), "body"),
 ]
 
 
@@ -147,8 +147,9 @@ def test_a_store_file_with_unreadable_documents_is_repaired_when_opened(tmp_path
 
 def test_answers_are_valid_json_even_for_a_non_finite_figure(keyed):
     service, client, _, _ = keyed
-    from api import FiniteJSONProvider
     from flask import Flask
+
+    from api import FiniteJSONProvider
     provider = FiniteJSONProvider(Flask("t"))
     assert json.loads(provider.dumps({"rate": float("nan"), "xs": [float("inf"), 1.5]})) == {"rate": None,
                                                                                             "xs": [None, 1.5]}

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from conftest import gunicorn_server, wait_until
-from runtime_launcher import ManagedRuntime
+from runtime.launcher import ManagedRuntime
 
 pytestmark = pytest.mark.slow
 MODEL = "qwen2.5:0.5b"

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from leadership import Leadership, new_owner, owner_alive
-from scheduling_policy import LeftRun, RunAction, left_run_verdict
+from scheduling.leadership import Leadership, new_owner, owner_alive
+from scheduling.policy import LeftRun, RunAction, left_run_verdict
 from store.sqlite import SqliteStore
 
 

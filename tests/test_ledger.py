@@ -8,8 +8,8 @@ import time
 import pytest
 import requests
 
-from conftest import mongo_store, drop_mongo, require_models, wait_until
-from node_urls import node_label
+from conftest import drop_mongo, mongo_store, require_models, wait_until
+from runtime.node_urls import node_label
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

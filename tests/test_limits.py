@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from conftest import gunicorn_server, wait_until
-from log_setup import get_logger, setup_logging
+from telemetry.logs import get_logger, setup_logging
 
 MODEL = "qwen2.5:0.5b"
 
@@ -37,7 +37,7 @@ def send_chunked_until_answered(port: int, total: int = 5_000_000) -> tuple[int,
                 answer = sock.recv(4096)
                 if answer:
                     return sent, answer
-            except socket.timeout:
+            except TimeoutError:
                 pass
         sock.settimeout(5)
         return sent, sock.recv(4096)

@@ -104,8 +104,8 @@ def test_one_process_counts_what_happened(running_service):
 
 
 def test_gpu_gauges_only_where_the_gpu_reports_them():
-    from metrics_collector import node_gauges
-    from node_urls import node_label
+    from runtime.node_urls import node_label
+    from telemetry.collector import node_gauges
     gpus = [{"index": 0, "memory_total": 80e9, "memory_used": 20e9, "utilization_pct": 87.0, "power_w": 312.5},
             {"index": 1, "memory_total": 80e9, "memory_used": 1e9, "utilization_pct": None, "power_w": None}]
     view = [{"kind": "ollama", "url": "http://gpu-host:11434", "ok": True, "gpus": gpus, "loaded_models": [],
@@ -132,8 +132,8 @@ def test_openmetrics_when_asked_and_errors_are_json(running_service):
 
 
 def test_metrics_need_a_key_where_keys_are_required(running_service):
-    from tenancy import ApiKey, key_hash, new_key
-    from jobs import Priority
+    from jobs.model import Priority
+    from tenancy.keys import ApiKey, key_hash, new_key
     service, client = running_service(AUTH_REQUIRED=True)
     r = client.get("/metrics")
     assert r.status_code == 401 and "error" in r.get_json()

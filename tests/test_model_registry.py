@@ -3,9 +3,9 @@ architectures, measurements kept across restarts under the settings they were ma
 out-of-memory learning that converges."""
 import pytest
 
-from model_memory import ModelArch, arch_from_model_info, grown_need, kv_cache_bytes
 from model_registry import DESIGN_CATALOG, ModelRegistry, canonical_name
-from model_settings import ModelSettings
+from scheduling.model_memory import ModelArch, arch_from_model_info, grown_need, kv_cache_bytes
+from scheduling.model_settings import ModelSettings
 
 GB = 10**9
 MIB = 1024 ** 2

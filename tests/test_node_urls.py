@@ -13,15 +13,15 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from conftest import ROOT, make_config, wait_until
 from config import Config
-from log_setup import get_logger, setup_logging
-from node_urls import node_label, validate_node_url
-from runtime_backends import ollama_answers
-from runtime_client import OllamaClient, RuntimeRedirected
-from runtime_launcher import ManagedRuntime
-from scheduler_view import NODES_KEY
-from tenancy import ApiKey, key_hash, new_key
+from conftest import ROOT, make_config, wait_until
+from runtime.backends import ollama_answers
+from runtime.client import OllamaClient, RuntimeRedirected
+from runtime.launcher import ManagedRuntime
+from runtime.node_urls import node_label, validate_node_url
+from scheduling.view import NODES_KEY
+from telemetry.logs import get_logger, setup_logging
+from tenancy.keys import ApiKey, key_hash, new_key
 
 FORGED = "[12:00:00.000] [SYSTEM] admin key created for mallory"
 BAD_URLS = {
@@ -290,7 +290,7 @@ def test_health_without_keys_required_shows_no_url_either(running_service):
 
 
 def test_credentials_in_a_view_are_never_shown():
-    from infra_view import shown_view
+    from routes.infra_view import shown_view
     view = {"owner": "gpu-host:42:1:abc", "epoch": 3,
             "runtime": {"kind": "ollama", "url": "http://ops:hunter2@gpu1:11434", "ok": False,
                         "error": "cannot reach http://ops:hunter2@gpu1:11434/api/ps"},

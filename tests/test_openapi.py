@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 from schemathesis.engine import events, from_schema
 from waitress.server import create_server
 
-from api_common import encode_cursor
-from api_openapi import build_spec
 from conftest import make_config
-from tenancy import ApiKey, key_hash, new_key
+from routes.common import encode_cursor
+from routes.openapi import build_spec
+from tenancy.keys import ApiKey, key_hash, new_key
 
 SPEC = "/api/openapi.json"
 MIN_REQUESTS = 500
@@ -51,7 +51,7 @@ def served_operations(app) -> set[tuple[str, str]]:
 @pytest.fixture
 def app(tmp_path):
     from api import create_app
-    from service import Service
+    from service.facade import Service
     config = make_config(tmp_path)
     return create_app(config, Service(config))
 
@@ -78,7 +78,7 @@ def test_every_operation_documents_its_errors_and_the_key_it_needs(app):
 
 def test_the_document_follows_the_configuration(tmp_path):
     from api import create_app
-    from service import Service
+    from service.facade import Service
     open_config = make_config(tmp_path / "a", MAX_JOB_TIMEOUT_S=90.0)
     keyed_config = make_config(tmp_path / "b", AUTH_REQUIRED=True, NUM_CTX=2048, MODEL_NUM_CTX="big:1b=8192")
     open_spec = create_app(open_config, Service(open_config)).test_client().get(SPEC).get_json()

@@ -2,7 +2,7 @@
 import pytest
 
 from conftest import sample_job
-from jobs import Priority
+from jobs.model import Priority
 from queue_manager import QueueManager, WaitingIndex
 
 

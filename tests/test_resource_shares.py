@@ -1,7 +1,7 @@
 """Dividing a shared counter among the jobs that overlap in time."""
 import pytest
 
-from resource_shares import SharedCounter
+from metering.shares import SharedCounter
 
 
 def test_one_job_alone_gets_the_whole_counter():

@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 
-from model_memory import ModelArch
+from scheduling.model_memory import ModelArch
 from simulator.des import Job, NodeSpec, SimModel, make_trace, run
 from simulator.policies import ManagerPolicy, OllamaPolicy
 from vram_scheduler import plan

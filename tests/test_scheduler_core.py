@@ -7,16 +7,16 @@ from collections import Counter
 import pytest
 
 from conftest import make_config, sample_job
-from counters import Counters
-from jobs import JobStatus, Priority
+from jobs.model import JobStatus, Priority
 from model_registry import ModelArch, ModelRegistry, ModelSpec
-from model_settings import ModelSettings
 from queue_manager import QueueManager
 from resource_monitor import LoadedModelInfo, ResourceState
-from scheduler_core import SchedulerCore
-from scheduler_events import JobFinished, LoadFinished, UnloadFinished
-from scheduling_policy import FailureKind, PolicyLimits, after_job_failure
+from scheduling.core import SchedulerCore
+from scheduling.events import JobFinished, LoadFinished, UnloadFinished
+from scheduling.model_settings import ModelSettings
+from scheduling.policy import FailureKind, PolicyLimits, after_job_failure
 from store.sqlite import SqliteStore
+from telemetry.counters import Counters
 
 GB = 10 ** 9
 ARCH = ModelArch(16, 16, 4, 1024, 8192)        # 64 KiB of KV cache per token

@@ -1,11 +1,24 @@
 """The policy for failures, table by table: pure functions, no threads, no sleeps."""
 import pytest
 
-from model_settings import ModelSettings, reload_option_error
-from runtime_client import (ModelNotFound, RuntimeBusy, RuntimeFailure, RuntimeOutOfMemory, RuntimeRefused,
-                            failure_from_answer)
-from scheduling_policy import (FailureKind, LoadHealth, PolicyLimits, after_job_failure, after_load_failure,
-                               backing_off, reading_is_stale)
+from runtime.client import (
+    ModelNotFound,
+    RuntimeBusy,
+    RuntimeFailure,
+    RuntimeOutOfMemory,
+    RuntimeRefused,
+    failure_from_answer,
+)
+from scheduling.model_settings import ModelSettings, reload_option_error
+from scheduling.policy import (
+    FailureKind,
+    LoadHealth,
+    PolicyLimits,
+    after_job_failure,
+    after_load_failure,
+    backing_off,
+    reading_is_stale,
+)
 
 LIMITS = PolicyLimits(max_load_failures=3, load_retry_delay_s=2.0, max_job_retries=3)
 OOM, NOT_FOUND, DOWN, OTHER, BUSY = (FailureKind.OUT_OF_MEMORY, FailureKind.NOT_FOUND, FailureKind.UNAVAILABLE,

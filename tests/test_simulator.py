@@ -8,10 +8,10 @@ import pytest
 import requests
 
 from conftest import wait_until
-from model_memory import kv_cache_bytes
 from model_registry import DESIGN_CATALOG
-from runtime_client import ModelNotFound, OllamaClient, RuntimeOutOfMemory
-from runtime_launcher import ManagedRuntime, make_http_server
+from runtime.client import ModelNotFound, OllamaClient, RuntimeOutOfMemory
+from runtime.launcher import ManagedRuntime, make_http_server
+from scheduling.model_memory import kv_cache_bytes
 from simulator.__main__ import main as simulator_main
 from simulator.physics import EnergyMeter, SharedThroughput, SimOutOfMemory, VirtualGpu
 from simulator.server import Simulator, create_sim_app

@@ -4,7 +4,7 @@ import threading
 import pytest
 
 from conftest import sample_job
-from jobs import Priority
+from jobs.model import Priority
 from store import Fenced, Idempotency, IdempotencyConflict, IdempotentReplay, QueueFull
 from store.base import SCHEDULER_LEASE
 

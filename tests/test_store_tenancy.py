@@ -7,7 +7,7 @@ import pytest
 
 from conftest import sample_job
 from store import QueueFull, TenantQueueFull
-from tenancy import ApiKey, key_hash, new_key
+from tenancy.keys import ApiKey, key_hash, new_key
 
 
 def test_keys_are_found_by_hash_listed_and_revoked(store):

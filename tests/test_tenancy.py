@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-import keys_cli
 from api import create_app
 from conftest import make_config
-from service import Service
+from service.facade import Service
+from tenancy import keys_cli
 
 
 def make_key(service, tenant, **limits) -> str:

@@ -1,0 +1,1 @@
+"""The live dashboard at `/`: the page (index.html, static/) and the data it polls (data.py)."""

@@ -1,0 +1,56 @@
+"""Event counts for /api/stats (loads, unloads, errors by kind, job outcomes), the scheduler's
+recent activity for the dashboard, and an optional observer that sees every event as it happens
+(process_metrics.ProcessMetrics, behind /metrics). Thread-safe."""
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from telemetry.activity import ActivityLog
+
+_ACTIVITY_COUNT = {"load": "loads", "unload": "unloads", "evict": "evictions"}
+
+
+class CountObserver(Protocol):
+    def counted(self, name: str, n: int) -> None: ...
+
+    def activity(self, kind: str, model: str, node: str) -> None: ...
+
+    def job_finished(self, status: str, job: Mapping[str, Any] | None, metrics: Mapping[str, Any] | None,
+                     n: int) -> None: ...
+
+
+class Counters:
+    def __init__(self, observer: CountObserver | None = None) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+        self.observer = observer
+        self.activity = ActivityLog()
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += n
+        if self.observer is not None:
+            self.observer.counted(name, n)
+
+    def record(self, kind: str, model: str, node: str, at: float) -> None:
+        """A load, unload or eviction ("load", "unload", "evict") of `model` on `node`: counted
+        as loads, unloads, evictions, and kept in the recent activity."""
+        self.activity.record(kind, model, node, at)
+        with self._lock:
+            self._counts[_ACTIVITY_COUNT[kind]] += 1
+        if self.observer is not None:
+            self.observer.activity(kind, model, node)
+
+    def job_finished(self, status: str, job: Mapping[str, Any] | None = None,
+                     metrics: Mapping[str, Any] | None = None, n: int = 1) -> None:
+        """`n` jobs reached a final status (complete, failed, cancelled) in this process; `job`
+        and its `metrics` when known (a run the engine finished)."""
+        if self.observer is not None and n > 0:
+            self.observer.job_finished(status, job, metrics, n)
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
