@@ -21,6 +21,8 @@ WORKDIR /app
 COPY requirements.txt .
 RUN pip install -r requirements.txt
 COPY . .
+# the project itself (its dependencies are the pinned ones above): the model-manager command
+RUN pip install --no-deps .
 RUN useradd --system --home-dir /app --shell /usr/sbin/nologin model-manager \
     && mkdir -p /data && chown model-manager /data
 USER model-manager

@@ -10,12 +10,13 @@ TEST_MODELS    := smollm2:135m gemma3:270m qwen2.5-coder:0.5b
 MODELS ?= $(DEFAULT_MODELS)
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run run-sim test models bench deps clean browser
+.PHONY: run run-sim test lint models bench deps clean browser
 
-$(DEPS): requirements.txt requirements-dev.txt
+$(DEPS): requirements.txt requirements-experiment.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .    # the project itself, editable
 	touch $@
 
 deps: $(DEPS)
@@ -41,8 +42,14 @@ browser:
 		|| echo "chromium could not be installed: the dashboard's browser test will not run"; \
 	else echo "no $(CHROMIUM) and no apt-get to install it: the dashboard's browser test will not run"; fi
 
+# The gates: ruff (pyflakes, pycodestyle, bugbear, import order, pyupgrade) and mypy, both
+# configured in pyproject.toml; `make test` runs them before pytest.
+lint: $(DEPS)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
 # pytest exits 5 when it collects no tests: not a failure of the suite.
-test: $(DEPS) browser
+test: lint browser
 	$(BIN)/python -m embedded_runtime.catalog install --cache-dir .cache/models $(TEST_MODELS)
 	$(BIN)/python -m pytest; status=$$?; if [ $$status -eq 5 ]; then exit 0; else exit $$status; fi
 
@@ -51,4 +58,4 @@ bench: $(DEPS)
 	for b in bench/*.py; do case $$b in */common.py|*/__init__.py) ;; *) $(BIN)/python $$b || exit 1;; esac; done
 
 clean:
-	rm -rf $(VENV) data .cache .pytest_cache .hypothesis
+	rm -rf $(VENV) data .cache .pytest_cache .hypothesis .mypy_cache .ruff_cache *.egg-info build

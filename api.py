@@ -19,11 +19,11 @@ from flask import Flask, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from config import Config
+from config import MAX_WAIT_S, Config
 from front_door.openai_shapes import error_body
 from routes import auth, http_errors
 from routes.admin import admin_bp
-from routes.common import MAX_WAIT_S, ApiError
+from routes.common import ApiError
 from routes.dashboard import dashboard_bp
 from routes.experiments import experiments_bp
 from routes.jobs import jobs_bp

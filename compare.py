@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import requests
 from tqdm import tqdm
@@ -121,7 +122,8 @@ def run_experiment(args: argparse.Namespace, url: str, tasks: list[dict], sandbo
     client = ServiceClient(url, args.api_key, {"temperature": 0, "num_predict": args.max_tokens}, args.timeout_s)
     client.put_tasks(tasks)
     runner = Runner(client, lambda task, answer: check_answer(task, answer, sandbox), args.experiment)
-    attempts, results = [], []
+    attempts: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
     for strategy in args.strategy_list:
         bar = tqdm(tasks, desc=f"{strategy:>8}", unit="task")
         for task in bar:

@@ -5,7 +5,8 @@ python-dotenv as used by pydantic-settings); `Config(FIELD=value)` overrides in 
 The object is built once by `main.py` (or the WSGI entry point) and passed to each component;
 nothing else reads the environment.
 
-`python config.py --markdown` prints the table of settings that the README carries.
+`python config.py --markdown` (or `model-manager settings`) prints the table of settings that
+docs/configuration.md carries (a test holds the two equal).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from runtime.node_urls import validate_node_url
 
 MIB = 1024 * 1024
+MAX_WAIT_S = 300.0          # the longest `?wait=` a long poll may ask for (an API limit, not a setting)
 
 PerModel = Annotated[dict[str, int], NoDecode]
 
@@ -55,6 +57,11 @@ class Config(BaseSettings):
     HTTP_THREADS: int = Field(
         64, ge=8, description="Request threads per process (`python main.py`, and each gunicorn worker unless "
         "GUNICORN_THREADS says otherwise); a long poll or an Ollama/OpenAI request holds one while it waits.")
+    GUNICORN_WORKERS: int = Field(
+        4, ge=1, description="API worker processes under gunicorn (`gunicorn -c gunicorn.conf.py wsgi:app`); they "
+        "elect one scheduler among themselves.")
+    GUNICORN_THREADS: int | None = Field(
+        None, ge=8, description="Request threads per gunicorn worker (default HTTP_THREADS); must be above MAX_WAITERS.")
     MAX_PROMPT_BYTES: int = Field(
         4 * MIB, gt=0, description="Largest request body accepted, chunked or not; larger gets 413 before it is read.")
     MAX_WAITERS: int = Field(
@@ -345,7 +352,7 @@ def is_loopback(host: str) -> bool:
 
 
 def settings_markdown() -> str:
-    """The README's configuration table, generated so that it cannot drift from the code."""
+    """docs/configuration.md's table, generated so that it cannot drift from the code."""
     lines = ["| Variable | Default | Meaning |", "|---|---|---|"]
     for name, field in Config.model_fields.items():
         default = field.get_default(call_default_factory=True)

@@ -1,6 +1,6 @@
 """Carrying out the scheduler's decisions against a runtime, and recording what each job did.
 
-The engine is the real `Effects` (scheduler_events): loads and unloads run on a few threads, jobs
+The engine is the real `Effects` (scheduling/events.py): loads and unloads run on a few threads, jobs
 on a pool of MAX_RUNNING_JOBS threads, and each reports its outcome back to the scheduler as an
 event. It decides nothing: what to load, unload and run comes from the scheduler, and what a
 failure means from `scheduling_policy`.
@@ -31,7 +31,7 @@ from scheduling.model_settings import ModelSettings
 from scheduling.policy import FailureKind, JobVerdict, PolicyLimits, after_job_failure
 from service.answers import PieceWriter, StreamHub
 from service.result_cache import cached_answer
-from store.base import JobStore
+from store.retrying import StoreLike
 from telemetry.counters import Counters
 from telemetry.logs import get_logger
 
@@ -85,7 +85,7 @@ class DeadlineWatch:
 
 
 class ExecutionEngine:
-    def __init__(self, client: OllamaClient, store: JobStore, config: Config, settings: ModelSettings,
+    def __init__(self, client: OllamaClient, store: StoreLike, config: Config, settings: ModelSettings,
                  counters: Counters, node: str, post: Callable[[Event], None],
                  meter: JobMeter | None = None,
                  on_job_done: Callable[[str], None] = lambda job_id: None,
@@ -93,9 +93,11 @@ class ExecutionEngine:
         # Results are recorded with more patience than other writes: losing one would mean
         # running its job again, which may serve its prompt twice. Streamed pieces in relay are
         # not waited for at all (the result carries the whole answer anyway).
-        patient = hasattr(store, "with_patience")
-        self.result_store = store.with_patience(config.RESULT_RETRY_S) if patient else store
-        self.relay_store = store.with_patience(0.0) if patient else store
+        self.result_store: StoreLike = store
+        self.relay_store: StoreLike = store
+        if hasattr(store, "with_patience"):
+            self.result_store = store.with_patience(config.RESULT_RETRY_S)
+            self.relay_store = store.with_patience(0.0)
         self.answers = answers
         self.client = client
         self.store = store
@@ -134,6 +136,13 @@ class ExecutionEngine:
             handle = self._handles.get(job_id)
         if handle is not None:
             handle.stop("cancelled")
+
+    def requeue(self, job_id: str, run_id: str) -> None:
+        self.store.requeue(job_id, run_id, {})
+
+    def cancelled_among(self, job_ids: list[str]) -> list[str]:
+        statuses = self.store.statuses(job_ids)
+        return [job_id for job_id, status in statuses.items() if status == JobStatus.CANCELLED]
 
     def interrupt_all(self, reason: str = "shutdown") -> None:
         """Stop every request; their jobs go back to the queue. `shutdown`: the scheduler stops
@@ -202,8 +211,9 @@ class ExecutionEngine:
             if job.get("images"):
                 body["images"] = job["images"]
         for key in _PASSED_THROUGH[kind]:
-            if job.get(key) is not None:
-                body[key] = job[key]
+            value = job.get(key)
+            if value is not None:
+                body[key] = value
         return body
 
     def _run_job(self, job: JobDoc, run: RunContext, handle: RequestHandle) -> None:
@@ -227,10 +237,13 @@ class ExecutionEngine:
         kind = JobKind(job["kind"])
         first_token: list[float] = []
         sample = None
+        failure: RuntimeFailure | None
         status, final, failure = JobStatus.COMPLETE, None, None
         writer = None
         if job.get("stream") and self.answers is not None:
-            writer = PieceWriter(self.answers, self.relay_store, job["job_id"], job["run_id"],
+            run_id = job["run_id"]
+            assert run_id is not None           # a claimed job: its claim made its run
+            writer = PieceWriter(self.answers, self.relay_store, job["job_id"], run_id,
                                  relay=job["stream"] == "relay", clock=self.clock)
         try:
             sample = self.meter.start(job["model"]) if self.meter else None
@@ -271,6 +284,7 @@ class ExecutionEngine:
                 failure: RuntimeFailure | None, verdict: JobVerdict | None, finished: float,
                 first_token: list[float], usage: dict[str, Any]) -> None:
         job_id, run_id = job["job_id"], job["run_id"]
+        assert run_id is not None               # a claimed job: its claim made its run
         store = self.result_store
         if status is JobStatus.PENDING:           # interrupted by a shutdown: run again by whoever leads next
             if store.requeue(job_id, run_id, {"interrupted": True}):
@@ -289,7 +303,7 @@ class ExecutionEngine:
         if failure is not None:
             status = JobStatus.FAILED
             if failure.failure is not FailureKind.OUT_OF_MEMORY:   # the scheduler counts those
-                self.counters.add(f"errors.{failure.kind.value}")
+                self.counters.error(failure.kind)
             fields.update(error=str(failure), error_kind=failure.kind.value)
             if verdict is not None:
                 fields["oom_retries"] = verdict.retries
@@ -312,8 +326,10 @@ class ExecutionEngine:
 
     def _remember(self, job: JobDoc, fields: dict[str, Any], finished: float) -> None:
         """Put a finished answer in the result cache (a cache that fails costs only a miss)."""
+        cache_key = job["cache_key"]
+        assert cache_key is not None            # only jobs with a cache key are remembered
         try:
-            self.relay_store.cache_put(job["cache_key"], cached_answer(job, fields), finished + self.config.RESULT_CACHE_TTL_S)
+            self.relay_store.cache_put(cache_key, cached_answer(job, fields), finished + self.config.RESULT_CACHE_TTL_S)
         except Exception as exc:
             log.warning("job %s: its answer could not be cached (%s)", job["job_id"], exc)
 

@@ -4,7 +4,6 @@ Workers (GUNICORN_WORKERS, default 4) share the job store (SQLite in DATA_DIR, o
 one of them wins the scheduler lease and also runs the scheduler, the runtime it starts (the
 embedded runtime or simulator, when used) and the engine; if it dies another takes over.
 """
-import os
 import sys
 
 from config import Config
@@ -15,12 +14,12 @@ _config = Config()
 if _config.exposure_error():
     sys.exit(_config.exposure_error())
 bind = f"{_config.HTTP_HOST}:{_config.HTTP_PORT}"
-workers = int(os.environ.get("GUNICORN_WORKERS", "4"))
+workers = _config.GUNICORN_WORKERS
 # gthread, answering its own errors (a request line or headers too large) in the API's JSON
 worker_class = http_errors.gunicorn_worker_class()
 # Each waiting request (a long poll, an Ollama or OpenAI request) holds a thread: MAX_WAITERS
 # of them at most, below this.
-threads = int(os.environ.get("GUNICORN_THREADS", str(_config.HTTP_THREADS)))
+threads = _config.GUNICORN_THREADS or _config.HTTP_THREADS
 if threads <= _config.MAX_WAITERS:
     sys.exit(f"GUNICORN_THREADS={threads} must be above MAX_WAITERS={_config.MAX_WAITERS}, or waiting requests "
              "could take every thread and /api/health would stop answering")

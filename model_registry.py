@@ -19,7 +19,7 @@ from typing import Any
 
 from scheduling.model_memory import ModelArch, arch_from_model_info, estimated_need, grown_need, kv_cache_bytes
 from scheduling.model_settings import ModelSettings, canonical_name
-from store.base import JobStore
+from store.retrying import StoreLike
 from telemetry.logs import get_logger
 
 log = get_logger("REGISTRY")
@@ -94,7 +94,7 @@ class ModelEntry:
 class ModelRegistry:
     """Known models and their memory needs. Thread-safe."""
 
-    def __init__(self, multiplier: float, store: JobStore | None = None,
+    def __init__(self, multiplier: float, store: StoreLike | None = None,
                  catalog: Iterable[ModelSpec] = DESIGN_CATALOG, settings: ModelSettings | None = None):
         self.multiplier = multiplier
         self.settings = settings or ModelSettings()
@@ -139,11 +139,6 @@ class ModelRegistry:
             entry = self._models.get(name)
             embedding = entry is not None and entry.spec.embedding_only
         return self.settings.slots_for(name, embedding)
-
-    def knows_arch(self, name: str) -> bool:
-        with self._lock:
-            entry = self._models.get(name)
-            return entry is not None and entry.spec.arch is not None
 
     def _signature(self, entry: ModelEntry) -> str:
         return self.settings.signature(entry.spec.name, entry.spec.embedding_only)

@@ -25,7 +25,8 @@ from typing import Any
 
 from jobs.model import JobDoc, JobStatus, Priority
 from scheduling.warm_pool import RecentArrivals
-from store.base import Fenced, Idempotency, JobStore
+from store.base import Fenced, Idempotency
+from store.retrying import StoreLike
 from telemetry.logs import get_logger
 from vram_scheduler import Demand
 
@@ -141,7 +142,7 @@ class WaitingIndex:
 
     def drop_model(self, model: str) -> list[str]:
         lines = self._lines.pop(model, {})
-        ids = []
+        ids: list[str] = []
         for rank, line in lines.items():
             self._waiting[rank] -= len(line)
             ids.extend(job_id for _, job_id in line)
@@ -157,8 +158,8 @@ class WaitingIndex:
 class QueueManager:
     """Accepts jobs into the store and, in the scheduler's process, orders them."""
 
-    def __init__(self, store: JobStore, max_waiting: int, aging_s: float,
-                 on_submit: Callable[[], None] | None = None, submit_store: JobStore | None = None,
+    def __init__(self, store: StoreLike, max_waiting: int, aging_s: float,
+                 on_submit: Callable[[], None] | None = None, submit_store: StoreLike | None = None,
                  preload_window_s: float = 0.0):
         self.store = store
         self.submit_store = submit_store or store      # submissions may be less patient than the scheduler

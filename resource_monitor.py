@@ -7,64 +7,29 @@ has loaded (`/api/ps`), and the host's CPU and RAM (psutil).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import psutil
 
 from runtime.client import OllamaClient, RuntimeFailure
-from runtime.gpu_probe import GpuReading, GpuSource
+from runtime.gpu_probe import GpuSource
+from runtime.readings import GpuReading, HostReading, LoadedModelInfo, ResourceState
 from telemetry.logs import get_logger
 
 log = get_logger("MONITOR")
-
-
-@dataclass(frozen=True)
-class LoadedModelInfo:
-    """One entry of the runtime's `/api/ps`."""
-    name: str
-    size: int
-    size_vram: int
-    expires_at: str | None
-    footprint: int               # bytes it takes from the memory the scheduler plans with
-    pid: int | None = None       # the runner process, where the runtime says (the embedded one does)
-    context_length: int = 0      # the context it was loaded with (0: the runtime does not say)
-
-
-@dataclass(frozen=True)
-class HostReading:
-    cpu_percent: float
-    ram_total: int
-    ram_available: int
-
-
-@dataclass(frozen=True)
-class ResourceState:
-    taken_at: float
-    memory_source: str
-    memory_total: int            # bytes the scheduler may plan with, before the safety margin
-    memory_used: int             # bytes in use on that memory, by anyone
-    gpus: tuple[GpuReading, ...] = ()
-    loaded: tuple[LoadedModelInfo, ...] = ()
-    runtime_ok: bool = True
-    runtime_error: str | None = None
-    host: HostReading | None = None
-
-    @property
-    def memory_free(self) -> int:
-        return max(self.memory_total - self.memory_used, 0)
-
-    @property
-    def used_by_others(self) -> int:
-        """Memory in use that is not the runtime's loaded models (desktop, other programs)."""
-        return max(self.memory_used - sum(m.footprint for m in self.loaded), 0)
 
 
 class MemorySource(Protocol):
     """Where the planning total and current use come from."""
     name: str
     counts_vram: bool            # a model's footprint is its size_vram (GPU) or its size (RAM)
-    energy_source: object        # something with energy_total_j() (NVML, the simulator), or None
+
+    @property
+    def energy_source(self) -> object:
+        """Something with energy_total_j() (NVML, the simulator), or None."""
+        ...
 
     def read(self, loaded_bytes: int) -> tuple[int, int, tuple[GpuReading, ...]]:
         """(total, used, per-GPU readings); `loaded_bytes` is what the loaded models take."""
@@ -153,7 +118,7 @@ def parse_ps(entries: list[dict], counts_vram: bool) -> tuple[LoadedModelInfo, .
 class ResourceMonitor:
     client: OllamaClient
     memory: MemorySource
-    clock: callable = time.time
+    clock: Callable[[], float] = time.time
     _last_error: str | None = field(default=None, init=False)
 
     def sample(self) -> ResourceState:

@@ -26,6 +26,8 @@ from typing import Any
 import requests
 from tqdm import tqdm
 
+from telemetry.percentiles import percentile
+
 BATCH = (
     {"prompt": "Why is the sky blue? Answer in one sentence.", "priority": "high"},
     {"prompt": "Write a haiku about GPUs.", "priority": "normal"},
@@ -70,15 +72,6 @@ class Client:
 
     def post(self, path: str, body: dict[str, Any], **kw: Any) -> requests.Response:
         return self.session.post(self.url + path, json=body, timeout=kw.pop("timeout", 60), **kw)
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def runnable_models(client: Client) -> list[dict[str, Any]]:

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ROOT, emit_json, free_port, machine, table  # noqa: E402
 
 SUBMIT = json.dumps({"model": "qwen2.5:0.5b", "prompt": "Why is the sky blue?", "priority": "normal"})
@@ -61,13 +60,20 @@ def run_wrk(url: str, method: str, seconds: float, clients: int) -> tuple[float,
         script.write_text("")
     out = subprocess.run(["wrk", "-t2", f"-c{clients}", f"-d{int(seconds)}s", "-s", str(script), url],
                          capture_output=True, text=True, check=True).stdout
-    total = int(re.search(r"(\d+) requests in", out).group(1))
+    total = int(_first(r"(\d+) requests in", out))
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     ok = total - (int(bad.group(1)) if bad else 0)
-    elapsed = float(re.search(r"requests in ([\d.]+)(m?s)", out).group(1))
-    unit = re.search(r"requests in [\d.]+(m?s)", out).group(1)
+    elapsed = float(_first(r"requests in ([\d.]+)(m?s)", out))
+    unit = _first(r"requests in [\d.]+(m?s)", out)
     elapsed = elapsed / 1000 if unit == "ms" else elapsed
     return ok / elapsed, total - ok
+
+
+def _first(pattern: str, text: str) -> str:
+    """The first group of `pattern` in wrk's summary (which always has it)."""
+    found = re.search(pattern, text)
+    assert found is not None, f"wrk printed no {pattern!r}"
+    return found.group(1)
 
 
 async def _client(host: str, port: int, request: bytes, stop_at: float, counts: list[int]) -> None:
@@ -78,7 +84,9 @@ async def _client(host: str, port: int, request: bytes, stop_at: float, counts: 
             await writer.drain()
             head = await reader.readuntil(b"\r\n\r\n")
             status = int(head.split(b" ", 2)[1])
-            length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+            found = re.search(rb"(?i)content-length: *(\d+)", head)
+            assert found is not None, "an answer without Content-Length"     # the service always sends it
+            length = int(found.group(1))
             await reader.readexactly(length)
             counts[0 if 200 <= status < 300 else 1] += 1
             if re.search(rb"(?i)connection: *close", head):

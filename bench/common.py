@@ -14,9 +14,9 @@ from typing import Any
 
 import requests
 
+from telemetry.percentiles import percentile as quantile
+
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 def free_port() -> int:
@@ -63,13 +63,9 @@ class Service:
 
 
 def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = (len(ordered) - 1) * q
-    lo = int(k)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+    """telemetry.percentiles.percentile, NaN where there are no values (benchmark tables print it)."""
+    value = quantile(values, q)
+    return float("nan") if value is None else value
 
 
 def median(values: list[float]) -> float:

@@ -15,10 +15,10 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ROOT, Service, emit_json, machine, table  # noqa: E402
 from embedded_runtime import binding  # noqa: E402
 from embedded_runtime.catalog import CATALOG, ModelFiles, is_installed  # noqa: E402
@@ -29,7 +29,7 @@ NUM_CTX = 2048
 
 
 def through_manager(url: str, model: str, tokens: int) -> tuple[int, float]:
-    body = {"model": model, "kind": "chat", "messages": [{"role": "user", "content": PROMPT}],
+    body: dict[str, Any] = {"model": model, "kind": "chat", "messages": [{"role": "user", "content": PROMPT}],
             "options": {"num_predict": tokens, "temperature": 0, "seed": 1}}
     started = time.perf_counter()
     r = requests.post(url + "/api/submit", params={"wait": 300}, json=body, timeout=330)

@@ -21,11 +21,9 @@ import argparse
 import sys
 import threading
 import time
-from pathlib import Path
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ROOT, Service, emit_json, machine, percentile, table  # noqa: E402
 from embedded_runtime.catalog import CATALOG, is_installed  # noqa: E402
 

@@ -17,8 +17,7 @@ import json
 import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from typing import Any
 
 from experiment.checking import check_answer, check_completion  # noqa: E402
 from experiment.sandbox import ProcessSandbox  # noqa: E402
@@ -68,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     sandbox = ProcessSandbox()
-    result = {"agreement": agreement(args.first, sandbox), "rejudged": [rejudge(f, sandbox) for f in args.rejudge]}
+    result: dict[str, Any] = {"agreement": agreement(args.first, sandbox),
+                              "rejudged": [rejudge(f, sandbox) for f in args.rejudge]}
     if args.json:
         print(json.dumps(result, indent=2))
     else:

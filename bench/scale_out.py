@@ -33,11 +33,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import emit_json, machine, percentile, table  # noqa: E402
 from bench.scheduler_pass import waiting_jobs  # noqa: E402
 from bench.scheduling_quality import PHYSICS, PRESSURE_CATALOG, SLOTS  # noqa: E402
@@ -74,7 +72,7 @@ def figures(r: RunResult, p: ManagerPolicy) -> dict:
 
 
 def scaling(jobs_per_node: int, rate_per_node: float, seed: int) -> list[dict]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for n in NODE_COUNTS:
         p = ManagerPolicy(slots_per_model=SLOTS)
         f = {"nodes": n, **figures(one_run(p, n, jobs_per_node, rate_per_node, seed), p)}
@@ -86,7 +84,7 @@ def scaling(jobs_per_node: int, rate_per_node: float, seed: int) -> list[dict]:
 
 def print_ratios(title: str, by_seed: dict[int, list[dict]]) -> None:
     print(title)
-    rows = [[seed] + [f"{r['per_node_vs_one']} / {r['high_p95_wait_s']} / {r['all_p95_wait_s']}" for r in rows[1:]]
+    rows: list[list[Any]] = [[seed] + [f"{r['per_node_vs_one']} / {r['high_p95_wait_s']} / {r['all_p95_wait_s']}" for r in rows[1:]]
             for seed, rows in by_seed.items()]
     rows.append(["mean"] + [f"{statistics.mean(rows[i]['per_node_vs_one'] for rows in by_seed.values()):.3f}"
                             for i in range(1, len(NODE_COUNTS))])
@@ -112,7 +110,8 @@ def cluster_world(nodes: int, n_models: int, pending: int, seed: int = 1):
     budget = NODE_BYTES - 2 ** 30
     states = []
     for i in range(nodes):
-        resident, used = [], 0
+        resident: list[ResidentModel] = []
+        used = 0
         for name in rng.sample(names[:16], 16):
             if used + sizes[name] > budget:
                 continue
@@ -173,7 +172,7 @@ def pinnable() -> str:
 
 def warm_pools(jobs_per_node: int, seed: int) -> list[dict]:
     top, safe = PRESSURE_CATALOG[0].name, pinnable()
-    variants = [("baseline", {}), (f"pinned {top}", {"pinned": frozenset({top})})]
+    variants: list[tuple[str, dict[str, Any]]] = [("baseline", {}), (f"pinned {top}", {"pinned": frozenset({top})})]
     if safe != top:
         variants.append((f"pinned {safe}", {"pinned": frozenset({safe})}))
     variants += [("preload 120 s, 2", PRELOAD), (f"pinned {safe} + preload", {"pinned": frozenset({safe}), **PRELOAD})]

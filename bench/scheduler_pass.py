@@ -14,11 +14,8 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import emit_json, machine, table  # noqa: E402
 from queue_manager import WaitingIndex  # noqa: E402
 from vram_scheduler import Limits, Phase, ResidentModel, Snapshot, plan  # noqa: E402

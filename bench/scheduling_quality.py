@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
-from pathlib import Path
+from typing import Any, TypedDict
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import emit_json, machine, percentile, table  # noqa: E402
 from model_registry import DESIGN_CATALOG  # noqa: E402
 from scheduling.model_memory import ModelArch  # noqa: E402
@@ -54,7 +52,17 @@ REGIMES = {
 }
 SLOTS = 4            # per model, for Model Manager and tuned Ollama alike (OLLAMA_NUM_PARALLEL=4)
 NUM_CTX = 2048       # tokens of KV cache per slot, paid by both
-PHYSICS = dict(load_bytes_per_s=2 * GB, tokens_per_s=400.0, batch_gain=0.25, num_ctx=NUM_CTX)   # the simulator's defaults
+
+
+class Physics(TypedDict):
+    """The arguments of `simulator.des.run` that describe a node's physics."""
+    load_bytes_per_s: float
+    tokens_per_s: float
+    batch_gain: float
+    num_ctx: int
+
+
+PHYSICS = Physics(load_bytes_per_s=2 * GB, tokens_per_s=400.0, batch_gain=0.25, num_ctx=NUM_CTX)   # the simulator's defaults
 
 
 def policies():
@@ -108,7 +116,7 @@ def sweep(jobs: int) -> None:
     models, gpu_bytes, rate = REGIMES["pressure-24gb"]
     rows = []
     for residency in SWEEP_RESIDENCY:
-        row = [residency]
+        row: list[int | str] = [residency]
         for seed in SWEEP_SEEDS:
             trace = make_trace(models, jobs, rate, seed=seed)
             tuned = OllamaPolicy("ollama-tuned", max_loaded=0, num_parallel=SLOTS)
@@ -135,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     regimes: dict[str, dict] = {}
     for name, (models, gpu_bytes, rate) in REGIMES.items():
         trace = make_trace(models, args.jobs, rate, seed=args.seed)
-        results = {p.name: figures(run(p, trace, models, gpu_bytes, **PHYSICS), p) for p in policies()}
+        results: dict[str, Any] = {p.name: figures(run(p, trace, models, gpu_bytes, **PHYSICS), p) for p in policies()}
         lower_bound = makespan_lower_bound(trace, len(models))
         for r in results.values():
             r["makespan_vs_lower_bound"] = round(r["makespan_s"] / lower_bound, 3)

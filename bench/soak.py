@@ -36,7 +36,6 @@ from pathlib import Path
 import psutil
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ROOT, emit_json, free_port, machine, percentile, table  # noqa: E402
 from runtime.launcher import ManagedRuntime  # noqa: E402
 
@@ -168,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     sim = ManagedRuntime("sim", "simulator", ["--num-parallel", "4", "--tokens-per-s", "3000", "--load-gbps", "20",
                                               "--vram-gb", "8", "--max-queue", "512"], work / "sim.log")
     sim_url = sim.start()
+    assert sim.process is not None          # start() started it
+    sim_pid = sim.process.pid
     port = free_port()
     env = {**os.environ, "HTTP_PORT": str(port), "DATA_DIR": str(work / "data"), "LOG_FILE": str(work / "mm.log"),
            "LOG_LEVEL": "WARNING", "BACKEND": "ollama", "OLLAMA_URL": sim_url, "OLLAMA_NUM_PARALLEL": "4",
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         while time.monotonic() < end:
             now = time.monotonic()
             if now >= next_sample:
-                for name, proc in _processes(gunicorn.pid, sim.process.pid).items():
+                for name, proc in _processes(gunicorn.pid, sim_pid).items():
                     try:
                         memory[name].append((now - started, proc.memory_info().rss / 1e6))
                     except psutil.Error:

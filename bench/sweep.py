@@ -31,7 +31,6 @@ from typing import Any
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ROOT, free_port, table  # noqa: E402
 
 RUN_TIME = re.compile(r"^\d+$|^(\d+h)?(\d+m)?(\d+s)?$")

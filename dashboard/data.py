@@ -7,6 +7,8 @@ import statistics
 from collections.abc import Iterable
 from typing import Any
 
+from telemetry.percentiles import percentile
+
 JOB_METRICS = ("queue_wait_s", "load_s", "run_s", "total_s", "tokens_per_s", "output_tokens")
 
 
@@ -81,6 +83,6 @@ def ledger_summary(entries: list[dict[str, Any]]) -> dict[str, Any]:
     return {"points": points, "models": models}
 
 
-def _quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return round(ordered[min(int(q * len(ordered)), len(ordered) - 1)], 4)
+def _quantile(values: list[float], q: float) -> float | None:
+    value = percentile(values, q)
+    return None if value is None else round(value, 4)

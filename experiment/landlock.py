@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import os
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 
 _SYS_CREATE_RULESET, _SYS_ADD_RULE, _SYS_RESTRICT_SELF = 444, 445, 446     # the same on x86-64 and arm64
@@ -50,7 +51,8 @@ class Ruleset:
         self.scoped = abi >= 6             # signals and abstract Unix sockets stay inside the domain
 
     @classmethod
-    def build(cls, read: list[Path], execute: list[Path], write: list[Path]) -> Ruleset | None:
+    def build(cls, read: Sequence[str | Path], execute: Sequence[str | Path],
+              write: Sequence[str | Path]) -> Ruleset | None:
         """Read (files and listings) under `read`; execute exactly the files in `execute`;
         everything under `write`. None where the kernel has no Landlock."""
         abi = available()
@@ -80,7 +82,7 @@ class Ruleset:
             raise
         return ruleset
 
-    def _allow(self, path: Path, access: int, handled: int) -> None:
+    def _allow(self, path: str | Path, access: int, handled: int) -> None:
         try:
             fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
         except FileNotFoundError:

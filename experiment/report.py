@@ -4,9 +4,11 @@ matplotlib PNGs inlined)."""
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -146,8 +148,8 @@ def _plots(summary: dict[str, Any]) -> list[tuple[str, str]]:
     names = list(strategies)
     left = [0.0] * len(names)
     models = list(dict.fromkeys(m for s in strategies.values() for m in s.get("by_model", {})))
-    segments = [(f"{m}: model work", lambda s, m=m: (s.get("by_model", {}).get(m) or {}).get("model_s", 0))
-                for m in models]
+    segments: list[tuple[str, Callable[[dict[str, Any]], float]]] = [
+        (f"{m}: model work", functools.partial(_model_seconds, m)) for m in models]
     segments += [("loading", lambda s: s.get("load_s") or 0), ("waiting", lambda s: s.get("queue_wait_s") or 0),
                  ("evaluating (sandbox)", lambda s: s.get("eval_s") or 0)]
     for label, value_of in segments:
@@ -160,6 +162,11 @@ def _plots(summary: dict[str, Any]) -> list[tuple[str, str]]:
     ax.legend(fontsize=7, loc="lower right")
     out.append(("Where the time went", _png(fig, plt)))
     return out
+
+
+def _model_seconds(model: str, strategy: dict[str, Any]) -> float:
+    """Seconds of `model`'s work under one strategy."""
+    return (strategy.get("by_model", {}).get(model) or {}).get("model_s", 0)
 
 
 def _png(fig, plt) -> str:

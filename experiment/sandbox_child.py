@@ -30,9 +30,13 @@ import signal
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from experiment.landlock import Ruleset
 from experiment.seccomp import Filter
+
+if TYPE_CHECKING:
+    from experiment.sandbox import Limits
 
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER = 0x00020000, 0x08000000, 0x10000000
 CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
@@ -52,7 +56,7 @@ class Plan:
     files: dict[str, bytes]
     argv: list[str]
     env: dict[str, str]
-    limits: object                         # sandbox.Limits
+    limits: Limits
     status_fd: int
     read: list[str]                        # Landlock: read (files and listings) beneath
     execute: list[str]                     # Landlock: execute exactly these
@@ -112,6 +116,7 @@ def _init(plan: Plan, mounts: bool) -> None:
     if quota:
         layers.append("disk-quota")
     elif drop:
+        assert plan.uid is not None        # dropping needs a uid to drop to
         os.chown(plan.box, plan.uid, plan.uid)
     os.chdir(plan.box)                     # the tmpfs, not the directory beneath it
     for name, data in plan.files.items():
@@ -120,6 +125,7 @@ def _init(plan: Plan, mounts: bool) -> None:
             while data:
                 data = data[os.write(fd, data):]
             if drop:
+                assert plan.uid is not None
                 os.fchown(fd, plan.uid, plan.uid)
         finally:
             os.close(fd)
@@ -145,8 +151,9 @@ def _check(plan: Plan, drop: bool) -> None:
     if plan.cgroup_procs is not None:
         _write(plan.cgroup_procs, "0")     # this process; all it starts stays in the cgroup
     ruleset = Ruleset.build(read=plan.read, execute=plan.execute, write=[plan.box, "/dev/null"])
-    layers = []
+    layers: list[str] = []
     if drop:
+        assert plan.uid is not None        # dropping needs a uid to drop to
         os.setgroups([])
         os.setresgid(plan.uid, plan.uid, plan.uid)
         os.setresuid(plan.uid, plan.uid, plan.uid)
@@ -239,7 +246,8 @@ def own_uids_mapped() -> bool:
 def read_status(path: Path, returncode: int | None) -> tuple[int | None, list[str]]:
     """The check's own exit status as its init saw it (the outer process ends the same way, but
     not when it was killed first), and the layers the children put in place."""
-    code, layers = returncode, []
+    code = returncode
+    layers: list[str] = []
     try:
         lines = path.read_text(errors="replace").splitlines()
     except OSError:

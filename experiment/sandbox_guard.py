@@ -36,6 +36,11 @@ import struct
 import sys
 import traceback
 
+TYPE_CHECKING = False       # for mypy only: neither module is imported at run time (`serve` must not load subprocess)
+if TYPE_CHECKING:
+    import subprocess
+    from typing import Any, NoReturn
+
 
 def _install(work: str, allow_fork: bool) -> None:
     readable = tuple(sorted({os.path.realpath(p) + os.sep for p in (
@@ -142,7 +147,7 @@ def _as_raised(name: str, message: str) -> BaseException:
 class _Candidate:
     """Stands in for the function under test: each call runs in the candidate's process."""
 
-    def __init__(self, process: object, calls: int, answers: int, name: str):   # a subprocess.Popen
+    def __init__(self, process: "subprocess.Popen[bytes]", calls: int, answers: int, name: str):
         self._process, self._calls, self._answers = process, calls, answers
         self.__name__ = self.__qualname__ = name
 
@@ -159,12 +164,12 @@ class _Candidate:
             return value
         raise _as_raised(*value)
 
-    def _ended(self):
+    def _ended(self) -> "NoReturn":
         code = self._process.wait()
         _follow(code, "while its tests ran")
 
 
-def _follow(code: int, when: str):
+def _follow(code: int, when: str) -> "NoReturn":
     """The candidate's process ended: the judge ends the same way, so that the verdict reads it."""
     sys.stdout.flush()
     sys.stderr.flush()
@@ -212,7 +217,7 @@ def judge(work: str, judge_file: str, candidate: str, entry: str, allow_fork: bo
         _install(work, allow_fork)
     if _receive(answers_out) is None:            # the candidate could not even be defined
         _follow(process.wait(), "before its tests ran")
-    scope = {"__name__": "__sandbox__", "__builtins__": __builtins__}
+    scope: dict[str, Any] = {"__name__": "__sandbox__", "__builtins__": __builtins__}
     exec(tests, scope)
     candidate_proxy = _Candidate(process, calls_in, answers_out, entry)
     scope[entry] = candidate_proxy               # some tests call the function by name (HumanEval/33)

@@ -69,8 +69,11 @@ class Filter:
 
     def __init__(self):
         program = filter_program()
-        self._buffer = ctypes.create_string_buffer(program) if program else None
-        self._program = _Program(len(program) // 8, ctypes.addressof(self._buffer)) if program else None
+        self._buffer: ctypes.Array[ctypes.c_char] | None = None
+        self._program: _Program | None = None
+        if program:
+            self._buffer = buffer = ctypes.create_string_buffer(program)
+            self._program = _Program(len(program) // 8, ctypes.addressof(buffer))
 
     @property
     def supported(self) -> bool:

@@ -47,7 +47,7 @@ class ServiceClient:
 
     # --- ModelCalls ---------------------------------------------------------------------------
     def submit(self, model: str, messages: list[dict[str, str]], tags: dict[str, Any]) -> str:
-        body = {"model": model, "kind": "chat", "messages": messages, "options": self.options,
+        body: dict[str, Any] = {"model": model, "kind": "chat", "messages": messages, "options": self.options,
                 "priority": self.priority, "metadata": tags}
         if self.timeout_s is not None:
             body["timeout_s"] = self.timeout_s

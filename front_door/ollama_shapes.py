@@ -4,12 +4,18 @@ fields; the chunks of a streamed answer."""
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from jobs.model import JobDoc, JobKind
-from runtime.ollama_protocol import rfc3339
+
+
+def rfc3339(ts: float) -> str:
+    """Ollama's timestamps (`created_at`, `expires_at`): RFC 3339 in UTC with a `Z`."""
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
+
 
 MAX_MODEL_NAME = 200
 

@@ -110,9 +110,9 @@ def new_job_id() -> str:
 
 
 def new_job(*, model: str, kind: JobKind, priority: Priority, submitted_at: float,
-            timeout_s: float, prompt: str | None = None, messages: list | None = None,
-            input: Any = None, system: str | None = None, options: dict | None = None,
-            images: list | None = None, metadata: dict | None = None,
+            timeout_s: float, prompt: str | None = None, messages: list[dict[str, Any]] | None = None,
+            input: Any = None, system: str | None = None, options: dict[str, Any] | None = None,
+            images: list[str] | None = None, metadata: dict[str, Any] | None = None,
             job_id: str | None = None, tenant: str = "") -> JobDoc:
     return JobDoc(**{
         "job_id": job_id or new_job_id(),
@@ -150,7 +150,7 @@ def iso(ts: float | None) -> str | None:
 
 def public_view(doc: JobDoc, include_request: bool = False) -> dict[str, Any]:
     """The job as the API shows it."""
-    view = {
+    view: dict[str, Any] = {
         "job_id": doc["job_id"],
         "status": doc["status"],
         "model": doc["model"],

@@ -28,8 +28,8 @@ from typing import Any
 import psutil
 
 from metering.shares import Share, SharedCounter
-from resource_monitor import ResourceState
 from runtime.client import OllamaClient, RuntimeFailure
+from runtime.readings import ResourceState
 from telemetry.logs import get_logger
 
 log = get_logger("MONITOR")
@@ -134,8 +134,8 @@ class ResourceSampler:
             now = self.clock()
             running.started = now
             if process is not None:
-                self._cpu.setdefault(_identity(process), SharedCounter()).join(key, self._process_cpu(running), now)
-                running.peak_rss = self._rss(running)
+                self._cpu.setdefault(_identity(process), SharedCounter()).join(key, self._process_cpu(process), now)
+                running.peak_rss = self._rss(process)
             self._energy.join(key, self._energy_j(), now)
             self._busy.join(key, self._gpu_busy.value(now), now)
             self._jobs[key] = running
@@ -158,10 +158,10 @@ class ResourceSampler:
                 identity = _identity(running.process)
                 counter = self._cpu.get(identity)
                 if counter is not None:
-                    cpu_share = counter.leave(key, self._process_cpu(running), now)
+                    cpu_share = counter.leave(key, self._process_cpu(running.process), now)
                     if not counter:
                         del self._cpu[identity]
-                running.peak_rss = max(running.peak_rss, self._rss(running))
+                running.peak_rss = max(running.peak_rss, self._rss(running.process))
             energy_now = self._energy_j()
             energy_share = self._energy.leave(key, energy_now, now)
             busy_share = self._busy.leave(key, self._gpu_busy.value(now), now)
@@ -188,16 +188,16 @@ class ResourceSampler:
             out["gpu_energy_j"] = round(energy_share.amount, 3)
         return out
 
-    def _process_cpu(self, running: _Running) -> float | None:
+    def _process_cpu(self, process: psutil.Process) -> float | None:
         try:
-            return _busy_cpu_seconds(running.process.cpu_times())
+            return _busy_cpu_seconds(process.cpu_times())
         except psutil.Error:
             return None                       # the runner is gone (crashed): no figure for this stretch
 
     @staticmethod
-    def _rss(running: _Running) -> int:
+    def _rss(process: psutil.Process) -> int:
         try:
-            return running.process.memory_info().rss
+            return process.memory_info().rss
         except psutil.Error:
             return 0
 
@@ -234,7 +234,7 @@ class ResourceSampler:
                 jobs = list(self._jobs.values())
             for running in jobs:
                 if running.process is not None:
-                    running.peak_rss = max(running.peak_rss, self._rss(running))
+                    running.peak_rss = max(running.peak_rss, self._rss(running.process))
             self._count(cpu0)
 
     def cost(self) -> dict[str, float]:

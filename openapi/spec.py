@@ -1,22 +1,25 @@
 """The OpenAPI 3.1 document of the API, served at `/api/openapi.json` (routes/openapi.py).
 
-api_openapi.build_spec(config) assembles it from this module (shared components; the jobs, system, admin and
+routes/openapi.build_spec(config) assembles it from this module (shared components; the jobs, system, admin and
 documentation routes) and openapi/front.py (Ollama's and OpenAI's routes). Limits that come from the
 configuration (MAX_JOB_TIMEOUT_S, AUTH_REQUIRED, ...) are taken from the Config the app runs with,
 so the document describes this deployment. tests/test_openapi.py fails when a route the app
 registers is missing here, and runs schemathesis against a live service to keep the rest honest.
 
 To document a new route: add its path item to a `*_paths()` function (or a new one listed in
-api_openapi.PATH_GROUPS); error answers are `errors(400, 404, ...)` (`errors(..., openai=True)` under /v1/).
+routes/openapi.PATH_GROUPS); error answers are `errors(400, 404, ...)` (`errors(..., openai=True)` under /v1/).
 """
 from __future__ import annotations
 
 from typing import Any
 
-from config import Config
+from pydantic import BaseModel
+
+from config import MAX_WAIT_S, Config
 from front_door import ollama_options
+from front_door.job_shapes import SubmitRequest
+from front_door.ollama_shapes import MAX_MODEL_NAME
 from jobs.model import JobKind, JobStatus, Priority
-from routes.common import MAX_WAIT_S
 from scheduling.model_settings import RUNNER_OPTIONS
 from store.storable import INT_MAX, INT_MIN, MAX_DEPTH
 
@@ -83,7 +86,7 @@ def error_responses() -> dict[str, Schema]:
 # --- request fields -------------------------------------------------------------------------------
 # Keys of metadata and options are stored as field names (MongoDB): none may start with `$` or hold `.` or NUL.
 STORABLE_KEY = {"type": "string", "pattern": r"^([^$.\x00][^.\x00]*)?$"}
-MODEL_NAME = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"^[!-~]+$",
+MODEL_NAME = {"type": "string", "minLength": 1, "maxLength": MAX_MODEL_NAME, "pattern": r"^[!-~]+$",
               "description": "Ollama's naming (`all-minilm` means `all-minilm:latest`); no whitespace. A model "
                              "that cannot serve the request's kind (an embedding model asked to generate) gets 400."}
 STRING_LIST = {"type": "array", "items": {"type": "string"}}
@@ -144,28 +147,37 @@ def storable_everywhere(node: Any) -> Any:
     return out
 
 
+def from_model(model: type[BaseModel]) -> tuple[Schema, dict[str, Schema]]:
+    """`model`'s JSON schema as pydantic writes it (without titles), and the schemas it refers to,
+    for components: the request shapes are defined once, by the models the API parses with."""
+    schema = _untitled(model.model_json_schema(ref_template="#/components/schemas/{model}"))
+    return schema, schema.pop("$defs", {})
+
+
+def _untitled(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _untitled(v) for k, v in node.items() if not (k == "title" and isinstance(v, str))}
+    if isinstance(node, list):
+        return [_untitled(v) for v in node]
+    return node
+
+
 def _submit_variant(kind: JobKind, config: Config) -> Schema:
+    generated, _ = from_model(SubmitRequest)
     properties: Schema = {
+        **generated["properties"],
+        # what the model's types cannot say: the name's characters, the kind of this variant, the
+        # options' ranges, storable metadata keys, this deployment's longest timeout
         "model": MODEL_NAME,
         "kind": {"type": "string", "enum": [kind.value], "default": JobKind.GENERATE.value},
         "priority": {"type": "string", "enum": [p.value for p in Priority], "default": Priority.NORMAL.value},
-        "prompt": nullable({"type": "string"}),
-        "system": nullable({"type": "string"}),
-        "messages": nullable({"type": "array", "items": ref("Message")}),
-        "input": nullable({"anyOf": [{"type": "string"}, STRING_LIST]}),
         "options": options_schema(
             "Ollama's sampling options (`num_predict`, `temperature`, `seed`, `stop`, ...). Runner options that "
             "would reload the model (`num_ctx`, `num_gpu`, `num_batch`, ...) get 400 unless equal to the model's "
             "configured value."),
-        "images": STRING_LIST,
         "metadata": storable_object("Free-form tags kept with the job and its ledger entry."),
         "timeout_s": nullable({"type": "number", "exclusiveMinimum": 0, "maximum": config.MAX_JOB_TIMEOUT_S,
                                "description": "Longest the job may run once it has a slot (default JOB_TIMEOUT_S)."}),
-        "format": nullable({"anyOf": [{"type": "string"}, {"type": "object"}]}),
-        "think": nullable({"type": ["boolean", "string"]}),
-        "tools": nullable(OBJECT_LIST),
-        "cache": {"type": "boolean", "default": False,
-                  "description": "Answer from the result cache when an identical request was answered."},
     }
     required = ["model"]
     if kind is JobKind.GENERATE:
@@ -196,7 +208,7 @@ def schemas(config: Config) -> dict[str, Schema]:
             "priority": {"type": "string", "enum": [p.value for p in Priority]},
             "result": nullable({"type": "object"}), "error": nullable({"type": "string"}),
             "submitted_at": timestamp, "started_at": timestamp, "completed_at": timestamp,
-            "metrics": {"type": "object", "description": "Time, tokens and resources: see the README's ledger."},
+            "metrics": {"type": "object", "description": "Time, tokens and resources: see docs/api.md, the ledger."},
             "metadata": {"type": "object"}, "attempts": {"type": "integer", "minimum": 0},
             "tenant": {"type": "string"}, "idempotent_replay": {"type": "boolean"},
         },
@@ -217,10 +229,7 @@ def schemas(config: Config) -> dict[str, Schema]:
         "StorableValue": {"anyOf": [{"type": ["string", "boolean", "null"]}, INT64, {"type": "number"},
                                     {"type": "array", "items": ref("StorableValue")},
                                     storable_object("")]},
-        "Message": {"type": "object", "required": ["role"], "properties": {
-            "role": {"type": "string", "enum": ["system", "user", "assistant", "tool"]},
-            "content": {"type": "string", "default": ""}, "images": nullable(STRING_LIST),
-            "tool_calls": nullable(OBJECT_LIST)}},
+        **from_model(SubmitRequest)[1],          # Message, as front_door/job_shapes.py defines it
         "SubmitRequest": {"anyOf": [_submit_variant(kind, config) for kind in JobKind]},
         "Job": job,
         "JobAccepted": {"type": "object", "required": ["job_id", "status"], "properties": {

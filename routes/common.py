@@ -15,12 +15,11 @@ from flask import current_app, request
 from pydantic import BaseModel, ValidationError
 
 from config import Config
-from routes.schemas import describe_validation_error
+from front_door.job_shapes import describe_validation_error
 from scheduling.model_settings import ModelSettings
 from service.facade import Service
 from store import storable
 
-MAX_WAIT_S = 300.0
 LIST_METADATA_MAX_BYTES = 4096      # larger metadata is shown in listings as its size only
 READ_CHUNK_BYTES = 64 * 1024
 
@@ -176,15 +175,16 @@ def client_gone_probe() -> Callable[[], bool]:
     """Whether this request's client went away, checked at most every 0.1 s (a streamed body runs
     outside the request context, so the environ is kept)."""
     environ = request.environ
-    checked = [0.0, False]
+    checked_at, was_gone = 0.0, False
 
     def gone() -> bool:
+        nonlocal checked_at, was_gone
         now = time.monotonic()
-        if now - checked[0] < 0.1:
-            return checked[1]
-        checked[0] = now
-        checked[1] = _gone_in(environ)
-        return checked[1]
+        if now - checked_at < 0.1:
+            return was_gone
+        checked_at = now
+        was_gone = _gone_in(environ)
+        return was_gone
     return gone
 
 

@@ -11,12 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from experiment import EXPERIMENT_NAME, EXPERIMENT_NAME_RULE
 from experiment.costs import ledger_costs
+from front_door.job_shapes import FieldError, storable_keys_error
 from jobs.model import FINISHED
 from routes.auth import caller, tenant_filter, visible
 from routes.common import ApiError, limit_arg, parse_body, service
-from routes.schemas import FieldError, storable_keys_error
-
-FINISHED_STATUSES = {s.value for s in FINISHED}
 
 experiments_bp = Blueprint("experiments", __name__)
 MAX_TASKS_PER_REQUEST = 1000
@@ -137,7 +135,7 @@ def record_result(experiment: str):
         if wrong:
             raise ApiError(422, f"job '{job_id}' is not tagged with this result's {', '.join(wrong)} "
                            f"({', '.join(f'{k}={wanted[k]!r}' for k in wrong)})", field="job_ids", job_id=job_id)
-        if job["status"] not in FINISHED_STATUSES:
+        if job["status"] not in FINISHED:
             raise ApiError(409, f"job '{job_id}' is {job['status']}: record results after its jobs finish",
                            field="job_ids", job_id=job_id)
         found = service().list_ledger(None, job_id, MAX_JOBS_PER_RESULT, None, tenant=tenant_filter())

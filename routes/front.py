@@ -10,17 +10,17 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from flask import request
 from pydantic import BaseModel
 
 from front_door.delivery import Delivery
+from front_door.job_shapes import storable_keys_error
 from front_door.ollama_options import option_error
-from jobs.model import FINISHED, JobDoc, JobKind, JobStatus, Priority, new_job
+from jobs.model import JobDoc, JobKind, JobStatus, Priority, new_job
 from routes.auth import caller
 from routes.common import ApiError, client_gone_probe, config, load_json, parse_body, service, settings
-from routes.schemas import storable_keys_error
 from routes.submission import (
     check_model,
     check_priority,
@@ -37,7 +37,6 @@ from service.answers import End, Gone, Piece
 PRIORITY_HEADER = "X-Priority"
 METADATA_HEADER = "X-Job-Metadata"
 JOB_ID_HEADER = "X-Job-Id"
-_FINISHED = {s.value for s in FINISHED}
 
 
 def parse(model: type[BaseModel]) -> Any:
@@ -118,7 +117,7 @@ def admit(kind: JobKind, model: str, fields: dict[str, Any], options: dict[str, 
     check_rate()
     job = new_job(model=name, kind=kind, priority=priority, submitted_at=time.time(), timeout_s=cfg.JOB_TIMEOUT_S,
                   options=options, metadata=metadata, tenant=caller().tenant)
-    job.update(fields)
+    job.update(cast(JobDoc, fields))        # fields of the job document, as the request's shape names them
     if stream and kind is not JobKind.EMBED:
         job["stream"] = service().will_stream()
     if wants_cache(cache):
@@ -211,8 +210,8 @@ def _finished_job(job: JobDoc | None, job_id: str) -> JobDoc:
         err = ApiError(500, f"job {job_id} is gone")
     elif job["status"] == JobStatus.CANCELLED.value:
         err = ApiError(500, f"job {job_id} was cancelled: {job.get('error') or ''}".rstrip(": "))
-    elif refused_by_runtime(job.get("error")):      # the runtime refused what the client sent
-        raise ApiError(400, job["error"])
+    elif refused_by_runtime(error := job.get("error")):      # the runtime refused what the client sent
+        raise ApiError(400, error)
     else:
         err = ApiError(500, job.get("error") or f"job {job_id} failed")
     err.headers["x-should-retry"] = "false"     # the OpenAI client retries a 500: the job ran already

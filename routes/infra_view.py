@@ -75,7 +75,7 @@ def health_body(view: dict[str, Any] | None, age_s: float | None, fresh_s: float
     if view is None:
         return {"status": "starting", "reason": "no scheduler has reported yet"}, 503
     runtime = view.get("runtime") or {}
-    shown = {"ok": bool(runtime.get("ok"))}
+    shown: dict[str, Any] = {"ok": bool(runtime.get("ok"))}
     if detailed:
         shown.update(kind=runtime.get("kind"), error=scrub_urls(runtime.get("error")))
     extra = {"scheduler": view.get("owner")} if detailed else {}

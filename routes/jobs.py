@@ -7,10 +7,11 @@ import time
 
 from flask import Blueprint, jsonify, request
 
+from config import MAX_WAIT_S
+from front_door.job_shapes import SubmitRequest
 from jobs.model import FINISHED, JobDoc, JobStatus, new_job, public_view
 from routes.auth import caller, tenant_filter, visible
 from routes.common import (
-    MAX_WAIT_S,
     ApiError,
     client_gone_probe,
     config,
@@ -21,7 +22,6 @@ from routes.common import (
     parse_body,
     service,
 )
-from routes.schemas import SubmitRequest
 from routes.submission import (
     check_model,
     check_options,
@@ -35,7 +35,6 @@ from routes.submission import (
 from store import Idempotency, IdempotencyConflict, IdempotentReplay
 
 jobs_bp = Blueprint("jobs", __name__)
-_FINISHED = {s.value for s in FINISHED}
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_IDEMPOTENCY_KEY = 200
 
@@ -63,13 +62,13 @@ def submit():
     for key in ("format", "think", "tools"):
         if getattr(req, key) is not None:
             job[key] = getattr(req, key)
-    key = _idempotency(req, now)        # before the cache: a retry gets the same job, wherever its answer came from
+    idempotency = _idempotency(req, now)    # before the cache: a retry gets the same job, wherever its answer came from
     try:
         if wants_cache(req.cache):
-            answered = look_in_cache(job, key)
+            answered = look_in_cache(job, idempotency)
             if answered is not None:
                 return jsonify(public_view(answered)), 200, {"Location": f"/api/job/{answered['job_id']}"}
-        position = queue_job(job, key)
+        position = queue_job(job, idempotency)
     except IdempotentReplay as replay:
         earlier = service().get(replay.job_id)
         if earlier is not None and not visible(earlier.get("tenant")):
@@ -102,7 +101,7 @@ def _answer(job_id: str, wait: float, position: int | None, replay: bool):
                           else None)
     if job is None and replay:
         job = service().get(job_id)
-    if job is not None and job["status"] in _FINISHED:
+    if job is not None and job["status"] in FINISHED:
         return jsonify({**public_view(job), **extra}), 200, location
     body = {"job_id": job_id, "status": job["status"] if job else JobStatus.PENDING.value, **extra}
     if position is not None:
@@ -116,7 +115,7 @@ def get_job(job_id: str):
     job = service().get(job_id)
     if job is None or not visible(job.get("tenant")):
         raise ApiError(404, f"no job with id '{job_id}'")
-    if wait > 0 and job["status"] not in _FINISHED:
+    if wait > 0 and job["status"] not in FINISHED:
         job = service().wait_for(job_id, wait, caller().tenant, client_gone_probe()) or job
     return jsonify(public_view(job, include_request=request.args.get("include") == "request"))
 
@@ -148,7 +147,7 @@ def ledger():
 @jobs_bp.get("/api/jobs")
 def list_jobs():
     status = request.args.get("status") or None
-    if status is not None and status not in {s.value for s in JobStatus}:
+    if status is not None and status not in list(JobStatus):
         raise ApiError(400, f"status must be one of {', '.join(s.value for s in JobStatus)}", field="status")
     limit = limit_arg()
     rows = service().list_jobs(status, request.args.get("model") or None, limit, cursor_arg(), tenant=tenant_filter())

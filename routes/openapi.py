@@ -39,7 +39,7 @@ def build_spec(cfg: Config) -> dict[str, Any]:
     paths: dict[str, Schema] = {}
     for group in PATH_GROUPS:
         paths.update(group(cfg))
-    keys = [{"bearerAuth": []}, {"apiKeyAuth": []}]
+    keys: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"apiKeyAuth": []}]
     return storable_everywhere({
         "openapi": "3.1.0",
         "info": {"title": "Model Manager", "version": "1.0.0", "description": (

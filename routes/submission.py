@@ -11,6 +11,7 @@ from typing import Any
 from flask import request
 
 from jobs.model import JobDoc, JobKind, JobStatus, Priority
+from model_registry import ModelEntry, ModelRegistry
 from routes.auth import caller
 from routes.common import ApiError, config, service, settings
 from routes.system import views
@@ -31,11 +32,11 @@ def check_model(requested: str, kind: JobKind) -> str:
     if name is None:
         raise ApiError(404, f"model '{requested}' not found", field="model",
                        suggestions=registry.suggestions(requested))
-    entry = registry.get(name)
+    entry = _entry(registry, name)
     if entry.on_runtime is False:
         raise ApiError(404, f"model '{name}' is known but not installed on the runtime; install it with: "
                        f"{entry.spec.install_hint}", field="model", install=entry.spec.install_hint,
-                       suggestions=[n for n in registry.suggestions(requested) if registry.get(n).on_runtime])
+                       suggestions=[n for n in registry.suggestions(requested) if _entry(registry, n).on_runtime])
     if kind.capability not in entry.spec.capabilities:
         raise ApiError(400, f"model '{name}' cannot serve kind '{kind.value}' (it offers "
                        f"{', '.join(entry.spec.capabilities)})", field="kind")
@@ -45,6 +46,13 @@ def check_model(requested: str, kind: JobKind) -> str:
                        "can ever be used here", field="model", need_bytes=need, capacity_bytes=capacity,
                        fitting_models=registry.fitting(capacity, kind.capability)[:5])
     return name
+
+
+def _entry(registry: ModelRegistry, name: str) -> ModelEntry:
+    """The entry of a model the registry named (it never forgets a model)."""
+    entry = registry.get(name)
+    assert entry is not None
+    return entry
 
 
 def check_options(options: dict[str, Any], model: str) -> None:
@@ -63,8 +71,10 @@ def default_priority() -> Priority:
 
 def check_priority(priority: Priority) -> None:
     if not priority_allowed(caller(), priority):
+        key = caller().key
+        assert key is not None          # a caller without a key may ask for any priority
         raise ApiError(403, f"priority '{priority.value}' is above this key's maximum "
-                       f"'{caller().key.max_priority.value}'", field="priority")
+                       f"'{key.max_priority.value}'", field="priority")
 
 
 def check_rate() -> None:

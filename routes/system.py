@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify
 
-from jobs.model import JobStatus
+from jobs.model import ErrorKind, JobStatus
 from model_registry import ModelRegistry
 from routes.auth import caller
 from routes.common import config, service
@@ -32,6 +32,7 @@ class SharedViews:
         self.service = service
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, Any]] = {}
+        self._built: tuple[float, ModelRegistry, int | None] | None = None   # the registry last built, when published
 
     def _state(self, key: str) -> tuple[dict[str, Any], float] | None:
         now = time.monotonic()
@@ -66,10 +67,10 @@ class SharedViews:
             return None, None
         doc, published = found
         with self._lock:
-            built = self._cache.get("registry-built")
+            built = self._built
             if built is None or built[0] != published:
                 registry = ModelRegistry.from_description(doc["models"], doc.get("multiplier", 1.3))
-                built = self._cache["registry-built"] = (published, registry, doc.get("capacity_bytes") or None)
+                built = self._built = (published, registry, doc.get("capacity_bytes") or None)
         return built[1], built[2]
 
 
@@ -100,7 +101,7 @@ def stats():
                   "by_priority": counts.waiting_by_priority, "by_model": counts.waiting_by_model},
         "resources": view.get("resources") or {"vram": {"total": 0, "used": 0, "free": 0}, "loaded_models": []},
         "scheduler": scheduler,
-        "errors": view.get("errors") or {"oom": 0, "runtime": 0, "timeout": 0},
+        "errors": view.get("errors") or {k.value: 0 for k in ErrorKind},
         "jobs": view.get("jobs") or {},
         "runtime": view.get("runtime") or {"kind": None, "url": None, "ok": False, "error": "no scheduler yet"},
         "nodes": view.get("nodes") or [],

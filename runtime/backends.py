@@ -132,8 +132,9 @@ def open_ollama(config: Config, node_url: str) -> Runtime:
     elif vram_gb is not None:
         memory = FixedMemory(int(vram_gb * 1e9), "node-url")
     elif first or config.VRAM_TOTAL_MB:
-        memory = host_memory(config)
-        log.info("%s: planning with %.1f GB (%s)", url, memory.total_bytes / 1e9, memory.name)
+        fixed = host_memory(config)
+        log.info("%s: planning with %.1f GB (%s)", url, fixed.total_bytes / 1e9, fixed.name)
+        memory = fixed
     else:
         memory = FixedMemory(0, "unknown")
         log.error("node %s: its memory is unknown, so nothing is loaded there; give it in the URL "

@@ -333,7 +333,7 @@ class OllamaClient:
             raise RuntimeUnavailable("the runtime closed the stream before the answer was done")
         text = "".join(pieces)
         if chat:
-            message = {"role": "assistant", "content": text}
+            message: dict[str, Any] = {"role": "assistant", "content": text}
             if any(thinking):
                 message["thinking"] = "".join(thinking)
             if tool_calls:

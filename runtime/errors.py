@@ -3,6 +3,8 @@ the scheduling policy acts on, and the reading of Ollama's error answers into th
 first, then out of memory by Ollama's own wording, then by HTTP status)."""
 from __future__ import annotations
 
+from typing import TypeGuard
+
 from scheduling.policy import FailureKind
 
 # Ollama's own list (llm/status.go), plus the wording of older releases' load errors.
@@ -59,7 +61,7 @@ class RuntimeRefused(RuntimeFailure):
 REFUSED_PREFIX = "runtime answered HTTP "
 
 
-def refused_by_runtime(error: str | None) -> bool:
+def refused_by_runtime(error: str | None) -> TypeGuard[str]:
     """Whether a job's recorded error is the runtime refusing its request (a 4xx): the job's own input."""
     if not error or not error.startswith(REFUSED_PREFIX):
         return False

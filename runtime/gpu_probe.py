@@ -14,25 +14,13 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Protocol
 
+from runtime.readings import GpuReading
+
 MIB = 1024 * 1024
 
 QUERY_FIELDS = ("index", "name", "uuid", "memory.total", "memory.used", "memory.free",
                 "utilization.gpu", "power.draw", "temperature.gpu")
 APPS_FIELDS = ("pid", "process_name", "gpu_uuid", "used_gpu_memory")
-
-
-@dataclass(frozen=True)
-class GpuReading:
-    index: int
-    name: str
-    uuid: str
-    memory_total: int            # bytes
-    memory_used: int
-    memory_free: int
-    utilization_pct: float | None = None
-    power_w: float | None = None
-    energy_j: float | None = None  # total since the driver loaded (NVML only; Volta and newer)
-    temperature_c: float | None = None
 
 
 @dataclass(frozen=True)
@@ -207,9 +195,9 @@ def detect_gpu() -> GpuSource | None:
         pass
     if shutil.which("nvidia-smi"):
         try:
-            source = NvidiaSmiSource()
-            if source.read():
-                return source
+            smi = NvidiaSmiSource()
+            if smi.read():
+                return smi
         except (subprocess.SubprocessError, OSError):
             pass
     return None

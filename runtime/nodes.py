@@ -21,12 +21,15 @@ from config import MIB, Config
 from execution_engine import ExecutionEngine
 from metering.sampler import ResourceSampler, RunnerPids
 from model_registry import ModelRegistry
+from queue_manager import QueueManager
 from resource_monitor import FixedMemory, ResourceMonitor, ResourceState, SimulatorMemory
 from runtime.backends import Runtime, checked_node_url, open_ollama, runtime_client
 from runtime.client import NODE_DOWN
 from runtime.node_urls import NodeUrlError, node_label, shown, split_node_url
 from scheduling.core import SchedulerCore
 from scheduling.model_settings import ModelSettings
+from service.answers import StreamHub
+from store.retrying import StoreLike
 from telemetry.counters import Counters
 from telemetry.logs import get_logger
 
@@ -86,7 +89,7 @@ class RuntimeNode:
 class NodeParts:
     """What every node of a term shares."""
     config: Config
-    store: object
+    store: StoreLike
     registry: ModelRegistry
     settings: ModelSettings
     counters: Counters
@@ -96,8 +99,8 @@ class NodeParts:
     want_reading: Callable[[], None]
     owner: str
     epoch: int
-    queue: object
-    answers: object = None
+    queue: QueueManager
+    answers: StreamHub | None = None
 
 
 def build_node(runtime: Runtime, parts: NodeParts) -> RuntimeNode:
@@ -109,8 +112,13 @@ def build_node(runtime: Runtime, parts: NodeParts) -> RuntimeNode:
     sampler = ResourceSampler(RunnerPids(runtime.client, lambda: holder[0].state if holder else None),
                               runtime.memory.energy_source)
     core: SchedulerCore | None = None
+
+    def post(event: object) -> None:
+        assert core is not None         # the engine posts events of its jobs, which the core (made below) starts
+        parts.post(core, event)
+
     engine = ExecutionEngine(runtime.client, parts.store, parts.config, parts.settings, parts.counters, name,
-                             post=lambda event: parts.post(core, event), meter=sampler,
+                             post=post, meter=sampler,
                              on_job_done=parts.on_job_done, clock=parts.clock, answers=parts.answers)
     core = SchedulerCore(parts.queue, parts.registry, engine, parts.config, parts.counters, name,
                          want_reading=parts.want_reading, owner=parts.owner, epoch=parts.epoch)

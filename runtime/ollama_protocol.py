@@ -1,15 +1,17 @@
 """Pieces of the Ollama HTTP API shared by the runtimes this project serves itself (the GPU
-simulator and the embedded runtime): keep_alive, timestamps, and the shape of answers."""
+simulator and the embedded runtime): keep_alive, timestamps, errors, and the shape of answers.
+The server itself is `runtime.ollama_server`."""
 from __future__ import annotations
 
 import json
 import re
 import time
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 from flask import Response, jsonify
+
+from front_door.ollama_shapes import rfc3339
 
 DEFAULT_KEEP_ALIVE_S = 300.0
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
@@ -18,6 +20,14 @@ _UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
 
 class BadRequest(ValueError):
     """A request the runtime refuses with HTTP 400."""
+
+
+class Refused(Exception):
+    """A request the runtime refuses with this HTTP status."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
 
 
 def parse_keep_alive(value: Any) -> float | None:
@@ -41,10 +51,6 @@ def parse_keep_alive(value: Any) -> float | None:
                 raise BadRequest(f"invalid keep_alive duration {value!r}") from None
             seconds = sign * sum(float(n) * _UNIT_S[u] for n, u in parts)
     return None if seconds < 0 else seconds
-
-
-def rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 def expires_at(keep_alive_s: float | None, since: float) -> str:
@@ -87,12 +93,10 @@ def error(status: int, message: str) -> tuple[Response, int]:
     return jsonify({"error": message}), status
 
 
-def ndjson(chunks: Iterable[dict[str, Any]]) -> Response:
-    """A newline-delimited JSON stream, as Ollama streams."""
-    def lines() -> Iterator[str]:
-        for chunk in chunks:
-            yield json.dumps(chunk) + "\n"
-    return Response(lines(), mimetype="application/x-ndjson")
+def ndjson_lines(chunks: Iterable[dict[str, Any]]) -> Iterator[str]:
+    """The lines of a newline-delimited JSON stream, as Ollama streams."""
+    for chunk in chunks:
+        yield json.dumps(chunk) + "\n"
 
 
 def wants_stream(body: dict[str, Any]) -> bool:

@@ -26,7 +26,7 @@ A node is one runtime (one Ollama) with its memory (one pool, or several GPUs). 
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from scheduling.gpu_placement import place
@@ -118,6 +118,8 @@ def plan_cluster(nodes: Sequence[NodeState], demand: Sequence[Demand], need_byte
                 if alloc is not None]
         return max(fits, key=lambda f: (rooms[f[0].name].reclaimable(demanded, pins[f[0].name]), f[0].name)) if fits else None
 
+    node: NodeState | None
+    alloc: tuple[int, ...] | None
     for d in sorted(demand, key=lambda d: (-d.score, d.oldest_submitted, d.model)):
         holders = holders_of(d.model)
         if holders:
@@ -196,7 +198,8 @@ def _pins_by_node(up: list[NodeState], pinned: frozenset[str]) -> dict[str, froz
 
 
 def _home_for(model: str, up: list[NodeState], rooms: dict[str, _Room], need: int, before: str | None,
-              demanded: set[str], installed, pins: dict[str, frozenset[str]], all_up: bool) -> NodeState | None:
+              demanded: set[str], installed: Callable[[NodeState, str], bool], pins: dict[str, frozenset[str]],
+              all_up: bool) -> NodeState | None:
     """Where a model that is loaded nowhere should go (see the module's doc); None: it waits."""
     if not up:
         return None

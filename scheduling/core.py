@@ -17,12 +17,10 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-from config import Config
-from jobs.model import ErrorKind, JobStatus
-from model_registry import ModelRegistry
-from queue_manager import QueueManager
-from resource_monitor import ResourceState
+from jobs.model import ErrorKind
+from runtime.readings import ResourceState
 from scheduling.cluster_plan import NodeState, plan_cluster
 from scheduling.events import Effects, Event, JobFinished, LoadFinished, RunContext, UnloadFinished
 from scheduling.gpu_placement import GpuSplit, place
@@ -40,6 +38,11 @@ from scheduling.policy import (
 from telemetry.counters import Counters
 from telemetry.logs import get_logger
 from vram_scheduler import UNKNOWN_CAPACITY, Demand, Limits, Plan, ResidentModel, Snapshot, plan
+
+if TYPE_CHECKING:        # types only: the core does no I/O of its own (the queue and registry come in)
+    from config import Config
+    from model_registry import ModelRegistry
+    from queue_manager import QueueManager
 
 log = get_logger("SCHEDULER")
 
@@ -211,16 +214,16 @@ class SchedulerCore:
                 self.running.pop(job["job_id"], None)
                 with self._lock:
                     self.table.job_finished(model, granted)
-                self.queue.store.requeue(job["job_id"], job["run_id"], {})
+                run_id = job["run_id"]
+                assert run_id is not None       # claimed under the run `take` gave it
+                self.effects.requeue(job["job_id"], run_id)
 
     def _check_cancellations(self) -> None:
         """Stop the requests of running jobs that were cancelled through the API."""
         if not self.running:
             return
-        statuses = self.queue.store.statuses(list(self.running))
-        for job_id, status in statuses.items():
-            if status == JobStatus.CANCELLED.value:
-                self.effects.cancel(job_id)
+        for job_id in self.effects.cancelled_among(list(self.running)):
+            self.effects.cancel(job_id)
 
     def _fail_never_fits(self, model: str, snapshot: Snapshot, now: float) -> None:
         need = snapshot.need_bytes.get(model, 0)
@@ -258,7 +261,7 @@ class SchedulerCore:
         if verdict is None:
             return
         if verdict.grow_need:
-            self.counters.add("errors.oom")
+            self.counters.error(ErrorKind.OOM)
             self.registry.learn_oom(event.model, event.incarnation, self.budget_bytes, self.config.OOM_GROWTH)
         if verdict.distrust_table:
             self._distrust(event.model, event.at)
@@ -282,7 +285,7 @@ class SchedulerCore:
         verdict = after_load_failure(self.health.get(model, LoadHealth()), event.failure, event.message, model,
                                      event.at, self.policy)
         self.health[model] = verdict.health
-        self.counters.add("errors.oom" if event.failure is FailureKind.OUT_OF_MEMORY else "errors.runtime")
+        self.counters.error(ErrorKind.OOM if event.failure is FailureKind.OUT_OF_MEMORY else ErrorKind.RUNTIME)
         log.warning("loading %s failed (%s): %s", model, event.failure.value, event.message)
         if verdict.grow_need:
             self.registry.learn_oom(model, incarnation, self.budget_bytes, self.config.OOM_GROWTH)

@@ -1,6 +1,6 @@
 """The seam between the scheduler's decisions and their execution.
 
-The scheduler (`scheduler_core`) decides and acts only through `Effects`: load, unload, start a
+The scheduler (`scheduling/core.py`) decides and acts only through `Effects`: load, unload, start a
 job, cancel a job. Each effect is carried out elsewhere (the execution engine, against a real
 runtime; a fake in tests) and reports back with an event, which the scheduler takes in at the
 start of its next pass. So the scheduler's state changes on its own thread only, and a test can
@@ -36,6 +36,13 @@ class Effects(Protocol):
     def start(self, job: JobDoc, run: RunContext) -> None: ...
 
     def cancel(self, job_id: str) -> None: ...
+
+    def requeue(self, job_id: str, run_id: str) -> None:
+        """Put a claimed job whose start failed back in line (its run did not begin)."""
+
+    def cancelled_among(self, job_ids: list[str]) -> list[str]:
+        """Which of these running jobs were cancelled through the API (a read of the store)."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,10 @@ the table in line with that list, ignoring readings older than the table's own l
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
-from resource_monitor import LoadedModelInfo
+from runtime.readings import LoadedModelInfo
 from vram_scheduler import Phase, ResidentModel
 
 
@@ -114,7 +114,7 @@ class ModelTable:
             state.changed_at = 0.0
 
     # --- the runtime's view ---------------------------------------------------------------------
-    def reconcile(self, loaded: Iterable[LoadedModelInfo], sampled_at: float, slots_of) -> None:
+    def reconcile(self, loaded: Iterable[LoadedModelInfo], sampled_at: float, slots_of: Callable[[str], int]) -> None:
         """Bring the table in line with what the runtime listed as loaded at `sampled_at`.
         `slots_of(name)`: the slots of a model found loaded that the table did not know."""
         seen = {m.name: m for m in loaded}

@@ -39,6 +39,7 @@ from scheduling.policy import LeftRun, RunAction, left_run_verdict
 from scheduling.view import NODES_KEY, REGISTRY_KEY, STATE_KEY, registry_document, scheduler_view
 from service.answers import StreamHub
 from store.base import SCHEDULER_LEASE, Fenced
+from store.retrying import RetryingStore
 from telemetry.counters import Counters
 from telemetry.logs import get_logger
 
@@ -55,7 +56,7 @@ SHUTDOWN_WAIT_S = 10.0
 class TermContext:
     """What a term needs from the service that outlives it."""
     config: Config
-    store: object                       # the scheduler's (retrying) store
+    store: RetryingStore                # the scheduler's (retrying) store
     queue: QueueManager
     counters: Counters
     owner: str
@@ -259,16 +260,17 @@ class SchedulerTerm:
             return
         if len(self.nodes) == 1:
             self.nodes[0].core.installed = None       # one node: its load says what it lacks
-        self.registry.update_from_runtime(listed.values())
+        registry = self._set_up_registry()
+        registry.update_from_runtime(listed.values())
         client = next((n.runtime.client for n in self.nodes if n.state is None or n.state.runtime_ok), None)
         if client is None:
             return
-        for name in self.registry.names():
-            entry = self.registry.get(name)
+        for name in registry.names():
+            entry = registry.get(name)
             if entry is None or entry.on_runtime is not True or entry.spec.arch is not None:
                 continue
             try:
-                self.registry.learn_architecture(name, client.show(name).get("model_info") or {})
+                registry.learn_architecture(name, client.show(name).get("model_info") or {})
             except RuntimeFailure as exc:
                 log.debug("cannot describe %s: %s", name, exc)
 
@@ -299,7 +301,7 @@ class SchedulerTerm:
                 if now - last["purge"] >= PURGE_EVERY_S:
                     self._purge(now)
                     last["purge"] = now
-                if now - last["publish"] >= PUBLISH_EVERY_S or self.registry.version != published_registry:
+                if now - last["publish"] >= PUBLISH_EVERY_S or self._set_up_registry().version != published_registry:
                     self._follow_node_changes()
                     published_registry = self.publish()
                     last["publish"] = now
@@ -363,8 +365,10 @@ class SchedulerTerm:
 
     def _follow_node_changes(self) -> None:
         """Nodes added or removed at run time (/api/admin/nodes, kept in the store)."""
+        parts = self._parts
+        assert parts is not None, "the term is not set up"      # _set_up made them before anything calls this
         published = self.ctx.store.get_state(NODES_KEY)
-        nodes = follow_changes(self.nodes, published[0] if published else None, self._parts, self.clock(),
+        nodes = follow_changes(self.nodes, published[0] if published else None, parts, self.clock(),
                                self._failed_adds)
         if nodes is not None:
             self.nodes = nodes
@@ -379,4 +383,10 @@ class SchedulerTerm:
         now, store = self.clock(), self.ctx.store
         store.put_state(STATE_KEY, self.view(), now)
         store.put_state(REGISTRY_KEY, registry_document(self), now)
-        return self.registry.version
+        return self._set_up_registry().version
+
+    def _set_up_registry(self) -> ModelRegistry:
+        """The registry, which `_set_up` made before anything that reads it runs."""
+        registry = self.registry
+        assert registry is not None, "the term is not set up"
+        return registry

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from jobs.model import ErrorKind
+from telemetry.counters import error_key
 
 STATE_KEY = "scheduler"
 REGISTRY_KEY = "registry"
@@ -56,7 +57,7 @@ def scheduler_view(term: Any) -> dict[str, Any]:
             "queued_in_scheduler": term.ctx.queue.waiting(),
             "sampler": first.sampler.cost(),
         },
-        "errors": {k.value: counters.get(f"errors.{k.value}", 0) for k in ErrorKind},
+        "errors": {k.value: counters.get(error_key(k), 0) for k in ErrorKind},
         "jobs": {k: counters.get(k, 0) for k in ("complete", "failed", "cancelled_running", "requeued")},
         "nodes": views,
         "activity": term.ctx.counters.activity.snapshot(),    # recent loads, unloads, evictions (dashboard)

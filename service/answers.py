@@ -26,7 +26,6 @@ log = get_logger("ENGINE")
 RELAY_FLUSH_S = 0.05        # a relayed stream is written to the store at most this often
 POLL_MIN_S, POLL_MAX_S = 0.01, 0.1
 LOCAL_STATUS_EVERY_S = 0.5  # a follower in the running process reads the status this often anyway
-_FINISHED = {s.value for s in FINISHED}
 
 
 @dataclass(frozen=True)
@@ -163,7 +162,7 @@ def follow(job_id: str, inbox: queue.SimpleQueue | None, get_job: Callable[[str]
         if check or now - status_at >= LOCAL_STATUS_EVERY_S:
             status_at = now
             job = get_job(job_id)
-            if job is None or job["status"] in _FINISHED:
+            if job is None or job["status"] in FINISHED:
                 yield End(job)
                 return
         if gone():

@@ -15,9 +15,14 @@ from collections.abc import Callable
 from typing import Any
 
 from config import Config
+from execution_engine import ExecutionEngine
 from jobs.model import FINISHED, JobDoc, JobStatus
+from metering.sampler import ResourceSampler
 from model_registry import ModelRegistry
 from queue_manager import QueueManager
+from resource_monitor import ResourceMonitor, ResourceState
+from runtime.backends import Runtime
+from scheduling.core import SchedulerCore
 from scheduling.leadership import Leadership, new_owner
 from scheduling.term import SchedulerTerm, TermContext
 from scheduling.view import capacity_bytes
@@ -29,7 +34,6 @@ from telemetry.logs import get_logger
 from telemetry.process_metrics import ProcessMetrics
 
 syslog = get_logger("SYSTEM")
-_FINISHED = {s.value for s in FINISHED}
 
 
 class CompletionEvents:
@@ -229,7 +233,7 @@ class Service:
             delay = 0.005
             while True:
                 job = self.get(job_id)
-                if job is None or job["status"] in _FINISHED:
+                if job is None or job["status"] in FINISHED:
                     return job
                 left = deadline - time.monotonic()
                 if left <= 0 or (gone is not None and gone()):
@@ -294,14 +298,49 @@ class Service:
         term = self.term
         if term is None or not term.ready.is_set() or term.state is None:
             return None
-        return term.registry, capacity_bytes(term)
+        registry = term.registry
+        assert registry is not None         # a term is ready once set up, its registry made
+        return registry, capacity_bytes(term)
 
     # --- the term's parts, for tools and tests ------------------------------------------------------
-    def __getattr__(self, name: str) -> Any:
-        if name in ("runtime", "core", "registry", "engine", "state", "sampler", "monitor"):
-            term = self.__dict__.get("term")
-            return getattr(term, name) if term is not None else None
-        raise AttributeError(name)
+    # Each is None while this process does not lead (nor before __init__ has set `term`).
+    def _term(self) -> SchedulerTerm | None:
+        return self.__dict__.get("term")
+
+    @property
+    def runtime(self) -> Runtime | None:
+        term = self._term()
+        return term.runtime if term is not None else None
+
+    @property
+    def core(self) -> SchedulerCore | None:
+        term = self._term()
+        return term.core if term is not None else None
+
+    @property
+    def registry(self) -> ModelRegistry | None:
+        term = self._term()
+        return term.registry if term is not None else None
+
+    @property
+    def engine(self) -> ExecutionEngine | None:
+        term = self._term()
+        return term.engine if term is not None else None
+
+    @property
+    def state(self) -> ResourceState | None:
+        term = self._term()
+        return term.state if term is not None else None
+
+    @property
+    def sampler(self) -> ResourceSampler | None:
+        term = self._term()
+        return term.sampler if term is not None else None
+
+    @property
+    def monitor(self) -> ResourceMonitor | None:
+        term = self._term()
+        return term.monitor if term is not None else None
 
     def publish(self) -> None:
         term = self.term

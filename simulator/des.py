@@ -17,13 +17,14 @@ on one node. With one node a run is exactly what it was before there were severa
 """
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 from scheduling.model_memory import ModelArch, kv_cache_bytes
 from simulator.physics import SharedThroughput, SimOutOfMemory, VirtualGpu
@@ -108,6 +109,14 @@ class Policy(Protocol):
         """Act on the current state (called after every batch of events at one instant)."""
 
 
+class ClusterPolicy(Policy, Protocol):
+    """A cluster-aware policy: it sees every node, and is told on which one a load finished."""
+
+    def attach_nodes(self, gpus: list[Gpu]) -> None: ...
+
+    def on_load_done(self, model: str, gpu: Gpu | None = None) -> None: ...
+
+
 @dataclass(frozen=True)
 class NodeFigures:
     """One node's share of a run."""
@@ -136,7 +145,7 @@ class RunResult:
 
     @property
     def makespan(self) -> float:
-        return max(j.finished for j in self.jobs) - min(j.arrival for j in self.jobs)
+        return max(_ran(j.finished) for j in self.jobs) - min(j.arrival for j in self.jobs)
 
     @property
     def throughput(self) -> float:
@@ -161,7 +170,13 @@ class RunResult:
         return sum(n.unused_load_bytes for n in self.nodes)
 
     def waits(self, priority: str | None = None) -> list[float]:
-        return [j.started - j.arrival for j in self.jobs if priority is None or j.priority == priority]
+        return [_ran(j.started) - j.arrival for j in self.jobs if priority is None or j.priority == priority]
+
+
+def _ran(at: float | None) -> float:
+    """When a job of a finished run started or finished (every one did both)."""
+    assert at is not None
+    return at
 
 
 class Gpu:
@@ -176,8 +191,8 @@ class Gpu:
         self.index = index
         self.clock = clock or Clock()
         self.memory = VirtualGpu(total_bytes, load_bytes_per_s)
-        self.generation = SharedThroughput(tokens_per_s, batch_gain)
-        self.bandwidth = SharedThroughput(load_bytes_per_s, 0.0)    # loads in flight share it
+        self.generation: SharedThroughput[int] = SharedThroughput(tokens_per_s, batch_gain)     # by job id
+        self.bandwidth: SharedThroughput[tuple[str, str]] = SharedThroughput(load_bytes_per_s, 0.0)  # loads in flight share it
         self.loaded: set[str] = set()
         self.loading: set[str] = set()
         self.slots: dict[str, int] = {}
@@ -247,9 +262,6 @@ class Gpu:
         self.running[job.id] = job
         self.generation.add(job.id, job.tokens, self.now)
 
-    def running_on(self, model: str) -> int:
-        return self._running_on.get(model, 0)
-
     def job_done(self, job_id: int) -> Job:
         job = self.running.pop(job_id)
         self._running_on[job.model] -= 1
@@ -288,18 +300,21 @@ def run(policy: Policy, trace: list[Job], models: list[SimModel], total_bytes: i
             for i, s in enumerate(node_specs(nodes, total_bytes, load_bytes_per_s, tokens_per_s, batch_gain))]
     if not gpus:
         raise ValueError("a run needs at least one node")
+    load_done: Callable[[str, Gpu], None]
     if hasattr(policy, "attach_nodes"):
-        policy.attach_nodes(gpus)
-        load_done = policy.on_load_done
+        cluster = cast(ClusterPolicy, policy)      # what a policy with attach_nodes is
+        cluster.attach_nodes(gpus)
+        load_done = cluster.on_load_done
     elif len(gpus) == 1:
         policy.attach(gpus[0])
 
-        def load_done(model: str, gpu: Gpu) -> None:
+        def load_one(model: str, gpu: Gpu) -> None:
             policy.on_load_done(model)
+        load_done = load_one
     else:
         raise ValueError(f"{policy.name} runs on one node, not {len(gpus)}")
     for job in jobs:
-        clock.after(job.arrival, lambda job=job: policy.on_arrival(job))
+        clock.after(job.arrival, functools.partial(policy.on_arrival, job))
     done = 0
     while done < len(jobs):
         candidates = [t for g in gpus for t in (g.generation.next_finish(), g.bandwidth.next_finish()) if t is not None]

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Hashable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from scheduling.gpu_placement import GpuSplit, place
 
@@ -25,7 +27,10 @@ class SimOutOfMemory(Exception):
     pass
 
 
-class SharedThroughput:
+K = TypeVar("K", bound=Hashable)     # what names a job (or a load)
+
+
+class SharedThroughput(Generic[K]):
     """Processor sharing with equal shares: every running job advances at the same rate, so one
     counter of tokens served per job, and a heap of when each job will be done, say it all."""
 
@@ -34,8 +39,8 @@ class SharedThroughput:
         self.batch_gain = batch_gain
         self._served = 0.0               # tokens each running job has received since the start
         self._last: float | None = None
-        self._targets: dict[object, tuple[float, float]] = {}   # key -> (served at done, tokens)
-        self._heap: list[tuple[float, int, object]] = []
+        self._targets: dict[K, tuple[float, float]] = {}   # key -> (served at done, tokens)
+        self._heap: list[tuple[float, int, K]] = []
         self._seq = 0
 
     def __len__(self) -> int:
@@ -48,12 +53,12 @@ class SharedThroughput:
         n = len(self._targets) if n is None else n
         return self.aggregate_rate(n) / n if n > 0 else 0.0
 
-    def advance(self, now: float) -> list[object]:
+    def advance(self, now: float) -> list[K]:
         """Move to `now`; return the keys of jobs that finished (removed)."""
         if self._last is not None and now > self._last:
             self._served += self.per_job_rate() * (now - self._last)
         self._last = now if self._last is None else max(self._last, now)
-        done = []
+        done: list[K] = []
         # relative tolerance: the counter may be large (bytes of loads), and the float sum that
         # reaches a job's target at its computed finish time may fall short by rounding
         while self._heap and self._heap[0][0] <= self._served + 1e-9 * max(1.0, abs(self._served)):
@@ -63,7 +68,7 @@ class SharedThroughput:
                 done.append(key)
         return done
 
-    def add(self, key: object, tokens: float, now: float) -> list[object]:
+    def add(self, key: K, tokens: float, now: float) -> list[K]:
         """Start a job of `tokens` tokens; returns jobs that finished on the way to `now`."""
         done = self.advance(now)
         target = self._served + max(tokens, 1e-9)
@@ -72,12 +77,12 @@ class SharedThroughput:
         heapq.heappush(self._heap, (target, self._seq, key))
         return done
 
-    def remove(self, key: object, now: float) -> list[object]:
+    def remove(self, key: K, now: float) -> list[K]:
         done = self.advance(now)
         self._targets.pop(key, None)
         return done
 
-    def produced(self, key: object) -> float:
+    def produced(self, key: K) -> float:
         """Tokens `key` has received so far (as of the last advance)."""
         target, tokens = self._targets.get(key, (0.0, 0.0))
         return tokens - max(target - self._served, 0.0) if key in self._targets else tokens

@@ -4,6 +4,7 @@ so `vram_scheduler.plan` on each node, with the queue manager's ordering), drive
 service drives it, on one node or several."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from jobs.model import Priority
@@ -27,7 +28,7 @@ class _Runner:
 
 
 class OllamaPolicy:
-    """Ollama's own scheduler (server/sched.go), as REFERENCE.md §2 describes it: one pending
+    """Ollama's own scheduler (server/sched.go), as its source (github.com/ollama/ollama, server/sched.go) does it: one pending
     request worked on at a time in FIFO order; a request for a loaded model goes to its runner,
     which runs NUM_PARALLEL at once; a model is loaded when its estimate (size + KV cache for
     NUM_PARALLEL slots) is at most 80% of free memory (free = total - loaded models' estimates)
@@ -71,7 +72,7 @@ class OllamaPolicy:
                 self._unload(runner)
             else:
                 runner.expire_at = self.gpu.now + self.keep_alive_s
-                self.gpu.after(self.keep_alive_s, lambda r=runner, t=runner.expire_at: self._maybe_expire(r, t))
+                self.gpu.after(self.keep_alive_s, functools.partial(self._maybe_expire, runner, runner.expire_at))
 
     def _maybe_expire(self, runner: _Runner, when: float) -> None:
         if self.runners.get(runner.model) is runner and runner.expire_at == when and runner.active == 0 \
@@ -121,7 +122,7 @@ class OllamaPolicy:
             if any(not r.ready for r in self.runners.values()):
                 # another model is loading: back of the queue in 250 ms, go on with the next one
                 self.pending.pop(0)
-                self.gpu.after(self.requeue_delay_s, lambda job=job: self.pending.append(job))
+                self.gpu.after(self.requeue_delay_s, functools.partial(self.pending.append, job))
                 continue
             self._expire_one()
 

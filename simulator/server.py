@@ -15,7 +15,7 @@ It behaves like Ollama where a scheduler in front of Ollama must respect it:
   models expire after their keep_alive; a client that closes its connection cancels its request.
 
 The runtime itself (models, loads, slots, generation) is `simulator.virtual_runtime`; this module
-is its HTTP API.
+is its HTTP API: the backend (`SimBackend`) behind the Ollama routes of `runtime.ollama_server`.
 
 `GET /api/sim/stats` says what happened (loads, memory, slots, the order requests got their
 slots, simulated energy); `POST /api/sim/faults` injects faults for tests (`simulator.faults`).
@@ -31,10 +31,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, Response, request
+from flask import Flask, request
 
 from model_registry import ModelSpec
 from runtime import ollama_protocol as proto
+from runtime.ollama_server import Answer, Kind, Route, Stream, Tag, create_ollama_app
 from scheduling.model_memory import model_info_of
 from simulator.faults import Fault
 from simulator.physics import SimOutOfMemory
@@ -127,8 +128,8 @@ def _options(body: dict[str, Any]) -> _Options:
     return _Options(num_ctx, num_predict)
 
 
-def _not_found(name: str):
-    return proto.error(404, f"model {json.dumps(name)} not found, try pulling it first")
+def _not_found(name: str) -> proto.Refused:
+    return proto.Refused(404, f"model {json.dumps(name)} not found, try pulling it first")
 
 
 @dataclass
@@ -156,7 +157,7 @@ class _Run:
             total_s=self.load_s + elapsed, load_s=self.load_s, prompt_tokens=self.prompt_tokens,
             prompt_s=PROMPT_EVAL_S, output_tokens=self.tokens, output_s=elapsed - PROMPT_EVAL_S)
 
-    def whole(self):
+    def whole(self) -> dict[str, Any]:
         """The answer in one object (`"stream": false`)."""
         try:
             if self.fault is not None and self.fault.kind == "stall":
@@ -167,7 +168,7 @@ class _Run:
             return self.final(_words(self.seed, 0, produced))
         except ClientGone:
             self.sim.release(self.waiter, cancelled=True)
-            return proto.error(499, "client disconnected")
+            raise proto.Refused(499, "client disconnected") from None
         finally:
             self.sim.release(self.waiter)
 
@@ -196,144 +197,115 @@ class _Run:
         finally:
             self.sim.release(self.waiter)
 
-    def streamed(self) -> Response:
-        response = Response(self.lines(), mimetype="application/x-ndjson")
-        response.call_on_close(lambda: self.sim.release(self.waiter))    # even if never iterated
-        return response
+    def streamed(self) -> Stream:
+        return Stream(self.lines(), lambda: self.sim.release(self.waiter))    # released even if never iterated
 
 
-def create_sim_app(sim: Simulator) -> Flask:
-    app = Flask("simulator")
+def _client() -> ClientProbe:
+    return ClientProbe(request.environ.get("werkzeug.socket"))
 
-    def body() -> dict[str, Any]:
-        return proto.json_body(request.get_data())
 
-    def client() -> ClientProbe:
-        return ClientProbe(request.environ.get("werkzeug.socket"))
+class SimBackend:
+    """The simulator as an Ollama backend (`runtime.ollama_server`), with its own routes:
+    `GET /api/sim/stats`, `GET` and `POST /api/sim/faults`."""
 
-    def enter(spec: ModelSpec, num_ctx: int | None, prompt: str | None, keep_alive: float | None):
-        """Admit a request and wait for its slot (its model, without a prompt): (waiter, seconds
-        waited), or an error answer."""
-        try:
-            waiter = sim.admit(spec, num_ctx, prompt is not None, prompt or "", keep_alive)
-            return waiter, sim.wait(waiter, client())
-        except ServerBusy as exc:
-            return proto.error(503, str(exc)), 0.0
-        except SimOutOfMemory as exc:
-            return proto.error(500, str(exc)), 0.0
-        except ClientGone:
-            return proto.error(499, "client disconnected"), 0.0
+    errors: tuple[type[Exception], ...] = ()
 
-    @app.errorhandler(proto.BadRequest)
-    def bad_request(exc):
-        return proto.error(400, str(exc))
+    def __init__(self, sim: Simulator):
+        self.sim = sim
 
-    @app.get("/api/version")
-    def version():
-        return {"version": VERSION}
+    def version(self) -> str:
+        return VERSION
 
-    @app.get("/api/tags")
-    def tags():
-        return {"models": [{"name": s.name, "model": s.name, "modified_at": proto.now_iso(),
-                            "size": s.size_bytes, "digest": digest_of(s.name), "details": details_of(s)}
-                           for s in sim.catalog.values()]}
+    def tags(self) -> list[Tag]:
+        return [Tag(s.name, s.size_bytes, digest_of(s.name), details_of(s)) for s in self.sim.catalog.values()]
 
-    @app.get("/api/ps")
-    def ps():
-        return {"models": sim.ps()}
+    def ps(self) -> list[dict[str, Any]]:
+        return self.sim.ps()
 
-    @app.post("/api/show")
-    def show():
-        name = proto.require_model(body())
-        spec = sim.spec(name)
+    def show(self, model: str) -> dict[str, Any]:
+        spec = self.sim.spec(model)
         if spec is None:
-            return proto.error(404, f"model '{name}' not found")
+            raise proto.Refused(404, f"model '{model}' not found")
         info: dict[str, Any] = {"general.architecture": spec.family, "general.parameter_count": 0}
         if spec.arch is not None:
             info.update(model_info_of(spec.arch, spec.family))
-        return {"details": details_of(spec), "parameters": f"num_ctx {sim.num_ctx}", "template": "{{ .Prompt }}",
+        return {"details": details_of(spec), "parameters": f"num_ctx {self.sim.num_ctx}", "template": "{{ .Prompt }}",
                 "model_info": info, "capabilities": list(spec.capabilities)}
 
-    @app.get("/api/sim/stats")
-    def stats():
-        return sim.stats()
+    def routes(self) -> list[Route]:
+        return [Route("GET", "/api/sim/stats", lambda _: self.sim.stats()),
+                Route("GET", "/api/sim/faults", lambda _: self.sim.faults.pending()),
+                Route("POST", "/api/sim/faults", self.sim.faults.configure)]
 
-    @app.get("/api/sim/faults")
-    def faults():
-        return sim.faults.pending()
+    def enter(self, spec: ModelSpec, num_ctx: int | None, prompt: str | None,
+              keep_alive: float | None) -> tuple[Waiter, float]:
+        """Admit a request and wait for its slot (its model, without a prompt): (waiter, seconds
+        waited); raises proto.Refused."""
+        try:
+            waiter = self.sim.admit(spec, num_ctx, prompt is not None, prompt or "", keep_alive)
+            return waiter, self.sim.wait(waiter, _client())
+        except ServerBusy as exc:
+            raise proto.Refused(503, str(exc)) from None
+        except SimOutOfMemory as exc:
+            raise proto.Refused(500, str(exc)) from None
+        except ClientGone:
+            raise proto.Refused(499, "client disconnected") from None
 
-    @app.post("/api/sim/faults")
-    def set_faults():
-        return sim.faults.configure(body())
-
-    def infer(kind: str):
-        req = body()
-        name = proto.require_model(req)
-        spec = sim.spec(name)
+    def generate(self, kind: Kind, model: str, body: dict[str, Any]) -> Answer:
+        sim = self.sim
+        spec = sim.spec(model)
         if spec is None:
-            return _not_found(name)
-        keep_alive = proto.parse_keep_alive(req.get("keep_alive"))
-        prompt = _prompt_of(kind, req)
+            raise _not_found(model)
+        keep_alive = proto.parse_keep_alive(body.get("keep_alive"))
+        prompt = _prompt_of(kind, body)
         if prompt is None and keep_alive == 0:
             sim.unload(spec.name)
             return proto.answer(kind, spec.name, "", done=True, done_reason="unload")
         if "completion" not in spec.capabilities:
-            return proto.error(400, f'"{spec.name}" does not support {kind}')
-        options = _options(req)
-        streaming = proto.wants_stream(req)
+            raise proto.Refused(400, f'"{spec.name}" does not support {kind}')
+        options = _options(body)
+        streaming = proto.wants_stream(body)
         fault = sim.faults.take(kind, streaming) if prompt is not None else None
         if fault is not None and fault.kind == "error":
-            return proto.error(fault.status, fault.message)
-        waiter, load_s = enter(spec, options.num_ctx, prompt, keep_alive)
-        if not isinstance(waiter, Waiter):
-            return waiter
+            raise proto.Refused(fault.status, fault.message)
+        waiter, load_s = self.enter(spec, options.num_ctx, prompt, keep_alive)
         if prompt is None:
             return proto.answer(kind, spec.name, "", done=True, done_reason="load",
                                 load_duration=proto.ns(load_s))
         tokens = options.num_predict if options.num_predict and options.num_predict > 0 else sim.default_tokens
-        run = _Run(sim, kind, spec, waiter, client(), tokens,
-                   bool(options.num_predict), str(req.get("prompt") or req.get("messages")), _prompt_tokens(req),
+        run = _Run(sim, kind, spec, waiter, _client(), tokens,
+                   bool(options.num_predict), str(body.get("prompt") or body.get("messages")), _prompt_tokens(body),
                    load_s, fault)
         return run.streamed() if streaming else run.whole()
 
-    @app.post("/api/generate")
-    def generate():
-        return infer("generate")
-
-    @app.post("/api/chat")
-    def chat():
-        return infer("chat")
-
-    @app.post("/api/embed")
-    def embed():
-        req = body()
-        name = proto.require_model(req)
-        spec = sim.spec(name)
+    def embed(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
+        spec = self.sim.spec(model)
         if spec is None:
-            return _not_found(name)
-        inputs = req.get("input")
+            raise _not_found(model)
+        inputs = body.get("input")
         inputs = [inputs] if isinstance(inputs, str) else list(inputs or [])
         if not all(isinstance(i, str) for i in inputs):
-            return proto.error(400, "input must be a string or a list of strings")
-        keep_alive = proto.parse_keep_alive(req.get("keep_alive"))
+            raise proto.Refused(400, "input must be a string or a list of strings")
+        keep_alive = proto.parse_keep_alive(body.get("keep_alive"))
         if "embedding" not in spec.capabilities:
-            return proto.error(400, f'"{spec.name}" does not support embeddings')
-        options = _options(req)
-        fault = sim.faults.take("embed", False) if inputs else None
+            raise proto.Refused(400, f'"{spec.name}" does not support embeddings')
+        options = _options(body)
+        fault = self.sim.faults.take("embed", False) if inputs else None
         if fault is not None:
-            return proto.error(fault.status, fault.message)
-        waiter, load_s = enter(spec, options.num_ctx, inputs[0] if inputs else None, keep_alive)
-        if not isinstance(waiter, Waiter):
-            return waiter
+            raise proto.Refused(fault.status, fault.message)
+        waiter, load_s = self.enter(spec, options.num_ctx, inputs[0] if inputs else None, keep_alive)
         if not inputs:   # Ollama loads the model and answers with no embeddings
             return {"model": spec.name, "embeddings": [], "load_duration": proto.ns(load_s)}
-        return _embed_answer(sim, spec, waiter, client(), inputs, load_s)
+        return _embed_answer(self.sim, spec, waiter, _client(), inputs, load_s)
 
-    return app
+
+def create_sim_app(sim: Simulator) -> Flask:
+    return create_ollama_app(SimBackend(sim), "simulator")
 
 
 def _embed_answer(sim: Simulator, spec: ModelSpec, waiter: Waiter, client: ClientProbe, inputs: list[str],
-                  load_s: float):
+                  load_s: float) -> dict[str, Any]:
     started = sim.clock()
     tokens = sum(max(1, len(t) // 4) for t in inputs)
     try:
@@ -341,7 +313,7 @@ def _embed_answer(sim: Simulator, spec: ModelSpec, waiter: Waiter, client: Clien
             pass
     except ClientGone:
         sim.release(waiter, cancelled=True)
-        return proto.error(499, "client disconnected")
+        raise proto.Refused(499, "client disconnected") from None
     finally:
         sim.release(waiter)
     vectors = []

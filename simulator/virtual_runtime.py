@@ -15,7 +15,7 @@ import hashlib
 import itertools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -69,8 +69,9 @@ class Simulator:
             raise ValueError("num_parallel, max_queue and num_ctx must be at least 1")
         self.catalog = {s.name: s for s in catalog}
         self.gpu = VirtualGpu(int(vram_gb * 1e9), load_gbps * 1e9, gpus, gpu_split)
-        self.throughput = SharedThroughput(tokens_per_s, batch_gain)
-        self.bandwidth = SharedThroughput(load_gbps * 1e9, 0.0)     # loads in flight share it
+        self.throughput: SharedThroughput[int] = SharedThroughput(tokens_per_s, batch_gain)
+        # loads in flight share it, each named ("load", model, a number of its own)
+        self.bandwidth: SharedThroughput[tuple[str, str, int]] = SharedThroughput(load_gbps * 1e9, 0.0)
         self.default_tokens = default_tokens
         self.num_parallel = num_parallel
         self.max_queue = max_queue
@@ -108,7 +109,7 @@ class Simulator:
             self._loaded(key[1], now)
         self.energy.update(now, busy=len(self.throughput) > 0)
 
-    def _jobs_done(self, keys: list[object]) -> None:
+    def _jobs_done(self, keys: list[int]) -> None:
         for key in keys:
             self._events.pop(key).set()
 
@@ -239,7 +240,7 @@ class Simulator:
             raise w.error
         return (w.slot_at if w.slot_at is not None else self.clock()) - w.arrived
 
-    def generate(self, tokens: int, client: Client) -> Iterator[int]:
+    def generate(self, tokens: int, client: Client) -> Generator[int, None, None]:
         """Run a job of `tokens` tokens for a request that holds its slot; yields the count of new
         tokens as they are produced, every STREAM_TICK_S, until done. Raises ClientGone."""
         with self._lock:

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast, overload
 
 from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
 from pymongo.errors import AutoReconnect, ConnectionFailure, OperationFailure, PyMongoError
@@ -41,8 +41,8 @@ from store.mongo_admission import FREE, MongoAdmission
 from store.mongo_answers import MongoAnswers
 from store.mongo_records import MongoRecords, run_key
 
-_WAITING = [s.value for s in WAITING]
-_FINISHED = [s.value for s in FINISHED]
+_WAITING = list(WAITING)
+_FINISHED = list(FINISHED)
 PENDING, QUEUED, RUNNING = JobStatus.PENDING.value, JobStatus.QUEUED.value, JobStatus.RUNNING.value
 FAILED, CANCELLED = JobStatus.FAILED.value, JobStatus.CANCELLED.value
 _ACTIVE = _WAITING + [RUNNING]
@@ -55,13 +55,17 @@ COLLECTIONS = ("jobs", "job_metrics", "state", "leases", "epochs", "model_footpr
 TOKEN_GRACE_S = 60.0             # a token older than this whose job is not waiting is freed by repair()
 
 
-def _to_mongo(job: dict[str, Any]) -> dict[str, Any]:
+def _to_mongo(job: Mapping[str, Any]) -> dict[str, Any]:
     doc = {k: (storable.dumps(v) if k in _JSON_FIELDS and v is not None else v) for k, v in job.items()}
     if "job_id" in doc:
         doc["_id"] = doc["job_id"]
     return doc
 
 
+@overload
+def _from_mongo(doc: dict[str, Any]) -> JobDoc: ...
+@overload
+def _from_mongo(doc: dict[str, Any] | None) -> JobDoc | None: ...
 def _from_mongo(doc: dict[str, Any] | None) -> JobDoc | None:
     if doc is None:
         return None
@@ -71,7 +75,7 @@ def _from_mongo(doc: dict[str, Any] | None) -> JobDoc | None:
     for key in _JSON_FIELDS:
         if isinstance(doc.get(key), str):
             doc[key] = json.loads(doc[key])
-    return doc
+    return cast(JobDoc, doc)      # the fields a job document has (JobDoc)
 
 
 class MongoStore(MongoAdmission, MongoRecords, MongoAccess, MongoAnswers, JobStore):
@@ -104,7 +108,7 @@ class MongoStore(MongoAdmission, MongoRecords, MongoAccess, MongoAnswers, JobSto
     def from_config(cls, config: Config) -> MongoStore:
         if not config.MONGODB_URI:
             raise ValueError("STORE=mongodb needs MONGODB_URI")
-        client = MongoClient(config.MONGODB_URI, serverSelectionTimeoutMS=5000, tz_aware=True)
+        client: MongoClient[dict[str, Any]] = MongoClient(config.MONGODB_URI, serverSelectionTimeoutMS=5000, tz_aware=True)
         return cls(client, config.MONGODB_DB, config.MONGODB_COLLECTION_PREFIX, config.JOB_RETENTION_S,
                    config.QUEUE_MAX_SIZE)
 

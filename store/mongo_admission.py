@@ -12,7 +12,7 @@ from jobs.model import WAITING
 from store.base import Idempotency, IdempotencyConflict, IdempotentReplay, queue_full
 from tenancy.keys import Refusal, admit
 
-_WAITING = [s.value for s in WAITING]
+_WAITING = list(WAITING)
 FREE = ""                        # a queue token no job holds
 MAIN, PAST_LIMIT = "main", "past_limit"     # the QUEUE_MAX_SIZE places; as many for fair shares past it
 

@@ -13,9 +13,10 @@ import inspect
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
+from tenacity.stop import stop_base
 
 from store.base import JobStore, StoreUnavailable
 from telemetry.logs import get_logger
@@ -54,7 +55,7 @@ class RetryingStore:
             log.debug("store call %s failed (%s); retrying", name, exc)
         retrying = Retrying(
             retry=retry_if_exception(store.is_transient),
-            stop=stop_after_delay(left) | (lambda _: self.should_stop()),
+            stop=stop_after_delay(left) | _StopWhen(self.should_stop),
             wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.05),
             before_sleep=_log_retry(name), reraise=True)
         try:
@@ -64,6 +65,21 @@ class RetryingStore:
                 raise
             log.error("store call %s gave up after %.0f s: %s", name, self.patience_s, exc)
             raise StoreUnavailable(f"the job store does not answer ({type(exc).__name__}: {exc})") from exc
+
+
+#: A store as its users see it: a backend, or one that retries it (which answers every method of
+#: JobStore, through `__getattr__`).
+StoreLike: TypeAlias = JobStore | RetryingStore
+
+
+class _StopWhen(stop_base):
+    """Stop retrying once `should_stop()` says so."""
+
+    def __init__(self, should_stop: Callable[[], bool]):
+        self.should_stop = should_stop
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.should_stop()
 
 
 def _log_retry(name: str) -> Callable[[RetryCallState], None]:

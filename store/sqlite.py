@@ -13,10 +13,10 @@ import functools
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from jobs.model import FINISHED, WAITING, JobDoc, JobStatus
 from store.base import (
@@ -38,14 +38,14 @@ from tenancy.keys import admit
 
 _COLUMNS = ("job_id", "status", "model", "priority", "rank", "submitted_at", "completed_at", "run_id", "tenant")
 _SUMMARY_DROP = ("$.prompt", "$.messages", "$.input", "$.images", "$.result", "$.system")
-_WAITING = tuple(s.value for s in WAITING)
-_FINISHED = tuple(s.value for s in FINISHED)
+_WAITING = WAITING
+_FINISHED = FINISHED
 PENDING, QUEUED, RUNNING = JobStatus.PENDING.value, JobStatus.QUEUED.value, JobStatus.RUNNING.value
 FAILED, CANCELLED = JobStatus.FAILED.value, JobStatus.CANCELLED.value
 _TRANSIENT = ("locked", "busy", "disk i/o", "unable to open")
 
 
-def _split(job: JobDoc) -> tuple[dict[str, Any], dict[str, Any]]:
+def _split(job: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     columns = {k: job.get(k) for k in _COLUMNS}
     columns["tenant"] = columns["tenant"] or ""
     doc = {k: v for k, v in job.items() if k not in _COLUMNS}
@@ -207,7 +207,8 @@ class SqliteStore(SqliteRecords, SqliteAccess, SqliteAnswers, JobStore):
     @_repairing
     def list_jobs(self, status: str | None = None, model: str | None = None, limit: int = 100,
                   before: tuple[float, str] | None = None, tenant: str | None = None) -> list[JobDoc]:
-        where, args = [], []
+        where: list[str] = []
+        args: list[object] = []
         if tenant is not None:
             where.append("tenant = ?")
             args.append(tenant)
@@ -259,10 +260,11 @@ class SqliteStore(SqliteRecords, SqliteAccess, SqliteAnswers, JobStore):
                 "UPDATE jobs SET status = ?, held_epoch = ? WHERE job_id IN (SELECT job_id FROM jobs "
                 "WHERE status = ? ORDER BY submitted_at LIMIT ?) "
                 "RETURNING job_id, model, priority, rank, submitted_at", (QUEUED, epoch, PENDING, limit)).fetchall()
-        return sorted((dict(r) for r in rows), key=lambda j: j["submitted_at"])
+        return sorted((cast(JobDoc, dict(r)) for r in rows), key=lambda j: j["submitted_at"])
 
     def release_taken(self, job_ids: list[str] | None = None, *, held_before: int | None = None) -> int:
-        where, args = ["status = ?"], [QUEUED]
+        where: list[str] = ["status = ?"]
+        args: list[object] = [QUEUED]
         if job_ids is not None:
             where.append(f"job_id IN ({', '.join('?' * len(job_ids))})")
             args.extend(job_ids)
@@ -327,7 +329,7 @@ class SqliteStore(SqliteRecords, SqliteAccess, SqliteAnswers, JobStore):
                 "SELECT job_id, model, run_id, tenant, json_extract(doc, '$.epoch') AS epoch, json_extract(doc, '$.owner') AS "
                 "owner, json_extract(doc, '$.started_at') AS started_at, json_extract(doc, '$.timeout_s') AS timeout_s, "
                 "json_extract(doc, '$.attempts') AS attempts FROM jobs WHERE status = ?", (RUNNING,)).fetchall()
-        return [dict(r) for r in rows]
+        return [cast(JobDoc, dict(r)) for r in rows]
 
     def recover_run(self, job_id: str, run_id: str, requeue: bool, fields: dict[str, Any],
                     ledger: dict[str, Any] | None = None) -> bool:

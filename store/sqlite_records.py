@@ -37,7 +37,8 @@ class SqliteRecords:
 
     def list_metrics(self, model: str | None = None, limit: int = 100, job_id: str | None = None,
                      before: tuple[float, str] | None = None, tenant: str | None = None) -> list[dict[str, Any]]:
-        where, args = [], []
+        where: list[str] = []
+        args: list[object] = []
         if tenant is not None:
             where.append("tenant = ?")
             args.append(tenant)

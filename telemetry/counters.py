@@ -8,13 +8,21 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from jobs.model import ErrorKind
 from telemetry.activity import ActivityLog
 
 _ACTIVITY_COUNT = {"load": "loads", "unload": "unloads", "evict": "evictions"}
 
 
+def error_key(kind: ErrorKind) -> str:
+    """The name an error kind is counted under in /api/stats (`errors.oom`)."""
+    return f"errors.{kind.value}"
+
+
 class CountObserver(Protocol):
     def counted(self, name: str, n: int) -> None: ...
+
+    def error(self, kind: ErrorKind, n: int) -> None: ...
 
     def activity(self, kind: str, model: str, node: str) -> None: ...
 
@@ -34,6 +42,14 @@ class Counters:
             self._counts[name] += n
         if self.observer is not None:
             self.observer.counted(name, n)
+
+    def error(self, kind: ErrorKind, n: int = 1) -> None:
+        """A runtime failure of a load or a job, by kind: `errors.<kind>` in /api/stats, and the
+        observer's `runtime_errors{kind}` in /metrics. The one way errors are counted."""
+        with self._lock:
+            self._counts[error_key(kind)] += n
+        if self.observer is not None:
+            self.observer.error(kind, n)
 
     def record(self, kind: str, model: str, node: str, at: float) -> None:
         """A load, unload or eviction ("load", "unload", "evict") of `model` on `node`: counted

@@ -16,8 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-COMPONENTS = ("SYSTEM", "API", "QUEUE", "SCHEDULER", "ENGINE", "MONITOR", "REGISTRY", "STORE",
-              "RUNTIME", "SIM")
 _ROOT = "model_manager"
 
 

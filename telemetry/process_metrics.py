@@ -31,12 +31,12 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.metrics_core import Metric
 
+from jobs.model import ErrorKind
 from telemetry.prometheus_setup import multiprocess_dir
 
 NAMESPACE = "model_manager"
 WAIT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
 RUN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0)
-ERROR_PREFIX = "errors."
 
 
 class ProcessMetrics:
@@ -72,10 +72,11 @@ class ProcessMetrics:
 
     # --- counters.CountObserver ---------------------------------------------------------------------
     def counted(self, name: str, n: int) -> None:
-        if name.startswith(ERROR_PREFIX):
-            self.errors.labels(name[len(ERROR_PREFIX):]).inc(n)
-        elif name == "requeued":
+        if name == "requeued":
             self.requeued.inc(n)
+
+    def error(self, kind: ErrorKind, n: int) -> None:
+        self.errors.labels(kind.value).inc(n)
 
     def activity(self, kind: str, model: str, node: str) -> None:
         self._by_kind[kind].labels(model, node).inc()

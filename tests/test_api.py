@@ -4,7 +4,7 @@ import json
 import pytest
 
 from api import create_app
-from conftest import make_config
+from helpers import make_config
 from service.facade import Service
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 import compare
-from conftest import require_models
+from helpers import require_models
 from store.sqlite import SqliteStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.embedded]
@@ -49,7 +49,8 @@ def test_two_humaneval_tasks_under_both_strategies(tmp_path, model_cache, capsys
     # the service kept the tasks, the tagged ledger and the per-task results
     store = SqliteStore(next((out / "service" / "data").glob("*.db")))
     try:
-        assert store.get_task("HumanEval/2")["check"]["entry_point"] == "truncate_number"
+        task = store.get_task("HumanEval/2")
+        assert task is not None and task["check"]["entry_point"] == "truncate_number"
         results = store.list_results("e2e")
         assert sorted((r["task_id"], r["strategy"]) for r in results) == sorted(
             (t, s) for t in summary["tasks"] for s in ("large", "branched"))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import MainProcess, make_config, wait_until
+from helpers import MainProcess, make_config, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Flags that work on machines without a network: no background connections, no sandbox as root.

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from config import Config
-from conftest import ROOT
+from helpers import ROOT
 from runtime.node_urls import split_node_url
 
 COMPOSE = ROOT / "deploy" / "compose.cluster.yml"
@@ -30,7 +30,9 @@ def test_the_managers_settings_are_a_valid_configuration_over_both_nodes_and_a_r
         assert all(vram for _, vram in nodes)                    # no node's memory left unknown
         assert config.exposure_error() is None                  # open port, keys required
         assert "replicaSet=rs0" in config.MONGODB_URI and "w=majority" in config.MONGODB_URI
-        hosts = re.match(r"mongodb://([^/]+)/", config.MONGODB_URI).group(1).split(",")
+        hosts_at = re.match(r"mongodb://([^/]+)/", config.MONGODB_URI)
+        assert hosts_at is not None
+        hosts = hosts_at.group(1).split(",")
         assert sorted(h.split(":")[0] for h in hosts) == sorted(n for n in services if re.fullmatch(r"mongo-\d", n))
         assert "gunicorn -c gunicorn.conf.py wsgi:app" in manager["command"]    # what tests/test_gunicorn.py runs
         for name in ollamas:

@@ -18,11 +18,11 @@ import pytest
 import yaml
 
 from config import Config
-from conftest import ROOT
+from helpers import ROOT
 
 GUNICORN_COMMAND = ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
 ENV_EXAMPLE = ROOT / ".env.example"
-NOT_CONFIG = {"GUNICORN_WORKERS", "GUNICORN_THREADS", "MM_PORT"}      # read by gunicorn.conf.py / compose
+NOT_CONFIG = {"MM_PORT"}      # read by compose only
 
 
 def env_lines() -> list[str]:
@@ -82,15 +82,21 @@ def test_the_image_serves_with_the_command_the_tests_use():
     dockerfile = (ROOT / "Dockerfile").read_text()
     cmd = re.search(r"^CMD (\[.*\])$", dockerfile, re.M)
     assert cmd and json.loads(cmd.group(1)) == GUNICORN_COMMAND
-    assert '"-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"' in (ROOT / "tests" / "conftest.py").read_text()
+    assert '"-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"' in (ROOT / "tests" / "helpers.py").read_text()
     assert "pip install -r requirements.txt" in dockerfile and re.search(r"^USER ", dockerfile, re.M)
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".env", ".venv", ".git", "data"} <= set(ignored)
 
 
+class CaseSensitiveParser(configparser.ConfigParser):
+    """systemd keys are case-sensitive: keep them as written."""
+
+    def optionxform(self, optionstr: str) -> str:
+        return optionstr
+
+
 def unit() -> configparser.ConfigParser:
-    parser = configparser.ConfigParser(interpolation=None, strict=True)
-    parser.optionxform = str                                  # systemd keys are case-sensitive
+    parser = CaseSensitiveParser(interpolation=None, strict=True)
     parser.read_string((ROOT / "deploy" / "model-manager.service").read_text())
     return parser
 

@@ -1,4 +1,6 @@
 """The discrete-event simulator and the two policies it compares, on small traces with known answers."""
+from typing import TypedDict
+
 import pytest
 
 from scheduling.model_memory import ModelArch
@@ -8,17 +10,40 @@ from simulator.policies import ManagerPolicy, OllamaPolicy
 
 GB = 10 ** 9
 SMALL_KV = ModelArch(8, 8, 8, 512)          # 16 KiB of KV cache per token
-PHYSICS = dict(load_bytes_per_s=1 * GB, tokens_per_s=100.0, batch_gain=0.0)
+
+
+class Physics(TypedDict):
+    """The keyword arguments of `run` that describe each node's speed."""
+    load_bytes_per_s: float
+    tokens_per_s: float
+    batch_gain: float
+
+
+PHYSICS = Physics(load_bytes_per_s=1 * GB, tokens_per_s=100.0, batch_gain=0.0)
+
+
+def started(job: Job) -> float:
+    """When `job` started; the test has run it."""
+    assert job.started is not None, f"job {job.id} never started"
+    return job.started
+
+
+def finished(job: Job) -> float:
+    """When `job` finished; the test has run it."""
+    assert job.finished is not None, f"job {job.id} never finished"
+    return job.finished
 
 
 def test_shared_counters_finish_at_their_computed_time_even_when_large():
-    bw = SharedThroughput(2e9, 0.0)
+    bw: SharedThroughput[str] = SharedThroughput(2e9, 0.0)
     bw.add("a", 9.1e9, now=1234.5)
     bw.add("b", 4.7e9, now=1234.6)
-    finished = []
-    while len(finished) < 2:
-        finished += bw.advance(bw.next_finish())       # must not get stuck short of the target
-    assert finished == ["b", "a"]
+    done: list[str] = []
+    while len(done) < 2:
+        next_finish = bw.next_finish()
+        assert next_finish is not None
+        done += bw.advance(next_finish)                 # must not get stuck short of the target
+    assert done == ["b", "a"]
 
 
 def test_ollama_fifo_blocks_the_queue_while_a_swap_waits_for_a_busy_model():
@@ -29,7 +54,7 @@ def test_ollama_fifo_blocks_the_queue_while_a_swap_waits_for_a_busy_model():
     by_id = {j.id: j for j in result.jobs}
     # Job 2's model is loaded when it arrives, yet it waits behind job 1, which waits for job 0 to
     # finish and "a" to be swapped out for "b" (and back).
-    assert by_id[2].started > by_id[0].finished
+    assert started(by_id[2]) > finished(by_id[0])
     assert result.loads == 3 and result.oom_errors == 0
 
 
@@ -39,7 +64,7 @@ def test_manager_runs_loaded_work_while_a_swap_is_pending_and_honours_priority()
     result = run(ManagerPolicy(margin_bytes=0, multiplier=1.2), trace, models, 10 * GB, **PHYSICS)
     by_id = {j.id: j for j in result.jobs}
     assert by_id[2].started == pytest.approx(7.0)            # its model is loaded: it runs at once
-    assert by_id[1].started < by_id[0].finished + 7          # b loads once a has drained
+    assert started(by_id[1]) < finished(by_id[0]) + 7        # b loads once a has drained
     assert result.loads == 2 and result.oom_errors == 0 and result.peak_bytes <= 10 * GB
 
 

@@ -4,7 +4,7 @@ re-queued (or failed, if so configured); none is lost and none completes twice."
 import pytest
 import requests
 
-from conftest import wait_until
+from helpers import wait_until
 from store.sqlite import SqliteStore
 
 pytestmark = pytest.mark.slow

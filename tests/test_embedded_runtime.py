@@ -8,9 +8,9 @@ import ollama
 import pytest
 import requests
 
-from conftest import require_models, wait_until
 from embedded_runtime.catalog import CATALOG, EmbeddedModel, ModelFiles, ModelUnavailable, is_installed, sha256_of
 from embedded_runtime.runner import SlotGate
+from helpers import present, require_models, wait_until
 from runtime.client import OllamaClient
 from runtime.launcher import ManagedRuntime
 
@@ -59,16 +59,16 @@ def test_keep_alive_expiry_unloads_the_model(runtime):
 def test_official_ollama_client_generate_chat_stream_list_ps(runtime):
     client = ollama.Client(host=runtime)
     answer = client.generate(model="smollm2:135m", prompt="What is 2+2?", options={"num_predict": 10})
-    assert answer.done and answer.response.strip() and answer.eval_count > 0
+    assert answer.done and present(answer.response).strip() and present(answer.eval_count) > 0
     pieces = list(client.generate(model="smollm2:135m", prompt="Count to three.", stream=True,
                                   options={"num_predict": 10}))
-    assert len(pieces) > 2 and pieces[-1].done and "".join(p.response for p in pieces).strip()
+    assert len(pieces) > 2 and pieces[-1].done and "".join(present(p.response) for p in pieces).strip()
     reply = client.chat(model="smollm2:135m", messages=[{"role": "user", "content": "Hi!"}],
                         options={"num_predict": 8})
-    assert reply.message.role == "assistant" and reply.message.content.strip()
+    assert reply.message.role == "assistant" and present(reply.message.content).strip()
     chunks = list(client.chat(model="smollm2:135m", messages=[{"role": "user", "content": "Hi!"}], stream=True,
                               options={"num_predict": 8}))
-    assert chunks[-1].done and "".join(c.message.content for c in chunks).strip()
+    assert chunks[-1].done and "".join(present(c.message.content) for c in chunks).strip()
     assert "smollm2:135m" in {m.model for m in client.list().models}
     assert [m.model for m in client.ps().models] == ["smollm2:135m"]
     with pytest.raises(ollama.ResponseError) as err:

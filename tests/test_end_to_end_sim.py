@@ -32,7 +32,8 @@ def test_200_random_jobs_complete_without_oom_with_swaps_and_priority(sim_servic
     assert sim["unloads"] > 0, sim
     assert sim["loads"] > 10, sim          # ten models, some loaded more than once: unloaded and reloaded
 
-    jobs = requests.get(url + "/api/jobs", params={"limit": 1000, "status": "complete"}, timeout=10).json()["jobs"]
+    params: dict[str, str | int] = {"limit": 1000, "status": "complete"}
+    jobs = requests.get(url + "/api/jobs", params=params, timeout=10).json()["jobs"]
     waits = {p: [j["metrics"]["queue_wait_s"] for j in jobs if j["priority"] == p] for p in ("high", "low")}
     assert waits["high"] and waits["low"]
     assert statistics.mean(waits["high"]) < statistics.mean(waits["low"]), {

@@ -53,7 +53,7 @@ def test_large_is_one_attempt_tagged_with_the_experiment():
 def test_every_small_model_attempts_at_once_and_a_pass_ends_the_task():
     calls = ScriptedCalls({"a": ["runs 1"], "b": ["ok"]})
     outcome = Runner(calls, judge, "e").branched(TASK, ["a", "b"], max_branches=4)
-    assert outcome.solved and outcome.chosen.model == "b" and outcome.chosen.branch == 1
+    assert outcome.solved and outcome.chosen is not None and outcome.chosen.model == "b" and outcome.chosen.branch == 1
     assert len(calls.submitted) == 2            # no second round once an answer passed
 
 
@@ -97,7 +97,7 @@ def test_a_failed_job_starts_its_branch_over_without_feedback():
 def test_combine_takes_the_first_pass_else_the_best_score():
     calls = ScriptedCalls({"a": ["broken", "runs 2"], "b": ["runs 1", "runs 3"]})
     outcome = Runner(calls, judge, "e").branched(TASK, ["a", "b"], max_branches=3)
-    assert not outcome.solved and outcome.chosen.branch == 1         # the first of the best-scoring
+    assert not outcome.solved and outcome.chosen is not None and outcome.chosen.branch == 1   # the first of the best-scoring
     assert combine([]) is None
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import wait_until
+from helpers import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -204,13 +204,14 @@ def test_a_client_that_goes_away_cancels_its_job(main_process):
 
 
 def test_relayed_pieces_sent_twice_after_a_failed_write_are_delivered_once():
+    from jobs.model import JobDoc
     from service.answers import End, Piece, follow
     batches = [("r1", [{"text": "a", "i": 0}, {"text": "b", "i": 1}]),
                ("r1", [{"text": "a", "i": 0}, {"text": "b", "i": 1}, {"text": "c", "i": 2}])]
-    done = {"job_id": "j", "status": "complete"}
+    done = JobDoc(job_id="j", status="complete")
     events = list(follow("j", None, lambda _: done, lambda _, skip: batches[skip:], lambda: False))
     assert [e.piece["text"] for e in events if isinstance(e, Piece)] == ["a", "b", "c"]
-    assert isinstance(events[-1], End) and "i" not in events[0].piece
+    assert isinstance(events[-1], End) and isinstance(events[0], Piece) and "i" not in events[0].piece
 
 
 def test_the_end_of_a_stream_sends_exactly_what_it_missed():

@@ -3,6 +3,7 @@ valid requests with one field replaced by anything JSON can say (NaN, Infinity, 
 any length, wrong types, deep nesting). Every answer is a 2xx or a 4xx in valid JSON, never a
 500 or a hang, and afterwards an ordinary job is still served (no stuck queue)."""
 import json
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 
 MODEL = "qwen2.5:0.5b"
 
-VALID = {
+VALID: dict[str, dict[str, Any]] = {
     "/api/submit": {"model": MODEL, "prompt": "hi", "options": {"num_predict": 4}, "metadata": {"k": "v"}},
     "/api/generate": {"model": MODEL, "prompt": "hi", "stream": False, "options": {"num_predict": 4}},
     "/api/chat": {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": False,

@@ -1,10 +1,11 @@
 """GPU readings parsed from recorded output of real GPUs (tests/fixtures/nvidia-smi)."""
 import re
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import pytest
 
-from conftest import FIXTURES
+from helpers import FIXTURES, present
 from resource_monitor import GpuMemory
 from runtime.gpu_probe import MIB, NvmlSource, parse_compute_apps_csv, parse_query_gpu_csv
 
@@ -25,13 +26,25 @@ def section(gpu: str, title: str) -> str:
     raise KeyError(title)
 
 
+def search(pattern: str, text: str) -> re.Match[str]:
+    """`pattern` in a capture that the test knows prints it."""
+    found = re.search(pattern, text)
+    assert found is not None, f"{pattern!r} is not in the capture"
+    return found
+
+
+def constant_need(amount: int) -> Callable[[str], int]:
+    """A `need_of` that gives every model the same need."""
+    return lambda model: amount
+
+
 def query_fields(gpu: str, phase: str) -> dict[str, float]:
     """Memory, utilisation and power as `nvidia-smi -q` printed them in the same capture."""
     text = section(gpu, f"{phase} :: query (-q)")
-    fb = re.search(r"FB Memory Usage\s+Total\s+:\s+(\d+) MiB\s+Reserved\s+:\s+(\d+) MiB\s+Used\s+:\s+(\d+) MiB"
+    fb = search(r"FB Memory Usage\s+Total\s+:\s+(\d+) MiB\s+Reserved\s+:\s+(\d+) MiB\s+Used\s+:\s+(\d+) MiB"
                    r"\s+Free\s+:\s+(\d+) MiB", text)
-    util = re.search(r"Utilization\s+GPU\s+:\s+(\d+) %", text)
-    power = re.search(r"Instantaneous Power Draw\s+:\s+([\d.]+) W", text)
+    util = search(r"Utilization\s+GPU\s+:\s+(\d+) %", text)
+    power = search(r"Instantaneous Power Draw\s+:\s+([\d.]+) W", text)
     return {"total": int(fb.group(1)), "reserved": int(fb.group(2)), "used": int(fb.group(3)),
             "free": int(fb.group(4)), "util": float(util.group(1)), "power": float(power.group(1))}
 
@@ -71,7 +84,7 @@ def test_header_without_units_and_several_gpus_and_missing_values():
 
 def test_compute_apps_per_process_memory():
     procs = parse_compute_apps_csv(section("h100", "load :: query-compute-apps"))
-    assert [(p.pid, p.used_memory // MIB) for p in procs] == [(11327, 2566), (11328, 1542), (11345, 15690)]
+    assert [(p.pid, present(p.used_memory) // MIB) for p in procs] == [(11327, 2566), (11328, 1542), (11345, 15690)]
     assert procs[2].name == "./gpu_burn"
     assert parse_compute_apps_csv(section("h100", "idle :: query-compute-apps")) == []
 
@@ -154,7 +167,7 @@ def test_several_devices_are_read_and_budgeted_one_by_one():
     room = snapshot.gpu_budgets[most_free]
     small, large = int(room * 0.7), int(room * 1.2)
     for name, need in (("small", small), ("large", large)):
-        s = build_snapshot(state, (), [Demand(name, 1, 1.0, 0.0)], lambda m, need=need: need, Limits(), margin)
+        s = build_snapshot(state, (), [Demand(name, 1, 1.0, 0.0)], constant_need(need), Limits(), margin)
         decided = plan(s)
         alloc = decided.placements[name]
         assert all(a <= b for a, b in zip(alloc, s.gpu_budgets, strict=False)) and sum(alloc) == need

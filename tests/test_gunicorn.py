@@ -9,7 +9,7 @@ import psutil
 import pytest
 import requests
 
-from conftest import gunicorn_server, wait_until
+from helpers import gunicorn_server, wait_until
 
 pytestmark = pytest.mark.slow
 

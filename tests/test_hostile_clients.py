@@ -7,14 +7,16 @@ import sqlite3
 import subprocess
 import sys
 import time
+from typing import Any, cast
 
 import pytest
 import requests
 from test_tenancy import auth, make_key
 
-from conftest import ROOT, MainProcess, gunicorn_server, make_config, sample_job, wait_until
+from helpers import ROOT, MainProcess, gunicorn_server, make_config, present, sample_job, wait_until
 from queue_manager import QueueManager
 from store import open_store
+from store.sqlite import SqliteStore
 
 MODEL = "qwen2.5:0.5b"
 
@@ -110,7 +112,7 @@ def test_the_other_tenants_job_is_served_while_a_hostile_client_sends_bad_number
 def test_a_job_the_store_cannot_read_fails_and_the_others_still_run(tmp_path):
     """Defence in depth: a document SQLite cannot read (written before the API refused NaN)
     fails its own job; the claim of the next one goes on."""
-    store = open_store(make_config(tmp_path))
+    store = cast(SqliteStore, open_store(make_config(tmp_path)))          # make_config: STORE=sqlite
     bad, good = sample_job(job_id="bad", submitted_at=1.0), sample_job(job_id="good", submitted_at=2.0)
     store.enqueue(bad)
     store.enqueue(good)
@@ -121,24 +123,24 @@ def test_a_job_the_store_cannot_read_fails_and_the_others_still_run(tmp_path):
     assert queue.sync() == 2
     taken = queue.take("m", 2, now=3.0, run_fields=lambda job_id: (f"run-{job_id}", {"started_at": 3.0}))
     assert [j["job_id"] for j in taken] == ["good"]
-    failed = store.get("bad")
-    assert failed["status"] == "failed" and "NaN or Infinity" in failed["error"]
+    failed = present(store.get("bad"))
+    assert failed["status"] == "failed" and "NaN or Infinity" in present(failed["error"])
     assert store.cancel("bad", {"completed_at": 4.0}).previous == "failed"
     store.close()
 
 
 def test_a_store_file_with_unreadable_documents_is_repaired_when_opened(tmp_path):
     cfg = make_config(tmp_path)
-    store = open_store(cfg)
+    store = cast(SqliteStore, open_store(cfg))                           # make_config: STORE=sqlite
     store.enqueue(sample_job(job_id="nan", submitted_at=1.0))
     store.enqueue(sample_job(job_id="fine", submitted_at=2.0))
     with store.db.write() as conn:
         conn.execute("UPDATE jobs SET doc = substr(doc, 1, length(doc) - 1) || ',\"x\":NaN}' WHERE job_id = 'nan'")
     store.close()
     reopened = open_store(cfg)
-    nan = reopened.get("nan")
+    nan = cast(dict[str, Any], present(reopened.get("nan")))            # "x" is no JobDoc field
     assert nan["status"] == "failed" and "NaN or Infinity" in nan["error"] and nan["x"] is None
-    assert reopened.get("fine")["status"] in ("pending", "queued")
+    assert present(reopened.get("fine"))["status"] in ("pending", "queued")
     assert {j["job_id"] for j in reopened.list_jobs(limit=10)} == {"nan", "fine"}
     reopened.close()
     with sqlite3.connect(cfg.DATA_DIR / "model_manager.db") as conn:

@@ -6,24 +6,33 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from typing import cast
 
 import pytest
 
 from scheduling.leadership import Leadership, new_owner, owner_alive
 from scheduling.policy import LeftRun, RunAction, left_run_verdict
+from store.base import JobStore
 from store.sqlite import SqliteStore
 
 
 class Events:
-    def __init__(self):
-        self.log = []
+    def __init__(self) -> None:
+        self.log: list[tuple[str, str, int | str, float]] = []
         self.changed = threading.Event()
 
-    def elected(self, name):
-        return lambda epoch: (self.log.append((name, "elected", epoch, time.monotonic())), self.changed.set())
+    def elected(self, name: str) -> Callable[[int], None]:
+        def on_elected(epoch: int) -> None:
+            self.log.append((name, "elected", epoch, time.monotonic()))
+            self.changed.set()
+        return on_elected
 
-    def lost(self, name):
-        return lambda reason: (self.log.append((name, "lost", reason, time.monotonic())), self.changed.set())
+    def lost(self, name: str) -> Callable[[str], None]:
+        def on_lost(reason: str) -> None:
+            self.log.append((name, "lost", reason, time.monotonic()))
+            self.changed.set()
+        return on_lost
 
 
 def wait_for(predicate, timeout=5.0):
@@ -71,11 +80,12 @@ class Unreachable:
 def test_a_leader_that_cannot_renew_steps_down_before_its_lease_could_expire():
     events = Events()
     store = Unreachable()
-    leader = Leadership(store, "a", events.elected("a"), events.lost("a"), ttl_s=1.0, renew_s=0.2)
+    # a stand-in for the two lease calls Leadership makes
+    leader = Leadership(cast(JobStore, store), "a", events.elected("a"), events.lost("a"), ttl_s=1.0, renew_s=0.2)
     leader.start()
     assert wait_for(lambda: len(events.log) == 2, timeout=3)
     (_, _, _, elected_at), (_, what, reason, lost_at) = events.log
-    assert what == "lost" and "cannot renew" in reason
+    assert what == "lost" and isinstance(reason, str) and "cannot renew" in reason
     assert lost_at - elected_at < 1.0                         # before the lease (1 s) ran out
     leader.stop()
 

@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from conftest import gunicorn_server, wait_until
+from helpers import gunicorn_server, wait_until
 from telemetry.logs import get_logger, setup_logging
 
 MODEL = "qwen2.5:0.5b"

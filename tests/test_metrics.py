@@ -13,7 +13,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import gunicorn_server, wait_until
+from helpers import gunicorn_server, wait_until
 
 QWEN, TINY = "qwen2.5:0.5b", "tinyllama:1.1b"
 

@@ -3,13 +3,20 @@ architectures, measurements kept across restarts under the settings they were ma
 out-of-memory learning that converges."""
 import pytest
 
-from model_registry import DESIGN_CATALOG, ModelRegistry, canonical_name
+from model_registry import DESIGN_CATALOG, ModelEntry, ModelRegistry, canonical_name
 from scheduling.model_memory import ModelArch, arch_from_model_info, grown_need, kv_cache_bytes
 from scheduling.model_settings import ModelSettings
 
 GB = 10**9
 MIB = 1024 ** 2
 PHI3 = next(s for s in DESIGN_CATALOG if s.name == "phi3:mini")
+
+
+def entry(registry: ModelRegistry, name: str) -> ModelEntry:
+    """The registry's entry for a model the test knows it holds."""
+    found = registry.get(name)
+    assert found is not None, f"{name} is not in the registry"
+    return found
 
 
 def test_kv_cache_is_estimated_the_way_ollama_does():
@@ -77,8 +84,9 @@ def test_architecture_from_ollamas_show_answer():
     arch = arch_from_model_info(info)
     assert arch == ModelArch(24, 14, 2, 896, 32768)
     assert arch_from_model_info({"general.architecture": "bert"}) is None      # not enough to size a cache
-    assert arch_from_model_info({"general.architecture": "x", "x.block_count": 2, "x.attention.head_count": [4, 4],
-                                 "x.attention.head_count_kv": [1, 2], "x.embedding_length": 64}).head_count_kv == 2
+    per_layer = arch_from_model_info({"general.architecture": "x", "x.block_count": 2, "x.attention.head_count": [4, 4],
+                                      "x.attention.head_count_kv": [1, 2], "x.embedding_length": 64})
+    assert per_layer is not None and per_layer.head_count_kv == 2
     registry = ModelRegistry(1.3)
     registry.update_from_runtime([{"name": "qwen2.5:7b", "size": 4_700_000_000, "details": {"family": "qwen2"}}])
     unknown = registry.need_bytes("qwen2.5:7b")                 # no architecture yet: a cautious guess
@@ -103,14 +111,14 @@ def test_runtime_list_adds_models_and_marks_missing_ones():
         {"name": "phi3:mini", "size": 2_300_000_000, "details": {"family": "phi3"}},
         {"name": "mxbai-embed-large:latest", "size": 670_000_000, "details": {"family": "bert"}},
     ])
-    assert registry.get("llama3.1:8b").on_runtime is True
-    assert registry.get("phi3:mini").spec.size_bytes == 2_300_000_000
-    assert registry.get("phi3:mini").spec.arch == PHI3.arch          # the catalog's architecture is kept
-    assert registry.get("gemma:2b").on_runtime is False
-    assert registry.get("mxbai-embed-large:latest").spec.capabilities == ("embedding",)
+    assert entry(registry, "llama3.1:8b").on_runtime is True
+    assert entry(registry, "phi3:mini").spec.size_bytes == 2_300_000_000
+    assert entry(registry, "phi3:mini").spec.arch == PHI3.arch          # the catalog's architecture is kept
+    assert entry(registry, "gemma:2b").on_runtime is False
+    assert entry(registry, "mxbai-embed-large:latest").spec.capabilities == ("embedding",)
     copy = ModelRegistry.from_description(registry.describe(), 1.3)
     assert copy.need_bytes("llama3.1:8b") == registry.need_bytes("llama3.1:8b")
-    assert copy.get("gemma:2b").on_runtime is False
+    assert entry(copy, "gemma:2b").on_runtime is False
 
 
 @pytest.mark.parametrize("name, slots", [("qwen2.5:0.5b", 3), ("all-minilm", 1)])

@@ -9,12 +9,13 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from config import Config
-from conftest import ROOT, make_config, wait_until
+from helpers import ROOT, make_config, wait_until
 from runtime.backends import ollama_answers
 from runtime.client import OllamaClient, RuntimeRedirected
 from runtime.launcher import ManagedRuntime
@@ -291,14 +292,16 @@ def test_health_without_keys_required_shows_no_url_either(running_service):
 
 def test_credentials_in_a_view_are_never_shown():
     from routes.infra_view import shown_view
-    view = {"owner": "gpu-host:42:1:abc", "epoch": 3,
-            "runtime": {"kind": "ollama", "url": "http://ops:hunter2@gpu1:11434", "ok": False,
-                        "error": "cannot reach http://ops:hunter2@gpu1:11434/api/ps"},
-            "resources": {"loaded_models": [{"name": "m", "node": "http://ops:hunter2@gpu1:11434"}],
-                          "gpus": [{"index": 0, "uuid": "GPU-1234"}], "host": {"cpu_percent": 1.0}},
-            "nodes": [{"kind": "ollama", "url": "http://ops:hunter2@gpu1:11434", "ok": False,
-                       "error": "cannot reach http://ops:hunter2@gpu1:11434/api/ps", "gpus": [{"uuid": "GPU-1234"}]}]}
+    view: dict[str, Any] = {"owner": "gpu-host:42:1:abc", "epoch": 3,
+                            "runtime": {"kind": "ollama", "url": "http://ops:hunter2@gpu1:11434", "ok": False,
+                                        "error": "cannot reach http://ops:hunter2@gpu1:11434/api/ps"},
+                            "resources": {"loaded_models": [{"name": "m", "node": "http://ops:hunter2@gpu1:11434"}],
+                                          "gpus": [{"index": 0, "uuid": "GPU-1234"}], "host": {"cpu_percent": 1.0}},
+                            "nodes": [{"kind": "ollama", "url": "http://ops:hunter2@gpu1:11434", "ok": False,
+                                       "error": "cannot reach http://ops:hunter2@gpu1:11434/api/ps",
+                                       "gpus": [{"uuid": "GPU-1234"}]}]}
     admin, tenant = shown_view(view, admin=True), shown_view(view, admin=False)
+    assert admin is not None and tenant is not None
     assert "hunter2" not in repr(admin) and "hunter2" not in repr(tenant)
     assert admin["nodes"][0]["url"] == "http://gpu1:11434" == admin["resources"]["loaded_models"][0]["node"]
     assert "gpu1" not in repr(tenant) and "GPU-1234" not in repr(tenant) and "gpu-host" not in repr(tenant)

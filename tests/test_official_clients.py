@@ -10,7 +10,7 @@ import openai
 import pytest
 import requests
 
-from conftest import ROOT, MainProcess, require_models
+from helpers import ROOT, MainProcess, present, require_models
 
 pytestmark = [pytest.mark.embedded, pytest.mark.slow]
 MODEL = "smollm2:135m"
@@ -41,15 +41,15 @@ def test_ollama_client_generates_chats_and_lists(manager):
     proc, keys = manager
     client = ollama.Client(host=proc.url, headers={"Authorization": f"Bearer {keys['alice']}"})
     answer = client.generate(model=MODEL, prompt="The capital of France is", options={"num_predict": 8})
-    assert answer.done and answer.response.strip() and answer.eval_count > 0
-    assert answer.total_duration >= answer.eval_duration > 0
+    assert answer.done and present(answer.response).strip() and present(answer.eval_count) > 0
+    assert present(answer.total_duration) >= present(answer.eval_duration) > 0
     pieces = list(client.generate(model=MODEL, prompt="Count: one, two,", stream=True, options={"num_predict": 8}))
     assert pieces[-1].done and sum(1 for p in pieces if p.response) >= 2
     reply = client.chat(model=MODEL, messages=[{"role": "user", "content": "Say hi"}], options={"num_predict": 8})
-    assert reply.message.role == "assistant" and reply.message.content.strip()
+    assert reply.message.role == "assistant" and present(reply.message.content).strip()
     streamed = list(client.chat(model=MODEL, messages=[{"role": "user", "content": "Say hi"}], stream=True,
                                 options={"num_predict": 8}))
-    assert streamed[-1].done and "".join(p.message.content for p in streamed).strip()
+    assert streamed[-1].done and "".join(present(p.message.content) for p in streamed).strip()
     assert MODEL in [m.model for m in client.list().models]
     assert MODEL in [m.model for m in client.ps().models]
     assert client.show(MODEL).modelfile is not None or client.show(MODEL).details is not None
@@ -59,14 +59,14 @@ def test_openai_client_chats_completes_and_lists(manager):
     proc, keys = manager
     client = openai.OpenAI(base_url=proc.url + "/v1", api_key=keys["alice"], max_retries=0)
     chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hi"}], max_tokens=8)
-    assert chat.choices[0].message.content.strip() and chat.usage.completion_tokens > 0
+    assert present(chat.choices[0].message.content).strip() and present(chat.usage).completion_tokens > 0
     stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hi"}],
                                             max_tokens=8, stream=True, stream_options={"include_usage": True})
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text.strip() and chunks[-1].usage.completion_tokens > 0
+    assert text.strip() and present(chunks[-1].usage).completion_tokens > 0
     done = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=8)
-    assert done.choices[0].text.strip() and done.usage.total_tokens > done.usage.completion_tokens
+    assert done.choices[0].text.strip() and present(done.usage).total_tokens > present(done.usage).completion_tokens
     assert MODEL in [m.id for m in client.models.list().data]
 
 

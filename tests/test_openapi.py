@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from schemathesis.engine import events, from_schema
 from waitress.server import create_server
 
-from conftest import make_config
+from helpers import make_config
 from routes.common import encode_cursor
 from routes.openapi import build_spec
 from tenancy.keys import ApiKey, key_hash, new_key

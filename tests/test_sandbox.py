@@ -17,10 +17,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import ROOT
 from experiment.checking import check_answer, completion_for, extract_code
 from experiment.sandbox import KERNEL_LAYERS, Limits, ProcessSandbox
 from experiment.tasks import select_tasks
+from helpers import ROOT
 
 LIMITS = Limits(cpu_s=2, wall_s=5, memory_bytes=256 * 2**20, processes=8, output_bytes=16 * 1024)
 
@@ -97,14 +97,14 @@ def test_the_operating_system_layers_alone_hold_without_the_audit_hook(listener,
     bomb = bare.run("import os, time\nwhile True:\n    if os.fork() == 0:\n        time.sleep(30)")
     assert not bomb.passed and bomb.limit == "processes" and sandbox_processes() == []
     net = bare.run(f"import socket\nsocket.create_connection(('127.0.0.1', {listener}), timeout=2)")
-    assert not net.passed and "Error" in net.error
+    assert not net.passed and net.error is not None and "Error" in net.error
     target = tmp_path / "escaped.txt"
     for program in (f"print(open({str(ROOT / 'config.py')!r}).read())",
                     f"open({str(target)!r}, 'w').write('x')",
                     "import os\nos.execv('/bin/sh', ['sh', '-c', 'cat /etc/passwd'])",
                     "open('/sys/fs/cgroup/pids/cgroup.procs', 'w').write('1')"):
         result = bare.run(program)
-        assert not result.passed and "Permission denied" in result.error, (program, result.error)
+        assert not result.passed and result.error is not None and "Permission denied" in result.error, (program, result.error)
     assert not target.exists()
 
 
@@ -142,10 +142,10 @@ def test_a_missing_layer_is_reported_where_the_harness_cannot_give_it():
     """A root harness in a user namespace that maps only itself (a rootless container) cannot
     give a check a uid of its own: its results say so."""
     skip_unless_kernel_offers("user-namespace")
-    program = ("import json, sys\nsys.path.insert(0, sys.argv[1])\nfrom experiment.sandbox import ProcessSandbox\n"
+    program = ("import json\nfrom experiment.sandbox import ProcessSandbox\n"      # the project is installed
                "r = ProcessSandbox().run('print(1)')\nprint(json.dumps([r.passed, r.isolation]))")
-    done = subprocess.run(["unshare", "--user", "--map-root-user", sys.executable, "-c", program, str(ROOT)],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(["unshare", "--user", "--map-root-user", sys.executable, "-c", program],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
     passed, isolation = json.loads(done.stdout.strip().splitlines()[-1])
     assert passed and "no-own-uid" in isolation and "own-uid" not in isolation, isolation
 
@@ -229,7 +229,7 @@ def test_a_named_unix_socket_on_the_host_receives_nothing_even_without_the_audit
             listener.listen(8)
             result = ProcessSandbox(LIMITS, audit_hook=False).run(
                 f"import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect({address!r})\ns.sendall(b'escaped')")
-            assert not result.passed and "Error" in result.error, (address, result)
+            assert not result.passed and result.error is not None and "Error" in result.error, (address, result)
             listener.setblocking(False)
             with pytest.raises(BlockingIOError):              # no connection waits to be accepted
                 listener.accept()
@@ -261,10 +261,10 @@ def test_the_harness_short_of_descriptors_gets_a_failed_result_not_a_crash(headr
         result = boxed.run("print('hello')")
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    assert result.passed or "Too many open files" in result.error, result
+    assert result.passed or (result.error is not None and "Too many open files" in result.error), result
     assert sandbox_processes() == []
     broken = ProcessSandbox(LIMITS, python="/nonexistent/python3").run("pass")    # nor does this
-    assert not broken.passed and "No such file" in broken.error, broken
+    assert not broken.passed and broken.error is not None and "No such file" in broken.error, broken
 
 
 def test_the_audit_hook_is_not_the_boundary_the_kernel_is(tmp_path):
@@ -284,11 +284,11 @@ def test_the_audit_hook_is_not_the_boundary_the_kernel_is(tmp_path):
         return (f"import os\nbase = os.open('.', os.O_RDONLY)\nos.makedirs({levels!r})\nos.chdir({levels!r})\n"
                 f"fd = os.open({up + str(path).lstrip('/')!r}, {flags}, dir_fd=base)\nprint(os.read(fd, 60))")
     read = sandbox.run(relative(ROOT / "config.py", "os.O_RDONLY"))
-    assert not read.passed and "Permission denied" in read.error and read.stdout == ""
+    assert not read.passed and read.error is not None and "Permission denied" in read.error and read.stdout == ""
     write = sandbox.run(relative(target, "os.O_WRONLY | os.O_CREAT, 0o644"))
     assert not write.passed and not target.exists()
     raw = sandbox.run("import _posixsubprocess")
-    assert not raw.passed and "not allowed" in raw.error
+    assert not raw.passed and raw.error is not None and "not allowed" in raw.error
 
 
 def test_a_program_that_exits_early_with_status_0_does_not_pass(sandbox):
@@ -425,7 +425,7 @@ def test_a_failed_test_gives_feedback_that_names_the_failing_assertion(sandbox):
     task = select_tasks("humaneval:HumanEval/2")[0]
     verdict, _ = check_answer(task, "```python\ndef truncate_number(number: float) -> float:\n    return number\n```",
                               sandbox)
-    assert not verdict.passed and "assert candidate(3.5) == 0.5" in verdict.feedback
+    assert not verdict.passed and verdict.feedback is not None and "assert candidate(3.5) == 0.5" in verdict.feedback
     assert "AssertionError" in verdict.feedback and verdict.score == 0.5
 
 

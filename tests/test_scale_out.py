@@ -2,6 +2,7 @@
 (cluster_plan): sharing work, one node as before, pinned models, preloading."""
 import json
 from dataclasses import replace
+from typing import TypedDict
 
 import pytest
 
@@ -12,7 +13,28 @@ from vram_scheduler import plan
 
 GB = 10 ** 9
 SMALL_KV = ModelArch(8, 8, 8, 512)          # 16 KiB of KV cache per token
-PHYSICS = dict(load_bytes_per_s=1 * GB, tokens_per_s=100.0, batch_gain=0.0)
+
+
+class Physics(TypedDict):
+    """The keyword arguments of `run` that describe each node's speed."""
+    load_bytes_per_s: float
+    tokens_per_s: float
+    batch_gain: float
+
+
+PHYSICS = Physics(load_bytes_per_s=1 * GB, tokens_per_s=100.0, batch_gain=0.0)
+
+
+def started(job: Job) -> float:
+    """When `job` started; the test has run it."""
+    assert job.started is not None, f"job {job.id} never started"
+    return job.started
+
+
+class Preload(TypedDict, total=False):
+    """ManagerPolicy's preloading arguments."""
+    preload_window_s: float
+    preload_limit: int
 
 
 def unloads_of(result, model):
@@ -89,7 +111,7 @@ def test_one_node_is_the_single_node_scheduler_exactly():
     # the figures the one-node simulator gave before it had several nodes (same trace)
     assert (result.loads, result.unloads, result.oom_errors, result.peak_bytes) == (10, 8, 0, 13268435456)
     assert result.makespan == pytest.approx(225.1988397211554, abs=1e-9)
-    assert sum(j.started - j.arrival for j in result.jobs) == pytest.approx(16893.395412266993, abs=1e-6)
+    assert sum(started(j) - j.arrival for j in result.jobs) == pytest.approx(16893.395412266993, abs=1e-6)
 
 
 @pytest.mark.parametrize("nodes", [1, 2])
@@ -127,7 +149,7 @@ def crafted_trace():
 @pytest.mark.parametrize("preload", [False, True])
 def test_preloading_loads_a_recently_used_model_before_its_next_job(preload):
     models = [SimModel("b", 3 * GB, SMALL_KV), SimModel("c", 3 * GB, SMALL_KV), SimModel("d", 4 * GB, SMALL_KV)]
-    options = {"preload_window_s": 120.0, "preload_limit": 2} if preload else {}
+    options = Preload(preload_window_s=120.0, preload_limit=2) if preload else Preload()
     policy = ManagerPolicy(margin_bytes=0, multiplier=2.0, **options)
     result = run(policy, crafted_trace(), models, 12 * GB, **PHYSICS)
     log = result.nodes[0].log
@@ -141,7 +163,7 @@ def test_preloading_loads_a_recently_used_model_before_its_next_job(preload):
         assert policy.warm_loads == 1 and result.unused_loads == 0
     else:
         assert len(b_loads) == 2 and b_loads[1] == pytest.approx(60.0)
-        assert last_b.started - last_b.arrival >= 3.0                  # 3 GB at 1 GB/s
+        assert started(last_b) - last_b.arrival >= 3.0                 # 3 GB at 1 GB/s
         assert policy.warm_loads == 0
 
 

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import make_config, sample_job
+from helpers import make_config, sample_job
 from jobs.model import JobStatus, Priority
 from model_registry import ModelArch, ModelRegistry, ModelSpec
 from queue_manager import QueueManager
@@ -29,9 +29,9 @@ class FakeRuntime:
 
     def __init__(self, store, clock):
         self.store, self.clock = store, clock
-        self.core = None
+        self.core: SchedulerCore | None = None
         self.loads, self.unloads, self.cancelled, self.started = [], [], [], []
-        self.inside = Counter()
+        self.inside: Counter[str] = Counter()
         self.running = {}
         self.loaded = {}
 
@@ -51,15 +51,25 @@ class FakeRuntime:
     def cancel(self, job_id):
         self.cancelled.append(job_id)
 
+    def requeue(self, job_id, run_id):
+        self.store.requeue(job_id, run_id, {})
+
+    def cancelled_among(self, job_ids):
+        return [j for j, status in self.store.statuses(job_ids).items() if status == "cancelled"]
+
     # --- what the runtime answers
+    def scheduler(self) -> SchedulerCore:
+        assert self.core is not None, "the world's build() sets the core"
+        return self.core
+
     def finish_load(self, model, failure=None, message="boom"):
         if failure is None:
-            self.loaded[model] = self.core.registry.need_bytes(model)
-        self.core.post(LoadFinished(model, self.clock.now, failure, message if failure else ""))
+            self.loaded[model] = self.scheduler().registry.need_bytes(model)
+        self.scheduler().post(LoadFinished(model, self.clock.now, failure, message if failure else ""))
 
     def finish_unload(self, model):
         self.loaded.pop(model, None)
-        self.core.post(UnloadFinished(model, self.clock.now))
+        self.scheduler().post(UnloadFinished(model, self.clock.now))
 
     def finish_job(self, job_id, failure=None):
         job, run = self.running.pop(job_id)
@@ -73,7 +83,7 @@ class FakeRuntime:
                 self.store.requeue(job_id, job["run_id"], {"oom_retries": verdict.retries})
             else:
                 self.store.finish(job_id, job["run_id"], JobStatus.FAILED.value, {"completed_at": self.clock.now})
-        self.core.post(JobFinished(job_id, job["model"], self.clock.now, run.incarnation, verdict, failure))
+        self.scheduler().post(JobFinished(job_id, job["model"], self.clock.now, run.incarnation, verdict, failure))
 
     def reading(self, memory_total=12 * GB):
         return ResourceState(self.clock.now, "fake", memory_total, sum(self.loaded.values()),

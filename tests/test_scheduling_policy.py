@@ -41,7 +41,7 @@ def test_after_a_failed_load(failures_before, kind, failures_after, gives_up, gr
     assert ("m" in backing_off({"m": verdict.health}, now=101.0)) == backs_off
     assert "m" not in backing_off({"m": verdict.health}, now=102.5)       # LOAD_RETRY_DELAY_S later
     if gives_up:
-        assert "m" in verdict.give_up and "boom" in verdict.give_up
+        assert verdict.give_up is not None and "m" in verdict.give_up and "boom" in verdict.give_up
 
 
 @pytest.mark.parametrize("kind, retries, requeue, grows, distrusts, retries_after", [
@@ -119,5 +119,6 @@ def test_options_that_would_reload_the_model_are_named(options, named):
 
 def test_the_configured_context_is_per_model():
     assert reload_option_error({"num_ctx": 8192}, "qwen2.5:0.5b", SETTINGS) is None
-    assert reload_option_error({"num_ctx": 4096}, "qwen2.5:0.5b", SETTINGS).startswith("options.num_ctx")
+    message = reload_option_error({"num_ctx": 4096}, "qwen2.5:0.5b", SETTINGS)
+    assert message is not None and message.startswith("options.num_ctx")
     assert SETTINGS.request_options("qwen2.5:0.5b", {"temperature": 0}) == {"temperature": 0, "num_ctx": 8192}

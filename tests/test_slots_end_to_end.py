@@ -8,7 +8,7 @@ import time
 
 import requests
 
-from conftest import wait_until
+from helpers import wait_until
 
 MODEL = "qwen2.5:0.5b"
 

@@ -3,7 +3,7 @@ import threading
 
 import pytest
 
-from conftest import sample_job
+from helpers import sample_job
 from jobs.model import Priority
 from store import Fenced, Idempotency, IdempotencyConflict, IdempotentReplay, QueueFull
 from store.base import SCHEDULER_LEASE

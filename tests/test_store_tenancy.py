@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from conftest import sample_job
+from helpers import sample_job
 from store import QueueFull, TenantQueueFull
 from tenancy.keys import ApiKey, key_hash, new_key
 

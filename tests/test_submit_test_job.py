@@ -10,7 +10,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory):
-    from conftest import MainProcess
+    from helpers import MainProcess
     directory = tmp_path_factory.mktemp("stj")
     proc = MainProcess(directory, ["--backend", "sim"],
                        {"SIM_LOAD_GBPS": "50", "SIM_TOKENS_PER_S": "5000", "SIM_DEFAULT_TOKENS": "8"}).start()

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from api import create_app
-from conftest import make_config
+from helpers import make_config
 from service.facade import Service
 from tenancy import keys_cli
 
@@ -156,7 +156,7 @@ def test_main_refuses_to_listen_open(tmp_path):
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from helpers import ROOT
     out = subprocess.run([sys.executable, "main.py", "--host", "0.0.0.0", "--backend", "sim"], cwd=ROOT,
                          env={"PATH": "/usr/bin:/bin", "DATA_DIR": str(tmp_path), "LOG_FILE": str(tmp_path / "l.log")},
                          capture_output=True, text=True, timeout=60)

@@ -1,4 +1,5 @@
-"""The shapes of requests the API accepts, validated by pydantic; errors name the field."""
+"""The job API's own request (`POST /api/submit`, SubmitRequest), validated by pydantic; errors
+name the field. The OpenAPI document's submit schema is generated from it (openapi/spec.py)."""
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -6,9 +7,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from front_door.ollama_options import option_error
+from front_door.ollama_shapes import MAX_MODEL_NAME
 from jobs.model import JobKind, Priority
-
-MAX_MODEL_NAME = 200
 
 
 class Message(BaseModel):
@@ -37,7 +37,7 @@ class SubmitRequest(BaseModel):
     format: str | dict[str, Any] | None = None
     think: bool | str | None = None
     tools: list[dict[str, Any]] | None = None
-    cache: bool = False                 # answer from the result cache when an identical request was answered
+    cache: bool = Field(default=False, description="Answer from the result cache when an identical request was answered.")
 
     @field_validator("kind", "priority", mode="before")
     @classmethod
