@@ -4,19 +4,32 @@ like a real node's Ollama."""
 import collections
 import random
 import signal
-import time
 
 import pytest
 import requests
 
-from conftest import wait_until
+from helpers import wait_until
 from runtime.launcher import ManagedRuntime
+from vram_scheduler import Phase
 
 pytestmark = pytest.mark.slow
 
 
 def sim_stats(url):
     return requests.get(url + "/api/sim/stats", timeout=5).json()
+
+
+def idle(stats):
+    """A simulator holds no request: none running, none waiting for a slot."""
+    return stats["running"] == 0 and stats["waiting"] == 0
+
+
+def settled(service):
+    """The scheduler's table holds one model, loaded, and its latest reading of the runtime was taken
+    after the table last changed it."""
+    models = service.core.states()
+    return ([m.phase for m in models] == [Phase.LOADED]
+            and service.state is not None and service.state.taken_at > models[0].changed_at)
 
 
 def wait_for_jobs(client, ids, timeout=120):
@@ -174,7 +187,9 @@ def test_a_node_that_stops_answering_is_marked_down_and_its_jobs_finish_elsewher
         service.publish()
         return {n["url"]: n["ok"] for n in client.get("/api/stats").get_json()["nodes"]}[url_b]
     wait_until(rejoined, timeout=20, message="the node to answer again")
-    time.sleep(1.0)                                   # what it had in hand, it notices was abandoned
+    # what it had in hand, it notices was abandoned: it holds no request any more (an answer it
+    # sends is counted before its slot is let go)
+    wait_until(lambda: idle(sim_stats(url_b)), timeout=20, message="node b to let go of what it held")
     answered = collections.Counter(a["prompt"] for u in (url_a, url_b) for a in sim_stats(u)["answered"])
     assert max(answered.values()) == 1                # nothing answered on both nodes
 
@@ -191,7 +206,13 @@ def test_the_last_node_cannot_be_removed_and_a_node_url_must_say_its_memory_plai
 def test_pinned_models_are_loaded_before_any_job_and_a_name_no_node_has_is_never_tried(running_service):
     service, client = running_service(PINNED_MODELS="qwen2.5:0.5b,no-such-model:7b")
     wait_until(lambda: sim_stats(service.runtime.url)["loads"] >= 1, message="the pinned model to load")
-    time.sleep(1.0)
+    # Whatever else the scheduler would load, it decides on a pass (every 0.02 s here) that has read
+    # the pinned model loaded, and marks it loading in its table until the runtime has answered: wait
+    # until it has planned several passes on a reading taken after the load with nothing else in hand.
+    core = service.core
+    wait_until(lambda: settled(service), message="a reading of the runtime after the pinned load")
+    passes = core.passes
+    wait_until(lambda: core.passes >= passes + 5 and settled(service), message="passes planned on that reading")
     stats = sim_stats(service.runtime.url)
     assert stats["loads"] == 1 and stats["completed"] == 0           # loaded with no job asking; nothing else tried
     ps = requests.get(service.runtime.url + "/api/ps", timeout=5).json()["models"]

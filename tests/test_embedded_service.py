@@ -3,13 +3,13 @@ killed mid-job, and least-recently-used eviction in a RAM budget."""
 import json
 import os
 import signal
-import time
 
+import psutil
 import pytest
 import requests
 
 import submit_test_job
-from conftest import require_models, wait_until
+from helpers import require_models, wait_until
 
 pytestmark = [pytest.mark.embedded, pytest.mark.slow]
 
@@ -52,9 +52,15 @@ def test_killing_a_runner_fails_only_its_jobs_and_the_model_comes_back(embedded)
                      options={"num_predict": 2000, "temperature": 0.8})
     other_id = submit(client, model="gemma3:270m", prompt="Once upon a time", options={"num_predict": 48})
     wait_until(lambda: job(client, long_id)["status"] == "running", timeout=60, message="the long job to run")
-    time.sleep(2.0)                       # well into its 2000 tokens: killed mid-generation
     ps = requests.get(service.runtime.url + "/api/ps", timeout=5).json()["models"]
     pid = next(m["pid"] for m in ps if m["name"] == "smollm2:135m")
+    # well into its 2000 tokens: killed mid-generation. The runner (loaded before the job ran, idle
+    # until its request came) has spent a second of CPU on it: past the prompt (about 0.3 s), tens of
+    # tokens in, far from the end (at about 70 tokens/s).
+    runner = psutil.Process(pid)
+    cpu = lambda: sum(runner.cpu_times()[:2])  # noqa: E731
+    before = cpu()
+    wait_until(lambda: cpu() - before >= 1.0, timeout=60, message="the runner to be well into the answer")
     os.kill(pid, signal.SIGKILL)
 
     killed = job(client, long_id, wait=60)

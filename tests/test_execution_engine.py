@@ -5,7 +5,7 @@ import time
 
 import requests
 
-from conftest import wait_until
+from helpers import wait_until
 
 
 def submit(client, **body):
@@ -93,9 +93,20 @@ def test_a_runtime_that_crashes_is_restarted_and_its_jobs_in_flight_run_again(ru
 
 def test_jobs_wait_while_an_external_runtime_is_down(running_service):
     # Ollama that does not answer: the jobs wait (health says why) rather than fail.
-    service, client = running_service(BACKEND="ollama", OLLAMA_URL="http://127.0.0.1:9", VRAM_TOTAL_MB=8000)
+    # No delay between load retries (LOAD_RETRY_DELAY_S): were the scheduler to try loads while the
+    # runtime does not answer, several attempts would fit in the wait below.
+    service, client = running_service(BACKEND="ollama", OLLAMA_URL="http://127.0.0.1:9", VRAM_TOTAL_MB=8000,
+                                      LOAD_RETRY_DELAY_S=0.0)
+    submitted = time.time()
     job_id = submit(client, model="qwen2.5:0.5b", prompt="patience")
-    time.sleep(3.0)                                    # several load attempts' worth
+    # several load attempts' worth: five readings of the runtime since (every RUNTIME_POLL_INTERVAL,
+    # 0.2 s here), each followed by some ten scheduler passes (every 0.02 s)
+    readings: set[float] = set()
+
+    def read_five_times():
+        readings.add(service.state.taken_at)
+        return len([t for t in readings if t > submitted]) >= 5
+    wait_until(read_five_times, message="five readings of the runtime")
     assert client.get(f"/api/job/{job_id}").get_json()["status"] in ("pending", "queued")
     health = client.get("/api/health")
     assert health.status_code == 503 and "runtime does not answer" in health.get_json()["reason"]

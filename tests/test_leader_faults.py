@@ -1,8 +1,8 @@
 """Through a leader change: gunicorn with two workers in front of one runtime that counts what
 it serves (the simulator, standing alone like an Ollama server).
 
-* The worker holding the scheduler lease is frozen (SIGSTOP) for 10 s while jobs run, then
-  resumed: every job ends complete or failed with a reason, none is left running, and no
+* The worker holding the scheduler lease is frozen (SIGSTOP) while jobs run, until the other
+  worker has taken the lease over, then resumed: every job ends complete or failed with a reason, none is left running, and no
   prompt is served twice (not even started twice).
 * The leader is killed outright (SIGKILL) while jobs run: its requests die with it; the next
   leader, seeing its owner gone, re-queues them at once; every job completes and no prompt is
@@ -11,12 +11,11 @@ it serves (the simulator, standing alone like an Ollama server).
 import collections
 import os
 import signal
-import time
 
 import pytest
 import requests
 
-from conftest import gunicorn_server, wait_until
+from helpers import gunicorn_server, wait_until
 from runtime.launcher import ManagedRuntime
 
 pytestmark = pytest.mark.slow
@@ -55,6 +54,14 @@ def leader_pid(url):
     return int(owner.split(":")[1]) if owner else None
 
 
+def leader_pid_or_none(url):
+    """`leader_pid`, or None while no worker answers."""
+    try:
+        return leader_pid(url)
+    except requests.RequestException:
+        return None
+
+
 def test_a_frozen_leader_serves_nothing_twice_and_every_job_ends(cluster):
     url, sim_url, tmp_path = cluster
     leader = wait_until(lambda: leader_pid(url), message="a leader to publish")
@@ -68,7 +75,9 @@ def test_a_frozen_leader_serves_nothing_twice_and_every_job_ends(cluster):
                message="jobs to run")
     os.kill(leader, signal.SIGSTOP)                  # frozen with its requests in flight
     try:
-        time.sleep(10)
+        # until its lease has expired and the other worker leads in its place
+        wait_until(lambda: leader_pid_or_none(url) not in (None, leader), timeout=60,
+                   message="the other worker to take the lease over")
     finally:
         os.kill(leader, signal.SIGCONT)
 

@@ -3,11 +3,12 @@ Ollama's slots, queue, KV memory, context reloads and cancellation, and its faul
 import json
 import threading
 import time
+from typing import Any
 
 import pytest
 import requests
 
-from conftest import wait_until
+from helpers import wait_until
 from model_registry import DESIGN_CATALOG
 from runtime.client import ModelNotFound, OllamaClient, RuntimeOutOfMemory
 from runtime.launcher import ManagedRuntime, make_http_server
@@ -28,7 +29,7 @@ def footprint(name: str, num_ctx: int, slots: int) -> int:
 
 
 def test_jobs_share_throughput_with_a_modest_batching_gain():
-    tp = SharedThroughput(tokens_per_s=100, batch_gain=0.25)
+    tp: SharedThroughput[str] = SharedThroughput(tokens_per_s=100, batch_gain=0.25)
     tp.add("a", 100, now=0.0)
     assert tp.next_finish() == pytest.approx(1.0)            # alone: 100 tokens at 100 tok/s
     tp.add("b", 100, now=0.5)                                  # a has 50 left; two share 100*(1+0.25)
@@ -113,14 +114,16 @@ def test_load_beyond_memory_fails_like_ollama(sim):
 def test_keep_alive_expires_idle_models(sim):
     requests.post(f"{sim}/api/generate", json={"model": "smollm:360m", "keep_alive": "300ms"}, timeout=10)
     assert [m["name"] for m in requests.get(f"{sim}/api/ps").json()["models"]] == ["smollm:360m"]
-    time.sleep(0.8)
-    assert requests.get(f"{sim}/api/ps").json()["models"] == []
+    # unloaded 300 ms after its request, and no later than 0.8 s from here, as before
+    wait_until(lambda: requests.get(f"{sim}/api/ps").json()["models"] == [], timeout=0.8,
+               message="the idle model to expire")
 
 
 def test_bad_requests_get_400(sim):
     assert requests.post(f"{sim}/api/generate", data="{", timeout=5).status_code == 400
     assert requests.post(f"{sim}/api/generate", json={"model": "phi3:mini", "keep_alive": "soon"}).status_code == 400
     assert requests.post(f"{sim}/api/generate", json={"prompt": "x"}).status_code == 400
+    options: object
     for options in ([], {"num_predict": "many"}, {"num_ctx": "8k"}, {"num_ctx": 0}, {"num_ctx": -1},
                     {"num_ctx": True}, {"num_ctx": 2048.5}):
         r = requests.post(f"{sim}/api/generate", json={"model": "phi3:mini", "prompt": "x", "options": options})
@@ -398,7 +401,7 @@ def test_fault_garbage_and_drop_break_the_stream(serve):
     assert r.status_code == 200 and json.loads(first)["done"] is False and rest == []
     with pytest.raises(ValueError):
         json.loads(garbage)
-    got = []
+    got: list[dict[str, Any]] = []
     with pytest.raises(requests.exceptions.ChunkedEncodingError):                 # the connection is cut
         with requests.post(f"{url}/api/chat", json={"model": QWEN, "messages": [{"role": "user", "content": "x"}]},
                            stream=True, timeout=5) as r:
