@@ -105,7 +105,10 @@ def create_app(config: Config | None = None, service: Service | None = None) -> 
 
     @app.errorhandler(StoreUnavailable)
     def store_unavailable(exc: StoreUnavailable):
-        return error(503, {"error": f"{exc}; try again"}, {"Retry-After": "2"})
+        # the driver's text can name the database's hosts: it goes to the log, not to clients
+        log.warning("%s %s: %s", request.method, request.path, exc)
+        return error(503, {"error": "the job store did not answer in time (nothing was stored); try again"},
+                     {"Retry-After": "2"})
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

@@ -57,6 +57,9 @@ class Config(BaseSettings):
     HTTP_THREADS: int = Field(
         64, ge=8, description="Request threads per process (`python main.py`, and each gunicorn worker unless "
         "GUNICORN_THREADS says otherwise); a long poll or an Ollama/OpenAI request holds one while it waits.")
+    CLIENT_TIMEOUT_S: float = Field(
+        30.0, gt=0, description="Longest a client may take to send the rest of a request, or to take the next piece of "
+        "an answer, before its connection is closed (gunicorn; waitress reads whole requests before a thread is used).")
     GUNICORN_WORKERS: int = Field(
         4, ge=1, description="API worker processes under gunicorn (`gunicorn -c gunicorn.conf.py wsgi:app`); they "
         "elect one scheduler among themselves.")

@@ -16,7 +16,7 @@ if _config.exposure_error():
 bind = f"{_config.HTTP_HOST}:{_config.HTTP_PORT}"
 workers = _config.GUNICORN_WORKERS
 # gthread, answering its own errors (a request line or headers too large) in the API's JSON
-worker_class = http_errors.gunicorn_worker_class()
+worker_class = http_errors.gunicorn_worker_class(_config.CLIENT_TIMEOUT_S)
 # Each waiting request (a long poll, an Ollama or OpenAI request) holds a thread: MAX_WAITERS
 # of them at most, below this.
 threads = _config.GUNICORN_THREADS or _config.HTTP_THREADS

@@ -16,8 +16,10 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
+from docker.errors import DockerException
 from docker.types import LogConfig, Ulimit
 
 from experiment.sandbox import GUARD, Limits, SandboxResult, require_line, verdict_of
@@ -49,12 +51,29 @@ class DockerSandbox:
         return require_line(result, closing_line)
 
     def _launch(self, files: dict[str, str], guard_args: list[str], environment: dict[str, str]) -> SandboxResult:
-        limits = self.limits
+        """The check in a container; whatever the engine does, a failed result rather than an
+        exception into the harness, and neither the folder nor the container left behind."""
         work = Path(tempfile.mkdtemp(prefix="mm-docker-sandbox-"))
-        for name, text in files.items():
-            (work / name).write_text(text, encoding="utf-8")
-        started = time.monotonic()
-        container = self.client.containers.run(
+        container = None
+        try:
+            for name, text in files.items():
+                (work / name).write_text(text, encoding="utf-8")
+            started = time.monotonic()
+            container = self._start(work, guard_args, environment)
+            return self._collect(container, started)
+        except DockerException as exc:
+            return verdict_of(None, False, False, "", f"the Docker engine failed: {exc}", 0.0, 0.0, ("container",))
+        finally:
+            if container is not None:
+                try:
+                    container.remove(force=True)
+                except DockerException:
+                    pass
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _start(self, work: Path, guard_args: list[str], environment: dict[str, str]) -> Any:
+        limits = self.limits
+        return self.client.containers.run(
             self.image, ["python", "-I", "-S", "-B", "/guard/sandbox_guard.py", *guard_args], detach=True,
             environment=environment, network_disabled=True, read_only=True,
             mem_limit=limits.memory_bytes, memswap_limit=limits.memory_bytes, nano_cpus=10**9,
@@ -67,20 +86,18 @@ class DockerSandbox:
             security_opt=["no-new-privileges"], cap_drop=["ALL"],
             # the engine keeps no more output than the check may print
             log_config=LogConfig(type="json-file", config={"max-size": str(limits.output_bytes), "max-file": "1"}))
+
+    def _collect(self, container: Any, started: float) -> SandboxResult:
+        limits = self.limits
         timed_out = False
         try:
             status = container.wait(timeout=limits.wall_s)
             code = status.get("StatusCode")
         except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
             timed_out, code = True, None       # the wait timed out: the whole container goes
-        try:
-            stdout = container.logs(stdout=True, stderr=False)[: limits.output_bytes].decode("utf-8", "replace")
-            stderr = container.logs(stdout=False, stderr=True)[: limits.output_bytes].decode("utf-8", "replace")
-            oom = bool(container.attrs.get("State", {}).get("OOMKilled"))
-        finally:
-            container.remove(force=True)
-            shutil.rmtree(work, ignore_errors=True)
-        if oom:
+        stdout = container.logs(stdout=True, stderr=False)[: limits.output_bytes].decode("utf-8", "replace")
+        stderr = container.logs(stdout=False, stderr=True)[: limits.output_bytes].decode("utf-8", "replace")
+        if bool(container.attrs.get("State", {}).get("OOMKilled")):
             stderr += "\nMemoryError: the container was killed for memory"
         # the engine reports 128 + signal for a killed process (and cannot tell it from a program
         # that exits with such a status itself); the verdict reads a negative signal

@@ -28,10 +28,14 @@ _X32_BIT = 0x40000000
 
 # AUDIT_ARCH_*, then the numbers of the refused calls on that architecture
 _ARCHES = {
+    # keyrings are not namespaced: add_key, request_key (which can start the host's request-key
+    # helper) and keyctl would reach the harness's session keyring
     "x86_64": (0xC000003E, {"socket": 41, "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311,
-                            "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427}),
+                            "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
+                            "add_key": 248, "request_key": 249, "keyctl": 250}),
     "aarch64": (0xC00000B7, {"socket": 198, "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271,
-                             "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427}),
+                             "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
+                             "add_key": 217, "request_key": 218, "keyctl": 219}),
 }
 REFUSED = tuple(_ARCHES["x86_64"][1])
 

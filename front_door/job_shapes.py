@@ -59,9 +59,17 @@ class SubmitRequest(BaseModel):
             raise ValueError("must be a model name such as 'qwen2.5:0.5b'")
         return value
 
+    @field_validator("messages")
+    @classmethod
+    def _storable_message_keys(cls, value: list[Message] | None) -> list[Message] | None:
+        problem = storable_keys_error([m.model_dump() for m in value or []])
+        if problem:
+            raise ValueError(problem)
+        return value
+
     @field_validator("metadata", "options")
     @classmethod
-    def _storable_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+    def _storable_keys(cls, value: Any) -> Any:
         problem = storable_keys_error(value)
         if problem:
             raise ValueError(problem)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from front_door.delivery import answer_parts
 from front_door.ollama_shapes import MAX_MODEL_NAME, Integer, model_name
 from jobs.model import JobDoc, JobKind
+from store import storable
 
 
 class _Request(BaseModel):
@@ -163,10 +164,10 @@ def _tool_call_in(call: Any) -> dict[str, Any]:
         raise ValueError("a tool call's function name must be a string")
     arguments = function.get("arguments")
     if isinstance(arguments, str):
-        try:
-            arguments = function["arguments"] = json.loads(arguments) if arguments else {}
-        except ValueError:
-            raise ValueError("tool call arguments must be JSON") from None
+        try:      # strictly, as a body: no NaN, no 1e999, no nesting past 64 levels
+            arguments = function["arguments"] = storable.loads(arguments, "arguments") if arguments else {}
+        except storable.JsonError as exc:
+            raise ValueError(f"tool call arguments must be JSON a store can keep ({exc.message})") from None
     if not isinstance(arguments, dict | None):
         raise ValueError("tool call arguments must be a JSON object (or its text)")
     return {"function": function}

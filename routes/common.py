@@ -136,9 +136,9 @@ def cursor_arg() -> tuple[float, str] | None:
     if not raw:
         return None
     try:
-        at, key = json.loads(base64.urlsafe_b64decode(raw.encode() + b"=" * (-len(raw) % 4)))
+        at, key = storable.loads(base64.urlsafe_b64decode(raw.encode() + b"=" * (-len(raw) % 4)), "cursor")
         return float(at), str(key)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError):     # storable.JsonError is a ValueError: deep nesting, NaN and the like too
         raise ApiError(400, "cursor is not one this API gave out (use a page's next_cursor)", field="cursor") from None
 
 

@@ -74,12 +74,23 @@ def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None
     util.write_nonblock(sock, head + body)
 
 
-def gunicorn_worker_class() -> type:
-    """gunicorn's threaded worker with JSON error answers (gunicorn.conf.py names it)."""
+def gunicorn_worker_class(client_timeout_s: float) -> type:
+    """gunicorn's threaded worker with JSON error answers and a deadline on every read and write
+    of a client's socket (gunicorn.conf.py names it). gthread reads a request in a worker thread
+    with a blocking socket and no timeout: a client that sends half a request and stops would hold
+    that thread for ever, and a few of them every thread (`/api/health` included)."""
     from gunicorn import util
+    from gunicorn.workers import gthread
     from gunicorn.workers.gthread import ThreadWorker
 
     util.write_error = write_json_error      # gunicorn's only writer of its own error pages
+    blocking_init = gthread.TConn.init
+
+    def init_with_deadline(conn: Any) -> None:
+        blocking_init(conn)                  # called before each request is read, after setblocking(True)
+        conn.sock.settimeout(client_timeout_s)
+
+    gthread.TConn.init = init_with_deadline  # gthread offers no hook for it
 
     class JsonErrorThreadWorker(ThreadWorker):
         def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:

@@ -115,12 +115,16 @@ def _pass_through(method: str, path: str, body: bytes | None = None) -> Response
         answer = requests.request(method, _runtime_url() + path, data=body, timeout=PASS_THROUGH_TIMEOUT_S,
                                   allow_redirects=False,       # a runtime never sends a client elsewhere
                                   headers={"Content-Type": "application/json"} if body is not None else None)
-    except requests.RequestException as exc:
-        raise ApiError(502, f"the runtime did not answer {path}: {exc}") from None
-    if answer.status_code >= 500 or answer.is_redirect:    # the runtime's failure, not the client's
+    except requests.RequestException as exc:    # its text names the host: the log's, not the client's
+        log.warning("pass-through %s %s: the runtime did not answer (%s)", method, path, exc)
+        raise ApiError(502, f"the runtime did not answer {path} ({type(exc).__name__})") from None
+    if answer.status_code >= 500 or 300 <= answer.status_code < 400:   # the runtime's failure, not the client's
         raise ApiError(502, f"the runtime failed {path} ({answer.status_code})")
-    return Response(answer.content, status=answer.status_code,
-                    mimetype=answer.headers.get("Content-Type", "application/json").split(";")[0])
+    try:
+        storable.check(answer.content or b"null", "the runtime's answer")   # passed on only as valid JSON
+    except storable.JsonError:
+        raise ApiError(502, f"the runtime answered {path} with something other than JSON ({answer.status_code})") from None
+    return Response(answer.content, status=answer.status_code, mimetype="application/json")
 
 
 @ollama_bp.get("/api/tags")

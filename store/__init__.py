@@ -1,7 +1,8 @@
 """Job stores: SQLite (embedded default, or in memory) and MongoDB, behind one interface."""
 from __future__ import annotations
 
-from config import Config
+from typing import TYPE_CHECKING
+
 from store.base import (
     SCHEDULER_LEASE,
     CancelOutcome,
@@ -15,6 +16,9 @@ from store.base import (
     StoreUnavailable,
     TenantQueueFull,
 )
+
+if TYPE_CHECKING:        # types only: the package imports no settings (its pure parts, storable.py, stay pure)
+    from config import Config
 
 __all__ = ["SCHEDULER_LEASE", "CancelOutcome", "Fenced", "Idempotency", "IdempotencyConflict", "IdempotentReplay",
            "JobStore", "QueueCounts", "QueueFull", "StoreUnavailable", "TenantQueueFull", "open_store"]

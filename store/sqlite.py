@@ -68,6 +68,7 @@ class _Pending:
     idempotency: Idempotency | None
     held_by: int | None
     tenant_max: int | None
+    doc_text: str = ""                  # the document, serialized by its own caller before it joins a batch
     result: Any = None
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -113,7 +114,9 @@ class SqliteStore(SqliteRecords, SqliteAccess, SqliteAnswers, JobStore):
         transaction (group commit): under load the per-job cost of SQLite's write lock and commit
         is shared, and alone a job waits for nobody. Each gets its answer only after the commit."""
         self.db._after_fork()
-        entry = _Pending(job, max_waiting, idempotency, held_by, tenant_max)
+        # serialized here, in the caller's thread: a document that cannot be written fails its own
+        # submission, never the batch of other tenants' jobs it would have joined
+        entry = _Pending(job, max_waiting, idempotency, held_by, tenant_max, doc_text=dumps(_split(job)[1]))
         with self._enqueue_lock:
             self._enqueue_queue.append(entry)
             leader = len(self._enqueue_queue) == 1
@@ -166,7 +169,7 @@ class SqliteStore(SqliteRecords, SqliteAccess, SqliteAnswers, JobStore):
                 conn.execute("SAVEPOINT job")
                 conn.execute("INSERT INTO jobs (job_id, status, model, priority, rank, submitted_at, completed_at,"
                              " run_id, tenant, doc, held_epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                             (*(columns[k] for k in _COLUMNS), dumps(doc), entry.held_by))
+                             (*(columns[k] for k in _COLUMNS), entry.doc_text, entry.held_by))
                 if entry.idempotency is not None:
                     key = entry.idempotency
                     conn.execute("INSERT OR REPLACE INTO idempotency (key, job_id, fingerprint, expires_at) "

@@ -260,3 +260,80 @@ def test_gunicorns_own_errors_are_json_too(tmp_path):
         # gunicorn refuses the headers before the request (and its path) exists: the plain shape
         r = requests.post(url + "/v1/chat/completions", headers={"X-Big": "y" * 20_000}, json={}, timeout=10)
         assert r.status_code == 431 and r.json()["error"], r.text
+
+
+# --- found in review ---------------------------------------------------------------------------------
+def test_tool_call_arguments_are_parsed_as_strictly_as_a_body(keyed):
+    _, client, mallory, alice = keyed
+    for arguments in ('{"x": NaN}', '{"x": 1e999}', "[" * 3000 + "]" * 3000, '{"n": 123456789012345678901234567890}'):
+        body = {"model": MODEL, "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "", "tool_calls": [{"id": "1", "type": "function",
+                                                                  "function": {"name": "f", "arguments": arguments}}]},
+            {"role": "tool", "content": "4", "tool_call_id": "1"}]}
+        r = client.post("/v1/chat/completions", json=body, headers=auth(mallory))
+        assert r.status_code == 400 and "arguments" in r.get_json()["error"]["message"], (arguments[:20], r.get_data())
+    served(client, alice)
+
+
+def test_message_keys_no_store_can_keep_are_400(keyed):
+    _, client, mallory, _ = keyed
+    message = {"role": "user", "content": "hi", "x\u0000y": 1}
+    r = client.post("/api/submit", json={"model": MODEL, "kind": "chat", "messages": [message]}, headers=auth(mallory))
+    assert r.status_code == 400 and r.get_json()["field"] == "messages", r.get_json()
+    r = client.post("/api/chat", json={"model": MODEL, "messages": [message], "stream": False}, headers=auth(mallory))
+    assert r.status_code == 400 and r.get_json()["field"] == "messages", r.get_json()
+
+
+def test_a_cursor_nested_deep_is_400(keyed):
+    import base64
+    _, client, mallory, _ = keyed
+    cursor = base64.urlsafe_b64encode(("[" * 5000 + "]" * 5000).encode()).decode()
+    for path in ("/api/jobs", "/api/ledger"):
+        r = client.get(f"{path}?cursor={cursor}", headers=auth(mallory))
+        assert r.status_code == 400 and r.get_json()["field"] == "cursor", (path, r.get_data()[:200])
+
+
+def test_a_document_that_cannot_be_written_fails_only_its_own_submission(tmp_path):
+    """Submissions that arrive together are written in one transaction: one that cannot be
+    serialized must not take the others' with it."""
+    import threading
+    store = cast(SqliteStore, open_store(make_config(tmp_path)))     # make_config: STORE=sqlite
+    bad = sample_job(job_id="bad")
+    bad["metadata"] = {"x": {1, 2}}                 # a set: no JSON for it
+    outcomes: dict[str, object] = {}
+
+    def submit(job):
+        try:
+            outcomes[job["job_id"]] = store.enqueue(job)
+        except Exception as exc:
+            outcomes[job["job_id"]] = exc
+    with store.db.write():                          # both queue up behind the write lock, as under load
+        threads = [threading.Thread(target=submit, args=(job,)) for job in (bad, sample_job(job_id="good"))]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.2)
+    for thread in threads:
+        thread.join(10)
+    assert isinstance(outcomes["bad"], TypeError) and not isinstance(outcomes["good"], Exception), outcomes
+    assert store.get("good") is not None and store.get("bad") is None
+    store.close()
+
+
+def test_a_client_that_stops_mid_request_does_not_hold_a_gunicorn_thread(tmp_path):
+    env = {"BACKEND": "sim", "CLIENT_TIMEOUT_S": "1", "GUNICORN_THREADS": "8", "MAX_WAITERS": "4",
+           "MAX_WAITERS_PER_TENANT": "2"}
+    with gunicorn_server(tmp_path, env, workers=1) as (url, _):
+        host, port = url.removeprefix("http://").split(":")
+        stalled = []
+        for _ in range(12):                         # more than the worker's threads
+            sock = socket.create_connection((host, int(port)))
+            sock.sendall(b"GET /api/ping HTTP/1.1\r\nHost: x\r\n")     # and never the blank line
+            stalled.append(sock)
+        try:
+            started = time.monotonic()
+            r = requests.get(url + "/api/health", timeout=15)
+            assert r.status_code in (200, 503) and time.monotonic() - started < 10
+        finally:
+            for sock in stalled:
+                sock.close()

@@ -214,6 +214,21 @@ def test_sandboxed_code_reaches_no_process_outside_itself(victim, audit_hook):
     assert sandbox_processes() == []
 
 
+def test_the_harness_keyring_is_out_of_reach_even_without_the_audit_hook():
+    """Keyrings are not namespaced: a key the check added to its session keyring would outlive it
+    in the harness's (and request_key can start the host's helper)."""
+    skip_unless_kernel_offers("seccomp")
+    marker = f"mm-probe-{secrets.token_hex(4)}"
+    program = ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+               f"key = libc.syscall({{'x86_64': 248, 'aarch64': 217}}[__import__('os').uname().machine], b'user', "
+               f"b'{marker}', b'left-by-check', 13, -3)\n"   # add_key(..., KEY_SPEC_SESSION_KEYRING)
+               "assert key > 0, ctypes.get_errno()\n")
+    result = ProcessSandbox(LIMITS, audit_hook=False).run(program)
+    assert not result.passed, result
+    keys = Path("/proc/keys").read_text() if Path("/proc/keys").exists() else ""
+    assert marker not in keys
+
+
 def test_a_named_unix_socket_on_the_host_receives_nothing_even_without_the_audit_hook():
     skip_unless_kernel_offers("seccomp")
     folder = Path(tempfile.mkdtemp(prefix="mm-test-socket-"))
