@@ -30,7 +30,7 @@ from experiment import EXPERIMENT_NAME, EXPERIMENT_NAME_RULE
 from experiment.checking import check_answer
 from experiment.report import markdown_table, summarize, write_outputs
 from experiment.sandbox import Limits, ProcessSandbox
-from experiment.service_client import ServiceClient, ServiceError
+from experiment.service_client import CONNECT_PATIENCE_S, ServiceClient, ServiceError
 from experiment.strategies import BRANCHED, LARGE, STRATEGIES, Outcome, Runner
 from experiment.tasks import TaskSpecError, select_tasks
 
@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--api-key", default=os.environ.get("MM_API_KEY"), help="key for --url (or MM_API_KEY)")
     p.add_argument("--max-tokens", type=int, default=300, help="num_predict for every call")
     p.add_argument("--timeout-s", type=float, default=None, help="each job's timeout (default: the service's)")
+    p.add_argument("--connect-patience-s", type=float, default=CONNECT_PATIENCE_S,
+                   help="how long to retry a service that does not answer (it may be restarting)")
     p.add_argument("--sandbox", choices=("process", "docker"), default="process",
                    help="where generated code runs (docker needs an engine that answers)")
     p.add_argument("--model-cache", type=Path, default=None,
@@ -119,7 +121,8 @@ def embedded_service(directory: Path, model_cache: Path | None) -> Iterator[str]
 
 
 def run_experiment(args: argparse.Namespace, url: str, tasks: list[dict], sandbox) -> dict:
-    client = ServiceClient(url, args.api_key, {"temperature": 0, "num_predict": args.max_tokens}, args.timeout_s)
+    client = ServiceClient(url, args.api_key, {"temperature": 0, "num_predict": args.max_tokens}, args.timeout_s,
+                           connect_patience_s=args.connect_patience_s)
     client.put_tasks(tasks)
     runner = Runner(client, lambda task, answer: check_answer(task, answer, sandbox), args.experiment)
     attempts: list[dict[str, Any]] = []

@@ -19,14 +19,17 @@ class ServiceError(RuntimeError):
     """The service refused a request (its status and error message)."""
 
 
-_transient = retry(retry=retry_if_exception_type(requests.ConnectionError), stop=stop_after_delay(30),
-                   wait=wait_exponential(multiplier=0.2, max=3), reraise=True)
+CONNECT_PATIENCE_S = 30.0      # how long a call retries a service that does not answer (it may be restarting)
 
 
 class ServiceClient:
     def __init__(self, url: str, api_key: str | None = None, options: dict[str, Any] | None = None,
-                 timeout_s: float | None = None, priority: str = "normal"):
+                 timeout_s: float | None = None, priority: str = "normal",
+                 connect_patience_s: float = CONNECT_PATIENCE_S):
         self.url = url.rstrip("/")
+        self._retrying = retry(retry=retry_if_exception_type(requests.ConnectionError),
+                               stop=stop_after_delay(connect_patience_s),
+                               wait=wait_exponential(multiplier=0.2, max=3), reraise=True)
         self.session = requests.Session()
         if api_key:
             self.session.headers["Authorization"] = f"Bearer {api_key}"
@@ -34,8 +37,11 @@ class ServiceClient:
         self.timeout_s = timeout_s
         self.priority = priority
 
-    @_transient
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self._retrying(self._call_once)(method, path, **kwargs)
+        return result
+
+    def _call_once(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         response = self.session.request(method, self.url + path, timeout=POLL_S + 30, **kwargs)
         if response.status_code >= 400:
             try:

@@ -21,6 +21,8 @@ from openapi.spec import (
     op,
     options_schema,
     ref,
+    storable_extras,
+    storable_object,
 )
 
 NDJSON = "application/x-ndjson"
@@ -65,9 +67,9 @@ def ollama_paths(config: Config) -> dict[str, Schema]:
         "system": nullable({"type": "string"}), "template": nullable({"type": "string"}),
         "context": nullable({"type": "array", "items": {"type": "integer"}}), "raw": nullable({"type": "boolean"}),
         "images": nullable(STRING_LIST), **common})
-    message = {"type": "object", "required": ["role"], "properties": {
+    message = storable_extras({"type": "object", "required": ["role"], "properties": {
         "role": {"type": "string", "enum": ["system", "user", "assistant", "tool"]},
-        "content": nullable({"type": "string"})}}
+        "content": nullable({"type": "string"})}})
     chat = _request({"messages": {"type": "array", "items": message}, "tools": nullable(OBJECT_LIST),
                             **common})
     embed = _request({"input": {"anyOf": [{"type": "string"}, STRING_LIST]},
@@ -145,9 +147,10 @@ def openai_paths(config: Config) -> dict[str, Schema]:
                     "url": {"type": "string", "pattern": "^data:[^,]*,"}}}]}}}]}
     arguments = {"anyOf": [{"type": "string", "format": "json-object", "contentMediaType": JSON,
                             "description": "A JSON object as text, as OpenAI sends it."},
-                           {"type": "object"}, {"type": "null"}]}
-    tool_call = {"type": "object", "properties": {"function": nullable({"type": "object", "properties": {
-        "name": {"type": "string"}, "arguments": arguments}})}}
+                           storable_object("The arguments as an object."), {"type": "null"}]}
+    # other fields of a tool call are dropped in translation: only the arguments are stored
+    tool_call = {"type": "object", "properties": {"function": nullable({
+        "type": "object", "properties": {"name": {"type": "string"}, "arguments": arguments}})}}
     message = {"type": "object", "required": ["role"], "properties": {
         "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
         "content": nullable({"anyOf": [{"type": "string"}, {"type": "array", "items": part}]}),

@@ -93,6 +93,12 @@ STRING_LIST = {"type": "array", "items": {"type": "string"}}
 OBJECT_LIST = {"type": "array", "items": {"type": "object"}}
 
 
+def storable_extras(schema: Schema) -> Schema:
+    """An object whose further fields are kept as they are: their names storable (messages are
+    stored as documents), their values storable too."""
+    return {**schema, "propertyNames": STORABLE_KEY, "additionalProperties": ref("StorableValue")}
+
+
 def storable_object(description: str) -> Schema:
     return {"type": "object", "propertyNames": STORABLE_KEY, "additionalProperties": ref("StorableValue"),
             "description": description}
@@ -162,6 +168,15 @@ def _untitled(node: Any) -> Any:
     return node
 
 
+def _message_components() -> dict[str, Schema]:
+    """Message (and the enums), as front_door/job_shapes.py defines them; a message's fields are
+    stored as a document, so their names (tool calls' too) must be storable."""
+    components = from_model(SubmitRequest)[1]
+    message = storable_extras(components["Message"])
+    message["properties"]["tool_calls"] = nullable({"type": "array", "items": storable_object("A tool call.")})
+    return {**components, "Message": message}
+
+
 def _submit_variant(kind: JobKind, config: Config) -> Schema:
     generated, _ = from_model(SubmitRequest)
     properties: Schema = {
@@ -229,7 +244,7 @@ def schemas(config: Config) -> dict[str, Schema]:
         "StorableValue": {"anyOf": [{"type": ["string", "boolean", "null"]}, INT64, {"type": "number"},
                                     {"type": "array", "items": ref("StorableValue")},
                                     storable_object("")]},
-        **from_model(SubmitRequest)[1],          # Message, as front_door/job_shapes.py defines it
+        **_message_components(),
         "SubmitRequest": {"anyOf": [_submit_variant(kind, config) for kind in JobKind]},
         "Job": job,
         "JobAccepted": {"type": "object", "required": ["job_id", "status"], "properties": {

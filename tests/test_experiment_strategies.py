@@ -159,5 +159,5 @@ def test_compare_refuses_a_bad_experiment_name_before_it_starts_anything(capsys)
 def test_compare_reports_a_service_that_refuses_without_a_traceback(capsys):
     import compare
     code = compare.main(["--tasks", "builtin:1", "--strategies", "large", "--experiment", "x",
-                         "--url", "http://127.0.0.1:9", "--timeout-s", "1"])
+                         "--url", "http://127.0.0.1:9", "--timeout-s", "1", "--connect-patience-s", "1"])
     assert code == 1 and capsys.readouterr().err.startswith("compare.py: ")

@@ -30,7 +30,7 @@ MIN_REQUESTS = 500
 # Opaque values the API hands out, so "schema-valid" ones must be real: a page's next_cursor, and a
 # tool call's arguments as OpenAI sends them (a JSON object as text).
 schemathesis.openapi.format("page-cursor", st.builds(encode_cursor, st.floats(0, 2e9), st.text(max_size=40)))
-schemathesis.openapi.format("json-object", st.dictionaries(st.text(max_size=8),
+schemathesis.openapi.format("json-object", st.dictionaries(st.from_regex(r"\A([^$.\x00][^.\x00]{0,7})?\Z"),
                                                            st.integers(-2**63, 2**63 - 1) | st.text(max_size=8),
                                                            max_size=3).map(json.dumps))
 
