@@ -11,13 +11,14 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, cast
 
 import pytest
 import requests
 
 from config import Config
 from jobs.model import JobDoc, JobKind, Priority, new_job
+from simulator.des import Job
 
 if TYPE_CHECKING:
     from service.facade import Service
@@ -207,3 +208,26 @@ def require_models(*names: str) -> None:
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
+
+
+# --- the discrete-event simulator's tests (test_des.py, test_scale_out.py) ----------------------------
+class Physics(TypedDict):
+    """The keyword arguments of `run` that describe each node's speed."""
+    load_bytes_per_s: float
+    tokens_per_s: float
+    batch_gain: float
+
+
+PHYSICS = Physics(load_bytes_per_s=10**9, tokens_per_s=100.0, batch_gain=0.0)   # 1 GB/s
+
+
+def started(job: Job) -> float:
+    """When `job` started; the test has run it."""
+    assert job.started is not None, f"job {job.id} never started"
+    return job.started
+
+
+def finished(job: Job) -> float:
+    """When `job` finished; the test has run it."""
+    assert job.finished is not None, f"job {job.id} never finished"
+    return job.finished

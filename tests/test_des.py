@@ -1,8 +1,7 @@
 """The discrete-event simulator and the two policies it compares, on small traces with known answers."""
-from typing import TypedDict
-
 import pytest
 
+from helpers import PHYSICS, finished, started
 from scheduling.model_memory import ModelArch
 from simulator.des import Job, SimModel, make_trace, run
 from simulator.physics import SharedThroughput
@@ -10,28 +9,6 @@ from simulator.policies import ManagerPolicy, OllamaPolicy
 
 GB = 10 ** 9
 SMALL_KV = ModelArch(8, 8, 8, 512)          # 16 KiB of KV cache per token
-
-
-class Physics(TypedDict):
-    """The keyword arguments of `run` that describe each node's speed."""
-    load_bytes_per_s: float
-    tokens_per_s: float
-    batch_gain: float
-
-
-PHYSICS = Physics(load_bytes_per_s=1 * GB, tokens_per_s=100.0, batch_gain=0.0)
-
-
-def started(job: Job) -> float:
-    """When `job` started; the test has run it."""
-    assert job.started is not None, f"job {job.id} never started"
-    return job.started
-
-
-def finished(job: Job) -> float:
-    """When `job` finished; the test has run it."""
-    assert job.finished is not None, f"job {job.id} never finished"
-    return job.finished
 
 
 def test_shared_counters_finish_at_their_computed_time_even_when_large():

@@ -6,6 +6,7 @@ from typing import TypedDict
 
 import pytest
 
+from helpers import PHYSICS, started
 from scheduling.model_memory import ModelArch
 from simulator.des import Job, NodeSpec, SimModel, make_trace, run
 from simulator.policies import ManagerPolicy, OllamaPolicy
@@ -13,22 +14,6 @@ from vram_scheduler import plan
 
 GB = 10 ** 9
 SMALL_KV = ModelArch(8, 8, 8, 512)          # 16 KiB of KV cache per token
-
-
-class Physics(TypedDict):
-    """The keyword arguments of `run` that describe each node's speed."""
-    load_bytes_per_s: float
-    tokens_per_s: float
-    batch_gain: float
-
-
-PHYSICS = Physics(load_bytes_per_s=1 * GB, tokens_per_s=100.0, batch_gain=0.0)
-
-
-def started(job: Job) -> float:
-    """When `job` started; the test has run it."""
-    assert job.started is not None, f"job {job.id} never started"
-    return job.started
 
 
 class Preload(TypedDict, total=False):
