@@ -128,6 +128,7 @@ _ADDED_COLUMNS = (("leases", "epoch", "INTEGER NOT NULL DEFAULT 0"), ("jobs", "h
 
 
 _WAITING_STATUSES = (JobStatus.PENDING.value, JobStatus.QUEUED.value)
+_READABLE_SINCE = 1     # PRAGMA user_version from which every document is known to be readable
 # every table with a JSON document per row, and its column
 _DOCUMENTS = (("jobs", "doc"), ("job_metrics", "doc"), ("tasks", "doc"), ("experiment_results", "doc"),
               ("state", "value"), ("result_cache", "doc"), ("api_keys", "doc"))
@@ -143,14 +144,20 @@ def _repair_documents(conn: sqlite3.Connection) -> int:
         for row in conn.execute(f"SELECT rowid, {key}{column} FROM {table} WHERE NOT json_valid({column})").fetchall():
             try:
                 doc = storable.finite(json.loads(row[column]))
-            except ValueError:
-                doc = {}
+            except (ValueError, RecursionError):
+                doc = None
+            if table == "api_keys" and not isinstance(doc, dict):
+                # a key whose record cannot be read authenticates no one: gone, rather than a 500 per request
+                conn.execute("DELETE FROM api_keys WHERE rowid = ?", (row["rowid"],))
+                repaired += 1
+                continue
             if table == "jobs" and row["status"] in _WAITING_STATUSES:
-                doc = {**doc, "error": "its stored request held a number no JSON reader accepts (NaN or Infinity)",
-                       "completed_at": time.time()}
+                doc = {**(doc if isinstance(doc, dict) else {}), "completed_at": time.time(),
+                       "error": "its stored request held a number no JSON reader accepts (NaN or Infinity)"}
                 conn.execute("UPDATE jobs SET status = ?, completed_at = ? WHERE rowid = ?",
                              (JobStatus.FAILED.value, doc["completed_at"], row["rowid"]))
-            conn.execute(f"UPDATE {table} SET {column} = ? WHERE rowid = ?", (storable.dumps(doc), row["rowid"]))
+            conn.execute(f"UPDATE {table} SET {column} = ? WHERE rowid = ?",
+                         (storable.dumps(doc if doc is not None else {}), row["rowid"]))
             repaired += 1
     return repaired
 
@@ -175,8 +182,10 @@ class SqliteDB:
                 if column not in {r["name"] for r in conn.execute(f"PRAGMA table_info({table})")}:
                     conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
             conn.executescript(SCHEMA_TENANTS)
-        with self.write() as conn:
-            _repair_documents(conn)
+        with self.write() as conn:      # once per file: what the store writes now is always readable
+            if conn.execute("PRAGMA user_version").fetchone()[0] < _READABLE_SINCE:
+                _repair_documents(conn)
+                conn.execute(f"PRAGMA user_version = {_READABLE_SINCE}")
         with self.write() as conn:      # true up the counts (a file from before the triggers)
             conn.execute("UPDATE waiting_counts SET n = (SELECT COUNT(*) FROM jobs WHERE jobs.rank = "
                          f"waiting_counts.rank AND status IN ({_W}))")

@@ -126,11 +126,16 @@ def gunicorn_server(directory: Path, env: dict[str, str], workers: int = 2):
         wait_until(healthy, timeout=60, message="gunicorn to serve")
         yield url, proc
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        terminate(proc)
+
+
+def terminate(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM, as a service manager stops it; SIGKILL if it has not ended within `timeout`."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def free_port() -> int:

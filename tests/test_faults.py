@@ -19,7 +19,7 @@ import pytest
 import requests
 
 import store.sqlite_db as sqlite_db
-from helpers import ROOT, free_port, sample_job, wait_until
+from helpers import ROOT, free_port, sample_job, terminate, wait_until
 from scheduling.leadership import LEASE_TTL_S
 from store.sqlite import SqliteStore
 
@@ -229,11 +229,7 @@ def test_a_worker_killed_mid_submit_loses_no_acknowledged_job_and_a_retried_subm
         counts = collections.Counter(s["prompt"] for s in requests.get(sim_url + "/api/sim/stats", timeout=5).json()["served"])
         assert max(counts.values()) == 1
     finally:
-        gunicorn.send_signal(signal.SIGTERM)
-        try:
-            gunicorn.wait(30)
-        except subprocess.TimeoutExpired:
-            gunicorn.kill()
+        terminate(gunicorn)
         sim.stop()
 
 

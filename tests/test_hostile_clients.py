@@ -133,15 +133,21 @@ def test_a_store_file_with_unreadable_documents_is_repaired_when_opened(tmp_path
     cfg = make_config(tmp_path)
     store = cast(SqliteStore, open_store(cfg))                           # make_config: STORE=sqlite
     store.enqueue(sample_job(job_id="nan", submitted_at=1.0))
+    store.enqueue(sample_job(job_id="list", submitted_at=3.0))
     store.enqueue(sample_job(job_id="fine", submitted_at=2.0))
     with store.db.write() as conn:
         conn.execute("UPDATE jobs SET doc = substr(doc, 1, length(doc) - 1) || ',\"x\":NaN}' WHERE job_id = 'nan'")
+        conn.execute("INSERT INTO state (key, value, updated_at) VALUES ('odd', '[1, NaN]', 1.0)")   # not an object
+        conn.execute("UPDATE jobs SET doc = '[1, NaN]' WHERE job_id = 'list'")
+        conn.execute("PRAGMA user_version = 0")          # a file written before the store refused NaN
     store.close()
     reopened = open_store(cfg)
     nan = cast(dict[str, Any], present(reopened.get("nan")))            # "x" is no JobDoc field
     assert nan["status"] == "failed" and "NaN or Infinity" in nan["error"] and nan["x"] is None
     assert present(reopened.get("fine"))["status"] in ("pending", "queued")
-    assert {j["job_id"] for j in reopened.list_jobs(limit=10)} == {"nan", "fine"}
+    assert reopened.get_state("odd") == ([1, None], 1.0)        # a value that is no object is repaired too
+    assert present(reopened.get("list"))["status"] == "failed"
+    assert {j["job_id"] for j in reopened.list_jobs(limit=10)} == {"nan", "list", "fine"}
     reopened.close()
     with sqlite3.connect(cfg.DATA_DIR / "model_manager.db") as conn:
         assert conn.execute("SELECT COUNT(*) FROM jobs WHERE NOT json_valid(doc)").fetchone()[0] == 0
