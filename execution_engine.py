@@ -315,12 +315,16 @@ class ExecutionEngine:
             log.info("job %s cancelled while running", job_id)
             self.counters.add("cancelled_running")
             store.record_metrics(ledger)
-        elif store.finish(job_id, run_id, status.value, fields, ledger):
-            self.counters.add(status.value)
-            self.counters.job_finished(status.value, job, metrics)
-            log.debug("job %s %s in %.3fs", job_id, status.value, finished - run.granted_at)
+        else:
             if status is JobStatus.COMPLETE and job.get("cache_key"):
+                # cached before the job shows as complete, so that a client that saw it finish
+                # and asks again is answered from the cache (a reproducible answer is good to
+                # keep even if this run then turns out to have lost its lease)
                 self._remember(job, fields, finished)
+            if store.finish(job_id, run_id, status.value, fields, ledger):
+                self.counters.add(status.value)
+                self.counters.job_finished(status.value, job, metrics)
+                log.debug("job %s %s in %.3fs", job_id, status.value, finished - run.granted_at)
         if job.get("stream") == "relay":
             self._forget_pieces(job_id)
 
