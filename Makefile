@@ -48,10 +48,13 @@ lint: $(DEPS)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# pytest exits 5 when it collects no tests: not a failure of the suite.
+# pytest exits 5 when it collects no tests: not a failure of the suite. The suite runs in
+# TEST_WORKERS processes (pytest-xdist), a test file to a process: most of its time is spent
+# waiting on services and subprocesses, so three share two cores well (3:50 against 9:45 alone).
+TEST_WORKERS ?= 3
 test: lint browser
 	$(BIN)/python -m embedded_runtime.catalog install --cache-dir .cache/models $(TEST_MODELS)
-	$(BIN)/python -m pytest; status=$$?; if [ $$status -eq 5 ]; then exit 0; else exit $$status; fi
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile; status=$$?; if [ $$status -eq 5 ]; then exit 0; else exit $$status; fi
 
 bench: $(DEPS)
 	$(BIN)/python -m embedded_runtime.catalog install --cache-dir .cache/models smollm2:135m qwen2.5-coder:0.5b

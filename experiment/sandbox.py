@@ -143,7 +143,12 @@ class ProcessSandbox:
         no folder, cgroup or process behind: a harness error is a failed check, never a crash."""
         started = time.monotonic()
         box = private = cgroup = None
+        spare: list[int] = []
         try:
+            # descriptors kept for the clean-up (removing a folder takes two): a harness short of
+            # them fails the check here, before anything exists that it could not remove
+            for _ in range(_SPARE_FDS):
+                spare.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
             box = Path(tempfile.mkdtemp(prefix=f"mm-sandbox-{os.getpid()}-"))
             private = Path(tempfile.mkdtemp(prefix=f"mm-sandbox-{os.getpid()}-state-"))   # the harness's only
             cgroup = _PidsCgroup.create(self.limits.processes)
@@ -152,6 +157,8 @@ class ProcessSandbox:
             return SandboxResult(False, f"the sandbox could not run the check: {type(exc).__name__}: {exc}", None,
                                  None, round(time.monotonic() - started, 4), 0.0, "", "", ())
         finally:
+            for fd in spare:
+                os.close(fd)
             for cleanup in (lambda: cgroup.remove() if cgroup is not None else None,
                             lambda: _remove(box), lambda: _remove(private)):
                 try:
@@ -286,6 +293,9 @@ def _in_session(process: psutil.Process, sid: int) -> bool:
         return os.getsid(process.pid) == sid and process.pid != sid
     except (ProcessLookupError, PermissionError, OSError):
         return False
+
+
+_SPARE_FDS = 2             # shutil.rmtree holds a directory's descriptor and a dup of it for scandir
 
 
 def _remove(path: Path | None) -> None:
