@@ -177,6 +177,12 @@ class Config(BaseSettings):
         60.0, gt=0, description="Seconds of waiting worth one priority level, capped below one level (lower "
         "priorities are kept from starving by shares instead); also how much longer work for a model must "
         "wait than a loaded model's work of the same priority before it may take that model's memory.")
+    FAIR_SHARE: bool = Field(
+        True, description="Inside each priority, the next job is the one of the tenant (then, inside it, the user) "
+        "that has received the least service, in weighted tokens over its key's weight (the Virtual Token Counter); "
+        "false = first come, first served across tenants.")
+    FAIR_OUTPUT_WEIGHT: float = Field(
+        2.0, gt=0, description="What an output token counts for in the fair share, a prompt token counting 1.")
     SWAP_MARGIN: float = Field(
         1.0, ge=0, description="Priority levels (after aging) by which waiting work must outrank a busy "
         "loaded model before that model stops taking new jobs to make room; larger = more grouping by model.")

@@ -219,21 +219,21 @@ class ExecutionEngine:
     def _run_job(self, job: JobDoc, run: RunContext, handle: RequestHandle) -> None:
         """Run one job and record it; whatever happens, the scheduler hears that it ended."""
         job_id = job["job_id"]
-        verdict, failure_kind = None, None
+        verdict, failure_kind, tokens = None, None, None
         try:
-            verdict, failure_kind = self._run_and_record(job, run, handle)
+            verdict, failure_kind, tokens = self._run_and_record(job, run, handle)
         except Exception:
             log.exception("job %s ended in an internal error", job_id)
         finally:
             self._watch.discard(handle)
-            self.post(JobFinished(job_id, job["model"], self.clock(), run.incarnation, verdict, failure_kind))
+            self.post(JobFinished(job_id, job["model"], self.clock(), run.incarnation, verdict, failure_kind, tokens))
             self.on_job_done(job_id)
             with self._lock:
                 self._handles.pop(job_id, None)
                 self._lock.notify_all()
 
     def _run_and_record(self, job: JobDoc, run: RunContext, handle: RequestHandle
-                        ) -> tuple[JobVerdict | None, FailureKind | None]:
+                        ) -> tuple[JobVerdict | None, FailureKind | None, tuple[int, int] | None]:
         kind = JobKind(job["kind"])
         first_token: list[float] = []
         sample = None
@@ -278,7 +278,10 @@ class ExecutionEngine:
                 failure.failure is FailureKind.UNAVAILABLE and not self._runtime_answers())
             verdict = after_job_failure(failure.failure, int(job.get("oom_retries") or 0), self.policy, down)
         self._record(job, run, status, final, failure, verdict, finished, first_token, usage)
-        return verdict, failure.failure if failure else None
+        tokens = None
+        if status is JobStatus.COMPLETE and failure is None and final is not None:   # what its tenant is charged
+            tokens = (_count(final.get("prompt_eval_count")), _count(final.get("eval_count")))
+        return verdict, failure.failure if failure else None, tokens
 
     def _record(self, job: JobDoc, run: RunContext, status: JobStatus, final: dict | None,
                 failure: RuntimeFailure | None, verdict: JobVerdict | None, finished: float,
@@ -365,3 +368,8 @@ def _result(kind: JobKind, final: dict[str, Any], keep_context: bool = False) ->
         if keep_context and final.get("context") is not None:
             result["context"] = final["context"]
     return result
+
+
+def _count(value: Any) -> int:
+    """A token count from the runtime's answer (0 when it gave none)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0

@@ -1,29 +1,19 @@
 """Accepting, storing and ordering jobs.
 
 The store holds every job (so that any API worker can accept and report one). The scheduler's
-process keeps `WaitingIndex`, an in-memory view of the waiting jobs by model and priority, fed
-from the store by `QueueManager.sync()`. Ordering never scans the whole queue: within a model
-and priority jobs are FIFO, so the head of each (model, priority) line is its most urgent job,
-and a scheduler pass looks at three heads per model whatever the queue's length.
-
-Order: effective priority = rank (low 0, normal 1, high 2) + min(seconds waited / QUEUE_AGING_S,
-AGING_CAP). Aging orders jobs within a priority and across models, but never lifts a job above
-the next priority: under overload, unbounded aging would make every queue first come, first
-served and high priority would wait behind the backlog. What keeps lower priorities from
-starving instead is a share of the service (PRIORITY_SHARES, high 8 : normal 3 : low 1 by
-default): the index counts the slots it gave each priority over the last SHARE_WINDOW grants,
-and when a waiting priority has had less than its share (relative to its weight, among the
-priorities that have work waiting), it is served next, and its models become the most urgent.
+process keeps `WaitingIndex` (scheduling/waiting.py), an in-memory view of the waiting jobs by
+model, priority and tenant, fed from the store by `QueueManager.sync()`: it says which job goes
+next (priority, then a fair share between tenants, then submission order).
 """
 from __future__ import annotations
 
-import bisect
 import threading
-from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
-from jobs.model import JobDoc, JobStatus, Priority
+from jobs.model import JobDoc, JobStatus
+from scheduling.fair_share import Who
+from scheduling.waiting import RANKS, Waiting, WaitingIndex
 from scheduling.warm_pool import RecentArrivals
 from store.base import Fenced, Idempotency
 from store.retrying import StoreLike
@@ -31,128 +21,16 @@ from telemetry.logs import get_logger
 from vram_scheduler import Demand
 
 log = get_logger("QUEUE")
-RANKS = tuple(sorted(p.rank for p in Priority))
-AGING_CAP = 0.9                    # aging never lifts a job a whole priority level
-SHARE_WINDOW = 200                 # grants over which each priority's share of the service is counted
-OWED_AFTER = 2.0                   # grants short of its share before a priority is served out of turn
-DEFAULT_SHARES = {Priority.LOW.rank: 1.0, Priority.NORMAL.rank: 3.0, Priority.HIGH.rank: 8.0}
+__all__ = ["RANKS", "QueueManager", "WaitingIndex", "waiting_entry"]
 
 
-class WaitingIndex:
-    """Waiting job ids per model and priority rank, each line in submission order. Not
-    thread-safe: the scheduler's loop owns it."""
-
-    def __init__(self, aging_s: float, shares: Mapping[int, float] | None = None):
-        self.aging_s = aging_s
-        self.shares = dict(shares or DEFAULT_SHARES)
-        self._lines: dict[str, dict[int, deque[tuple[float, str]]]] = {}
-        self._size = 0
-        self._waiting = dict.fromkeys(RANKS, 0)          # waiting jobs per rank
-        self._granted = dict.fromkeys(RANKS, 0.0)        # slots given per rank, decayed over SHARE_WINDOW
-
-    def __len__(self) -> int:
-        return self._size
-
-    def add(self, job_id: str, model: str, rank: int, submitted_at: float) -> None:
-        lines = self._lines.setdefault(model, {})
-        line = lines.setdefault(rank, deque())
-        item = (submitted_at, job_id)
-        if not line or line[-1] <= item:
-            line.append(item)
-        else:                              # a re-queued job goes back to its place in line
-            bisect.insort(line, item)
-        self._size += 1
-        self._waiting[rank] = self._waiting.get(rank, 0) + 1
-
-    # --- shares ------------------------------------------------------------------------------
-    def owed(self) -> int | None:
-        """The priority furthest short of its share of the service (its weight's part of the
-        grants to the priorities with work waiting), when it is short by OWED_AFTER grants or
-        more and is not the most urgent priority waiting anyway."""
-        waiting = [r for r, n in self._waiting.items() if n > 0]
-        if len(waiting) < 2:
-            return None
-        weight = sum(self.shares.get(r, 1.0) for r in waiting)
-        granted = sum(self._granted.get(r, 0.0) for r in waiting)
-        deficit = {r: self.shares.get(r, 1.0) / weight * granted - self._granted.get(r, 0.0) for r in waiting}
-        nxt = max(waiting, key=lambda r: (deficit[r], r))
-        if deficit[nxt] < OWED_AFTER or nxt == max(waiting):
-            return None
-        return nxt
-
-    def _grant(self, rank: int) -> None:
-        keep = 1.0 - 1.0 / SHARE_WINDOW
-        for r in self._granted:
-            self._granted[r] *= keep
-        self._granted[rank] = self._granted.get(rank, 0.0) + 1.0
-
-    def score(self, rank: int, submitted_at: float, now: float, owed: int | None = None) -> float:
-        aged = min(max(now - submitted_at, 0.0) / self.aging_s, AGING_CAP)
-        if rank == owed:
-            return max(RANKS) + 1 + aged
-        return rank + aged
-
-    # --- reading and taking ------------------------------------------------------------------
-    def demand(self, now: float) -> list[Demand]:
-        """Per model: waiting count, best effective priority, oldest submission (3 heads each)."""
-        out = []
-        owed = self.owed()
-        for model, lines in self._lines.items():
-            waiting, best, oldest, best_rank, best_head = 0, -1.0, float("inf"), 0, now
-            for rank, line in lines.items():
-                if line:
-                    waiting += len(line)
-                    head = line[0][0]
-                    score = self.score(rank, head, now, owed)
-                    if score > best:
-                        best, best_rank, best_head = score, rank, head
-                    if head < oldest:
-                        oldest = head
-            if waiting:
-                out.append(Demand(model, waiting, best, oldest, best_rank, max(now - best_head, 0.0)))
-        return out
-
-    def pop(self, model: str, now: float) -> str | None:
-        """The most urgent waiting job of `model`, removed from the index."""
-        entry = self.pop_entry(model, now)
-        return entry[0] if entry else None
-
-    def pop_entry(self, model: str, now: float) -> tuple[str, int, float] | None:
-        """Like `pop`, with the job's rank and submission time (to put it back with `add`)."""
-        lines = self._lines.get(model)
-        if not lines:
-            return None
-        owed = self.owed()
-        best_rank, best_score = None, -1.0
-        for rank, line in lines.items():
-            if line:
-                s = self.score(rank, line[0][0], now, owed)
-                if s > best_score:
-                    best_rank, best_score = rank, s
-        if best_rank is None:
-            del self._lines[model]
-            return None
-        submitted_at, job_id = lines[best_rank].popleft()
-        self._size -= 1
-        self._waiting[best_rank] -= 1
-        self._grant(best_rank)
-        if not any(lines.values()):
-            del self._lines[model]
-        return job_id, best_rank, submitted_at
-
-    def drop_model(self, model: str) -> list[str]:
-        lines = self._lines.pop(model, {})
-        ids: list[str] = []
-        for rank, line in lines.items():
-            self._waiting[rank] -= len(line)
-            ids.extend(job_id for _, job_id in line)
-        self._size -= len(ids)
-        return ids
-
-    def clear(self) -> None:
-        self._lines.clear()
-        self._size = 0
-        self._waiting = dict.fromkeys(RANKS, 0)
+def waiting_entry(job: JobDoc) -> Waiting:
+    """How the index keeps `job`: its place, and whose it is (`share`, set when it was accepted)."""
+    share = job.get("share") or {}
+    limit = share.get("answer_limit")
+    return Waiting(float(job["submitted_at"]), job["job_id"], job["model"], int(job["rank"]),
+                   Who(job.get("tenant") or "", str(share.get("user") or ""), float(share.get("weight") or 1.0)),
+                   int(share.get("prompt_tokens") or 0), int(limit) if limit is not None else None)
 
 
 class QueueManager:
@@ -160,20 +38,16 @@ class QueueManager:
 
     def __init__(self, store: StoreLike, max_waiting: int, aging_s: float,
                  on_submit: Callable[[], None] | None = None, submit_store: StoreLike | None = None,
-                 preload_window_s: float = 0.0):
+                 preload_window_s: float = 0.0, output_weight: float = 2.0, fair: bool = True):
         self.store = store
         self.submit_store = submit_store or store      # submissions may be less patient than the scheduler
         self.max_waiting = max_waiting
-        self.index = WaitingIndex(aging_s)
+        self.index = WaitingIndex(aging_s, output_weight=output_weight, fair=fair)
         self._on_submit = on_submit
         self._lock = threading.Lock()
         self.accept_locally = False       # set while this process runs the scheduler
         self.epoch: int | None = None     # that scheduler's term: the jobs it holds are marked with it
         self.arrivals = RecentArrivals(preload_window_s)   # models recently asked for (preloading)
-
-    def set_submit_listener(self, listener: Callable[[], None] | None) -> None:
-        """Called after each accepted submit (the in-process scheduler wakes on it)."""
-        self._on_submit = listener
 
     # --- accepting ---------------------------------------------------------------------------
     def submit(self, job: JobDoc, idempotency: Idempotency | None = None, tenant_max: int | None = None) -> int:
@@ -239,7 +113,7 @@ class QueueManager:
         return len(taken)
 
     def _index(self, job: JobDoc) -> None:
-        self.index.add(job["job_id"], job["model"], int(job["rank"]), float(job["submitted_at"]))
+        self.index.put(waiting_entry(job))
         self.arrivals.add(float(job["submitted_at"]), job["model"])
 
     def demand(self, now: float) -> list[Demand]:
@@ -257,13 +131,13 @@ class QueueManager:
                 entry = self.index.pop_entry(model, now)
             if entry is None:
                 break
-            job_id, rank, submitted_at = entry
+            job_id = entry.job_id
             run_id, fields = run_fields(job_id)
             try:
                 job = self.store.claim(job_id, run_id, fields, epoch)
             except Fenced:
                 with self._lock:
-                    self.index.add(job_id, model, rank, submitted_at)
+                    self.index.put(entry)
                 raise
             except Exception as exc:
                 if self.store.is_unreadable(exc) and self._fail_unclaimable(job_id, exc, now):
@@ -272,11 +146,34 @@ class QueueManager:
                 # what was claimed before it is returned to be run.
                 log.exception("claiming job %s failed; it stays queued", job_id)
                 with self._lock:
-                    self.index.add(job_id, model, rank, submitted_at)
+                    self.index.put(entry)
                 break
             if job is not None:
                 claimed.append(job)
+            else:                       # cancelled meanwhile: its tenant is not charged for it
+                with self._lock:
+                    self.index.share.refund(job_id)
         return claimed
+
+    def settle(self, job_id: str, prompt_tokens: int, answer_tokens: int) -> None:
+        """A job this queue gave out ended having used these tokens (its tenant's fair share)."""
+        with self._lock:
+            self.index.settle(job_id, prompt_tokens, answer_tokens)
+
+    def settle_unused(self, job_id: str) -> None:
+        """A job this queue gave out ended without an answer: its tenant is not charged for it."""
+        with self._lock:
+            self.index.share.refund(job_id)
+
+    def order(self, model: str, now: float, limit: int) -> list[Waiting]:
+        """`model`'s waiting jobs in the order they would start (the first `limit`)."""
+        with self._lock:
+            return self.index.model_order(model, now, limit)
+
+    def service_by_tenant(self) -> dict[str, float]:
+        """Weighted tokens each tenant was given by this scheduler term (the fair share's counts)."""
+        with self._lock:
+            return dict(self.index.share.served)
 
     def _fail_unclaimable(self, job_id: str, exc: BaseException, now: float) -> bool:
         log.error("job %s cannot be started (%s: %s); it fails", job_id, type(exc).__name__, exc)

@@ -35,6 +35,7 @@ The policy, in the order it is applied:
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -71,6 +72,12 @@ class Demand:
     oldest_submitted: float
     rank: int = 0                # the priority that score belongs to (a promoted one counts as its own)
     head_wait_s: float = 0.0     # how long the job that score belongs to has waited
+    service: float = 0.0         # service received by the tenant whose job goes next (fair share)
+
+    def urgency(self) -> tuple[float, float, float, float, str]:
+        """The order models are served in (least first): priority level (a promoted one counts
+        as its own), then the least-served tenant, then aging, then the oldest job."""
+        return (-math.floor(self.score), self.service, -self.score, self.oldest_submitted, self.model)
 
 
 @dataclass(frozen=True)
@@ -220,7 +227,7 @@ def plan(snapshot: Snapshot) -> Plan:
     # keep serving (and loads do not share the bandwidth with each other).
     swapping = bool(taken) or any(m.phase is Phase.UNLOADING for m in snapshot.resident)
 
-    for d in sorted(snapshot.demand, key=lambda d: (-d.score, d.oldest_submitted, d.model)):
+    for d in sorted(snapshot.demand, key=Demand.urgency):
         current = resident.get(d.model)
         if current is not None and current.phase is Phase.UNLOADING:
             result.waiting_for_memory.append(d.model)    # reload once the unload is done

@@ -22,6 +22,7 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str = Field(min_length=1, max_length=MAX_MODEL_NAME)
     cache: bool = False
+    user: str | None = Field(default=None, max_length=256)     # fair share between a tenant's users
 
     @field_validator("model")
     @classmethod

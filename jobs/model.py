@@ -46,6 +46,7 @@ class JobDoc(TypedDict, total=False):
     last_error: str
     tenant: str                  # the API key's tenant that submitted it ("" without a key)
     stream: str | None           # pieces of the answer wanted as they come: "local" (this process) or "relay" (store)
+    share: dict[str, Any]        # its fair share's inputs: user, weight, prompt_tokens, answer_limit (scheduling/fair_share.py)
     cache_key: str | None        # where its answer goes in the result cache (service/result_cache.py), when cacheable
     suffix: str | None           # passed to the runtime as in Ollama's API: generate ...
     raw: bool | None

@@ -11,6 +11,9 @@ from typing import Any, Protocol
 
 from jobs.model import JobDoc, JobStatus
 
+# What a tenant's usage sums, in /api/stats and /metrics (fields of the ledger's entries).
+USAGE_FIELDS = ("prompt_tokens", "output_tokens", "run_s", "cpu_s", "gpu_energy_j")
+
 NS = 1e9
 LEDGER_TAG_KEYS = ("strategy", "experiment", "task", "task_id", "branch", "role", "run", "variant")
 

@@ -94,7 +94,7 @@ class Admitted:
 
 
 def admit(kind: JobKind, model: str, fields: dict[str, Any], options: dict[str, Any], cache: bool,
-          stream: bool, answer_limits: tuple[int | None, ...] = ()) -> Admitted:
+          stream: bool, answer_limits: tuple[int | None, ...] = (), user: str | None = None) -> Admitted:
     """Check, then queue (or answer from the cache) the job a request asks for. `answer_limits`:
     more answer lengths the request names (OpenAI's max_tokens beside max_completion_tokens),
     each held to the model's context as options.num_predict is."""
@@ -138,7 +138,7 @@ def admit(kind: JobKind, model: str, fields: dict[str, Any], options: dict[str, 
         raise err
     inbox = service().listen(job["job_id"], relay=job.get("stream") == "relay")
     try:
-        queue_job(job)
+        queue_job(job, user=user)
     except BaseException:
         service().completions.unregister(job["job_id"], waiter)
         if inbox is not None:

@@ -9,7 +9,7 @@ from flask import Blueprint, jsonify, request
 
 from config import MAX_WAIT_S
 from front_door.job_shapes import SubmitRequest
-from jobs.model import FINISHED, JobDoc, JobStatus, new_job, public_view
+from jobs.model import FINISHED, WAITING, JobDoc, JobStatus, new_job, public_view
 from routes.auth import caller, tenant_filter, visible
 from routes.common import (
     ApiError,
@@ -32,6 +32,8 @@ from routes.submission import (
     queue_job,
     wants_cache,
 )
+from routes.system import views
+from scheduling.outlook import job_outlook
 from store import Idempotency, IdempotencyConflict, IdempotentReplay
 
 jobs_bp = Blueprint("jobs", __name__)
@@ -117,7 +119,10 @@ def get_job(job_id: str):
         raise ApiError(404, f"no job with id '{job_id}'")
     if wait > 0 and job["status"] not in FINISHED:
         job = service().wait_for(job_id, wait, caller().tenant, client_gone_probe()) or job
-    return jsonify(public_view(job, include_request=request.args.get("include") == "request"))
+    body = public_view(job, include_request=request.args.get("include") == "request")
+    if job["status"] in WAITING:        # when it should start (scheduling/outlook.py); null when not known yet
+        body["position"], body["eta_s"] = job_outlook(views().outlook(), job_id, time.time())
+    return jsonify(body)
 
 
 @jobs_bp.post("/api/job/<job_id>/cancel")

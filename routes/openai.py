@@ -43,7 +43,7 @@ def completions():
 @openai_bp.post("/v1/embeddings")
 def embeddings():
     req = parse(shapes.EmbeddingRequest)
-    admitted = admit(JobKind.EMBED, req.model, req.job_fields(), {}, req.cache, stream=False)
+    admitted = admit(JobKind.EMBED, req.model, req.job_fields(), {}, req.cache, stream=False, user=req.user)
     for event, value in answer_events(admitted, streamed=False):
         if event == "end":
             response = jsonify(shapes.embeddings(value[0], req.encoding_format))
@@ -54,7 +54,7 @@ def embeddings():
 
 def _complete(kind: JobKind, req: Any, fields: dict[str, Any], answer_id: str) -> Response:
     admitted = admit(kind, req.model, fields, req.options(), req.cache, stream=req.stream,
-                     answer_limits=(req.max_tokens, req.max_completion_tokens))
+                     answer_limits=(req.max_tokens, req.max_completion_tokens), user=req.user)
     chat = kind is JobKind.CHAT
     if not req.stream:
         for event, value in answer_events(admitted, streamed=False):

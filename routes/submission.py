@@ -15,12 +15,15 @@ from model_registry import ModelEntry, ModelRegistry
 from routes.auth import caller
 from routes.common import ApiError, config, service, settings
 from routes.system import views
+from scheduling.fair_share import share_fields
 from scheduling.model_settings import reload_option_error
+from scheduling.outlook import retry_after_s
 from service.result_cache import cache_key
 from store import Idempotency, QueueFull, TenantQueueFull
 from tenancy.keys import priority_allowed
 
 CACHE_HEADER = "X-Cache"
+USER_HEADER = "X-User"          # a user inside the tenant, for the fair share one level down
 
 
 def check_model(requested: str, kind: JobKind) -> str:
@@ -116,17 +119,21 @@ def look_in_cache(job: JobDoc, idempotency: Idempotency | None = None) -> JobDoc
     return answered
 
 
-def queue_job(job: JobDoc, idempotency: Idempotency | None = None) -> int:
+def queue_job(job: JobDoc, idempotency: Idempotency | None = None, user: str | None = None) -> int:
     """Queue `job` under the caller's limits; its position. 429 when the queue (or the caller's
-    share of it) is full."""
+    share of it) is full. `user`: who inside the caller's tenant it is for (OpenAI's `user`
+    field); an `X-User` header or `metadata.user` says it otherwise."""
     key = caller().key
+    metadata_user = (job.get("metadata") or {}).get("user")
+    named = request.headers.get(USER_HEADER) or user or (metadata_user if isinstance(metadata_user, str) else None)
+    job["share"] = share_fields(job, named, key.weight if key else 1.0)
     try:
         return service().submit(job, idempotency, key.max_waiting if key else None)
     except TenantQueueFull as exc:
         err = ApiError(429, f"{exc}; try again later", max_waiting=key.max_waiting if key else None)
-        err.headers["Retry-After"] = "2"
+        err.headers["Retry-After"] = str(retry_after_s(views().outlook(), time.time(), caller().tenant))
         raise err from None
     except QueueFull as exc:
         err = ApiError(429, f"{exc}; try again later", queue_max_size=config().QUEUE_MAX_SIZE)
-        err.headers["Retry-After"] = "2"
+        err.headers["Retry-After"] = str(retry_after_s(views().outlook(), time.time()))
         raise err from None

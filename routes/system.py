@@ -16,12 +16,14 @@ from model_registry import ModelRegistry
 from routes.auth import caller
 from routes.common import config, service
 from routes.infra_view import health_body, shown_view
+from scheduling.outlook import OUTLOOK_KEY
 from scheduling.view import REGISTRY_KEY, STATE_KEY
 from service.facade import Service
 
 system_bp = Blueprint("system", __name__)
 STATE_FRESH_S = 5.0
 VIEW_CACHE_S = 0.5
+USAGE_WINDOW_S = 86400.0         # per-tenant usage in /api/stats: the ledger of the last day
 
 
 class SharedViews:
@@ -56,6 +58,11 @@ class SharedViews:
             return None, None
         view, published = found
         return view, max(time.time() - published, 0.0)
+
+    def outlook(self) -> dict[str, Any] | None:
+        """The waiting jobs' positions and estimated starts, as the scheduler last published them."""
+        found = self._state(OUTLOOK_KEY)
+        return found[0] if found else None
 
     def registry(self) -> tuple[ModelRegistry | None, int | None]:
         """(registry, capacity in bytes); (None, None) until a scheduler has published one."""
@@ -108,9 +115,18 @@ def stats():
         "api": {"long_polls": service().completions.waiting, "max_waiters": service().config.MAX_WAITERS},
         "cache": {"hits": shared.get("cache_hits", 0), "misses": shared.get("cache_misses", 0)},
     }
-    if caller().admin:
-        body["tenants"] = {tenant or "(no key)": {"waiting": n} for tenant, n in sorted(counts.waiting_by_tenant.items())}
+    if caller().admin:      # each tenant's waiting jobs, and what its runs used (the ledger, last USAGE_WINDOW_S)
+        usage = service().usage_by_tenant(time.time() - USAGE_WINDOW_S)
+        body["tenants"] = {
+            tenant or "(no key)": {"waiting": counts.waiting_by_tenant.get(tenant, 0),
+                                   **({"usage": _rounded(usage[tenant])} if tenant in usage else {})}
+            for tenant in sorted(set(counts.waiting_by_tenant) | set(usage))}
+        body["usage_window_s"] = USAGE_WINDOW_S
     return jsonify(body)
+
+
+def _rounded(usage: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in usage.items()}
 
 
 @system_bp.get("/api/ping")

@@ -120,7 +120,7 @@ def plan_cluster(nodes: Sequence[NodeState], demand: Sequence[Demand], need_byte
 
     node: NodeState | None
     alloc: tuple[int, ...] | None
-    for d in sorted(demand, key=lambda d: (-d.score, d.oldest_submitted, d.model)):
+    for d in sorted(demand, key=Demand.urgency):
         holders = holders_of(d.model)
         if holders:
             remaining = _spread_over_slots(d, holders, share)

@@ -26,6 +26,7 @@ from scheduling.events import Effects, Event, JobFinished, LoadFinished, RunCont
 from scheduling.gpu_placement import GpuSplit, place
 from scheduling.model_memory import effective_ctx
 from scheduling.model_table import ModelState, ModelTable
+from scheduling.outlook import ModelOutlook, mean_job_s
 from scheduling.policy import (
     FailureKind,
     LoadHealth,
@@ -37,7 +38,7 @@ from scheduling.policy import (
 )
 from telemetry.counters import Counters
 from telemetry.logs import get_logger
-from vram_scheduler import UNKNOWN_CAPACITY, Demand, Limits, Plan, ResidentModel, Snapshot, plan
+from vram_scheduler import UNKNOWN_CAPACITY, Demand, Limits, Phase, Plan, ResidentModel, Snapshot, plan
 
 if TYPE_CHECKING:        # types only: the core does no I/O of its own (the queue and registry come in)
     from config import Config
@@ -83,6 +84,7 @@ def build_snapshot(state: ResourceState, resident: tuple[ResidentModel, ...], de
 class RunningJob:
     model: str
     incarnation: int
+    granted: float = 0.0               # when it got its slot
 
 
 class SchedulerCore:
@@ -113,6 +115,8 @@ class SchedulerCore:
         self._reconciled: ResourceState | None = None
         self.installed: frozenset[str] | None = None   # the models this node's runtime lists (None: not known)
         self.cluster = ClusterMemory({})         # the first core of a cluster carries it for all
+        self.job_s: dict[str, float] = {}        # per model: mean seconds per completed job (outlook)
+        self.load_s: dict[str, float] = {}       # per model: its last load's seconds (outlook)
 
     # --- what effects report (any thread) ---------------------------------------------------------
     def post(self, event: Event) -> None:
@@ -124,6 +128,18 @@ class SchedulerCore:
 
     def running_ids(self) -> list[str]:
         return list(self.running)
+
+    def outlook(self, model: str, now: float) -> ModelOutlook | None:
+        """What this node says of when `model` can start its waiting jobs (None: not here)."""
+        with self._lock:
+            state = self.table.get(model)
+            if state is None:
+                return None
+            job_s = self.job_s.get(model)
+            ends = tuple(ran.granted + (job_s or 0.0) for ran in self.running.values() if ran.model == model)
+            load_s = self.load_s.get(model, 0.0)
+            ready = now if state.phase is Phase.LOADED else max(state.load_started + load_s, now)
+            return ModelOutlook(state.slots, ends, job_s, ready)
 
     # --- one pass ---------------------------------------------------------------------------------
     def run_pass(self, reading: ResourceState | None, now: float) -> Plan:
@@ -205,7 +221,7 @@ class SchedulerCore:
             granted = max(now, float(job["submitted_at"]))      # submitted during this pass: not before
             with self._lock:
                 self.table.job_started(model, granted)
-            self.running[job["job_id"]] = RunningJob(model, state.incarnation)
+            self.running[job["job_id"]] = RunningJob(model, state.incarnation, granted)
             try:
                 self.effects.start(job, RunContext(state.bytes, state.slots, state.incarnation, granted,
                                                    state.load_started, state.load_finished))
@@ -255,8 +271,14 @@ class SchedulerCore:
                 self._unload_finished(event)
 
     def _job_finished(self, event: JobFinished) -> None:
-        self.running.pop(event.job_id, None)
+        ran = self.running.pop(event.job_id, None)
         self.table.job_finished(event.model, event.at)
+        if event.tokens is not None:
+            self.queue.settle(event.job_id, *event.tokens)
+            if ran is not None:
+                self.job_s[event.model] = mean_job_s(self.job_s.get(event.model), max(event.at - ran.granted, 0.0))
+        else:                                # failed, cancelled or put back: not charged
+            self.queue.settle_unused(event.job_id)
         verdict = event.verdict
         if verdict is None:
             return
@@ -274,7 +296,8 @@ class SchedulerCore:
             self.table.load_succeeded(model, event.at)
             self.health[model] = after_load_success(self.health.get(model, LoadHealth()))
             self.counters.record("load", model, self.node, event.at)
-            log.info("loaded %s in %.2fs", model, event.at - (state.load_started if state else event.at))
+            self.load_s[model] = event.at - (state.load_started if state else event.at)
+            log.info("loaded %s in %.2fs", model, self.load_s[model])
             if self._reconciled is not None and len(self._reconciled.gpus) > 1:
                 # where the runtime put it among the GPUs shows in the next reading: no more
                 # loads (or anything else) on this node until then

@@ -69,6 +69,7 @@ class JobFinished:
     incarnation: int
     verdict: JobVerdict | None = None    # None: it completed or was cancelled
     failure: FailureKind | None = None
+    tokens: tuple[int, int] | None = None   # (prompt, output) of a completed job: its tenant's fair share
 
 
 Event = LoadFinished | UnloadFinished | JobFinished

@@ -35,8 +35,9 @@ from runtime.nodes import NodeParts, RuntimeNode, build_node, follow_changes
 from scheduling.core import SchedulerCore, cluster_pass
 from scheduling.leadership import LEASE_TTL_S, owner_alive
 from scheduling.model_settings import ModelSettings, canonical_name
+from scheduling.outlook import OUTLOOK_KEY
 from scheduling.policy import LeftRun, RunAction, left_run_verdict
-from scheduling.view import NODES_KEY, REGISTRY_KEY, STATE_KEY, registry_document, scheduler_view
+from scheduling.view import NODES_KEY, REGISTRY_KEY, STATE_KEY, outlook_view, registry_document, scheduler_view
 from service.answers import StreamHub
 from store.base import SCHEDULER_LEASE, Fenced
 from store.retrying import RetryingStore
@@ -383,6 +384,7 @@ class SchedulerTerm:
         now, store = self.clock(), self.ctx.store
         store.put_state(STATE_KEY, self.view(), now)
         store.put_state(REGISTRY_KEY, registry_document(self), now)
+        store.put_state(OUTLOOK_KEY, outlook_view(self, now), now)
         return self._set_up_registry().version
 
     def _set_up_registry(self) -> ModelRegistry:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from jobs.model import ErrorKind
+from scheduling.outlook import OUTLOOK_LIMIT, ModelOutlook, outlook_document
 from telemetry.counters import error_key
 
 STATE_KEY = "scheduler"
@@ -62,6 +63,26 @@ def scheduler_view(term: Any) -> dict[str, Any]:
         "nodes": views,
         "activity": term.ctx.counters.activity.snapshot(),    # recent loads, unloads, evictions (dashboard)
     }
+
+
+def outlook_view(term: Any, now: float) -> dict[str, Any]:
+    """Each waiting job's position and estimated start (scheduling/outlook.py), over every node:
+    a model's slots and running jobs add up; it is ready now if loaded anywhere."""
+    queue = term.ctx.queue
+    cores = [n.core for n in term.nodes if not n.removed]
+    orders, models = {}, {}
+    for demand in queue.demand(now):
+        name = demand.model
+        orders[name] = [(item.job_id, item.who.tenant) for item in queue.order(name, now, OUTLOOK_LIMIT)]
+        here = [o for o in (core.outlook(name, now) for core in cores) if o is not None]
+        job_s = next((c.job_s[name] for c in cores if name in c.job_s), None)
+        load_s = next((c.load_s[name] for c in cores if name in c.load_s), 0.0)
+        if here:
+            models[name] = ModelOutlook(sum(o.slots for o in here), tuple(e for o in here for e in o.ends),
+                                        job_s, min(o.ready_at for o in here))
+        else:                             # to be loaded: its last load's length from now
+            models[name] = ModelOutlook(term.registry.slots(name), (), job_s, now + load_s)
+    return outlook_document(orders, models, now)
 
 
 def registry_document(term: Any) -> dict[str, Any]:

@@ -107,7 +107,8 @@ class Service:
         self.store = RetryingStore(self.raw_store, config.STORE_RETRY_S)          # the scheduler's patience
         self.api_store = self.store.with_patience(config.API_STORE_WAIT_S)        # a client's
         self.queue = QueueManager(self.store, config.QUEUE_MAX_SIZE, config.QUEUE_AGING_S, on_submit=self.wake,
-                                  submit_store=self.api_store, preload_window_s=config.PRELOAD_WINDOW_S)
+                                  submit_store=self.api_store, preload_window_s=config.PRELOAD_WINDOW_S,
+                                  output_weight=config.FAIR_OUTPUT_WEIGHT, fair=config.FAIR_SHARE)
         self.owner = new_owner()
         self.metrics = ProcessMetrics()         # what /metrics counts of events in this process
         self.counters = Counters(observer=self.metrics)
@@ -259,6 +260,9 @@ class Service:
     def list_ledger(self, model: str | None, job_id: str | None, limit: int,
                     before: tuple[float, str] | None, tenant: str | None = None) -> list[dict[str, Any]]:
         return self.api_store.list_metrics(model=model, job_id=job_id, limit=limit, before=before, tenant=tenant)
+
+    def usage_by_tenant(self, since: float) -> dict[str, dict[str, float]]:
+        return self.api_store.usage_by_tenant(since)
 
     def counts(self) -> QueueCounts:
         return self.api_store.counts()

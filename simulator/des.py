@@ -42,6 +42,7 @@ class Job:
     started: float | None = None
     finished: float | None = None
     node: int | None = None   # index of the node that ran it
+    tenant: str = ""          # whose it is (the fair share between tenants)
 
 
 @dataclass(frozen=True)

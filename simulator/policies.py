@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from jobs.model import Priority
 from queue_manager import WaitingIndex
 from scheduling.cluster_plan import NodeState, plan_cluster
+from scheduling.fair_share import Who
 from scheduling.model_memory import estimated_need
 from scheduling.warm_pool import RecentArrivals
 from simulator.des import Gpu, Job
@@ -160,7 +161,7 @@ class ManagerPolicy:
     def __init__(self, name: str = "model-manager", margin_bytes: int = 1024 ** 3, multiplier: float = 1.3,
                  aging_s: float = 60.0, limits: Limits = Limits(), slots_per_model: int = 4,
                  pinned: frozenset[str] = frozenset(), preload_window_s: float = 0.0, preload_limit: int = 0,
-                 replica_after: int = 8):
+                 replica_after: int = 8, fair: bool = True):
         self.name = name
         self.margin_bytes = margin_bytes
         self.multiplier = multiplier
@@ -170,7 +171,7 @@ class ManagerPolicy:
         self.preload_window_s = preload_window_s
         self.preload_limit = preload_limit
         self.replica_after = replica_after
-        self.index = WaitingIndex(aging_s)
+        self.index = WaitingIndex(aging_s, fair=fair)
         self.recent = RecentArrivals(preload_window_s if preload_limit > 0 else 0.0)
         self.jobs: dict[int, Job] = {}
         self.learned: dict[str, int] = {}
@@ -189,13 +190,14 @@ class ManagerPolicy:
 
     def on_arrival(self, job: Job) -> None:
         self.jobs[job.id] = job
-        self.index.add(str(job.id), job.model, Priority(job.priority).rank, job.arrival)
+        self.index.add(str(job.id), job.model, Priority(job.priority).rank, job.arrival, Who(job.tenant))
         self.recent.add(job.arrival, job.model)
 
     def on_job_done(self, job: Job) -> None:
         node = self.nodes[job.node or 0]
         node.running[job.model] -= 1
         node.last_used[job.model] = node.gpu.now
+        self.index.settle(str(job.id), 0, job.tokens)
 
     def on_load_done(self, model: str, gpu: Gpu | None = None) -> None:
         node = self.nodes[gpu.index if gpu is not None else 0]

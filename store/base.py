@@ -35,6 +35,7 @@ from tenancy.keys import Refusal
 SCHEDULER_LEASE = "scheduler"
 
 
+
 class QueueFull(Exception):
     def __init__(self, waiting: int, message: str | None = None):
         super().__init__(message or f"queue is full ({waiting} jobs waiting)")
@@ -216,6 +217,11 @@ class JobStore(AccessStore, AnswerStore, ABC):
                      before: tuple[float, str] | None = None, tenant: str | None = None) -> list[dict[str, Any]]:
         """Newest first (finished_at, then `job_id:run_id`, descending); for one job, or one
         model, or all, of one tenant or all; `before` = (finished_at, "job_id:run_id") of the last entry of the previous page."""
+
+    @abstractmethod
+    def usage_by_tenant(self, since: float) -> dict[str, dict[str, float]]:
+        """The ledger summed per tenant over the runs that finished at `since` or later: `jobs`
+        and the sums of metering.ledger.USAGE_FIELDS ("" is jobs without a key)."""
 
     @abstractmethod
     def purge_metrics(self, before: float) -> int:

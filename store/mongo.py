@@ -202,7 +202,7 @@ class MongoStore(MongoAdmission, MongoRecords, MongoAccess, MongoAnswers, JobSto
 
     # --- jobs: the scheduler's transitions ----------------------------------------------------------
     def take_new(self, limit: int = 1000, epoch: int | None = None) -> list[JobDoc]:
-        fields = {"model": 1, "priority": 1, "rank": 1, "submitted_at": 1, "job_id": 1}
+        fields = {"model": 1, "priority": 1, "rank": 1, "submitted_at": 1, "job_id": 1, "tenant": 1, "share": 1}
         found = list(self.jobs.find({"status": PENDING}, fields).sort("submitted_at", ASCENDING).limit(limit))
         if not found:
             return []

@@ -11,6 +11,7 @@ from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
+from metering.ledger import USAGE_FIELDS
 from store import storable
 
 
@@ -47,6 +48,11 @@ class MongoRecords:
                             {"finished_at": before[0], "_id": {"$lt": before[1]}}]
         cursor = self.metrics.find(query).sort([("finished_at", DESCENDING), ("_id", DESCENDING)]).limit(limit)
         return [_plain(d) for d in cursor]
+
+    def usage_by_tenant(self, since: float) -> dict[str, dict[str, float]]:
+        group: dict[str, Any] = {"_id": "$tenant", "jobs": {"$sum": 1}, **{f: {"$sum": f"${f}"} for f in USAGE_FIELDS}}
+        rows = self.metrics.aggregate([{"$match": {"finished_at": {"$gte": since}}}, {"$group": group}])
+        return {d["_id"] or "": {"jobs": d["jobs"], **{f: d.get(f) or 0 for f in USAGE_FIELDS}} for d in rows}
 
     def purge_metrics(self, before: float) -> int:
         return self.metrics.delete_many({"finished_at": {"$lt": before}}).deleted_count

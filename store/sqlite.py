@@ -262,8 +262,14 @@ class SqliteStore(SqliteRecords, SqliteAccess, SqliteAnswers, JobStore):
             rows = conn.execute(
                 "UPDATE jobs SET status = ?, held_epoch = ? WHERE job_id IN (SELECT job_id FROM jobs "
                 "WHERE status = ? ORDER BY submitted_at LIMIT ?) "
-                "RETURNING job_id, model, priority, rank, submitted_at", (QUEUED, epoch, PENDING, limit)).fetchall()
-        return sorted((cast(JobDoc, dict(r)) for r in rows), key=lambda j: j["submitted_at"])
+                "RETURNING job_id, model, priority, rank, submitted_at, tenant, json_extract(doc, '$.share') AS share",
+                (QUEUED, epoch, PENDING, limit)).fetchall()
+        taken = []
+        for row in rows:
+            job = dict(row)
+            job["share"] = _share(job.get("share"))
+            taken.append(cast(JobDoc, job))
+        return sorted(taken, key=lambda j: j["submitted_at"])
 
     def release_taken(self, job_ids: list[str] | None = None, *, held_before: int | None = None) -> int:
         where: list[str] = ["status = ?"]
@@ -372,3 +378,12 @@ class SqliteStore(SqliteRecords, SqliteAccess, SqliteAnswers, JobStore):
 
     def close(self) -> None:
         self.db.close()
+
+
+def _share(text: str | None) -> dict[str, Any]:
+    """A job's fair-share fields as stored (none in a job stored before there were any)."""
+    try:
+        share = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return share if isinstance(share, dict) else {}

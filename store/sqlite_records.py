@@ -7,6 +7,7 @@ import json
 import sqlite3
 from typing import Any
 
+from metering.ledger import USAGE_FIELDS
 from store import storable
 from store.sqlite_db import BUSY_TIMEOUT_S, SqliteDB
 
@@ -55,6 +56,13 @@ class SqliteRecords:
         sql = f"SELECT doc FROM job_metrics{clause} ORDER BY finished_at DESC, run_key DESC LIMIT ?"
         with self.db.read() as conn:
             return [json.loads(r["doc"]) for r in conn.execute(sql, (*args, limit)).fetchall()]
+
+    def usage_by_tenant(self, since: float) -> dict[str, dict[str, float]]:
+        sums = ", ".join(f"TOTAL(json_extract(doc, '$.{f}')) AS {f}" for f in USAGE_FIELDS)
+        with self.db.read() as conn:
+            rows = conn.execute(f"SELECT tenant, COUNT(*) AS jobs, {sums} FROM job_metrics WHERE finished_at >= ? "
+                                "GROUP BY tenant", (since,)).fetchall()
+        return {r["tenant"]: {"jobs": r["jobs"], **{f: r[f] for f in USAGE_FIELDS}} for r in rows}
 
     def purge_metrics(self, before: float) -> int:
         with self.db.write() as conn:

@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.metrics_core import Metric
 
 from jobs.model import ErrorKind
+from metering.ledger import USAGE_FIELDS
 from telemetry.prometheus_setup import multiprocess_dir
 
 NAMESPACE = "model_manager"
@@ -68,6 +69,11 @@ class ProcessMetrics:
                               ["kind"], namespace=NAMESPACE, registry=reg)
         self.requeued = Counter("jobs_requeued", "Runs re-queued after a passing failure (out of memory, runtime "
                                 "busy, a node gone)", namespace=NAMESPACE, registry=reg)
+        self.tenant_jobs = Counter("tenant_jobs", "Jobs that finished, by tenant (\"\" without a key) and status",
+                                   ["tenant", "status"], namespace=NAMESPACE, registry=reg)
+        self.tenant_usage = Counter("tenant_usage", "What a tenant's finished runs used, by what (prompt_tokens, "
+                                    "output_tokens, run_s, cpu_s, gpu_energy_j: the ledger's fields)",
+                                    ["tenant", "what"], namespace=NAMESPACE, registry=reg)
         self._by_kind = {"load": self.loads, "unload": self.unloads, "evict": self.evictions}
 
     # --- counters.CountObserver ---------------------------------------------------------------------
@@ -84,7 +90,15 @@ class ProcessMetrics:
     def job_finished(self, status: str, job: Mapping[str, Any] | None, metrics: Mapping[str, Any] | None,
                      n: int) -> None:
         self.jobs_finished.labels(status).inc(n)
-        if job is None or not metrics or "run_s" not in metrics:
+        if job is None:
+            return
+        tenant = str(job.get("tenant") or "")
+        self.tenant_jobs.labels(tenant, status).inc(n)
+        for what in USAGE_FIELDS:
+            value = (metrics or {}).get(what)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+                self.tenant_usage.labels(tenant, what).inc(value)
+        if not metrics or "run_s" not in metrics:
             return
         model = str(job.get("model") or "")
         wait = float(metrics.get("queue_wait_s") or 0.0) + float(metrics.get("load_s") or 0.0)

@@ -28,19 +28,20 @@ class ApiKey:
     admin: bool = False
     created_at: float = 0.0
     revoked_at: float | None = None
+    weight: float = 1.0                     # the tenant's fair share against others' (scheduling/fair_share.py)
 
     def record(self, key_hash: str) -> dict[str, Any]:
         """The stored form (never the key itself)."""
         return {"key_id": self.key_id, "key_hash": key_hash, "tenant": self.tenant,
                 "max_priority": self.max_priority.value, "max_waiting": self.max_waiting,
                 "rate_per_min": self.rate_per_min, "admin": bool(self.admin), "created_at": self.created_at,
-                "revoked_at": self.revoked_at}
+                "revoked_at": self.revoked_at, "weight": self.weight}
 
     @classmethod
     def from_record(cls, doc: dict[str, Any]) -> ApiKey:
         return cls(doc["key_id"], doc["tenant"], Priority(doc.get("max_priority") or Priority.HIGH.value),
                    doc.get("max_waiting"), doc.get("rate_per_min"), bool(doc.get("admin")),
-                   float(doc.get("created_at") or 0.0), doc.get("revoked_at"))
+                   float(doc.get("created_at") or 0.0), doc.get("revoked_at"), float(doc.get("weight") or 1.0))
 
     def public(self) -> dict[str, Any]:
         return {k: v for k, v in self.record("").items() if k != "key_hash"}

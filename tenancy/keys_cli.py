@@ -1,6 +1,6 @@
 """`python main.py keys ...`: make, list and revoke API keys in the job store (kept hashed).
 
-    python main.py keys create --tenant NAME [--max-priority high|normal|low] [--max-waiting N]
+    python main.py keys create --tenant NAME [--max-priority high|normal|low] [--max-waiting N] [--weight W]
                                [--rate PER_MIN] [--admin]     # the key is the last line printed
     python main.py keys list
     python main.py keys revoke KEY_OR_ID
@@ -26,6 +26,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="highest priority the key may ask for (higher gets 403)")
     create.add_argument("--max-waiting", type=_positive_int, help="most jobs of the tenant waiting at once (429)")
     create.add_argument("--rate", type=_positive_float, help="most submissions a minute (429 with Retry-After)")
+    create.add_argument("--weight", type=_positive_float, default=1.0,
+                        help="the tenant's fair share against others at one priority (default 1; 2 = twice the service)")
     create.add_argument("--admin", action="store_true", help="sees every tenant's jobs, ledger and counts")
     actions.add_parser("list", help="every key (never the keys themselves), as JSON lines")
     revoke = actions.add_parser("revoke", help="stop a key from working (within KEY_CACHE_S)")
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace, config: Config, store: JobStore | None = None)
                 return 2
             key_id, key = new_key()
             record = ApiKey(key_id, tenant, Priority(args.max_priority), args.max_waiting, args.rate, args.admin,
-                            time.time())
+                            time.time(), weight=args.weight)
             store.put_key(record.record(key_hash(key)))
             print(f"key {key_id} for tenant '{tenant}'" + (" (admin)" if args.admin else "")
                   + "; it is shown only now:")

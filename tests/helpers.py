@@ -3,6 +3,9 @@ start from, waiting on a condition, starting a service, `main.py` or gunicorn, t
 models. Imported as a module (`from helpers import ...`); the fixtures are in conftest.py."""
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import os
 import signal
 import socket
@@ -236,3 +239,24 @@ def finished(job: Job) -> float:
     """When `job` finished; the test has run it."""
     assert job.finished is not None, f"job {job.id} never finished"
     return job.finished
+
+
+def make_key(service, tenant, **limits) -> str:
+    """A key made as `python main.py keys create` makes it; returns the key (its last line)."""
+    from tenancy import keys_cli
+
+    parser = argparse.ArgumentParser()
+    keys_cli.add_parser(parser.add_subparsers(dest="command"))
+    argv = ["keys", "create", "--tenant", tenant]
+    for name, value in limits.items():
+        flag = "--" + name.replace("_", "-")
+        argv += [flag] if value is True else [] if value is False else [flag, str(value)]
+    args = parser.parse_args(argv)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert keys_cli.run(args, service.config, store=service.raw_store) == 0
+    return out.getvalue().strip().splitlines()[-1]
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}

@@ -2,31 +2,14 @@
 own jobs and ledger, admins see all, a priority above the key's is 403, too many waiting or too
 fast is 429, one tenant cannot fill the queue for the others, and the result cache."""
 import argparse
-import contextlib
-import io
 import json
 
 import pytest
 
 from api import create_app
-from helpers import make_config
+from helpers import auth, make_config, make_key
 from service.facade import Service
 from tenancy import keys_cli
-
-
-def make_key(service, tenant, **limits) -> str:
-    """A key made as `python main.py keys create` makes it; returns the key (its last line)."""
-    args = argparse.Namespace(keys_action="create", tenant=tenant, max_priority=limits.get("max_priority", "high"),
-                              max_waiting=limits.get("max_waiting"), rate=limits.get("rate"),
-                              admin=limits.get("admin", False))
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert keys_cli.run(args, service.config, store=service.raw_store) == 0
-    return out.getvalue().strip().splitlines()[-1]
-
-
-def auth(key):
-    return {"Authorization": f"Bearer {key}"}
 
 
 def submit(client, key, body=None, headers=None, **kw):
