@@ -294,7 +294,7 @@ def run(policy: Policy, trace: list[Job], models: list[SimModel], total_bytes: i
         nodes: int | Sequence[NodeSpec] = 1) -> RunResult:
     """Run `trace` under `policy` on `nodes` nodes (a count of nodes like the one described by
     `total_bytes` ... `batch_gain`, or each node's own `NodeSpec`)."""
-    jobs = [Job(j.id, j.model, j.priority, j.arrival, j.tokens) for j in trace]
+    jobs = [Job(j.id, j.model, j.priority, j.arrival, j.tokens, tenant=j.tenant) for j in trace]
     clock = Clock()
     catalog = {m.name: m for m in models}
     gpus = [Gpu(catalog, s.total_bytes, s.load_bytes_per_s, s.tokens_per_s, s.batch_gain, num_ctx, s.name, i, clock)

@@ -262,7 +262,8 @@ class SqliteStore(SqliteRecords, SqliteAccess, SqliteAnswers, JobStore):
             rows = conn.execute(
                 "UPDATE jobs SET status = ?, held_epoch = ? WHERE job_id IN (SELECT job_id FROM jobs "
                 "WHERE status = ? ORDER BY submitted_at LIMIT ?) "
-                "RETURNING job_id, model, priority, rank, submitted_at, tenant, json_extract(doc, '$.share') AS share",
+                "RETURNING job_id, model, priority, rank, submitted_at, tenant, "
+                "CASE WHEN json_valid(doc) THEN json_extract(doc, '$.share') END AS share",
                 (QUEUED, epoch, PENDING, limit)).fetchall()
         taken = []
         for row in rows:

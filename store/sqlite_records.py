@@ -61,7 +61,7 @@ class SqliteRecords:
         sums = ", ".join(f"TOTAL(json_extract(doc, '$.{f}')) AS {f}" for f in USAGE_FIELDS)
         with self.db.read() as conn:
             rows = conn.execute(f"SELECT tenant, COUNT(*) AS jobs, {sums} FROM job_metrics WHERE finished_at >= ? "
-                                "GROUP BY tenant", (since,)).fetchall()
+                                "AND json_valid(doc) GROUP BY tenant", (since,)).fetchall()
         return {r["tenant"]: {"jobs": r["jobs"], **{f: r[f] for f in USAGE_FIELDS}} for r in rows}
 
     def purge_metrics(self, before: float) -> int:

@@ -155,3 +155,21 @@ def test_share_fields_estimate_the_prompt_and_read_the_answer_limit():
     assert fields == {"user": "ann", "weight": 2.0, "prompt_tokens": 100, "answer_limit": 64}
     embed = share_fields(JobDoc(kind="embed", input=["a" * 40]), None, 0.0)
     assert embed["answer_limit"] == 0 and embed["weight"] == 1.0 and embed["user"] == ""
+
+
+def test_the_fairness_measures_of_a_run():
+    from simulator.des import Job
+    from simulator.fairness import fair_share_index, max_min_shares, max_service_gap
+
+    def job(i, tenant, arrival, started, tokens=10):
+        return Job(i, "m", "normal", arrival, tokens, started=started, finished=started + 1, tenant=tenant)
+
+    # both wait from t=0; a is served twice (40) before b once (20): a gap of 40 while both wait
+    jobs = [job(0, "a", 0, 1), job(1, "a", 0, 2), job(2, "b", 0, 3), job(3, "b", 0, 4)]
+    assert max_service_gap(jobs) == 40
+    # b arrives only once a has been served: no stretch in which both waited, no gap
+    assert max_service_gap([job(0, "a", 0, 1), job(1, "b", 2, 3)]) == 0
+    assert max_min_shares({"a": 10, "b": 1, "c": 100}, 30) == {"b": 1, "a": 10, "c": 19}
+    assert fair_share_index(jobs, until=10) == 1.0
+    skewed = [job(0, "a", 0, 1), job(1, "a", 0, 2), job(2, "a", 0, 3), job(3, "b", 0, 11)]
+    assert fair_share_index(skewed, until=10) < 0.6

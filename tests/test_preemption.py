@@ -1,0 +1,64 @@
+"""Preemption decisions, table by table: pure, no threads, no sleeps."""
+import pytest
+
+from scheduling.preemption import PreemptLimits, Running, Waiting, preemptions
+
+LOW, NORMAL, HIGH = 0, 1, 2
+LIMITS = PreemptLimits(after_s=1.0, max_times=2)
+
+
+def decide(waiting, running, slots=None, draining=(), short=(), limits=LIMITS):
+    return preemptions(waiting, running, slots if slots is not None else {"m": 1}, draining, short, limits)
+
+
+@pytest.mark.parametrize("case, waiting, running, expected", [
+    ("urgent work that waited long enough takes the slot",
+     [Waiting("m", HIGH, 1, 1.5)], [Running("a", "m", LOW, 0.0)], ["a"]),
+    ("not before PREEMPT_AFTER_S",
+     [Waiting("m", HIGH, 1, 0.5)], [Running("a", "m", LOW, 0.0)], []),
+    ("never for a job of the same priority",
+     [Waiting("m", NORMAL, 1, 30.0)], [Running("a", "m", NORMAL, 0.0)], []),
+    ("never for a lower priority",
+     [Waiting("m", LOW, 1, 30.0)], [Running("a", "m", HIGH, 0.0)], []),
+    ("not a job stopped PREEMPT_MAX times already",
+     [Waiting("m", HIGH, 1, 5.0)], [Running("a", "m", LOW, 0.0, preempted=2)], []),
+    ("another model's work is not stopped for a slot",
+     [Waiting("m", HIGH, 1, 5.0)], [Running("a", "other", LOW, 0.0)], []),
+])
+def test_for_a_slot(case, waiting, running, expected):
+    assert decide(waiting, running) == expected, case
+
+
+def test_the_lowest_priority_most_recently_started_go_first_and_only_as_many_as_needed():
+    running = [Running("old-low", "m", LOW, 1.0), Running("new-low", "m", LOW, 5.0),
+               Running("normal", "m", NORMAL, 9.0), Running("high", "m", HIGH, 9.5)]
+    assert decide([Waiting("m", HIGH, 1, 2.0)], running, {"m": 4}) == ["new-low"]
+    assert decide([Waiting("m", HIGH, 3, 2.0)], running, {"m": 4}) == ["new-low", "old-low", "normal"]
+    assert decide([Waiting("m", NORMAL, 3, 2.0)], running, {"m": 4}) == ["new-low", "old-low"]
+
+
+def test_a_free_slot_is_used_before_anything_is_stopped():
+    running = [Running("a", "m", LOW, 0.0)]
+    assert decide([Waiting("m", HIGH, 1, 9.0)], running, {"m": 2}) == []
+    assert decide([Waiting("m", HIGH, 2, 9.0)], running, {"m": 2}) == ["a"]
+
+
+def test_for_memory_a_drained_model_serving_only_lower_work_is_emptied():
+    running = [Running("a", "big", LOW, 0.0), Running("b", "big", LOW, 1.0)]
+    need = [Waiting("new", HIGH, 1, 2.0)]
+    assert decide(need, running, {"big": 2}, draining=["big"], short=["new"]) == ["a", "b"]
+    # not while the plan does not drain it, nor when it serves work as urgent as the need
+    assert decide(need, running, {"big": 2}, draining=[], short=["new"]) == []
+    mixed = running + [Running("c", "big", HIGH, 1.5)]
+    assert decide(need, mixed, {"big": 3}, draining=["big"], short=["new"]) == []
+
+
+def test_a_setting_turns_it_off():
+    off = PreemptLimits(enabled=False)
+    assert decide([Waiting("m", HIGH, 1, 60.0)], [Running("a", "m", LOW, 0.0)], limits=off) == []
+
+
+def test_two_needs_do_not_stop_the_same_job_twice():
+    running = [Running("a", "m", LOW, 0.0)]
+    waiting = [Waiting("m", HIGH, 1, 3.0), Waiting("m", NORMAL, 1, 3.0)]
+    assert decide(waiting, running) == ["a"]
