@@ -183,6 +183,13 @@ class Config(BaseSettings):
         "false = first come, first served across tenants.")
     FAIR_OUTPUT_WEIGHT: float = Field(
         2.0, gt=0, description="What an output token counts for in the fair share, a prompt token counting 1.")
+    PREEMPTION: bool = Field(
+        True, description="Urgent work may stop running work of a lower priority (never of its own): the stopped "
+        "job goes back to its place in line and resumes from its partial answer where the runtime allows it.")
+    PREEMPT_AFTER_S: float = Field(
+        1.0, ge=0, description="How long a job must wait for a slot, or for memory, held by lower-priority running "
+        "work before that work is stopped for it.")
+    PREEMPT_MAX: int = Field(2, ge=0, description="Most times one job is stopped for more urgent work.")
     SWAP_MARGIN: float = Field(
         1.0, ge=0, description="Priority levels (after aging) by which waiting work must outrank a busy "
         "loaded model before that model stops taking new jobs to make room; larger = more grouping by model.")

@@ -24,8 +24,9 @@ from typing import Any
 
 from config import Config
 from jobs.model import JobDoc, JobKind, JobStatus
+from jobs.resume import Partial, after_preemption, prefix_of, resumed_body, whole_answer
 from metering.ledger import JobMeter, ledger_entry, run_metrics
-from runtime.client import NODE_DOWN, NodeDown, OllamaClient, RequestCancelled, RequestHandle, RuntimeFailure
+from runtime.client import NODE_DOWN, PREEMPTED, NodeDown, OllamaClient, RequestCancelled, RequestHandle, RuntimeFailure
 from scheduling.events import Event, JobFinished, LoadFinished, RunContext, UnloadFinished
 from scheduling.model_settings import ModelSettings
 from scheduling.policy import FailureKind, JobVerdict, PolicyLimits, after_job_failure
@@ -131,11 +132,14 @@ class ExecutionEngine:
         self._watch.add(handle)
         self._jobs.submit(self._run_job, job, run, handle)
 
-    def cancel(self, job_id: str) -> None:
+    def cancel(self, job_id: str, reason: str = "cancelled") -> None:
         with self._lock:
             handle = self._handles.get(job_id)
         if handle is not None:
-            handle.stop("cancelled")
+            handle.stop(reason)
+
+    def preempt(self, job_id: str) -> None:
+        self.cancel(job_id, PREEMPTED)
 
     def requeue(self, job_id: str, run_id: str) -> None:
         self.store.requeue(job_id, run_id, {})
@@ -245,21 +249,33 @@ class ExecutionEngine:
             assert run_id is not None           # a claimed job: its claim made its run
             writer = PieceWriter(self.answers, self.relay_store, job["job_id"], run_id,
                                  relay=job["stream"] == "relay", clock=self.clock)
+        partial, prefix = Partial(), [prefix_of(job)]
+
+        def on_piece(piece: dict[str, Any]) -> None:
+            partial.add(piece)
+            if writer is not None:
+                if prefix[0] is not None:        # a resumed answer: its first piece says how it starts
+                    piece, prefix[0] = {**piece, "prefix": prefix[0]}, None
+                writer.add(piece)
+        preempted = None
+        began = self.clock()
         try:
             sample = self.meter.start(job["model"]) if self.meter else None
-            body = self._request_body(job)
+            body = resumed_body(job, self._request_body(job))
             if kind is JobKind.EMBED:
                 final = self.client.embed(body, handle.deadline, handle)
             else:
                 path = "/api/chat" if kind is JobKind.CHAT else "/api/generate"
-                final = self.client.stream(path, body, handle.deadline, handle,
-                                           on_first_token=lambda: first_token.append(self.clock()),
-                                           on_piece=writer.add if writer else None)
+                final = whole_answer(job, self.client.stream(path, body, handle.deadline, handle,
+                                                             on_first_token=lambda: first_token.append(self.clock()),
+                                                             on_piece=on_piece))
         except RequestCancelled as exc:
             if exc.reason == NODE_DOWN:
                 failure = NodeDown(f"the node stopped answering (NODE_DOWN_AFTER_S = {self.config.NODE_DOWN_AFTER_S:g})")
             else:
                 status = JobStatus.CANCELLED if exc.reason == "cancelled" else JobStatus.PENDING
+                if exc.reason == PREEMPTED:
+                    preempted = after_preemption(job, partial, self.clock() - began)
         except RuntimeFailure as exc:
             failure = exc
         except Exception as exc:  # a bug must still end the job, with the reason
@@ -277,6 +293,9 @@ class ExecutionEngine:
             down = isinstance(failure, NodeDown) or (
                 failure.failure is FailureKind.UNAVAILABLE and not self._runtime_answers())
             verdict = after_job_failure(failure.failure, int(job.get("oom_retries") or 0), self.policy, down)
+        if preempted is not None:
+            self._put_back(job, preempted)
+            return None, None, None
         self._record(job, run, status, final, failure, verdict, finished, first_token, usage)
         tokens = None
         if status is JobStatus.COMPLETE and failure is None and final is not None:   # what its tenant is charged
@@ -302,6 +321,9 @@ class ExecutionEngine:
         metrics = run_metrics(job, final, run.granted_at, finished, first_token[0] if first_token else None,
                               run.load_started, run.load_finished)
         metrics.update(usage)
+        if job.get("preempted"):                  # the ledger counts what preemption cost it
+            metrics.update(preemptions=job["preempted"], wasted_tokens=int(job.get("wasted_tokens") or 0),
+                           wasted_s=float(job.get("wasted_s") or 0.0))
         fields: dict[str, Any] = {"completed_at": finished, "metrics": metrics}
         if failure is not None:
             status = JobStatus.FAILED
@@ -330,6 +352,15 @@ class ExecutionEngine:
                 log.debug("job %s %s in %.3fs", job_id, status.value, finished - run.granted_at)
         if job.get("stream") == "relay":
             self._forget_pieces(job_id)
+
+    def _put_back(self, job: JobDoc, fields: dict[str, Any]) -> None:
+        """A preempted job goes back to its place in line, to resume (jobs/resume.py)."""
+        run_id = job["run_id"]
+        assert run_id is not None               # a claimed job: its claim made its run
+        if self.result_store.requeue(job["job_id"], run_id, fields):
+            self.counters.add("preempted")
+            log.info("job %s preempted (%d); it %s", job["job_id"], fields["preempted"],
+                     "resumes from its partial answer" if fields["resume"] else "starts over")
 
     def _remember(self, job: JobDoc, fields: dict[str, Any], finished: float) -> None:
         """Put a finished answer in the result cache (a cache that fails costs only a miss)."""

@@ -13,6 +13,7 @@ from typing import Any
 
 from jobs.model import JobDoc, JobStatus
 from scheduling.fair_share import Who
+from scheduling.preemption import Waiting as Need
 from scheduling.waiting import RANKS, Waiting, WaitingIndex
 from scheduling.warm_pool import RecentArrivals
 from store.base import Fenced, Idempotency
@@ -159,6 +160,11 @@ class QueueManager:
         """A job this queue gave out ended having used these tokens (its tenant's fair share)."""
         with self._lock:
             self.index.settle(job_id, prompt_tokens, answer_tokens)
+
+    def needs(self, now: float) -> list[Need]:
+        """Per model and priority, the waiting jobs and the first one's wait (preemption)."""
+        with self._lock:
+            return self.index.needs(now)
 
     def settle_unused(self, job_id: str) -> None:
         """A job this queue gave out ended without an answer: its tenant is not charged for it."""

@@ -46,6 +46,10 @@ class JobDoc(TypedDict, total=False):
     last_error: str
     tenant: str                  # the API key's tenant that submitted it ("" without a key)
     stream: str | None           # pieces of the answer wanted as they come: "local" (this process) or "relay" (store)
+    preempted: int               # times it was stopped for more urgent work (scheduling/preemption.py)
+    resume: dict[str, Any] | None   # what it had produced when last stopped: text, tokens (jobs/resume.py)
+    wasted_tokens: int           # output thrown away by restarts after preemption
+    wasted_s: float              # ... and the runtime's seconds spent on it
     share: dict[str, Any]        # its fair share's inputs: user, weight, prompt_tokens, answer_limit (scheduling/fair_share.py)
     cache_key: str | None        # where its answer goes in the result cache (service/result_cache.py), when cacheable
     suffix: str | None           # passed to the runtime as in Ollama's API: generate ...

@@ -30,6 +30,7 @@ from urllib3.util.retry import Retry
 
 from runtime.errors import (  # noqa: F401 (its callers' names)
     NODE_DOWN,
+    PREEMPTED,
     ModelNotFound,
     NodeDown,
     RuntimeBusy,
@@ -108,7 +109,7 @@ class RequestHandle:
             _shutdown(sock)
 
     def raise_if_stopped(self) -> None:
-        if self.reason in ("cancelled", "shutdown", NODE_DOWN):
+        if self.reason in ("cancelled", "shutdown", NODE_DOWN, PREEMPTED):
             raise RequestCancelled(self.reason)
         if self.reason == "timeout" or time.time() >= self.deadline:
             raise RuntimeTimeout("job timed out: the runtime did not finish within the job's timeout_s")

@@ -29,6 +29,7 @@ class RuntimeUnavailable(RuntimeFailure):
 
 
 NODE_DOWN = "node down"          # why a node's requests were stopped (RequestHandle.stop)
+PREEMPTED = "preempted"          # why a job's request was stopped for more urgent work
 
 
 class NodeDown(RuntimeUnavailable):

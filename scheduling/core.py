@@ -36,9 +36,11 @@ from scheduling.policy import (
     backing_off,
     reading_is_stale,
 )
+from scheduling.preemption import PreemptLimits, Running, preemptions
+from scheduling.snapshot import build_snapshot
 from telemetry.counters import Counters
 from telemetry.logs import get_logger
-from vram_scheduler import UNKNOWN_CAPACITY, Demand, Limits, Phase, Plan, ResidentModel, Snapshot, plan
+from vram_scheduler import Limits, Phase, Plan, Snapshot, plan
 
 if TYPE_CHECKING:        # types only: the core does no I/O of its own (the queue and registry come in)
     from config import Config
@@ -48,43 +50,13 @@ if TYPE_CHECKING:        # types only: the core does no I/O of its own (the queu
 log = get_logger("SCHEDULER")
 
 
-def build_snapshot(state: ResourceState, resident: tuple[ResidentModel, ...], demand: list[Demand],
-                   need_of: Callable[[str], int], limits: Limits, margin_bytes: int,
-                   draining: frozenset[str] = frozenset(), now: float = 0.0,
-                   split: GpuSplit = GpuSplit.OLLAMA) -> Snapshot:
-    """The planner's input, from the monitor's reading and the table of resident models. With
-    several GPUs, each has its own budget: its memory less the margin and what others use on it
-    (memory in use beyond the share of our models the table puts there)."""
-    resident_names = {m.name for m in resident}
-    demanded = {d.model for d in demand}
-    needs = {name: need_of(name) for name in demanded if name not in resident_names}
-    needs.update({m.name: need_of(m.name) for m in resident if m.name in demanded})
-    draining = draining & resident_names
-    if state.memory_total <= 0 or not state.runtime_ok:   # memory unknown or runtime down: no loads
-        return Snapshot(sum(m.bytes for m in resident), UNKNOWN_CAPACITY, resident, tuple(demand), needs, limits,
-                        draining, now)
-    capacity = state.memory_total - margin_bytes
-    snapshot = Snapshot(capacity - state.used_by_others, capacity, resident, tuple(demand), needs, limits, draining,
-                        now, split=split)
-    gpus = state.gpus
-    if len(gpus) < 2 or sum(g.memory_total for g in gpus) != state.memory_total:   # one pool (or a capped share)
-        return snapshot
-    capacities = tuple(g.memory_total - margin_bytes for g in gpus)
-    ours = [0] * len(gpus)
-    for m in resident:
-        for i, b in enumerate(replace(snapshot, gpu_capacity=capacities, gpu_budgets=capacities).split_of(m)):
-            ours[i] += b
-    budgets = tuple(cap - max(g.memory_total - g.memory_free - mine, 0)
-                    for cap, g, mine in zip(capacities, gpus, ours, strict=False))
-    return replace(snapshot, budget_bytes=sum(budgets), capacity_bytes=sum(capacities), gpu_budgets=budgets,
-                   gpu_capacity=capacities)
-
-
 @dataclass(frozen=True)
 class RunningJob:
     model: str
     incarnation: int
     granted: float = 0.0               # when it got its slot
+    rank: int = 1                      # its priority (preemption)
+    preempted: int = 0                 # times it was stopped before
 
 
 class SchedulerCore:
@@ -115,6 +87,8 @@ class SchedulerCore:
         self._reconciled: ResourceState | None = None
         self.installed: frozenset[str] | None = None   # the models this node's runtime lists (None: not known)
         self.cluster = ClusterMemory({})         # the first core of a cluster carries it for all
+        self.preempt_limits = PreemptLimits(config.PREEMPT_AFTER_S, config.PREEMPT_MAX, config.PREEMPTION)
+        self.preempting: set[str] = set()        # jobs asked to stop, until they have
         self.job_s: dict[str, float] = {}        # per model: mean seconds per completed job (outlook)
         self.load_s: dict[str, float] = {}       # per model: its last load's seconds (outlook)
 
@@ -185,6 +159,7 @@ class SchedulerCore:
             self._load(model, now, decided.placements.get(model, ()))
         for model, n in decided.dispatch:
             self._dispatch(model, n, now)
+        self._preempt(snapshot, decided, now)
         self.passes += 1
         if decided.loads or decided.unloads:
             log.info("plan on %s: load %s, unload %s, waiting for memory %s", self.node, decided.loads or "-",
@@ -221,7 +196,8 @@ class SchedulerCore:
             granted = max(now, float(job["submitted_at"]))      # submitted during this pass: not before
             with self._lock:
                 self.table.job_started(model, granted)
-            self.running[job["job_id"]] = RunningJob(model, state.incarnation, granted)
+            self.running[job["job_id"]] = RunningJob(model, state.incarnation, granted, int(job["rank"]),
+                                                     int(job.get("preempted") or 0))
             try:
                 self.effects.start(job, RunContext(state.bytes, state.slots, state.incarnation, granted,
                                                    state.load_started, state.load_finished))
@@ -233,6 +209,22 @@ class SchedulerCore:
                 run_id = job["run_id"]
                 assert run_id is not None       # claimed under the run `take` gave it
                 self.effects.requeue(job["job_id"], run_id)
+
+    def _preempt(self, snapshot: Snapshot, decided: Plan, now: float) -> None:
+        """Stop lower-priority running work that urgent waiting work has waited too long for."""
+        if not self.preempt_limits.enabled:
+            return
+        slots = {m.name: m.slots for m in snapshot.resident if m.phase is Phase.LOADED}
+        held = {m.name: m.bytes for m in snapshot.resident}
+        free = snapshot.budget_bytes - sum(held.values())
+        short_by = {m: snapshot.need_bytes.get(m, 0) - free for m in decided.waiting_for_memory}
+        running = [Running(job_id, r.model, r.rank, r.granted, r.preempted) for job_id, r in self.running.items()
+                   if job_id not in self.preempting]
+        for job_id in preemptions(self.queue.needs(now), running, slots, decided.draining, short_by, held,
+                                  self.preempt_limits):
+            self.preempting.add(job_id)
+            log.info("preempting job %s on %s for more urgent work", job_id, self.running[job_id].model)
+            self.effects.preempt(job_id)
 
     def _check_cancellations(self) -> None:
         """Stop the requests of running jobs that were cancelled through the API."""
@@ -272,6 +264,7 @@ class SchedulerCore:
 
     def _job_finished(self, event: JobFinished) -> None:
         ran = self.running.pop(event.job_id, None)
+        self.preempting.discard(event.job_id)
         self.table.job_finished(event.model, event.at)
         if event.tokens is not None:
             self.queue.settle(event.job_id, *event.tokens)

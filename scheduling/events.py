@@ -37,6 +37,10 @@ class Effects(Protocol):
 
     def cancel(self, job_id: str) -> None: ...
 
+    def preempt(self, job_id: str) -> None:
+        """Stop a running job for more urgent work: it goes back in line and resumes later
+        (jobs/resume.py); its end is reported as a JobFinished without tokens."""
+
     def requeue(self, job_id: str, run_id: str) -> None:
         """Put a claimed job whose start failed back in line (its run did not begin)."""
 

@@ -5,8 +5,10 @@ A waiting job that outranks running work takes its place once it has waited PREE
 * for a slot: its model is loaded and every slot is busy, some with lower-priority jobs: the
   lowest-priority of those, most recently started first (the least work lost), are stopped, as
   many as there are such waiting jobs;
-* for memory: its model waits for memory that a model being drained for it (`Plan.draining`)
-  holds with lower-priority work: that work is stopped, so the model empties and is unloaded.
+* for memory: its model waits for memory that busy models hold with lower-priority work only
+  (the models the plan drains for it, then models with no waiting work of their own, the most
+  recently started first): their work is stopped until enough would be freed, so they empty
+  and the plan unloads them.
 
 Never for a job of the same or a higher priority, and a job is stopped at most PREEMPT_MAX times.
 What happens to a stopped job (it goes back to its place in line and resumes from its partial
@@ -45,37 +47,48 @@ class PreemptLimits:
 
 
 def preemptions(waiting: Iterable[Waiting], running: Iterable[Running], slots: Mapping[str, int],
-                draining: Iterable[str], waiting_for_memory: Iterable[str], limits: PreemptLimits) -> list[str]:
+                draining: Iterable[str], short_by: Mapping[str, int], held: Mapping[str, int],
+                limits: PreemptLimits) -> list[str]:
     """The running jobs to stop now, most urgent need first. `slots`: the loaded models' slots
     (a model not in it is not loaded); `draining`: models the plan is emptying to make room;
-    `waiting_for_memory`: models the plan would load once memory is free."""
+    `short_by`: the models waiting for memory, and how many bytes they lack; `held`: what each
+    resident model occupies."""
     if not limits.enabled:
         return []
     running = list(running)
+    waiting = list(waiting)
     chosen: list[str] = []
     taken: set[str] = set()
 
-    def victims(model: str | None, below: int) -> list[Running]:
-        found = [r for r in running if r.job_id not in taken and r.rank < below and r.preempted < limits.max_times
-                 and (model is None or r.model == model)]
-        return sorted(found, key=lambda r: (r.rank, -r.started, r.job_id))
+    def stop(victims: Iterable[Running]) -> None:
+        for victim in victims:
+            chosen.append(victim.job_id)
+            taken.add(victim.job_id)
 
-    drained = set(draining)
-    short = set(waiting_for_memory)
+    def on(model: str) -> list[Running]:
+        return [r for r in running if r.model == model and r.job_id not in taken]
+
+    drained = sorted(set(draining))
+    demanded = {w.model for w in waiting}
     for need in sorted(waiting, key=lambda w: (-w.rank, -w.waited_s, w.model)):
         if need.waited_s < limits.after_s:
             continue
         if need.model in slots:                                   # for a slot
-            busy = sum(1 for r in running if r.model == need.model and r.job_id not in taken)
-            free = slots[need.model] - busy
-            for victim in victims(need.model, need.rank)[:max(need.count - max(free, 0), 0)]:
-                chosen.append(victim.job_id)
-                taken.add(victim.job_id)
-        elif need.model in short:                                 # for memory a drained model holds
-            for model in sorted(drained):
-                on_it = [r for r in running if r.model == model and r.job_id not in taken]
-                if on_it and all(r.rank < need.rank and r.preempted < limits.max_times for r in on_it):
-                    for victim in on_it:
-                        chosen.append(victim.job_id)
-                        taken.add(victim.job_id)
+            free = slots[need.model] - len(on(need.model))
+            lower = sorted((r for r in on(need.model) if r.rank < need.rank and r.preempted < limits.max_times),
+                           key=lambda r: (r.rank, -r.started, r.job_id))
+            stop(lower[:max(need.count - max(free, 0), 0)])
+        elif need.model in short_by:                              # for memory busy models hold
+            missing = short_by[need.model]
+            # the models the plan drains for it, then busy ones without waiting work, the most
+            # recently started first (the least work lost)
+            idle_later = sorted({r.model for r in running if r.model not in demanded and r.model not in drained},
+                                key=lambda m: (-max(r.started for r in on(m)) if on(m) else 0.0, m))
+            for model in [*drained, *idle_later]:
+                if missing <= 0:
+                    break
+                jobs = on(model)
+                if jobs and all(r.rank < need.rank and r.preempted < limits.max_times for r in jobs):
+                    stop(jobs)
+                    missing -= held.get(model, 0)
     return chosen

@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 from jobs.model import Priority
 from scheduling.fair_share import DEFAULT_OUTPUT_WEIGHT, FairShare, Who
+from scheduling.preemption import Waiting as Need
 from vram_scheduler import Demand
 
 RANKS = tuple(sorted(p.rank for p in Priority))
@@ -151,6 +152,16 @@ class WaitingIndex:
             nxt = self._next_line(ranks[rank])
             service = self.share.tenant_counter(nxt[0].who.tenant) if nxt and self.fair else 0.0
             out.append(Demand(model, waiting, score, oldest, rank, max(now - head_wait, 0.0), service))
+        return out
+
+    def needs(self, now: float) -> list[Need]:
+        """Per model and priority: how many jobs wait, and how long the first has (preemption)."""
+        out = []
+        for model, ranks in self._models.items():
+            for rank, lines in ranks.items():
+                heads = [line[0].submitted_at for line in lines.values() if line]
+                if heads:
+                    out.append(Need(model, rank, sum(len(line) for line in lines.values()), max(now - min(heads), 0.0)))
         return out
 
     def pop(self, model: str, now: float) -> str | None:

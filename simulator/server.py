@@ -85,6 +85,16 @@ def _words(seed: str, start: int, count: int) -> str:
     return "".join(" " + _WORDS[(base + i) % len(_WORDS)] for i in range(start, start + count))
 
 
+def _continued(body: dict[str, Any]) -> tuple[str, int]:
+    """What an answer's words are drawn from, and where they start: a chat whose last message is
+    the assistant's continues that message (as Ollama does), from the word after its last."""
+    messages = body.get("messages")
+    if isinstance(messages, list) and messages and isinstance(messages[-1], dict) \
+            and messages[-1].get("role") == "assistant":
+        return str(messages[:-1]), len(str(messages[-1].get("content") or "").split())
+    return str(body.get("prompt") or messages), 0
+
+
 def _prompt_tokens(body: dict[str, Any]) -> int:
     text = str(body.get("prompt") or "") + "".join(
         str(m.get("content") or "") for m in body.get("messages") or [] if isinstance(m, dict))
@@ -146,6 +156,7 @@ class _Run:
     prompt_tokens: int
     load_s: float
     fault: Fault | None
+    start: int = 0                  # words already in a final assistant message it continues
 
     def __post_init__(self) -> None:
         self.started = self.sim.clock()
@@ -165,7 +176,7 @@ class _Run:
                 raise ClientGone()
             produced = sum(self.sim.generate(self.tokens, self.client))
             self.sim.answered(self.waiter)
-            return self.final(_words(self.seed, 0, produced))
+            return self.final(_words(self.seed, self.start, produced))
         except ClientGone:
             self.sim.release(self.waiter, cancelled=True)
             raise proto.Refused(499, "client disconnected") from None
@@ -178,7 +189,10 @@ class _Run:
             produced = 0
             with contextlib.closing(self.sim.generate(self.tokens, self.client)) as job:
                 for new in job:
-                    yield json.dumps(proto.answer(self.kind, self.spec.name, _words(self.seed, produced, new))) + "\n"
+                    # one token a chunk, as Ollama streams (what a preempted job resumes from counts them)
+                    yield "".join(json.dumps(proto.answer(self.kind, self.spec.name,
+                                                          _words(self.seed, self.start + produced + i, 1))) + "\n"
+                                  for i in range(new))
                     produced += new
                     if self.fault is not None:
                         break
@@ -274,9 +288,9 @@ class SimBackend:
             return proto.answer(kind, spec.name, "", done=True, done_reason="load",
                                 load_duration=proto.ns(load_s))
         tokens = options.num_predict if options.num_predict and options.num_predict > 0 else sim.default_tokens
-        run = _Run(sim, kind, spec, waiter, _client(), tokens,
-                   bool(options.num_predict), str(body.get("prompt") or body.get("messages")), _prompt_tokens(body),
-                   load_s, fault)
+        seed, start = _continued(body)
+        run = _Run(sim, kind, spec, waiter, _client(), tokens, bool(options.num_predict), seed, _prompt_tokens(body),
+                   load_s, fault, start)
         return run.streamed() if streaming else run.whole()
 
     def embed(self, model: str, body: dict[str, Any]) -> dict[str, Any]:

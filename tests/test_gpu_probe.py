@@ -153,7 +153,7 @@ def test_several_devices_are_read_and_budgeted_one_by_one():
     """Three recorded GPUs as one node: each keeps its own budget, and a model goes where Ollama
     would put it (the GPU with most free memory if it needs <= 80% of it, else split)."""
     from resource_monitor import ResourceState
-    from scheduling.core import build_snapshot
+    from scheduling.snapshot import build_snapshot
     from vram_scheduler import Demand, Limits, plan
     captures = [query_fields("h100", "load"), query_fields("rtx4080", "idle"), query_fields("l40s", "load")]
     readings = NvmlSource(FakeNvml(captures)).read()

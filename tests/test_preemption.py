@@ -7,8 +7,9 @@ LOW, NORMAL, HIGH = 0, 1, 2
 LIMITS = PreemptLimits(after_s=1.0, max_times=2)
 
 
-def decide(waiting, running, slots=None, draining=(), short=(), limits=LIMITS):
-    return preemptions(waiting, running, slots if slots is not None else {"m": 1}, draining, short, limits)
+def decide(waiting, running, slots=None, draining=(), short=None, held=None, limits=LIMITS):
+    return preemptions(waiting, running, slots if slots is not None else {"m": 1}, draining, short or {},
+                       held or {}, limits)
 
 
 @pytest.mark.parametrize("case, waiting, running, expected", [
@@ -43,14 +44,21 @@ def test_a_free_slot_is_used_before_anything_is_stopped():
     assert decide([Waiting("m", HIGH, 2, 9.0)], running, {"m": 2}) == ["a"]
 
 
-def test_for_memory_a_drained_model_serving_only_lower_work_is_emptied():
-    running = [Running("a", "big", LOW, 0.0), Running("b", "big", LOW, 1.0)]
+def test_for_memory_busy_models_serving_only_lower_work_are_emptied_until_enough_is_freed():
+    running = [Running("a", "big", LOW, 0.0), Running("b", "big", LOW, 1.0), Running("c", "mid", LOW, 5.0)]
     need = [Waiting("new", HIGH, 1, 2.0)]
-    assert decide(need, running, {"big": 2}, draining=["big"], short=["new"]) == ["a", "b"]
-    # not while the plan does not drain it, nor when it serves work as urgent as the need
-    assert decide(need, running, {"big": 2}, draining=[], short=["new"]) == []
-    mixed = running + [Running("c", "big", HIGH, 1.5)]
-    assert decide(need, mixed, {"big": 3}, draining=["big"], short=["new"]) == []
+    held = {"big": 8, "mid": 3}
+    # 3 bytes short: the most recently started model goes first, and it is enough
+    assert decide(need, running, {"big": 2, "mid": 1}, short={"new": 3}, held=held) == ["c"]
+    assert decide(need, running, {"big": 2, "mid": 1}, short={"new": 5}, held=held) == ["c", "a", "b"]
+    # a model the plan drains for it goes first
+    assert decide(need, running, {"big": 2, "mid": 1}, draining=["big"], short={"new": 5}, held=held) == ["a", "b"]
+    # not before PREEMPT_AFTER_S, not work as urgent as the need, not a model with waiting work of its own
+    assert decide([Waiting("new", HIGH, 1, 0.5)], running, {"big": 2, "mid": 1}, short={"new": 3}, held=held) == []
+    mixed = running + [Running("d", "mid", HIGH, 6.0)]
+    assert decide(need, mixed, {"big": 2, "mid": 2}, short={"new": 3}, held=held) == ["a", "b"]
+    busy = need + [Waiting("mid", LOW, 4, 9.0)]
+    assert decide(busy, running, {"big": 2, "mid": 1}, short={"new": 3}, held=held) == ["a", "b"]
 
 
 def test_a_setting_turns_it_off():

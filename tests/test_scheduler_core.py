@@ -15,6 +15,7 @@ from scheduling.core import SchedulerCore
 from scheduling.events import JobFinished, LoadFinished, UnloadFinished
 from scheduling.model_settings import ModelSettings
 from scheduling.policy import FailureKind, PolicyLimits, after_job_failure
+from scheduling.preemption import PreemptLimits
 from store.sqlite import SqliteStore
 from telemetry.counters import Counters
 
@@ -30,7 +31,7 @@ class FakeRuntime:
     def __init__(self, store, clock):
         self.store, self.clock = store, clock
         self.core: SchedulerCore | None = None
-        self.loads, self.unloads, self.cancelled, self.started = [], [], [], []
+        self.loads, self.unloads, self.cancelled, self.started, self.preempted = [], [], [], [], []
         self.inside: Counter[str] = Counter()
         self.running = {}
         self.loaded = {}
@@ -53,6 +54,14 @@ class FakeRuntime:
 
     def requeue(self, job_id, run_id):
         self.store.requeue(job_id, run_id, {})
+
+    def preempt(self, job_id):
+        """As the engine does: the request stops, the job goes back in line, its end is reported."""
+        self.preempted.append(job_id)
+        job, run = self.running.pop(job_id)
+        self.inside[job["model"]] -= 1
+        self.store.requeue(job_id, job["run_id"], {"preempted": int(job.get("preempted") or 0) + 1})
+        self.scheduler().post(JobFinished(job_id, job["model"], self.clock.now, run.incarnation))
 
     def cancelled_among(self, job_ids):
         return [j for j, status in self.store.statuses(job_ids).items() if status == "cancelled"]
@@ -255,3 +264,67 @@ def test_an_idle_model_is_unloaded_for_urgent_work_and_stays_counted_until_the_r
     runtime.finish_unload("big")
     step(core, memory_total=9 * GB)
     assert [m for m, _ in runtime.loads] == ["big", "other", "small"]
+
+
+def test_urgent_work_that_waited_preempt_after_s_takes_a_slot_from_lower_work_which_runs_again_later(world):
+    build, submit, step, runtime, store, clock = world
+    core = build(num_parallel=1)
+    low = submit("small", Priority.LOW)[0]
+    step(core)
+    runtime.finish_load("small")
+    step(core)
+    assert runtime.started == [low]
+    high = submit("small", Priority.HIGH)[0]
+    normal = submit("small", Priority.NORMAL)[0]
+    step(core)
+    assert runtime.preempted == []                                   # not before PREEMPT_AFTER_S (1 s)
+    clock.tick(1.0)
+    step(core)
+    assert runtime.preempted == [low]
+    step(core)
+    assert runtime.started == [low, high]                            # the freed slot goes to the urgent job
+    assert store.get(low)["status"] in ("pending", "queued") and store.get(low)["preempted"] == 1
+    clock.tick(5.0)
+    step(core)
+    assert runtime.preempted == [low]                                # never for a job of the same priority
+    runtime.finish_job(high)
+    step(core)
+    runtime.finish_job(normal if runtime.started[-1] == normal else runtime.started[-1])
+    step(core)
+    assert set(runtime.started) == {low, high, normal} and runtime.started.count(low) == 2   # it ran again
+
+
+def test_urgent_work_for_a_model_that_does_not_fit_empties_a_busy_model_serving_lower_work(world):
+    build, submit, step, runtime, store, clock = world
+    core = build(num_parallel=1)
+    low = submit("big", Priority.LOW)[0]
+    step(core, memory_total=8 * GB)
+    runtime.finish_load("big")
+    step(core, memory_total=8 * GB)
+    assert runtime.started == [low]
+    high = submit("other", Priority.HIGH)[0]                          # 2 GB more does not fit beside big
+    for _ in range(12):
+        step(core, memory_total=8 * GB)
+        if runtime.unloads:
+            break
+    assert runtime.preempted == [low] and runtime.unloads == ["big"]
+    runtime.finish_unload("big")
+    step(core, memory_total=8 * GB)
+    assert runtime.loads[-1][0] == "other"
+    runtime.finish_load("other")
+    step(core, memory_total=8 * GB)
+    assert runtime.started[-1] == high
+
+
+def test_preemption_off_leaves_running_work_alone(world, tmp_path):
+    build, submit, step, runtime, store, clock = world
+    core = build(num_parallel=1)
+    core.preempt_limits = PreemptLimits(enabled=False)
+    low = submit("small", Priority.LOW)[0]
+    step(core)
+    runtime.finish_load("small")
+    step(core)
+    submit("small", Priority.HIGH)
+    clock.tick(30.0)
+    step(core)
+    assert runtime.preempted == [] and runtime.started == [low]
