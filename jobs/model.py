@@ -169,6 +169,7 @@ def public_view(doc: JobDoc, include_request: bool = False) -> dict[str, Any]:
         "metrics": doc.get("metrics") or {},
         "metadata": doc.get("metadata") or {},
         "attempts": doc.get("attempts", 0),
+        "preempted": doc.get("preempted", 0),
         "tenant": doc.get("tenant") or "",
     }
     if include_request:

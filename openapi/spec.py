@@ -226,6 +226,12 @@ def schemas(config: Config) -> dict[str, Schema]:
             "metrics": {"type": "object", "description": "Time, tokens and resources: see docs/api.md, the ledger."},
             "metadata": {"type": "object"}, "attempts": {"type": "integer", "minimum": 0},
             "tenant": {"type": "string"}, "idempotent_replay": {"type": "boolean"},
+            "preempted": {"type": "integer", "minimum": 0,
+                          "description": "Times it was stopped for more urgent work (it resumed each time)."},
+            "position": nullable({"type": "integer", "minimum": 0, "description": "A waiting job: jobs of its "
+                                  "model that go before it in the current order (null: not estimated yet)."}),
+            "eta_s": nullable({"type": "number", "minimum": 0, "description": "A waiting job: seconds until it "
+                               "should start, from its model's measured time per job and slots (null: not known)."}),
         },
     }
     return {

@@ -43,6 +43,10 @@ class Job:
     finished: float | None = None
     node: int | None = None   # index of the node that ran it
     tenant: str = ""          # whose it is (the fair share between tenants)
+    resumable: bool = True    # preempted, it resumes (a chat); else it starts over (a generate)
+    preempted: int = 0        # times it was stopped for more urgent work
+    remaining: int | None = None   # tokens still to produce after a preemption (None: all of them)
+    wasted: int = 0           # tokens thrown away by restarts
 
 
 @dataclass(frozen=True)
@@ -258,10 +262,28 @@ class Gpu:
         self._running_on[job.model] = running + 1
         self._unused.discard(job.model)
         self.jobs_run += 1
-        job.started = self.now
+        if job.started is None:                  # a preempted job keeps its first start
+            job.started = self.now
         job.node = self.index
         self.running[job.id] = job
-        self.generation.add(job.id, job.tokens, self.now)
+        self.generation.add(job.id, job.tokens if job.remaining is None else job.remaining, self.now)
+
+    def stop(self, job_id: int) -> Job:
+        """Preempt a running job: it gives its slot back; what it produced is kept if it resumes
+        (its `remaining` tokens), thrown away if it starts over (`wasted`)."""
+        job = self.running.pop(job_id)
+        self._running_on[job.model] -= 1
+        produced = int(self.generation.produced(job_id))     # the run loop advanced it to now
+        self.generation.remove(job_id, self.now)
+        left = job.tokens if job.remaining is None else job.remaining
+        job.preempted += 1
+        if job.resumable:
+            job.remaining = max(left - produced, 1)
+        else:
+            job.wasted += (job.tokens - left) + produced
+            job.remaining = None
+        self.log.append((self.now, "preempt", job.model))
+        return job
 
     def job_done(self, job_id: int) -> Job:
         job = self.running.pop(job_id)
@@ -294,7 +316,7 @@ def run(policy: Policy, trace: list[Job], models: list[SimModel], total_bytes: i
         nodes: int | Sequence[NodeSpec] = 1) -> RunResult:
     """Run `trace` under `policy` on `nodes` nodes (a count of nodes like the one described by
     `total_bytes` ... `batch_gain`, or each node's own `NodeSpec`)."""
-    jobs = [Job(j.id, j.model, j.priority, j.arrival, j.tokens, tenant=j.tenant) for j in trace]
+    jobs = [Job(j.id, j.model, j.priority, j.arrival, j.tokens, tenant=j.tenant, resumable=j.resumable) for j in trace]
     clock = Clock()
     catalog = {m.name: m for m in models}
     gpus = [Gpu(catalog, s.total_bytes, s.load_bytes_per_s, s.tokens_per_s, s.batch_gain, num_ctx, s.name, i, clock)

@@ -12,6 +12,7 @@ from queue_manager import WaitingIndex
 from scheduling.cluster_plan import NodeState, plan_cluster
 from scheduling.fair_share import Who
 from scheduling.model_memory import estimated_need
+from scheduling.preemption import PreemptLimits, Running, preemptions
 from scheduling.warm_pool import RecentArrivals
 from simulator.des import Gpu, Job
 from vram_scheduler import Limits, Phase, Plan, ResidentModel, Snapshot
@@ -161,7 +162,7 @@ class ManagerPolicy:
     def __init__(self, name: str = "model-manager", margin_bytes: int = 1024 ** 3, multiplier: float = 1.3,
                  aging_s: float = 60.0, limits: Limits = Limits(), slots_per_model: int = 4,
                  pinned: frozenset[str] = frozenset(), preload_window_s: float = 0.0, preload_limit: int = 0,
-                 replica_after: int = 8, fair: bool = True):
+                 replica_after: int = 8, fair: bool = True, preempt: PreemptLimits | None = None):
         self.name = name
         self.margin_bytes = margin_bytes
         self.multiplier = multiplier
@@ -172,6 +173,8 @@ class ManagerPolicy:
         self.preload_limit = preload_limit
         self.replica_after = replica_after
         self.index = WaitingIndex(aging_s, fair=fair)
+        self.preempt = preempt or PreemptLimits(enabled=False)     # the service's default is on: see bench/sharing.py
+        self.running_jobs: dict[int, Job] = {}
         self.recent = RecentArrivals(preload_window_s if preload_limit > 0 else 0.0)
         self.jobs: dict[int, Job] = {}
         self.learned: dict[str, int] = {}
@@ -180,6 +183,8 @@ class ManagerPolicy:
         self.replica_loads = 0                  # loads of a model already on another node
         self.max_copies = 0                     # most nodes holding one model at once
         self.warm_loads = 0                     # loads without waiting work: pinned or predicted models
+        self.preemptions = 0
+        self._stopped = False                   # a pass stopped jobs: plan again with their slots
 
     def attach(self, gpu: Gpu) -> None:
         self.attach_nodes([gpu])
@@ -194,6 +199,7 @@ class ManagerPolicy:
         self.recent.add(job.arrival, job.model)
 
     def on_job_done(self, job: Job) -> None:
+        self.running_jobs.pop(job.id, None)
         node = self.nodes[job.node or 0]
         node.running[job.model] -= 1
         node.last_used[job.model] = node.gpu.now
@@ -247,8 +253,9 @@ class ManagerPolicy:
             name = node.gpu.name
             self._carry_out(node, decided.plans[name], frozenset(decided.snapshots[name].wanted))
             unloaded = unloaded or bool(decided.plans[name].unloads)
-        if unloaded:
-            self.step()                    # unloads are instant here: plan again with the room freed
+        if unloaded or self._stopped:
+            self._stopped = False
+            self.step()                    # unloads and stops are instant here: plan again with the room freed
 
     def _carry_out(self, node: _Node, decided: Plan, wanted: frozenset[str]) -> None:
         gpu = node.gpu
@@ -274,3 +281,32 @@ class ManagerPolicy:
                 node.running[model] = node.running.get(model, 0) + 1
                 node.last_used[model] = gpu.now
                 gpu.start(self.jobs[int(job_id)])
+                self.running_jobs[int(job_id)] = self.jobs[int(job_id)]
+        self._preempt(node, decided)
+
+    def _preempt(self, node: _Node, decided: Plan) -> None:
+        """As the service's core does (scheduling/preemption.py): stop lower-priority work that
+        urgent work has waited PREEMPT_AFTER_S for; the stopped jobs go back in line."""
+        if not self.preempt.enabled:
+            return
+        gpu = node.gpu
+        state = self._state(node).snapshot
+        held = {m.name: m.bytes for m in state.resident}
+        free = state.budget_bytes - sum(held.values())
+        short_by = {m: self.need(m) - free for m in decided.waiting_for_memory}
+        running = [Running(str(j.id), j.model, Priority(j.priority).rank, _first(j.started), j.preempted)
+                   for j in self.running_jobs.values() if j.node == gpu.index]
+        slots = {m: gpu.slots[m] for m in gpu.loaded}
+        for job_id in preemptions(self.index.needs(gpu.now), running, slots, decided.draining, short_by, held,
+                                  self.preempt):
+            job = gpu.stop(int(job_id))
+            del self.running_jobs[job.id]
+            node.running[job.model] -= 1
+            self.index.add(job_id, job.model, Priority(job.priority).rank, job.arrival, Who(job.tenant))
+            self.preemptions += 1
+            self._stopped = True
+
+
+def _first(started: float | None) -> float:
+    assert started is not None          # a running job has started
+    return started

@@ -189,10 +189,12 @@ class _Run:
             produced = 0
             with contextlib.closing(self.sim.generate(self.tokens, self.client)) as job:
                 for new in job:
-                    # one token a chunk, as Ollama streams (what a preempted job resumes from counts them)
+                    # one token a chunk, as Ollama streams (what a preempted job resumes from counts
+                    # them); a fault shows after the first
+                    shown = 1 if self.fault is not None else new
                     yield "".join(json.dumps(proto.answer(self.kind, self.spec.name,
                                                           _words(self.seed, self.start + produced + i, 1))) + "\n"
-                                  for i in range(new))
+                                  for i in range(shown))
                     produced += new
                     if self.fault is not None:
                         break

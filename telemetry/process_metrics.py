@@ -74,12 +74,19 @@ class ProcessMetrics:
         self.tenant_usage = Counter("tenant_usage", "What a tenant's finished runs used, by what (prompt_tokens, "
                                     "output_tokens, run_s, cpu_s, gpu_energy_j: the ledger's fields)",
                                     ["tenant", "what"], namespace=NAMESPACE, registry=reg)
+        self.preempted = Counter("jobs_preempted", "Runs stopped for more urgent work (PREEMPTION); each goes back "
+                                 "in line and resumes", namespace=NAMESPACE, registry=reg)
+        self.preempt_waste = Counter("preemption_wasted", "What preemption threw away, of the jobs that then "
+                                     "finished: output tokens of runs that started over (what=tokens), and their "
+                                     "runtime seconds (what=seconds)", ["what"], namespace=NAMESPACE, registry=reg)
         self._by_kind = {"load": self.loads, "unload": self.unloads, "evict": self.evictions}
 
     # --- counters.CountObserver ---------------------------------------------------------------------
     def counted(self, name: str, n: int) -> None:
         if name == "requeued":
             self.requeued.inc(n)
+        elif name == "preempted":
+            self.preempted.inc(n)
 
     def error(self, kind: ErrorKind, n: int) -> None:
         self.errors.labels(kind.value).inc(n)
@@ -98,6 +105,9 @@ class ProcessMetrics:
             value = (metrics or {}).get(what)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
                 self.tenant_usage.labels(tenant, what).inc(value)
+        if metrics and metrics.get("preemptions"):
+            self.preempt_waste.labels("tokens").inc(float(metrics.get("wasted_tokens") or 0))
+            self.preempt_waste.labels("seconds").inc(float(metrics.get("wasted_s") or 0.0))
         if not metrics or "run_s" not in metrics:
             return
         model = str(job.get("model") or "")

@@ -91,3 +91,22 @@ def test_third_model_that_does_not_fit_evicts_the_least_recently_used_idle_one(e
     assert stats["scheduler"]["unloads"] == 1 and stats["errors"]["oom"] == 0
     used = sum(m["size"] for m in stats["resources"]["loaded_models"])
     assert used <= 1100 * 1024 * 1024
+
+
+def test_a_preempted_chat_resumes_on_the_embedded_runtime_and_completes_whole(embedded):
+    """One slot; a long low-priority chat is stopped for a high-priority job and continues from its
+    partial answer (llama.cpp continues a final assistant message): one answer of the length asked."""
+    require_models("smollm2:135m")
+    service, client = embedded(EMBEDDED_NUM_PARALLEL=1, PREEMPT_AFTER_S=0.5)
+    messages = [{"role": "user", "content": "Write a long story about the sea."}]
+    long_id = submit(client, model="smollm2:135m", kind="chat", messages=messages, priority="low",
+                     options={"num_predict": 400, "temperature": 0})
+    wait_until(lambda: job(client, long_id)["status"] == "running", timeout=60, message="the long job to run")
+    wait_until(lambda: (service.answers is not None), message="the service")
+    urgent = submit(client, model="smollm2:135m", prompt="Say hi.", priority="high", options={"num_predict": 8})
+    assert job(client, urgent, wait=60)["status"] == "complete"
+    resumed = job(client, long_id, wait=120)
+    assert resumed["status"] == "complete" and resumed["preempted"] == 1, resumed
+    assert resumed["metrics"]["wasted_tokens"] == 0 and resumed["metrics"]["preemptions"] == 1
+    assert resumed["metrics"]["output_tokens"] == 400                     # the whole answer, not only its rest
+    assert len(resumed["result"]["message"]["content"]) > 400            # the partial answer and the rest
