@@ -48,14 +48,25 @@ def memory_summary(view: dict[str, Any] | None) -> dict[str, Any]:
             "nodes": nodes}
 
 
-def job_row(job: dict[str, Any]) -> dict[str, Any]:
-    """A job as a table row (`job` as `jobs.model.public_view` shows it)."""
+def job_row(job: dict[str, Any], outlook: tuple[int | None, float | None] | None = None) -> dict[str, Any]:
+    """A job as a table row (`job` as `jobs.model.public_view` shows it); a waiting one with its
+    position and estimated start (`outlook`, as scheduling/outlook.py gives them)."""
     metrics = job.get("metrics") or {}
-    return {"job_id": job["job_id"], "model": job["model"], "kind": job["kind"], "priority": job["priority"],
-            "status": job["status"], "tenant": job.get("tenant") or "", "error": job.get("error"),
-            "submitted_at": job.get("submitted_at"), "started_at": job.get("started_at"),
-            "completed_at": job.get("completed_at"),
-            "metrics": {k: metrics[k] for k in JOB_METRICS if metrics.get(k) is not None}}
+    row = {"job_id": job["job_id"], "model": job["model"], "kind": job["kind"], "priority": job["priority"],
+           "status": job["status"], "tenant": job.get("tenant") or "", "error": job.get("error"),
+           "submitted_at": job.get("submitted_at"), "started_at": job.get("started_at"),
+           "completed_at": job.get("completed_at"), "preempted": job.get("preempted") or 0,
+           "metrics": {k: metrics[k] for k in JOB_METRICS if metrics.get(k) is not None}}
+    if outlook is not None:
+        row["position"], row["eta_s"] = outlook
+    return row
+
+
+def tenant_usage(usage: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """Each tenant's usage (the ledger summed: /api/stats' `tenants`), most tokens first."""
+    rows = [{"tenant": tenant or "(no key)", **{k: round(v, 3) if isinstance(v, float) else v for k, v in u.items()}}
+            for tenant, u in usage.items()]
+    return sorted(rows, key=lambda r: (-(r.get("prompt_tokens", 0) + r.get("output_tokens", 0)), r["tenant"]))
 
 
 def ledger_summary(entries: list[dict[str, Any]]) -> dict[str, Any]:

@@ -16,12 +16,13 @@ from pathlib import Path
 
 from flask import Blueprint, Response, jsonify
 
-from dashboard.data import job_row, ledger_summary, loaded_models, memory_summary
-from jobs.model import JobStatus, public_view
+from dashboard.data import job_row, ledger_summary, loaded_models, memory_summary, tenant_usage
+from jobs.model import WAITING, JobStatus, public_view
 from routes.auth import caller, tenant_filter
 from routes.common import config, int_arg, service
 from routes.infra_view import shown_view
-from routes.system import shows_infrastructure, views
+from routes.system import USAGE_WINDOW_S, shows_infrastructure, views
+from scheduling.outlook import job_outlook
 
 ASSETS = Path(__file__).resolve().parent.parent / "dashboard"
 dashboard_bp = Blueprint("dashboard", __name__, static_folder=str(ASSETS / "static"),
@@ -60,6 +61,7 @@ def data():
     running = service().list_jobs(JobStatus.RUNNING.value, None, RUNNING_SHOWN, None, tenant=tenant)
     recent = service().list_jobs(None, None, recent_n, None, tenant=tenant)
     ledger = service().list_ledger(None, None, ledger_n, None, tenant=tenant)
+    now, outlook = time.time(), views().outlook()
     queue = {"total": counts.waiting, "by_priority": counts.waiting_by_priority, "by_model": counts.waiting_by_model,
              "running": counts.by_status.get(JobStatus.RUNNING.value, 0)}
     if not who.admin:
@@ -79,7 +81,9 @@ def data():
         "slots": {"in_use": scheduler.get("slots_in_use", 0), "total": scheduler.get("slots_total", 0)},
         "models": loaded_models(view, registry.describe() if registry is not None else []),
         "running": [job_row(public_view(j)) for j in running],
-        "recent_jobs": [job_row(public_view(j)) for j in recent],
+        "recent_jobs": [job_row(public_view(j), job_outlook(outlook, j["job_id"], now) if j["status"] in WAITING
+                                else None) for j in recent],
+        "tenants": tenant_usage(service().usage_by_tenant(now - USAGE_WINDOW_S)) if who.admin else None,
         "activity": (view or {}).get("activity") or {"events": [], "per_minute": []},
         "ledger": ledger_summary(ledger),
     })

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,7 +122,7 @@ class FairShare:
         _decrement(self._waiting_users, (who.tenant, who.user))
 
     @staticmethod
-    def _floor(counters, waiting, me) -> float:
+    def _floor(counters: Mapping[Any, float], waiting: Mapping[Any, int], me: object) -> float:
         """Where one that starts waiting begins: the least counter among those waiting, or the
         most of anyone's when no one is."""
         others = [counters.get(k, 0.0) for k, n in waiting.items() if n > 0 and k != me]
@@ -174,7 +175,7 @@ class FairShare:
         self.served[who.tenant] = self.served.get(who.tenant, 0.0) + tokens
 
 
-def _decrement(counter: Counter, key: object) -> None:
+def _decrement(counter: Counter[Any], key: object) -> None:
     counter[key] -= 1
     if counter[key] <= 0:
         del counter[key]

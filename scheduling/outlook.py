@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
+from typing import Any
 
 JOB_S_DECAY = 0.2                  # weight of each finished job in a model's mean time per job
 OUTLOOK_KEY = "outlook"            # where the scheduler publishes it (store state)
@@ -47,7 +48,8 @@ def starts(order: list[str], model: ModelOutlook, now: float) -> dict[str, float
     return out
 
 
-def outlook_document(orders: dict[str, list[tuple[str, str]]], models: dict[str, ModelOutlook], now: float) -> dict:
+def outlook_document(orders: dict[str, list[tuple[str, str]]], models: dict[str, ModelOutlook],
+                     now: float) -> dict[str, Any]:
     """What is published: for each waiting job (the first OUTLOOK_LIMIT of each model, as
     (job id, tenant)), its position in its model's order, its estimated start and its tenant;
     the time it was made."""
@@ -60,7 +62,7 @@ def outlook_document(orders: dict[str, list[tuple[str, str]]], models: dict[str,
     return {"at": now, "jobs": jobs}
 
 
-def job_outlook(document: dict | None, job_id: str, now: float) -> tuple[int | None, float | None]:
+def job_outlook(document: dict[str, Any] | None, job_id: str, now: float) -> tuple[int | None, float | None]:
     """(position, eta_s) of a waiting job from the published document ((None, None) if it is not in it)."""
     if not document:
         return None, None
@@ -71,7 +73,7 @@ def job_outlook(document: dict | None, job_id: str, now: float) -> tuple[int | N
     return int(position), (round(max(float(at) - now, 0.0), 2) if at is not None else None)
 
 
-def retry_after_s(document: dict | None, now: float, tenant: str | None = None, default: float = 2.0,
+def retry_after_s(document: dict[str, Any] | None, now: float, tenant: str | None = None, default: float = 2.0,
                   most: float = 60.0) -> int:
     """A 429's Retry-After: seconds until the next waiting job (the tenant's own, for a tenant at
     its limit) should start and so free a place in the queue; `default` without an estimate."""

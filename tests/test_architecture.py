@@ -14,7 +14,9 @@ PURE = ["scheduling/policy.py", "scheduling/model_table.py", "scheduling/model_s
         "scheduling/model_memory.py", "scheduling/core.py", "vram_scheduler.py", "tenancy/keys.py",
         "front_door/ollama_shapes.py", "front_door/openai_shapes.py", "front_door/ollama_options.py",
         "front_door/delivery.py", "front_door/job_shapes.py", "metering/shares.py", "jobs/model.py", "store/storable.py",
-        "runtime/readings.py", "telemetry/percentiles.py"]
+        "runtime/readings.py", "telemetry/percentiles.py", "scheduling/fair_share.py", "scheduling/waiting.py",
+        "scheduling/preemption.py", "scheduling/outlook.py", "scheduling/snapshot.py", "jobs/resume.py",
+        "simulator/fairness.py"]
 IO = {"flask", "requests", "sqlite3", "pymongo", "psutil", "waitress", "gunicorn", "docker", "socket", "subprocess",
       "urllib", "http", "xllamacpp", "pynvml", "prometheus_client"}
 ENTRY_POINTS = {"api.py", "main.py", "gunicorn.conf.py", "wsgi.py"}

@@ -219,3 +219,13 @@ def test_page_asks_for_a_key_and_shows_that_tenants_jobs(browser, sim_service, t
     watched.page.reload()            # the key is kept for the tab
     wait_until(lambda: set(alices) <= watched.job_ids_shown(), timeout=15, message="alice's jobs after a reload")
     assert watched.errors == []
+
+
+def test_a_waiting_jobs_row_shows_its_place_and_start_and_tenants_are_listed_by_usage():
+    from dashboard.data import job_row, tenant_usage
+    waiting = {"job_id": "j", "model": "m", "kind": "generate", "priority": "normal", "status": "queued"}
+    assert job_row(waiting, (3, 12.5))["position"] == 3 and job_row(waiting, (3, 12.5))["eta_s"] == 12.5
+    assert "position" not in job_row({**waiting, "status": "complete"})
+    rows = tenant_usage({"": {"jobs": 1, "prompt_tokens": 5, "output_tokens": 5},
+                         "big": {"jobs": 2, "prompt_tokens": 50, "output_tokens": 100, "run_s": 1.23456}})
+    assert [r["tenant"] for r in rows] == ["big", "(no key)"] and rows[0]["run_s"] == 1.235

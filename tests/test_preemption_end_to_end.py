@@ -45,6 +45,8 @@ def test_urgent_work_takes_the_slot_of_a_long_low_priority_chat_which_resumes_wh
     alone = submit(client, "qwen2.5:0.5b", "low", 600, CHAT)
     reference = wait_until(lambda: done(service, alone), timeout=20, message="the reference run")
     assert content(finished) == content(reference) and len(content(finished).split()) == 600
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert "model_manager_jobs_preempted_total 1.0" in metrics
 
 
 def test_urgent_work_for_a_model_that_does_not_fit_gets_memory_held_by_low_priority_work(running_service):

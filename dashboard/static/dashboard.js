@@ -118,6 +118,7 @@ function render(d) {
   renderTokens(d.ledger.points, names);
   renderTimes(d.ledger.models, names);
   renderRecent(d.recent_jobs);
+  renderTenants(d.tenants);
 }
 
 function renderQueue(q) {
@@ -298,14 +299,26 @@ function renderRecent(jobs) {
   const rows = jobs.map((j) => {
     const m = j.metrics || {};
     const wait = m.queue_wait_s != null ? m.queue_wait_s + (m.load_s || 0) : null;
+    // a waiting job: its place in its model's line and when it should start
+    const ahead = j.position != null ? `#${j.position + 1}` + (j.eta_s != null ? `, in ~${secs(j.eta_s)}` : "") : null;
+    const status = j.preempted ? `${j.status} (preempted ${j.preempted}x)` : j.status;
     return el("tr", { "data-job-id": j.job_id },
       el("td", { title: j.job_id }, el("code", {}, shortId(j.job_id))), cell(j.model), cell(j.priority),
-      el("td", { title: j.error || "" }, el("span", { class: "status " + j.status }, j.status)),
-      cell(j.submitted_at ? clock(Date.parse(j.submitted_at)) : "–"), cell(secs(wait), "num"),
+      el("td", { title: j.error || "" }, el("span", { class: "status " + j.status }, status)),
+      cell(j.submitted_at ? clock(Date.parse(j.submitted_at)) : "–"), cell(ahead || secs(wait), "num"),
       cell(secs(m.run_s), "num"), cell(m.tokens_per_s != null ? Math.round(m.tokens_per_s) : "–", "num"),
       cell(m.output_tokens != null ? m.output_tokens : "–", "num"));
   });
   fill($("recent-jobs").tBodies[0], rows, "no jobs yet", 9);
+}
+
+function renderTenants(tenants) {
+  $("tenants-card").hidden = tenants == null;           // admins only
+  if (tenants == null) return;
+  const rows = tenants.map((t) => el("tr", {}, cell(t.tenant), cell(t.jobs, "num"),
+    cell((t.prompt_tokens || 0) + (t.output_tokens || 0), "num"), cell(secs(t.run_s), "num"),
+    cell(secs(t.cpu_s), "num"), cell(t.gpu_energy_j ? Math.round(t.gpu_energy_j) + " J" : "–", "num")));
+  fill($("tenants-table").tBodies[0], rows, "no finished jobs in the last day", 6);
 }
 
 showKeyState("");
