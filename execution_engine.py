@@ -223,21 +223,24 @@ class ExecutionEngine:
     def _run_job(self, job: JobDoc, run: RunContext, handle: RequestHandle) -> None:
         """Run one job and record it; whatever happens, the scheduler hears that it ended."""
         job_id = job["job_id"]
-        verdict, failure_kind, tokens = None, None, None
+        verdict, failure_kind, tokens, put_back = None, None, None, None
         try:
-            verdict, failure_kind, tokens = self._run_and_record(job, run, handle)
+            verdict, failure_kind, tokens, put_back = self._run_and_record(job, run, handle)
         except Exception:
             log.exception("job %s ended in an internal error", job_id)
         finally:
             self._watch.discard(handle)
             self.post(JobFinished(job_id, job["model"], self.clock(), run.incarnation, verdict, failure_kind, tokens))
-            self.on_job_done(job_id)
             with self._lock:
                 self._handles.pop(job_id, None)
                 self._lock.notify_all()
+            if put_back is not None:    # preempted: back in line only once this run is gone everywhere
+                self._put_back(job, put_back)
+            self.on_job_done(job_id)
 
     def _run_and_record(self, job: JobDoc, run: RunContext, handle: RequestHandle
-                        ) -> tuple[JobVerdict | None, FailureKind | None, tuple[int, int] | None]:
+                        ) -> tuple[JobVerdict | None, FailureKind | None, tuple[int, int] | None,
+                                   dict[str, Any] | None]:
         kind = JobKind(job["kind"])
         first_token: list[float] = []
         sample = None
@@ -294,13 +297,12 @@ class ExecutionEngine:
                 failure.failure is FailureKind.UNAVAILABLE and not self._runtime_answers())
             verdict = after_job_failure(failure.failure, int(job.get("oom_retries") or 0), self.policy, down)
         if preempted is not None:
-            self._put_back(job, preempted)
-            return None, None, None
+            return None, None, None, preempted
         self._record(job, run, status, final, failure, verdict, finished, first_token, usage)
         tokens = None
         if status is JobStatus.COMPLETE and failure is None and final is not None:   # what its tenant is charged
             tokens = (_count(final.get("prompt_eval_count")), _count(final.get("eval_count")))
-        return verdict, failure.failure if failure else None, tokens
+        return verdict, failure.failure if failure else None, tokens, None
 
     def _record(self, job: JobDoc, run: RunContext, status: JobStatus, final: dict | None,
                 failure: RuntimeFailure | None, verdict: JobVerdict | None, finished: float,
@@ -357,10 +359,13 @@ class ExecutionEngine:
         """A preempted job goes back to its place in line, to resume (jobs/resume.py)."""
         run_id = job["run_id"]
         assert run_id is not None               # a claimed job: its claim made its run
-        if self.result_store.requeue(job["job_id"], run_id, fields):
-            self.counters.add("preempted")
-            log.info("job %s preempted (%d); it %s", job["job_id"], fields["preempted"],
-                     "resumes from its partial answer" if fields["resume"] else "starts over")
+        try:
+            if self.result_store.requeue(job["job_id"], run_id, fields):
+                self.counters.add("preempted")
+                log.info("job %s preempted (%d); it %s", job["job_id"], fields["preempted"],
+                         "resumes from its partial answer" if fields["resume"] else "starts over")
+        except Exception:                       # left running in the store: recovered like a run whose leader left
+            log.exception("preempted job %s could not be put back in line", job["job_id"])
 
     def _remember(self, job: JobDoc, fields: dict[str, Any], finished: float) -> None:
         """Put a finished answer in the result cache (a cache that fails costs only a miss)."""

@@ -49,6 +49,7 @@ class QueueManager:
         self.accept_locally = False       # set while this process runs the scheduler
         self.epoch: int | None = None     # that scheduler's term: the jobs it holds are marked with it
         self.arrivals = RecentArrivals(preload_window_s)   # models recently asked for (preloading)
+        self.preempting: dict[str, str] = {}    # jobs asked to stop, until they have: the model each was stopped for
 
     # --- accepting ---------------------------------------------------------------------------
     def submit(self, job: JobDoc, idempotency: Idempotency | None = None, tenant_max: int | None = None) -> int:
@@ -142,6 +143,8 @@ class QueueManager:
                 raise
             except Exception as exc:
                 if self.store.is_unreadable(exc) and self._fail_unclaimable(job_id, exc, now):
+                    with self._lock:
+                        self.index.share.refund(job_id)
                     continue            # that job's document is unusable: it fails, the others go on
                 # The store failed: the job is still waiting there, so it goes back in line here;
                 # what was claimed before it is returned to be run.

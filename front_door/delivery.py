@@ -1,6 +1,7 @@
 """What a streamed answer has sent so far, and the rest of it once the job has finished.
 
-A stream sends the pieces of one run of the job (the first it hears from). The finished job's
+A stream sends the pieces of one run of the job (the first it hears from), and of a run that
+resumes it after a preemption (whose first piece carries the answer so far). The finished job's
 result holds the whole answer, so the end sends whatever the pieces missed (a relayed batch not
 yet written, say). When the answer that finished is not the one streamed (the run was stopped
 and the job ran again with another sampling), what was sent cannot be taken back: the stream
@@ -22,11 +23,20 @@ class Delivery:
     tool_calls: list[Any] = field(default_factory=list)
 
     def accept(self, run_id: str, piece: dict[str, Any]) -> dict[str, Any] | None:
-        """The piece to send, or None when it belongs to another run than the one streamed."""
-        if self.run_id is None:
+        """The piece to send, or None when it belongs to another run than the one streamed. A
+        run that resumes a preempted one says in its first piece how the answer starts
+        (`prefix`, jobs/resume.py): when that continues what was sent, the stream follows the new
+        run, sending first whatever of the prefix the client has not had."""
+        prefix = piece.get("prefix")
+        piece = {k: v for k, v in piece.items() if k != "prefix"}
+        if run_id != self.run_id:
+            if self.run_id is not None and (prefix is None or self.thinking or self.tool_calls):
+                return None
+            if prefix is not None:
+                if not prefix.startswith(self.text):
+                    return None
+                piece["text"] = prefix[len(self.text):] + (piece.get("text") or "")
             self.run_id = run_id
-        elif run_id != self.run_id:
-            return None
         self.text += piece.get("text") or ""
         self.thinking += piece.get("thinking") or ""
         self.tool_calls.extend(piece.get("tool_calls") or [])

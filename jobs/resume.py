@@ -72,7 +72,13 @@ def resumed_body(job: JobDoc, body: dict[str, Any]) -> dict[str, Any]:
     text, produced = resume.get("text") or "", int(resume.get("tokens") or 0)
     body = dict(body)
     if JobKind(job["kind"]) is JobKind.CHAT:
-        body["messages"] = [*body["messages"], {"role": "assistant", "content": text}]
+        messages = list(body["messages"])
+        last = messages[-1] if messages else None
+        if isinstance(last, dict) and last.get("role") == "assistant" and isinstance(last.get("content"), str):
+            messages[-1] = {**last, "content": last["content"] + text}   # the client's own prefill, continued
+        else:
+            messages.append({"role": "assistant", "content": text})
+        body["messages"] = messages
     else:
         body["prompt"] = (body.get("prompt") or "") + text
     limit = (body.get("options") or {}).get("num_predict")

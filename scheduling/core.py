@@ -88,7 +88,6 @@ class SchedulerCore:
         self.installed: frozenset[str] | None = None   # the models this node's runtime lists (None: not known)
         self.cluster = ClusterMemory({})         # the first core of a cluster carries it for all
         self.preempt_limits = PreemptLimits(config.PREEMPT_AFTER_S, config.PREEMPT_MAX, config.PREEMPTION)
-        self.preempting: set[str] = set()        # jobs asked to stop, until they have
         self.job_s: dict[str, float] = {}        # per model: mean seconds per completed job (outlook)
         self.load_s: dict[str, float] = {}       # per model: its last load's seconds (outlook)
 
@@ -110,7 +109,8 @@ class SchedulerCore:
             if state is None:
                 return None
             job_s = self.job_s.get(model)
-            ends = tuple(ran.granted + (job_s or 0.0) for ran in self.running.values() if ran.model == model)
+            running = tuple(self.running.values())      # the pass's thread changes it: one copy
+            ends = tuple(ran.granted + (job_s or 0.0) for ran in running if ran.model == model)
             load_s = self.load_s.get(model, 0.0)
             ready = now if state.phase is Phase.LOADED else max(state.load_started + load_s, now)
             return ModelOutlook(state.slots, ends, job_s, ready)
@@ -218,11 +218,15 @@ class SchedulerCore:
         held = {m.name: m.bytes for m in snapshot.resident}
         free = snapshot.budget_bytes - sum(held.values())
         short_by = {m: snapshot.need_bytes.get(m, 0) - free for m in decided.waiting_for_memory}
+        # jobs already being stopped (on any node: the queue is shared) count for the need they were stopped for
+        stopping = self.queue.preempting
+        needs = [replace(n, count=n.count - sum(1 for m in stopping.values() if m == n.model))
+                 for n in self.queue.needs(now)]
         running = [Running(job_id, r.model, r.rank, r.granted, r.preempted) for job_id, r in self.running.items()
-                   if job_id not in self.preempting]
-        for job_id in preemptions(self.queue.needs(now), running, slots, decided.draining, short_by, held,
-                                  self.preempt_limits):
-            self.preempting.add(job_id)
+                   if job_id not in stopping]
+        for job_id, needed_by in preemptions([n for n in needs if n.count > 0], running, slots, decided.draining,
+                                             short_by, held, self.preempt_limits):
+            stopping[job_id] = needed_by
             log.info("preempting job %s on %s for more urgent work", job_id, self.running[job_id].model)
             self.effects.preempt(job_id)
 
@@ -264,7 +268,7 @@ class SchedulerCore:
 
     def _job_finished(self, event: JobFinished) -> None:
         ran = self.running.pop(event.job_id, None)
-        self.preempting.discard(event.job_id)
+        self.queue.preempting.pop(event.job_id, None)
         self.table.job_finished(event.model, event.at)
         if event.tokens is not None:
             self.queue.settle(event.job_id, *event.tokens)

@@ -48,8 +48,9 @@ class PreemptLimits:
 
 def preemptions(waiting: Iterable[Waiting], running: Iterable[Running], slots: Mapping[str, int],
                 draining: Iterable[str], short_by: Mapping[str, int], held: Mapping[str, int],
-                limits: PreemptLimits) -> list[str]:
-    """The running jobs to stop now, most urgent need first. `slots`: the loaded models' slots
+                limits: PreemptLimits) -> list[tuple[str, str]]:
+    """The running jobs to stop now, most urgent need first, each with the model it is stopped
+    for. `slots`: the loaded models' slots
     (a model not in it is not loaded); `draining`: models the plan is emptying to make room;
     `short_by`: the models waiting for memory, and how many bytes they lack; `held`: what each
     resident model occupies."""
@@ -57,12 +58,12 @@ def preemptions(waiting: Iterable[Waiting], running: Iterable[Running], slots: M
         return []
     running = list(running)
     waiting = list(waiting)
-    chosen: list[str] = []
+    chosen: list[tuple[str, str]] = []
     taken: set[str] = set()
 
-    def stop(victims: Iterable[Running]) -> None:
+    def stop(victims: Iterable[Running], need: Waiting) -> None:
         for victim in victims:
-            chosen.append(victim.job_id)
+            chosen.append((victim.job_id, need.model))
             taken.add(victim.job_id)
 
     def on(model: str) -> list[Running]:
@@ -77,7 +78,7 @@ def preemptions(waiting: Iterable[Waiting], running: Iterable[Running], slots: M
             free = slots[need.model] - len(on(need.model))
             lower = sorted((r for r in on(need.model) if r.rank < need.rank and r.preempted < limits.max_times),
                            key=lambda r: (r.rank, -r.started, r.job_id))
-            stop(lower[:max(need.count - max(free, 0), 0)])
+            stop(lower[:max(need.count - max(free, 0), 0)], need)
         elif need.model in short_by:                              # for memory busy models hold
             missing = short_by[need.model]
             # the models the plan drains for it, then busy ones without waiting work, the most
@@ -89,6 +90,6 @@ def preemptions(waiting: Iterable[Waiting], running: Iterable[Running], slots: M
                     break
                 jobs = on(model)
                 if jobs and all(r.rank < need.rank and r.preempted < limits.max_times for r in jobs):
-                    stop(jobs)
+                    stop(jobs, need)
                     missing -= held.get(model, 0)
     return chosen

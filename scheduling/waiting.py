@@ -155,7 +155,11 @@ class WaitingIndex:
         return out
 
     def needs(self, now: float) -> list[Need]:
-        """Per model and priority: how many jobs wait, and how long the first has (preemption)."""
+        """Per model and priority: how many jobs wait, and how long the first has (preemption).
+        None while a priority is owed its share: a slot freed then would go to the owed
+        priority, not to the work it was freed for."""
+        if self.owed() is not None:
+            return []
         out = []
         for model, ranks in self._models.items():
             for rank, lines in ranks.items():

@@ -239,7 +239,8 @@ class Service:
                 left = deadline - time.monotonic()
                 if left <= 0 or (gone is not None and gone()):
                     return job
-                event.wait(min(delay, left))   # set at once when the job finishes in this process
+                if event.wait(min(delay, left)):   # set at once when a run of the job ends in this process
+                    event.clear()       # a run that did not finish it (re-queued, preempted): wait for the next
                 delay = min(delay * 2, 0.25)
         finally:
             self.completions.unregister(job_id, event)

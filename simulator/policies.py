@@ -297,8 +297,8 @@ class ManagerPolicy:
         running = [Running(str(j.id), j.model, Priority(j.priority).rank, _first(j.started), j.preempted)
                    for j in self.running_jobs.values() if j.node == gpu.index]
         slots = {m: gpu.slots[m] for m in gpu.loaded}
-        for job_id in preemptions(self.index.needs(gpu.now), running, slots, decided.draining, short_by, held,
-                                  self.preempt):
+        for job_id, _ in preemptions(self.index.needs(gpu.now), running, slots, decided.draining, short_by, held,
+                                     self.preempt):        # stops are instant here: none is in flight
             job = gpu.stop(int(job_id))
             del self.running_jobs[job.id]
             node.running[job.model] -= 1

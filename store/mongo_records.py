@@ -51,8 +51,12 @@ class MongoRecords:
 
     def usage_by_tenant(self, since: float) -> dict[str, dict[str, float]]:
         group: dict[str, Any] = {"_id": "$tenant", "jobs": {"$sum": 1}, **{f: {"$sum": f"${f}"} for f in USAGE_FIELDS}}
-        rows = self.metrics.aggregate([{"$match": {"finished_at": {"$gte": since}}}, {"$group": group}])
-        return {d["_id"] or "": {"jobs": d["jobs"], **{f: d.get(f) or 0 for f in USAGE_FIELDS}} for d in rows}
+        usage: dict[str, dict[str, float]] = {}
+        for d in self.metrics.aggregate([{"$match": {"finished_at": {"$gte": since}}}, {"$group": group}]):
+            mine = usage.setdefault(d["_id"] or "", dict.fromkeys(("jobs", *USAGE_FIELDS), 0))   # null and "" are one
+            for key in mine:
+                mine[key] += d.get(key) or 0
+        return usage
 
     def purge_metrics(self, before: float) -> int:
         return self.metrics.delete_many({"finished_at": {"$lt": before}}).deleted_count

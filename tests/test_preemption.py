@@ -1,6 +1,7 @@
 """Preemption decisions, table by table: pure, no threads, no sleeps."""
 import pytest
 
+from jobs.model import JobKind
 from scheduling.preemption import PreemptLimits, Running, Waiting, preemptions
 
 LOW, NORMAL, HIGH = 0, 1, 2
@@ -8,8 +9,11 @@ LIMITS = PreemptLimits(after_s=1.0, max_times=2)
 
 
 def decide(waiting, running, slots=None, draining=(), short=None, held=None, limits=LIMITS):
-    return preemptions(waiting, running, slots if slots is not None else {"m": 1}, draining, short or {},
-                       held or {}, limits)
+    """The jobs stopped (each is stopped for a model that waits)."""
+    chosen = preemptions(waiting, running, slots if slots is not None else {"m": 1}, draining, short or {},
+                         held or {}, limits)
+    assert all(model in {w.model for w in waiting} for _, model in chosen)
+    return [job_id for job_id, _ in chosen]
 
 
 @pytest.mark.parametrize("case, waiting, running, expected", [
@@ -70,3 +74,39 @@ def test_two_needs_do_not_stop_the_same_job_twice():
     running = [Running("a", "m", LOW, 0.0)]
     waiting = [Waiting("m", HIGH, 1, 3.0), Waiting("m", NORMAL, 1, 3.0)]
     assert decide(waiting, running) == ["a"]
+
+
+def test_a_stream_follows_the_run_that_resumes_it_and_nothing_else():
+    from front_door.delivery import Delivery
+    d = Delivery()
+    assert d.accept("run-1", {"text": " one"}) == {"text": " one"}
+    assert d.accept("run-1", {"text": " two"}) == {"text": " two"}
+    assert d.accept("run-0", {"text": " stale"}) is None                   # another run, no prefix: not this answer
+    # the resumed run starts from " one two three" (a piece the client never got, " three")
+    assert d.accept("run-2", {"text": " four", "prefix": " one two three"}) == {"text": " three four"}
+    assert d.accept("run-2", {"text": " five"}) == {"text": " five"}
+    assert d.accept("run-3", {"text": "x", "prefix": " other"}) is None     # does not continue what was sent
+    assert d.rest(JobKind.GENERATE, {"response": " one two three four five six"}) == {"text": " six"}
+
+
+def test_preemption_waits_while_a_priority_is_owed_its_share():
+    from scheduling.waiting import WaitingIndex
+    index = WaitingIndex(aging_s=60)
+    for i in range(30):
+        index.add(f"h{i}", "m", HIGH, float(i))
+    index.add("low", "m", LOW, 0.0)
+    assert index.needs(100.0)                             # no priority owed yet
+    while index.owed() is None:
+        assert index.pop("m", 100.0) != "low"             # high takes every slot: low falls short of its share
+    assert index.owed() == LOW and index.needs(100.0) == []
+
+
+def test_a_chat_that_ends_with_the_clients_own_assistant_prefill_continues_it_on_resume():
+    from jobs.model import JobDoc
+    from jobs.resume import resumed_body
+    job = JobDoc(kind="chat", resume={"text": " and more", "tokens": 2}, options={"num_predict": 10})
+    body = {"messages": [{"role": "user", "content": "go"}, {"role": "assistant", "content": "Start"}],
+            "options": {"num_predict": 10}}
+    resumed = resumed_body(job, body)
+    assert resumed["messages"][-1] == {"role": "assistant", "content": "Start and more"}
+    assert len(resumed["messages"]) == 2 and resumed["options"]["num_predict"] == 8

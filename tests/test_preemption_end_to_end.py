@@ -86,3 +86,5 @@ def test_a_streamed_chat_that_is_preempted_reaches_its_client_as_one_continuous_
     job = service.get(received["job_id"])
     assert job["preempted"] == 1 and done(service, high)
     assert streamed == content(job) and len(streamed.split()) == 600
+    # live to the end: the resumed run's pieces are streamed as they come, not sent in one lump at the end
+    assert sum(1 for c in chunks if c["message"]["content"]) >= 590
