@@ -5,6 +5,7 @@ import json
 import threading
 
 from helpers import wait_until
+from simulator.server import _words
 
 CHAT = [{"role": "user", "content": "tell me a long story"}]
 
@@ -32,19 +33,18 @@ def content(job) -> str:
 
 def test_urgent_work_takes_the_slot_of_a_long_low_priority_chat_which_resumes_whole(running_service):
     service, client = running_service(OLLAMA_NUM_PARALLEL=1, SIM_TOKENS_PER_S=200.0)
-    low = submit(client, "qwen2.5:0.5b", "low", 600, CHAT)                      # 3 s alone
+    low = submit(client, "qwen2.5:0.5b", "low", 2000, CHAT)                     # 10 s alone
     wait_until(lambda: service.get(low)["status"] == "running", message="the low job to start")
     high = submit(client, "qwen2.5:0.5b", "high", 20)
     wait_until(lambda: done(service, high), timeout=10, message="the high job")
     waited = service.get(high)["started_at"] - service.get(high)["submitted_at"]
     assert waited <= 2.0, waited
-    finished = wait_until(lambda: done(service, low), timeout=20, message="the preempted job")
+    finished = wait_until(lambda: done(service, low), timeout=30, message="the preempted job")
     assert finished["preempted"] == 1 and finished["metrics"]["preemptions"] == 1
-    assert finished["metrics"]["output_tokens"] == 600 and finished["metrics"]["wasted_tokens"] == 0   # resumed
-    # the same request run without interruption gives the same words: nothing repeated, nothing lost
-    alone = submit(client, "qwen2.5:0.5b", "low", 600, CHAT)
-    reference = wait_until(lambda: done(service, alone), timeout=20, message="the reference run")
-    assert content(finished) == content(reference) and len(content(finished).split()) == 600
+    assert finished["metrics"]["output_tokens"] == 2000 and finished["metrics"]["wasted_tokens"] == 0  # resumed
+    # the words an uninterrupted run gives (the simulator draws them from the conversation): nothing
+    # repeated, nothing lost
+    assert content(finished) == _words(str(CHAT), 0, 2000)
     metrics = client.get("/metrics").get_data(as_text=True)
     assert "model_manager_jobs_preempted_total 1.0" in metrics
 
