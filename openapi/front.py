@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
 from config import Config
 from front_door.ollama_options import INT32_MAX
+from front_door.ollama_shapes import ChatRequest, EmbedRequest, GenerateRequest
+from front_door.openai_shapes import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from jobs.model import Priority
 from openapi.spec import (
     JSON,
@@ -15,6 +19,7 @@ from openapi.spec import (
     STRING_LIST,
     Schema,
     errors,
+    from_model,
     header,
     json_body,
     nullable,
@@ -38,45 +43,56 @@ FRONT_DOOR_HEADERS = [
 ]
 JOB_ERRORS = (400, 401, 403, 404, 413, 422, 429, 500, 503)
 NUMBER_LIST = {"type": "array", "items": {"type": "number"}}
+# pydantic writes an optional field's bound beside its `anyOf`, where it binds nothing: said again here
+DIMENSIONS = nullable({"type": "integer", "minimum": 1})
 
 
 def _body(schema: Schema, example: dict[str, Any]) -> Schema:
     return {"required": True, "content": {JSON: {"schema": schema, "examples": {"example": {"value": example}}}}}
 
 
-def _ollama_request(properties: Schema, required: tuple[str, ...] = (), num_predict_max: int = INT32_MAX) -> Schema:
-    return {"type": "object", "required": ["model", *required], "properties": {
-        "model": MODEL_NAME, "options": nullable(options_schema(
-            "Sampling options, each with a known meaning checked for type and range. Runner options (`num_ctx`, "
-            "...) are dropped: the model runs with its configured ones; a `num_ctx` above the model's configured "
-            "context gets 400, and so does a `num_predict` above it. A request the runtime refuses (a 4xx) gets 400 "
-            "with its message.", num_predict_max)),
-        "keep_alive": {"description": "Ignored: the manager decides how long models stay."},
-        "cache": {"type": "boolean", "default": False}, **properties}}
+def generated(shape: type[BaseModel], overrides: Schema, required: tuple[str, ...] = ()) -> Schema:
+    """A request's schema from the pydantic model its route parses with (front_door/), the models
+    it refers to written in place, and `overrides` for what the model's types cannot say (a
+    name's characters, option ranges, this deployment's limits, a message's shape)."""
+    schema, defs = from_model(shape)
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if set(node) == {"$ref"}:
+                return inline(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    properties = {**inline(schema["properties"]), **overrides}
+    return {"type": "object", "required": sorted({*schema.get("required", []), *required}), "properties": properties}
+
+
+def _ollama_request(shape: type[BaseModel], overrides: Schema, required: tuple[str, ...] = (),
+                    num_predict_max: int = INT32_MAX) -> Schema:
+    return generated(shape, {"model": MODEL_NAME, "options": nullable(options_schema(
+        "Sampling options, each with a known meaning checked for type and range. Runner options (`num_ctx`, "
+        "...) are dropped: the model runs with its configured ones; a `num_ctx` above the model's configured "
+        "context gets 400, and so does a `num_predict` above it. A request the runtime refuses (a 4xx) gets 400 "
+        "with its message.", num_predict_max)),
+        "keep_alive": {"description": "Ignored: the manager decides how long models stay."}, **overrides}, required)
 
 
 def ollama_paths(config: Config) -> dict[str, Schema]:
-    def _request(properties: Schema, required: tuple[str, ...] = ()) -> Schema:
-        return _ollama_request(properties, required, longest_context(config))
+    def _request(shape: type[BaseModel], overrides: Schema, required: tuple[str, ...] = ()) -> Schema:
+        return _ollama_request(shape, overrides, required, longest_context(config))
 
     stream = {"type": "boolean", "default": True, "description": "false: one JSON answer; true: NDJSON pieces."}
-    common = {"format": nullable({"anyOf": [{"type": "string"}, {"type": "object"}]}),
-              "think": nullable({"type": ["boolean", "string"]}), "stream": stream}
-    generate = _request({
-        "prompt": nullable({"type": "string"}), "suffix": nullable({"type": "string"}),
-        "system": nullable({"type": "string"}), "template": nullable({"type": "string"}),
-        "context": nullable({"type": "array", "items": {"type": "integer"}}), "raw": nullable({"type": "boolean"}),
-        "images": nullable(STRING_LIST), **common})
+    generate = _request(GenerateRequest, {"stream": stream})
     message = storable_extras({"type": "object", "required": ["role"], "properties": {
         "role": {"type": "string", "enum": ["system", "user", "assistant", "tool"]},
         "content": nullable({"type": "string"})}})
-    chat = _request({"messages": {"type": "array", "items": message}, "tools": nullable(OBJECT_LIST),
-                            **common})
-    embed = _request({"input": {"anyOf": [{"type": "string"}, STRING_LIST]},
-                             "truncate": nullable({"type": "boolean"}),
-                             "dimensions": nullable({"type": "integer", "minimum": 1})}, ("input",))
-    embeddings = _request({"prompt": {"type": "string"}, "truncate": nullable({"type": "boolean"}),
-                                  "dimensions": nullable({"type": "integer", "minimum": 1})}, ("prompt",))
+    chat = _request(ChatRequest, {"messages": {"type": "array", "items": message}, "stream": stream})
+    embed = _request(EmbedRequest, {"input": {"anyOf": [{"type": "string"}, STRING_LIST]}, "dimensions": DIMENSIONS},
+                     ("input",))
+    embeddings = _request(EmbedRequest, {"prompt": {"type": "string"}, "dimensions": DIMENSIONS}, ("prompt",))
     answer = {"type": "object", "required": ["model", "created_at", "done"], "properties": {
         "model": {"type": "string"}, "created_at": {"type": "string"}, "done": {"type": "boolean"},
         "done_reason": {"type": "string"}, "response": {"type": "string"}, "message": {"type": "object"},
@@ -126,18 +142,6 @@ def longest_context(config: Config) -> int:
 def openai_paths(config: Config) -> dict[str, Schema]:
     answer_tokens = {"type": "integer", "minimum": 1, "maximum": longest_context(config),
                      "description": "At most the model's context length (NUM_CTX / MODEL_NUM_CTX), else 400."}
-    sampling = {
-        "stream": {"type": "boolean", "default": False},
-        "stream_options": nullable({"type": "object", "properties": {"include_usage": {"type": "boolean"}}}),
-        "max_tokens": nullable(answer_tokens), "max_completion_tokens": nullable(answer_tokens),
-        "temperature": nullable({"type": "number", "minimum": 0, "maximum": 2}),
-        "top_p": nullable({"type": "number", "minimum": 0, "maximum": 1}),
-        "seed": nullable({"type": "integer"}), "stop": nullable({"anyOf": [{"type": "string"}, STRING_LIST]}),
-        "frequency_penalty": nullable({"type": "number", "minimum": -2, "maximum": 2}),
-        "presence_penalty": nullable({"type": "number", "minimum": -2, "maximum": 2}),
-        "n": {"type": "integer", "const": 1, "description": "One choice per request, as Ollama."},
-        "cache": {"type": "boolean", "default": False},
-    }
     part = {"anyOf": [
         {"type": "object", "required": ["type"], "properties": {"type": {"const": "text"}, "text": {"type": "string"}}},
         {"type": "object", "required": ["type", "image_url"], "properties": {
@@ -155,16 +159,12 @@ def openai_paths(config: Config) -> dict[str, Schema]:
         "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
         "content": nullable({"anyOf": [{"type": "string"}, {"type": "array", "items": part}]}),
         "tool_calls": nullable({"type": "array", "items": tool_call})}}
-    chat = {"type": "object", "required": ["model", "messages"], "properties": {
-        "model": MODEL_NAME, "messages": {"type": "array", "items": message, "minItems": 1},
-        "tools": nullable(OBJECT_LIST), "response_format": nullable({"type": "object"}), **sampling}}
-    completion = {"type": "object", "required": ["model", "prompt"], "properties": {
-        "model": MODEL_NAME, "prompt": {"anyOf": [{"type": "string"}, {**STRING_LIST, "minItems": 1, "maxItems": 1}]},
-        "suffix": nullable({"type": "string"}), **sampling}}
-    embedding = {"type": "object", "required": ["model", "input"], "properties": {
-        "model": MODEL_NAME, "input": {"anyOf": [{"type": "string"}, STRING_LIST]},
-        "encoding_format": {"type": "string", "enum": ["float", "base64"], "default": "float"},
-        "dimensions": nullable({"type": "integer", "minimum": 1}), "cache": {"type": "boolean", "default": False}}}
+    limits = {"model": MODEL_NAME, "max_tokens": nullable(answer_tokens), "max_completion_tokens": nullable(answer_tokens)}
+    chat = generated(ChatCompletionRequest, {"messages": {"type": "array", "items": message, "minItems": 1}, **limits})
+    completion = generated(CompletionRequest, {"prompt": {"anyOf": [{"type": "string"},
+                                                                    {**STRING_LIST, "minItems": 1, "maxItems": 1}]},
+                                               **limits})
+    embedding = generated(EmbeddingRequest, {"model": MODEL_NAME, "dimensions": DIMENSIONS})
     completed = {"type": "object", "required": ["id", "object", "created", "model", "choices"], "properties": {
         "id": {"type": "string"}, "object": {"type": "string"}, "created": {"type": "integer"},
         "model": {"type": "string"}, "choices": OBJECT_LIST, "usage": {"type": "object"}}}

@@ -100,11 +100,7 @@ def admit(kind: JobKind, model: str, fields: dict[str, Any], options: dict[str, 
     each held to the model's context as options.num_predict is."""
     cfg = config()
     name = check_model(model, kind)
-    for limit in (options.get("num_predict"), *answer_limits):
-        _check_answer_length({"num_predict": limit}, name)
-    wrong = option_error(options)
-    if wrong:
-        raise ApiError(400, f"{wrong[0]} {wrong[1]}", field=wrong[0])
+    check_front_options(name, options, answer_limits)
     options, problem = settle_runner_options(options, name, settings())
     if problem:
         raise ApiError(400, problem, field="options.num_ctx")
@@ -145,6 +141,18 @@ def admit(kind: JobKind, model: str, fields: dict[str, Any], options: dict[str, 
             service().answers.unsubscribe(job["job_id"], inbox)
         raise
     return Admitted(job, kind, answered=False, waiter=waiter, inbox=inbox)
+
+
+def check_front_options(name: str, options: dict[str, Any], answer_limits: tuple[int | None, ...] = ()) -> None:
+    """400 for an option of the wrong type or range, or an answer longer than `name`'s context."""
+    for limit in (options.get("num_predict"), *answer_limits):
+        _check_answer_length({"num_predict": limit}, name)
+    wrong = option_error(options)
+    if wrong:
+        raise ApiError(400, f"{wrong[0]} {wrong[1]}", field=wrong[0])
+    problem = storable_keys_error(options)         # stored as a document (MongoDB's field names)
+    if problem:
+        raise ApiError(400, f"options: {problem}", field="options")
 
 
 def _check_answer_length(options: dict[str, Any], model: str) -> None:

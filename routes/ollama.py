@@ -17,7 +17,7 @@ from flask import Blueprint, Response, jsonify, stream_with_context
 from front_door import ollama_shapes as shapes
 from jobs.model import JobKind
 from routes.common import ApiError, load_json, read_body
-from routes.front import JOB_ID_HEADER, Admitted, admit, answer_events, check_headers, parse
+from routes.front import JOB_ID_HEADER, Admitted, admit, answer_events, check_front_options, check_headers, parse
 from routes.submission import check_model
 from routes.system import views
 from store import storable
@@ -67,6 +67,7 @@ def _embed(req: shapes.EmbedRequest, answer) -> Response:
 def _complete(kind: JobKind, req: shapes.GenerateRequest | shapes.ChatRequest) -> Response:
     if req.is_load():
         name = check_model(req.model, kind)
+        check_front_options(name, req.options)     # checked as for a job: a load is no way around them
         check_headers()
         return jsonify(shapes.load_answer(kind, name, req.unloads()))
     admitted = admit(kind, req.model, req.job_fields(), req.options, req.cache, stream=req.stream)

@@ -73,6 +73,10 @@ def test_load_requests_are_answered_without_a_job(api):
     r = post(client, "/api/chat", {"model": "qwen2.5:0.5b", "messages": [], "keep_alive": 0})
     assert r.get_json()["done_reason"] == "unload"
     assert service.counts().by_status == before
+    # a load is checked as a job is: options of the wrong type or range, or names no store can keep
+    for options in ({"temperature": "hot"}, {"num_predict": 10 ** 6}, {"": {"$x": 1}}):
+        r = post(client, "/api/generate", {"model": "qwen2.5:0.5b", "options": options})
+        assert r.status_code == 400 and r.get_json()["field"].startswith(("temperature", "num_predict", "options")), r.data
 
 
 def test_models_running_models_show_and_version_are_the_runtimes(api):
