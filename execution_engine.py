@@ -326,6 +326,11 @@ class ExecutionEngine:
         if job.get("preempted"):                  # the ledger counts what preemption cost it
             metrics.update(preemptions=job["preempted"], wasted_tokens=int(job.get("wasted_tokens") or 0),
                            wasted_s=float(job.get("wasted_s") or 0.0))
+            before = int((job.get("resume") or {}).get("tokens") or 0)
+            out = metrics.get("output_tokens")
+            if before and isinstance(out, int) and out > 0 and metrics.get("tokens_per_s"):
+                # output_tokens is the whole answer's; the speed is this run's own
+                metrics["tokens_per_s"] = round(metrics["tokens_per_s"] * max(out - before, 0) / out, 2)
         fields: dict[str, Any] = {"completed_at": finished, "metrics": metrics}
         if failure is not None:
             status = JobStatus.FAILED

@@ -42,6 +42,7 @@ def test_urgent_work_takes_the_slot_of_a_long_low_priority_chat_which_resumes_wh
     finished = wait_until(lambda: done(service, low), timeout=30, message="the preempted job")
     assert finished["preempted"] == 1 and finished["metrics"]["preemptions"] == 1
     assert finished["metrics"]["output_tokens"] == 2000 and finished["metrics"]["wasted_tokens"] == 0  # resumed
+    assert finished["metrics"]["tokens_per_s"] <= 200 * 1.1                    # this run's speed, not the answer's
     # the words an uninterrupted run gives (the simulator draws them from the conversation): nothing
     # repeated, nothing lost
     assert content(finished) == _words(str(CHAT), 0, 2000)
