@@ -1,6 +1,7 @@
-"""The experiment's outputs: `summary.json` (per strategy: pass rate and what it cost, in all and
-per solved task), `results.jsonl` (one line per attempt) and `report.html` (the table and plots,
-matplotlib PNGs inlined)."""
+"""The experiment's outputs: `summary.json` (per strategy: pass rate with its Wilson 95% interval
+and what it cost, in all, per task with bootstrap intervals and per solved task; McNemar's exact
+test for each pair of strategies under `comparisons`: experiment/stats.py), `results.jsonl`
+(one line per attempt) and `report.html` (the tables and plots, matplotlib PNGs inlined)."""
 from __future__ import annotations
 
 import base64
@@ -12,8 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from experiment.stats import comparisons, mean_ci, wilson
+
+CI_COSTS = ("cpu_s", "wall_s", "model_s")      # per task, with a bootstrap 95% interval of the mean
 SUMMED = ("wall_s", "model_s", "load_s", "queue_wait_s", "eval_s", "cpu_s", "tokens", "attempts")
-TABLE = (("pass_rate", "pass rate", "{:.0%}"), ("solved", "solved", "{}"), ("attempts", "attempts", "{}"),
+TABLE = (("pass_rate", "pass rate", "{:.0%}"), ("pass_rate_ci95", "95% interval", "ci"), ("solved", "solved", "{}"),
+         ("attempts", "attempts", "{}"),
          ("wall_s", "wall s", "{:.1f}"), ("model_s", "model s", "{:.1f}"), ("cpu_s", "CPU s", "{:.1f}"),
          ("peak_rss_bytes", "peak RSS MB", "mb"), ("tokens", "tokens", "{}"), ("energy_j", "energy J", "{}"))
 
@@ -42,9 +47,15 @@ def summarize(experiment: str, task_ids: list[str], results: list[dict[str, Any]
                                            default=None)
         strategies[strategy] = {"tasks": len(rows), "solved": solved,
                                 "pass_rate": round(solved / len(rows), 4) if rows else 0.0,
+                                "pass_rate_ci95": wilson(solved, len(rows)),
+                                "per_task_ci95": {key: mean_ci([float(r.get(key) or 0) for r in rows])
+                                                  for key in CI_COSTS},
                                 "models": sorted({m for r in rows for m in r.get("models", [])}),
                                 **totals, "per_solved_task": per_solved, "by_model": by_model}
+    solved_by = {name: {r["task_id"]: bool(r["solved"]) for r in results if r["strategy"] == name}
+                 for name in strategies}
     return {"experiment": experiment, "tasks": task_ids, "strategies": strategies,
+            "comparisons": comparisons(solved_by),
             "per_task": [{key: r.get(key) for key in ("task_id", "strategy", "solved", "attempts", "wall_s",
                                                       "model_s", "load_s", "queue_wait_s", "eval_s", "cpu_s",
                                                       "peak_rss_bytes", "tokens", "energy_j", "models")}
@@ -69,6 +80,10 @@ def markdown_table(summary: dict[str, Any]) -> str:
     lines = [header, "|" + "---|" * (len(TABLE) + 2)]
     for name, s in summary["strategies"].items():
         lines.append(f"| {name} | {', '.join(s['models'])} | " + " | ".join(_fmt(s.get(k), f) for k, _, f in TABLE) + " |")
+    pairs = comparison_rows(summary)
+    if pairs:
+        lines += ["", "| " + " | ".join(COMPARISON_HEADER) + " |", "|" + "---|" * len(COMPARISON_HEADER)]
+        lines += ["| " + " | ".join(row) + " |" for row in pairs]
     return "\n".join(lines)
 
 
@@ -77,7 +92,18 @@ def _fmt(value: Any, fmt: str) -> str:
         return "n/a"
     if fmt == "mb":
         return f"{value / 1e6:.0f}"
+    if fmt == "ci":
+        return f"{value[0]:.0%}–{value[1]:.0%}"
     return fmt.format(value)
+
+
+def comparison_rows(summary: dict[str, Any]) -> list[list[str]]:
+    """McNemar's test of each pair: both solved, only the first, only the second, p-value."""
+    return [[c["first"], c["second"], str(c["both"]), str(c["only_first"]), str(c["only_second"]),
+             f"{c['p_value']:.3g}"] for c in summary.get("comparisons") or []]
+
+
+COMPARISON_HEADER = ("first", "second", "both solved", "only first", "only second", "p (McNemar, exact)")
 
 
 def html_report(summary: dict[str, Any], command: str) -> str:
@@ -99,7 +125,10 @@ def html_report(summary: dict[str, Any], command: str) -> str:
             f"<p>{len(summary['tasks'])} tasks. Command: <code>{html.escape(command)}</code></p>"
             f"<table><tr><th>strategy</th>{head}</tr>{rows}</table>"
             "<h2>Per solved task</h2><table><tr><th>strategy</th><th>wall s</th><th>model s</th><th>CPU s</th>"
-            f"<th>tokens</th></tr>{per_solved}</table>{figures}</body></html>")
+            f"<th>tokens</th></tr>{per_solved}</table>"
+            "<h2>Paired on the same tasks</h2><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in COMPARISON_HEADER)
+            + "</tr>" + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                                for row in comparison_rows(summary)) + f"</table>{figures}</body></html>")
 
 
 def _plots(summary: dict[str, Any]) -> list[tuple[str, str]]:

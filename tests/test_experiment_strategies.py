@@ -126,7 +126,7 @@ def test_summary_sums_costs_and_divides_by_solved_tasks():
     assert branched["pass_rate"] == 1.0 and branched["attempts"] == 4 and branched["energy_j"] == 12.5
     assert branched["per_solved_task"]["cpu_s"] == 1.5 and branched["models"] == ["s1", "s2"]
     table = markdown_table(summary)
-    assert "| large | big | 50% | 1 |" in table and "| branched | s1, s2 | 100% | 2 |" in table
+    assert "| large | big | 50% | 9%–91% | 1 |" in table and "| branched | s1, s2 | 100% | 34%–100% | 2 |" in table
 
 
 def test_builtin_tasks_have_exact_answers_their_checker_accepts():

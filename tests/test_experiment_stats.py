@@ -1,0 +1,64 @@
+"""The comparison's statistics against values computed by hand, and in the summary."""
+import math
+
+import pytest
+
+from experiment.report import markdown_table, summarize
+from experiment.stats import comparisons, mcnemar, mean_ci, wilson
+
+
+def wilson_by_hand(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    p = k / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return centre - half, centre + half
+
+
+@pytest.mark.parametrize("k, n", [(19, 20), (16, 20), (0, 20), (20, 20), (82, 164), (1, 3)])
+def test_the_wilson_interval_is_the_score_interval(k, n):
+    low, high = wilson(k, n)
+    expected = wilson_by_hand(k, n)
+    assert low == pytest.approx(expected[0], abs=1e-4) and high == pytest.approx(expected[1], abs=1e-4)
+    assert 0.0 <= low <= k / n <= high <= 1.0
+
+
+def test_wilson_for_19_of_20_by_the_numbers():
+    assert wilson(19, 20) == pytest.approx([0.7639, 0.9911], abs=1e-4)
+    assert wilson(0, 0) == [0.0, 1.0]
+
+
+def test_mcnemar_exact_counts_the_discordant_tasks_only():
+    first = {"a": True, "b": True, "c": True, "d": True, "e": True, "f": False, "g": True, "h": False}
+    second = {"a": True, "b": False, "c": False, "d": False, "e": False, "f": True, "g": False, "h": False}
+    result = mcnemar(first, second)
+    # 5 tasks only the first solved, 1 only the second: p = 2 x P(X <= 1), X ~ Binomial(6, 1/2) = 2 x 7/64
+    assert result == {"tasks": 8, "both": 1, "only_first": 5, "only_second": 1, "neither": 1,
+                      "p_value": pytest.approx(14 / 64)}
+    assert mcnemar({"a": True}, {"a": True})["p_value"] == 1.0            # no discordant task: no evidence
+    assert mcnemar({"a": True, "b": True}, {"b": False, "c": True})["tasks"] == 1   # common tasks only
+
+
+def test_the_bootstrap_interval_holds_the_mean_and_is_reproducible():
+    values = [1.0, 2.0, 3.0, 4.0, 10.0]
+    interval = mean_ci(values)
+    assert interval is not None
+    low, high = interval
+    assert low < sum(values) / len(values) < high and mean_ci(values) == [low, high]
+    assert mean_ci([2.5]) == [2.5, 2.5] and mean_ci([3.0, 3.0]) == [3.0, 3.0] and mean_ci([]) is None
+
+
+def test_the_summary_carries_intervals_and_paired_tests():
+    results = []
+    for i in range(6):
+        results.append({"task_id": f"t{i}", "strategy": "large", "solved": i < 5, "cpu_s": 10.0 + i, "wall_s": 5.0})
+        results.append({"task_id": f"t{i}", "strategy": "branched", "solved": i < 2, "cpu_s": 4.0, "wall_s": 6.0})
+    summary = summarize("e", [f"t{i}" for i in range(6)], results)
+    large = summary["strategies"]["large"]
+    assert large["pass_rate_ci95"] == wilson(5, 6) and large["per_task_ci95"]["cpu_s"][0] <= 12.5
+    assert summary["comparisons"] == [{"first": "large", "second": "branched", **mcnemar(
+        {f"t{i}": i < 5 for i in range(6)}, {f"t{i}": i < 2 for i in range(6)})}]
+    assert summary["comparisons"] == comparisons({"large": {f"t{i}": i < 5 for i in range(6)},
+                                                  "branched": {f"t{i}": i < 2 for i in range(6)}})
+    table = markdown_table(summary)
+    assert "95% interval" in table and "p (McNemar, exact)" in table and "| large | branched | 2 | 3 | 0 |" in table
