@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shlex
 import socket
@@ -48,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--branches", type=int, default=4, help="most attempts per task in the branched strategy")
     p.add_argument("--strategies", default=",".join(STRATEGIES), help="which to run, in this order")
     p.add_argument("--out", type=Path, default=Path("reports"), help="reports go to OUT/EXPERIMENT/")
+    p.add_argument("--resume", action="store_true",
+                   help="go on with an interrupted run of --experiment: tasks it recorded are not run again")
     p.add_argument("--experiment", default=None, help="name (default compare-YYYYmmdd-HHMMSS)")
     p.add_argument("--url", default=None, help="a running Model Manager; default: start an embedded one")
     p.add_argument("--api-key", default=os.environ.get("MM_API_KEY"), help="key for --url (or MM_API_KEY)")
@@ -69,6 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--small names no model")
     if args.branches < 1:
         p.error("--branches must be at least 1")
+    if args.resume and not args.experiment:
+        p.error("--resume goes on with a named run: give its --experiment")
     args.experiment = args.experiment or time.strftime("compare-%Y%m%d-%H%M%S")
     if not EXPERIMENT_NAME.match(args.experiment):
         p.error(f"--experiment takes {EXPERIMENT_NAME_RULE}, not {args.experiment!r}")
@@ -125,25 +130,59 @@ def run_experiment(args: argparse.Namespace, url: str, tasks: list[dict], sandbo
                            connect_patience_s=args.connect_patience_s)
     client.put_tasks(tasks)
     runner = Runner(client, lambda task, answer: check_answer(task, answer, sandbox), args.experiment)
-    attempts: list[dict[str, Any]] = []
+    out_dir = args.out / args.experiment
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done, attempts = resumed(client, args.experiment, out_dir / ATTEMPTS) if args.resume else ({}, [])
+    log = open(out_dir / ATTEMPTS, "w")       # each task's attempts are written as soon as it is recorded
+    for attempt in attempts:
+        log.write(json.dumps(attempt) + "\n")
     results: list[dict[str, Any]] = []
     for strategy in args.strategy_list:
         bar = tqdm(tasks, desc=f"{strategy:>8}", unit="task")
         for task in bar:
+            earlier = done.get((task["task_id"], strategy))
+            if earlier is not None:          # --resume: recorded by an earlier run, no model call made again
+                results.append(earlier)
+                continue
             outcome: Outcome = (runner.large(task, args.large) if strategy == LARGE
                                 else runner.branched(task, args.small_models, args.branches))
-            attempts.extend(a.record() for a in outcome.attempts)
             results.append(client.record_result(args.experiment, {
                 "task_id": task["task_id"], "strategy": strategy, "solved": outcome.solved,
                 "attempts": len(outcome.attempts), "job_ids": outcome.job_ids, "eval_s": round(outcome.eval_s, 4),
                 "client_wall_s": round(outcome.wall_s, 4)}))
+            for attempt in (a.record() for a in outcome.attempts):
+                attempts.append(attempt)
+                log.write(json.dumps(attempt) + "\n")
+            log.flush()
             bar.set_postfix(solved=sum(1 for r in results if r["strategy"] == strategy and r["solved"]))
+    log.close()
     summary = summarize(args.experiment, [t["task_id"] for t in tasks], results)
     paths = write_outputs(args.out / args.experiment, summary, attempts, args.command)
     print(markdown_table(summary))
     for name, path in paths.items():
         print(f"{name}: {path}")
     return summary
+
+
+ATTEMPTS = "results.jsonl"
+
+
+def resumed(client: ServiceClient, experiment: str, attempts_path: Path
+            ) -> tuple[dict[tuple[str, str], dict[str, Any]], list[dict[str, Any]]]:
+    """What an earlier run of `experiment` recorded: its results by (task, strategy), as the
+    service keeps them, and the attempts of those results from its results.jsonl (the attempts
+    of a task it did not finish are dropped: that task runs again)."""
+    done: dict[tuple[str, str], dict[str, Any]] = {}
+    for result in client.results(experiment):
+        done.setdefault((result["task_id"], result["strategy"]), result)
+    attempts = []
+    if attempts_path.exists():
+        for line in attempts_path.read_text().splitlines():
+            if line.strip():
+                attempt = json.loads(line)
+                if (attempt.get("task_id"), attempt.get("strategy")) in done:
+                    attempts.append(attempt)
+    return done, attempts
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,3 +74,31 @@ def test_a_docker_sandbox_without_an_engine_is_a_clear_error(tmp_path, capsys, m
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
     assert compare.main(["--tasks", "builtin:1", "--sandbox", "docker", "--out", str(tmp_path)]) == 2
     assert "the docker sandbox cannot run here" in capsys.readouterr().err
+
+
+def test_a_resumed_run_makes_no_model_call_for_what_was_recorded(main_process, tmp_path, capsys):
+    """A run on the simulator's service, then the same run with one more task and --resume: only
+    the new task's model calls are made; once more with --resume: none, and the same summary."""
+    import requests
+
+    service = main_process(("--backend", "sim"), SIM_DEFAULT_TOKENS=8)
+    common = ["--url", service.url, "--large", "qwen2.5:0.5b", "--small", "qwen2.5:0.5b,smollm:360m",
+              "--branches", "2", "--max-tokens", "8", "--out", str(tmp_path), "--experiment", "again"]
+
+    def jobs() -> int:
+        return len(requests.get(service.url + "/api/jobs", params={"limit": 1000}, timeout=5).json()["jobs"])
+
+    assert compare.main(["--tasks", "builtin:2", *common]) == 0
+    first_jobs = jobs()
+    assert compare.main(["--tasks", "builtin:3", "--resume", *common]) == 0
+    third_task_jobs = jobs() - first_jobs
+    assert 2 <= third_task_jobs <= 3                     # large once, branched 1 or 2 attempts: that task only
+    summary = json.loads((tmp_path / "again" / "summary.json").read_text())
+    assert all(s["tasks"] == 3 for s in summary["strategies"].values())
+    attempts = (tmp_path / "again" / "results.jsonl").read_text().splitlines()
+    assert compare.main(["--tasks", "builtin:3", "--resume", *common]) == 0
+    assert jobs() == first_jobs + third_task_jobs                                   # no model call at all
+    again = json.loads((tmp_path / "again" / "summary.json").read_text())
+    assert again["strategies"] == summary["strategies"] and again["comparisons"] == summary["comparisons"]
+    assert (tmp_path / "again" / "results.jsonl").read_text().splitlines() == attempts
+    capsys.readouterr()
