@@ -2,12 +2,14 @@
 
     .venv/bin/python compare.py --tasks humaneval:20 --large qwen2.5-coder:1.5b \\
         --small smollm2:135m,qwen2.5-coder:0.5b --out reports/
+    .venv/bin/python compare.py ... --strategies large,branched,sample-select --samples 4
+    .venv/bin/python compare.py ... --experiment NAME --resume       # go on after an interruption
 
 Every model call is a job through the service's queue and scheduler (the one at `--url`, or an
 embedded one this command starts), tagged with the experiment, strategy, task and branch.
 Generated code is judged in a sandbox (experiment/sandbox.py). The service derives each task's
-costs from its ledger; this command writes `<out>/<experiment>/summary.json`, `results.jsonl`
-and `report.html`, and prints the table.
+costs from its ledger; this command writes `<out>/<experiment>/summary.json` (with intervals
+and paired tests: docs/experiments.md), `results.jsonl` and `report.html`, and prints the table.
 """
 from __future__ import annotations
 
@@ -28,11 +30,12 @@ import requests
 from tqdm import tqdm
 
 from experiment import EXPERIMENT_NAME, EXPERIMENT_NAME_RULE
-from experiment.checking import check_answer
+from experiment.checking import check_answer, check_public
 from experiment.report import markdown_table, summarize, write_outputs
 from experiment.sandbox import Limits, ProcessSandbox
 from experiment.service_client import CONNECT_PATIENCE_S, ServiceClient, ServiceError
-from experiment.strategies import BRANCHED, LARGE, STRATEGIES, Outcome, Runner
+from experiment.stats import wilson
+from experiment.strategies import BRANCHED, LARGE, SAMPLE_SELECT, STRATEGIES, Outcome, Runner, solved_with
 from experiment.tasks import TaskSpecError, select_tasks
 
 ROOT = Path(__file__).resolve().parent
@@ -47,7 +50,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--small", default="smollm2:135m,qwen2.5-coder:0.5b",
                    help="comma-separated small models (strategy `branched`)")
     p.add_argument("--branches", type=int, default=4, help="most attempts per task in the branched strategy")
-    p.add_argument("--strategies", default=",".join(STRATEGIES), help="which to run, in this order")
+    p.add_argument("--samples", type=int, default=4,
+                   help="sample-select: answers per task from the small models (every k up to it is reported)")
+    p.add_argument("--strategies", default=f"{LARGE},{BRANCHED}",
+                   help=f"which to run, in this order, of {', '.join(STRATEGIES)} (default: {LARGE},{BRANCHED})")
     p.add_argument("--out", type=Path, default=Path("reports"), help="reports go to OUT/EXPERIMENT/")
     p.add_argument("--resume", action="store_true",
                    help="go on with an interrupted run of --experiment: tasks it recorded are not run again")
@@ -72,6 +78,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--small names no model")
     if args.branches < 1:
         p.error("--branches must be at least 1")
+    if args.samples < 1:
+        p.error("--samples must be at least 1")
+    if SAMPLE_SELECT in args.strategy_list and not args.small_models:
+        p.error("--small names no model")
     if args.resume and not args.experiment:
         p.error("--resume goes on with a named run: give its --experiment")
     args.experiment = args.experiment or time.strftime("compare-%Y%m%d-%H%M%S")
@@ -144,8 +154,14 @@ def run_experiment(args: argparse.Namespace, url: str, tasks: list[dict], sandbo
             if earlier is not None:          # --resume: recorded by an earlier run, no model call made again
                 results.append(earlier)
                 continue
-            outcome: Outcome = (runner.large(task, args.large) if strategy == LARGE
-                                else runner.branched(task, args.small_models, args.branches))
+            outcome: Outcome
+            if strategy == LARGE:
+                outcome = runner.large(task, args.large)
+            elif strategy == SAMPLE_SELECT:
+                outcome = runner.sample_select(task, args.small_models, args.samples,
+                                               lambda task, answer: check_public(task, answer, sandbox))
+            else:
+                outcome = runner.branched(task, args.small_models, args.branches)
             results.append(client.record_result(args.experiment, {
                 "task_id": task["task_id"], "strategy": strategy, "solved": outcome.solved,
                 "attempts": len(outcome.attempts), "job_ids": outcome.job_ids, "eval_s": round(outcome.eval_s, 4),
@@ -157,6 +173,8 @@ def run_experiment(args: argparse.Namespace, url: str, tasks: list[dict], sandbo
             bar.set_postfix(solved=sum(1 for r in results if r["strategy"] == strategy and r["solved"]))
     log.close()
     summary = summarize(args.experiment, [t["task_id"] for t in tasks], results)
+    if SAMPLE_SELECT in args.strategy_list:
+        summary["sample_select_by_k"] = by_samples(attempts, [t["task_id"] for t in tasks], args.samples)
     paths = write_outputs(args.out / args.experiment, summary, attempts, args.command)
     print(markdown_table(summary))
     for name, path in paths.items():
@@ -165,6 +183,18 @@ def run_experiment(args: argparse.Namespace, url: str, tasks: list[dict], sandbo
 
 
 ATTEMPTS = "results.jsonl"
+
+
+def by_samples(attempts: list[dict[str, Any]], task_ids: list[str], samples: int) -> dict[str, Any]:
+    """Sample-select with its first k samples, for every k up to `samples`, read off one run."""
+    per_task = {t: [a for a in attempts if a["strategy"] == SAMPLE_SELECT and a["task_id"] == t] for t in task_ids}
+    out = {}
+    for k in range(1, samples + 1):
+        solved = sum(1 for sampled in per_task.values() if sampled and solved_with(sampled, k))
+        ran = sum(1 for sampled in per_task.values() if sampled)
+        out[str(k)] = {"solved": solved, "tasks": ran, "pass_rate": round(solved / ran, 4) if ran else 0.0,
+                       "pass_rate_ci95": wilson(solved, ran)}
+    return out
 
 
 def resumed(client: ServiceClient, experiment: str, attempts_path: Path

@@ -16,7 +16,8 @@ after the drain), served twice (prompts the simulator started, or answered in wh
 once), 5xx answers, idempotent retries that got another job, p50/p99 submission latency, and
 each process's memory growth in MB/min after the warm-up (`--warm-up`, 2 minutes; least-squares
 slope).
-Targets: 0 lost, 0 served twice, 0 5xx, memory growth < 1 MB/min.
+Targets: 0 lost, 0 served twice, 0 5xx, memory growth < 1 MB/min. Preemption is off here: a
+preempted job's prompt is sent again by design.
 """
 from __future__ import annotations
 
@@ -173,7 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "HTTP_PORT": str(port), "DATA_DIR": str(work / "data"), "LOG_FILE": str(work / "mm.log"),
            "LOG_LEVEL": "WARNING", "BACKEND": "ollama", "OLLAMA_URL": sim_url, "OLLAMA_NUM_PARALLEL": "4",
            "VRAM_TOTAL_MB": "7000", "STORE": os.environ.get("STORE", "sqlite"), "GUNICORN_WORKERS": str(args.workers),
-           "QUEUE_MAX_SIZE": "5000", "MAX_PROMPT_BYTES": str(1024 * 1024)}
+           "QUEUE_MAX_SIZE": "5000", "MAX_PROMPT_BYTES": str(1024 * 1024),
+           # a preempted job is sent again by design (it resumes, or starts over): this soak counts
+           # prompts served twice to catch faults, so it runs without preemption (tested on its own:
+           # tests/test_preemption_end_to_end.py)
+           "PREEMPTION": "false"}
     gunicorn = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT,
                                 env=env, stdout=open(work / "gunicorn.log", "wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

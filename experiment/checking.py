@@ -3,9 +3,11 @@
 runs the sandbox it is given."""
 from __future__ import annotations
 
+import ast
 import re
 from dataclasses import dataclass
 
+from experiment.public_checks import public_tests
 from experiment.sandbox import SandboxResult
 from experiment.tasks import Task
 
@@ -139,3 +141,21 @@ def check_answer(task: Task, answer: str, sandbox) -> tuple[Verdict, str]:
         completion = completion_for(task, answer)
         return check_completion(task, completion, sandbox), completion
     return judge_exact(task, answer), final_answer(answer)
+
+
+def check_public(task: Task, answer: str, sandbox) -> tuple[Verdict, str]:
+    """Judge an answer by the task's public checks only (sample-select's choice): the prompt's
+    examples (experiment/public_checks.py), run in `sandbox`; where the prompt has none, that the
+    code parses and defines the function; for an exact-answer task, that an answer was given."""
+    if task["check"]["kind"] == "python_tests":
+        tests = public_tests(task["prompt"], task["check"]["entry_point"])
+        if tests is not None:
+            return check_answer({**task, "check": {**task["check"], "test": tests}}, answer, sandbox)
+        completion = completion_for(task, answer)
+        try:
+            ast.parse(task["prompt"] + completion)
+        except SyntaxError as exc:
+            return Verdict(False, 0.0, f"the code does not parse: {exc}", "SyntaxError"), completion
+        return Verdict(True, 1.0, None, None), completion
+    given = final_answer(answer)
+    return Verdict(bool(given), 1.0 if given else 0.0, None, None if given else "no answer"), given

@@ -52,8 +52,10 @@ class ServiceClient:
         return response.json()
 
     # --- ModelCalls ---------------------------------------------------------------------------
-    def submit(self, model: str, messages: list[dict[str, str]], tags: dict[str, Any]) -> str:
-        body: dict[str, Any] = {"model": model, "kind": "chat", "messages": messages, "options": self.options,
+    def submit(self, model: str, messages: list[dict[str, str]], tags: dict[str, Any],
+               options: dict[str, Any] | None = None) -> str:
+        body: dict[str, Any] = {"model": model, "kind": "chat", "messages": messages,
+                                "options": {**self.options, **(options or {})},
                 "priority": self.priority, "metadata": tags}
         if self.timeout_s is not None:
             body["timeout_s"] = self.timeout_s

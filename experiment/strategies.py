@@ -5,7 +5,9 @@ tested with scripted model answers:
   for its answer; in production every call is a job through the service's queue and scheduler;
 * a judge: `(task, answer) -> (Verdict, completion)`, running code only in a sandbox.
 
-`large`: one large model, one attempt. `branched`: every small model attempts at once (one
+`large`: one large model, one attempt. `sample-select`: k samples from the small models at a
+temperature above 0, the first that passes the task's public checks is the answer. `branched`:
+every small model attempts at once (one
 branch each, run in parallel where the scheduler finds slots and memory); failed branches go
 on with feedback (the failing test or the checker's verdict), to the same model, or to the
 model of the best answer so far when theirs scored below RUNS_AT_ALL (it did not run, or raised), until one passes or `max_branches`
@@ -23,7 +25,9 @@ from experiment.tasks import Task
 
 LARGE = "large"
 BRANCHED = "branched"
-STRATEGIES = (LARGE, BRANCHED)
+SAMPLE_SELECT = "sample-select"
+STRATEGIES = (LARGE, BRANCHED, SAMPLE_SELECT)
+SAMPLE_TEMPERATURE = 0.8     # sample-select's samples: different answers, each with its own seed
 RUNS_AT_ALL = 0.5            # below: the answer did not run, or raised before any test could fail
 
 
@@ -35,8 +39,9 @@ class ModelAnswer:
 
 
 class ModelCalls(Protocol):
-    def submit(self, model: str, messages: list[dict[str, str]], tags: dict[str, Any]) -> str:
-        """Queue one chat job; its job id."""
+    def submit(self, model: str, messages: list[dict[str, str]], tags: dict[str, Any],
+               options: dict[str, Any] | None = None) -> str:
+        """Queue one chat job (`options` over the defaults: temperature, seed); its job id."""
         ...
 
     def answer(self, job_id: str) -> ModelAnswer:
@@ -62,12 +67,16 @@ class Attempt:
     messages: list[dict[str, str]] = field(repr=False, default_factory=list)
     answer: str = field(repr=False, default="")
     feedback: str | None = field(repr=False, default=None)
+    public_passed: bool | None = None  # sample-select: passed the task's public checks
 
     def record(self) -> dict[str, Any]:
         """One line of results.jsonl."""
-        return {"task_id": self.task_id, "strategy": self.strategy, "branch": self.branch, "model": self.model,
-                "job_id": self.job_id, "completion": self.completion, "passed": self.passed, "error": self.error,
-                "score": self.score, "parent": self.parent}
+        record = {"task_id": self.task_id, "strategy": self.strategy, "branch": self.branch, "model": self.model,
+                  "job_id": self.job_id, "completion": self.completion, "passed": self.passed, "error": self.error,
+                  "score": self.score, "parent": self.parent}
+        if self.public_passed is not None:
+            record["public_passed"] = self.public_passed
+        return record
 
 
 @dataclass
@@ -126,6 +135,38 @@ class Runner:
             pending = _next_branches(task, done, attempts, max_branches - len(attempts))
         return Outcome(task["task_id"], BRANCHED, attempts, combine(attempts), eval_total, self.clock() - started)
 
+    def sample_select(self, task: Task, models: list[str], samples: int, public: Judge) -> Outcome:
+        """`samples` answers at SAMPLE_TEMPERATURE, each with its own seed, from the models in
+        turn, all submitted at once; each is checked against the task's public checks
+        (`public`), and the first that passes them is the answer (else the first), judged by the
+        hidden tests. Every sample is judged too, so that the outcome with fewer samples can be
+        read off one run (`solved_with`)."""
+        if not models or samples < 1:
+            raise ValueError("sample-select needs at least one model and one sample")
+        started = self.clock()
+        submitted = []
+        for n in range(samples):
+            model = models[n % len(models)]
+            tags = {"experiment": self.experiment, "strategy": SAMPLE_SELECT, "task_id": task["task_id"],
+                    "branch": n, "role": "sample"}
+            messages = _first_messages(task)
+            submitted.append((n, model, messages, self.calls.submit(
+                model, messages, tags, {"temperature": SAMPLE_TEMPERATURE, "seed": n})))
+        attempts, eval_s = [], 0.0
+        for n, model, messages, job_id in submitted:
+            answer = self.calls.answer(job_id)
+            if answer.error is not None:
+                verdict, completion, public_ok = Verdict(False, 0.0, None, f"job failed: {answer.error}"), "", False
+            else:
+                judged = self.clock()
+                public_ok = public(task, answer.text)[0].passed
+                verdict, completion = self.judge(task, answer.text)
+                eval_s += self.clock() - judged
+            attempts.append(Attempt(task["task_id"], SAMPLE_SELECT, n, model, job_id, completion, verdict.passed,
+                                    verdict.error, verdict.score, None, messages, answer.text, verdict.feedback,
+                                    public_ok))
+        return Outcome(task["task_id"], SAMPLE_SELECT, attempts, selected(attempts), eval_s, self.clock() - started)
+
     def _round(self, task: Task, strategy: str, branches: list[_Branch]) -> tuple[list[Attempt], float]:
         """Submit every branch at once (the scheduler runs them side by side where it can), then
         judge the answers in order."""
@@ -180,3 +221,19 @@ def combine(attempts: list[Attempt]) -> Attempt | None:
         if attempt.passed:
             return attempt
     return max(attempts, key=lambda a: (a.score, -a.branch)) if attempts else None
+
+
+def selected(samples: list[Attempt]) -> Attempt | None:
+    """Sample-select's answer: the first sample that passed the public checks, else the first."""
+    for sample in samples:
+        if sample.public_passed:
+            return sample
+    return samples[0] if samples else None
+
+
+def solved_with(samples: list[dict[str, Any]], k: int) -> bool:
+    """Whether sample-select would have solved the task with only its first `k` samples (records
+    of results.jsonl, in sample order)."""
+    first = sorted(samples, key=lambda s: s["branch"])[:k]
+    chosen = next((s for s in first if s.get("public_passed")), first[0] if first else None)
+    return bool(chosen and chosen["passed"])

@@ -102,3 +102,22 @@ def test_a_resumed_run_makes_no_model_call_for_what_was_recorded(main_process, t
     assert again["strategies"] == summary["strategies"] and again["comparisons"] == summary["comparisons"]
     assert (tmp_path / "again" / "results.jsonl").read_text().splitlines() == attempts
     capsys.readouterr()
+
+
+def test_sample_select_samples_at_a_temperature_and_reports_every_k(main_process, tmp_path, capsys):
+    import requests
+
+    service = main_process(("--backend", "sim"), SIM_DEFAULT_TOKENS=8)
+    code = compare.main(["--url", service.url, "--tasks", "builtin:2+humaneval:HumanEval/0", "--strategies",
+                         "sample-select", "--small", "qwen2.5:0.5b,smollm:360m", "--samples", "3", "--max-tokens", "8",
+                         "--out", str(tmp_path), "--experiment", "samples"])
+    assert code == 0
+    summary = json.loads((tmp_path / "samples" / "summary.json").read_text())
+    assert set(summary["sample_select_by_k"]) == {"1", "2", "3"}
+    assert all(v["tasks"] == 3 and "pass_rate_ci95" in v for v in summary["sample_select_by_k"].values())
+    attempts = [json.loads(line) for line in (tmp_path / "samples" / "results.jsonl").read_text().splitlines()]
+    assert len(attempts) == 9 and all("public_passed" in a for a in attempts)
+    jobs = requests.get(service.url + "/api/jobs", params={"limit": 100, "include": "request"}, timeout=5).json()["jobs"]
+    seeds = sorted(j["metadata"]["branch"] for j in jobs if j["metadata"].get("task_id") == "HumanEval/0")
+    assert seeds == [0, 1, 2]
+    capsys.readouterr()

@@ -6,7 +6,7 @@ import pytest
 
 from experiment.checking import Verdict
 from experiment.report import markdown_table, summarize
-from experiment.strategies import BRANCHED, LARGE, ModelAnswer, Runner, combine
+from experiment.strategies import BRANCHED, LARGE, SAMPLE_SELECT, ModelAnswer, Runner, combine, solved_with
 from experiment.tasks import builtin_tasks
 
 TASK = {"task_id": "t/1", "suite": "toy", "prompt": "Say the word.", "check": {"kind": "exact", "answer": "ok"}}
@@ -21,9 +21,10 @@ class ScriptedCalls:
         self.submitted: list[dict] = []
         self.answers: dict[str, ModelAnswer] = {}
 
-    def submit(self, model, messages, tags):
+    def submit(self, model, messages, tags, options=None):
         job_id = f"job{next(self.ids)}"
-        self.submitted.append({"job_id": job_id, "model": model, "messages": messages, "tags": tags})
+        self.submitted.append({"job_id": job_id, "model": model, "messages": messages, "tags": tags,
+                               "options": options})
         text = next(self.script[model])
         self.answers[job_id] = ModelAnswer(job_id, "", "runtime error") if text is None else ModelAnswer(job_id, text)
         return job_id
@@ -39,6 +40,35 @@ def judge(task, answer):
     if answer.startswith("runs"):
         return Verdict(False, 0.5, f"wrong: {answer}", "AssertionError"), answer
     return Verdict(False, 0.1, f"broken: {answer}", "SyntaxError"), answer
+
+
+def public(task, answer):
+    """The public checks: any answer that ran ('ok' or 'runs...') passes them."""
+    return Verdict(answer == "ok" or answer.startswith("runs"), 1.0, None, None), answer
+
+
+def test_sample_select_takes_the_first_sample_that_passes_the_public_checks():
+    calls = ScriptedCalls({"a": ["broken", "ok"], "b": ["runs 1", "broken"]})
+    outcome = Runner(calls, judge, "e").sample_select(TASK, ["a", "b"], samples=4, public=public)
+    assert [s["model"] for s in calls.submitted] == ["a", "b", "a", "b"]           # the models in turn, all at once
+    assert [s["options"] for s in calls.submitted] == [{"temperature": 0.8, "seed": n} for n in range(4)]
+    assert {s["tags"]["strategy"] for s in calls.submitted} == {SAMPLE_SELECT}
+    # sample 1 ("runs 1") is the first to pass the public checks: chosen, though it fails the hidden tests
+    assert outcome.chosen is not None and outcome.chosen.branch == 1 and not outcome.solved
+    assert [a.public_passed for a in outcome.attempts] == [False, True, True, False]
+    records = [a.record() for a in outcome.attempts]
+    assert [solved_with(records, k) for k in (1, 2, 3, 4)] == [False, False, False, False]
+
+
+def test_with_fewer_samples_the_outcome_is_read_off_one_run():
+    calls = ScriptedCalls({"a": ["broken", "ok", "runs 2"]})
+    outcome = Runner(calls, judge, "e").sample_select(TASK, ["a"], samples=3, public=public)
+    records = [a.record() for a in outcome.attempts]
+    assert outcome.solved and outcome.chosen is not None and outcome.chosen.branch == 1
+    # one sample: the broken one (no sample passed the public checks: the first is the answer)
+    assert [solved_with(records, k) for k in (1, 2, 3)] == [False, True, True]
+    failed = ScriptedCalls({"a": [None, "ok"]})                                    # a job that failed outright
+    assert Runner(failed, judge, "e").sample_select(TASK, ["a"], samples=2, public=public).solved
 
 
 def test_large_is_one_attempt_tagged_with_the_experiment():
