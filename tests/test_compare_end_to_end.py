@@ -117,7 +117,7 @@ def test_sample_select_samples_at_a_temperature_and_reports_every_k(main_process
     assert all(v["tasks"] == 3 and "pass_rate_ci95" in v for v in summary["sample_select_by_k"].values())
     attempts = [json.loads(line) for line in (tmp_path / "samples" / "results.jsonl").read_text().splitlines()]
     assert len(attempts) == 9 and all("public_passed" in a for a in attempts)
-    jobs = requests.get(service.url + "/api/jobs", params={"limit": 100, "include": "request"}, timeout=5).json()["jobs"]
+    jobs = requests.get(service.url + "/api/jobs", params={"limit": "100"}, timeout=5).json()["jobs"]
     seeds = sorted(j["metadata"]["branch"] for j in jobs if j["metadata"].get("task_id") == "HumanEval/0")
     assert seeds == [0, 1, 2]
     capsys.readouterr()
