@@ -66,10 +66,10 @@ def after_preemption(job: JobDoc, partial: Partial, run_s: float) -> dict[str, A
 def resumed_body(job: JobDoc, body: dict[str, Any]) -> dict[str, Any]:
     """The runtime request of a job that resumes: its partial answer handed back, its length
     limit less what was produced."""
-    resume = job.get("resume")
-    if not resume:
+    resumed = _so_far(job)
+    if resumed is None:
         return body
-    text, produced = resume.get("text") or "", int(resume.get("tokens") or 0)
+    text, produced = resumed
     body = dict(body)
     if JobKind(job["kind"]) is JobKind.CHAT:
         messages = list(body["messages"])
@@ -89,10 +89,10 @@ def resumed_body(job: JobDoc, body: dict[str, Any]) -> dict[str, Any]:
 
 def whole_answer(job: JobDoc, final: dict[str, Any]) -> dict[str, Any]:
     """A resumed job's final answer, with what it produced before it was stopped put in front."""
-    resume = job.get("resume")
-    if not resume:
+    resumed = _so_far(job)
+    if resumed is None:
         return final
-    text, produced = resume.get("text") or "", int(resume.get("tokens") or 0)
+    text, produced = resumed
     final = dict(final)
     if JobKind(job["kind"]) is JobKind.CHAT:
         message = dict(final.get("message") or {})
@@ -107,5 +107,11 @@ def whole_answer(job: JobDoc, final: dict[str, Any]) -> dict[str, Any]:
 
 def prefix_of(job: JobDoc) -> str | None:
     """What a resumed job's answer starts with (sent ahead of its first streamed piece)."""
+    resumed = _so_far(job)
+    return resumed[0] if resumed else None
+
+
+def _so_far(job: JobDoc) -> tuple[str, int] | None:
+    """(text, tokens) a preempted job had produced when it was stopped; None for a fresh run."""
     resume = job.get("resume")
-    return (resume.get("text") or "") if resume else None
+    return (resume.get("text") or "", int(resume.get("tokens") or 0)) if resume else None

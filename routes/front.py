@@ -107,10 +107,9 @@ def admit(kind: JobKind, model: str, fields: dict[str, Any], options: dict[str, 
     priority = _priority()
     check_priority(priority)
     metadata = _metadata()
-    for field, value in (("options", options), ("messages", fields.get("messages"))):
-        problem = storable_keys_error(value)       # stored as documents (MongoDB's field names)
-        if problem:
-            raise ApiError(400, f"{field}: {problem}", field=field)
+    problem = storable_keys_error(fields.get("messages"))   # stored as documents (the options: checked above)
+    if problem:
+        raise ApiError(400, f"messages: {problem}", field="messages")
     check_rate()
     job = new_job(model=name, kind=kind, priority=priority, submitted_at=time.time(), timeout_s=cfg.JOB_TIMEOUT_S,
                   options=options, metadata=metadata, tenant=caller().tenant)
