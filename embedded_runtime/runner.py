@@ -89,6 +89,9 @@ def serve_one(conn: Connection, model: LoadedModel, slots: SlotGate) -> None:
                 except (OSError, EOFError, ValueError):
                     return True             # client gone: stop generating
 
+            if request["op"] == "embed":
+                conn.send({"type": "done", "answer": asdict(model.embed(request["request"]))})
+                return
             on_piece = send_piece if request.get("stream") else None
             op = model.chat if request["op"] == "chat" else model.complete
             answer = op(request["request"], on_piece)

@@ -121,6 +121,10 @@ class RunnerPool:
         self._reaper = threading.Thread(target=self._reap, name="runner-reaper", daemon=True)
         self._reaper.start()
 
+    def slots(self, model: EmbeddedModel) -> int:
+        """Requests a runner of `model` works on at once: one for an embedding model, as in Ollama."""
+        return 1 if model.embedding else self.parallel
+
     # --- loading --------------------------------------------------------------------------------
     def acquire(self, name: str, keep_alive_s: float | None, num_ctx: int | None = None) -> tuple[Runner, float]:
         """The runner for `name`, started if needed, marked busy; returns (runner, load seconds
@@ -180,12 +184,14 @@ class RunnerPool:
         socket = str(self._socket_dir / f"{model.sha256[:16]}-{secrets.token_hex(4)}.sock")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"runner-{model.name.replace(':', '-')}.log", "ab")
+        env = {**os.environ, AUTHKEY_ENV: authkey.hex()}
+        if model.binding is not None:       # numpy's BLAS takes every core unless told
+            env.update({v: str(self.threads) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")})
         process = subprocess.Popen(
             [sys.executable, "-m", "embedded_runtime.runner", "--model-path", str(path), "--socket", socket,
-             "--ctx", str(num_ctx), "--threads", str(self.threads), "--parallel", str(self.parallel),
-             "--binding", self.binding, "--parent-pid", str(os.getpid())],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=log, env={**os.environ, AUTHKEY_ENV: authkey.hex()},
-            text=True)
+             "--ctx", str(num_ctx), "--threads", str(self.threads), "--parallel", str(self.slots(model)),
+             "--binding", model.binding or self.binding, "--parent-pid", str(os.getpid())],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=log, env=env, text=True)
         log.close()
         runner = Runner(model, num_ctx, process, socket, authkey.hex().encode(), time.time(), 0.0)
         self.runners[model.name] = runner

@@ -1,8 +1,8 @@
 """The embedded runtime's HTTP server: the Ollama API (the subset Model Manager and common
 clients use) over real llama.cpp inference on the CPU, one runner process per loaded model.
 
-Endpoints: /api/generate, /api/chat (streaming by default, as in Ollama, or not), /api/embed
-(refused: none of these models makes embeddings), /api/ps, /api/tags, /api/show, /api/version;
+Endpoints: /api/generate, /api/chat (streaming by default, as in Ollama, or not), /api/embed and
+the older /api/embeddings (the embedding model, `all-minilm`), /api/ps, /api/tags, /api/show, /api/version;
 loading and unloading through keep_alive as in Ollama, and a model loaded with the context of
 the request's `options.num_ctx` (reloaded when a later request asks for another one). The routes
 are `runtime.ollama_server`'s; this module is the backend behind them (`EmbeddedBackend`).
@@ -16,6 +16,7 @@ from typing import Any
 
 from flask import Flask
 
+from embedded_runtime import bert
 from embedded_runtime.catalog import CATALOG, EmbeddedModel, ModelUnavailable, installed_models
 from embedded_runtime.gguf_metadata import GGUFError, cached_metadata
 from embedded_runtime.runners import Runner, RunnerFailed, RunnerPool
@@ -70,7 +71,7 @@ def response_format(fmt: Any) -> dict[str, Any]:
 
 
 def _details(model: EmbeddedModel) -> dict[str, Any]:
-    return {"format": "gguf", "family": model.family, "families": [model.family],
+    return {"format": model.format, "family": model.family, "families": [model.family],
             "parameter_size": model.parameter_size, "quantization_level": model.quantization}
 
 
@@ -113,28 +114,72 @@ class EmbeddedBackend:
             "name": r.model.name, "model": r.model.name, "size": r.rss(), "size_vram": 0,
             "digest": r.model.sha256, "details": _details(r.model),
             "expires_at": proto.rfc3339(r.expires) if r.expires is not None else proto.expires_at(None, 0),
-            "context_length": r.num_ctx, "num_parallel": self.pool.parallel, "pid": r.pid,
+            "context_length": r.num_ctx, "num_parallel": self.pool.slots(r.model), "pid": r.pid,
         } for r in self.pool.loaded()]
 
     def show(self, model: str) -> dict[str, Any]:
         found = self.model_for(model)
         try:
-            model_info = cached_metadata(self.pool.files.path(found))
-        except (OSError, GGUFError) as exc:
+            path = self.pool.files.path(found)
+            model_info = bert.model_info(path) if found.format == "safetensors" else cached_metadata(path)
+        except (OSError, ValueError, GGUFError) as exc:
             raise Refused(500, f"cannot read the metadata of {found.name}: {exc}") from None
-        return {"details": _details(found), "parameters": f"num_ctx {self.pool.num_ctx}",
-                "template": "{{ .Prompt }}" if not found.chat_template else "(the model's own chat template)",
-                "model_info": model_info, "capabilities": ["completion"]}
+        ctx = found.context_length if found.embedding else self.pool.num_ctx
+        template = "(the model's own chat template)" if found.chat_template else "{{ .Prompt }}"
+        return {"details": _details(found), "parameters": f"num_ctx {ctx}",
+                "template": "" if found.embedding else template,
+                "model_info": model_info, "capabilities": list(found.capabilities)}
 
     def embed(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
-        raise Refused(400, f'"{self.model_for(model).name}" does not support embeddings')
+        """`/api/embed`: `input` a string or a list of them, one job for the whole list; each vector
+        L2-normalised; `truncate` (default true) cuts inputs past the context, false refuses them;
+        `dimensions` keeps the first n of each vector, normalised again (as Ollama does)."""
+        found = self.model_for(model)
+        if not found.embedding:
+            raise Refused(400, f'"{found.name}" does not support embeddings')
+        raw = body.get("input")
+        inputs = [raw] if isinstance(raw, str) else raw if raw is not None else []
+        if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
+            raise proto.BadRequest("input must be a string or a list of strings")
+        truncate = body.get("truncate", True)
+        if truncate is not None and not isinstance(truncate, bool):
+            raise proto.BadRequest("truncate must be true or false")
+        dimensions = body.get("dimensions")
+        if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int)
+                                       or dimensions <= 0):
+            raise proto.BadRequest("dimensions must be a positive integer")
+        keep_alive = proto.parse_keep_alive(body.get("keep_alive"))
+        if not inputs:      # Ollama loads the model and answers no vectors
+            self.load_or_unload(found, keep_alive, None, "embed")
+            return {"model": found.name, "embeddings": []}
+        started = time.time()
+        runner, load_s = self.pool.acquire(found.name, keep_alive)
+        replies = runner.request("embed", {"input": inputs, "truncate": truncate is not False}, False)
+        try:
+            _, answer = _collect(replies)
+        finally:
+            replies.close()
+            self.pool.release(runner, keep_alive)
+        vectors = answer["vectors"]
+        if dimensions is not None and dimensions < len(vectors[0]):
+            vectors = [_normalised(v[:dimensions]) for v in vectors]
+        return {"model": found.name, "embeddings": vectors, "total_duration": proto.ns(time.time() - started),
+                "load_duration": proto.ns(load_s), "prompt_eval_count": answer["prompt_tokens"]}
 
     def routes(self) -> list[Route]:
-        # Ollama's older name for /api/embed, refused the same way
-        return [Route("POST", "/api/embeddings", lambda body: self.embed(proto.require_model(body), body))]
+        # Ollama's older embeddings route: one `prompt`, one vector
+        def legacy(body: dict[str, Any]) -> dict[str, Any]:
+            prompt = body.get("prompt")
+            if not isinstance(prompt, str):
+                raise proto.BadRequest("prompt must be a string")
+            answer = self.embed(proto.require_model(body), {**body, "input": [prompt]})
+            return {"embedding": answer["embeddings"][0]}
+        return [Route("POST", "/api/embeddings", legacy)]
 
     def generate(self, kind: Kind, model: str, body: dict[str, Any]) -> Answer:
         found = self.model_for(model)
+        if "completion" not in found.capabilities:
+            raise Refused(400, f'"{found.name}" does not support {kind}')
         keep_alive = proto.parse_keep_alive(body.get("keep_alive"))
         num_ctx = requested_num_ctx(body.get("options"))
         if kind == "generate":
@@ -207,7 +252,7 @@ def _collect(messages: Iterator[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
         elif message["type"] == "error":
             raise Refused(message["status"], message["message"])
         else:
-            return message["answer"]["text"] or "".join(pieces), message["answer"]
+            return message["answer"].get("text") or "".join(pieces), message["answer"]
     raise RunnerFailed("the runner ended the answer early")
 
 
@@ -217,6 +262,11 @@ def _final(kind: str, name: str, text: str, answer: dict[str, Any], started: flo
         total_s=time.time() - started, load_s=load_s, prompt_tokens=answer.get("prompt_tokens", 0),
         prompt_s=answer.get("prompt_ms", 0.0) / 1000, output_tokens=answer.get("output_tokens", 0),
         output_s=answer.get("output_ms", 0.0) / 1000)
+
+
+def _normalised(vector: list[float]) -> list[float]:
+    norm = sum(x * x for x in vector) ** 0.5
+    return [x / norm for x in vector] if norm > 0 else vector
 
 
 class _Once:

@@ -9,7 +9,7 @@ import psutil
 import requests
 
 from config import MIB, Config
-from model_registry import ModelSpec
+from model_registry import ModelSpec, canonical_name
 from resource_monitor import FixedMemory, GpuMemory, MemorySource, SimulatorMemory
 from runtime.client import OllamaClient
 from runtime.gpu_probe import detect_gpu
@@ -151,7 +151,7 @@ def open_runtime(config: Config) -> Runtime:
         from embedded_runtime.launch import start_embedded
         process = start_embedded(config)
         client = runtime_client(config, process.url)
-        catalog = tuple(ModelSpec(m.name, m.size_bytes, ("completion",), m.family, m.parameter_size,
+        catalog = tuple(ModelSpec(canonical_name(m.name), m.size_bytes, m.capabilities, m.family, m.parameter_size,
                                   m.install_command) for m in CATALOG.values())
         return Runtime("embedded", process.url, client, host_memory(config), process, catalog,
                        num_parallel=config.EMBEDDED_NUM_PARALLEL)

@@ -60,3 +60,16 @@ def test_overhead_bench_measures_both_ways_in(capsys):
         assert isinstance(result[key], float), key
     assert result["sim"]["front_door_p50_ms"] > result["sim"]["direct_p50_ms"] > 0
     assert 0 < result["throughput_ratio"] <= 1.5
+
+
+@pytest.mark.slow
+@pytest.mark.embedded
+def test_embeddings_bench_measures_both_doors(capsys):
+    from bench import embeddings
+    from helpers import require_models
+    require_models("all-minilm")
+    assert embeddings.main(["--rounds", "1", "--single", "3", "--batches", "1", "--json"]) == 0
+    result = last_json(capsys)
+    for mode in ("single", "batch32"):
+        assert result[mode]["manager_embeddings_per_s"] > 0 and result[mode]["straight_embeddings_per_s"] > 0
+        assert 0 < result[mode]["ratio"] <= 2

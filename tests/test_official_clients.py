@@ -1,10 +1,11 @@
 """The official `ollama` and `openai` Python clients, unchanged, against `python main.py` with
-AUTH_REQUIRED=true and keys made by `python main.py keys create`: on the embedded runtime (real
-inference) for generation, chat, models; on the GPU simulator for embeddings (none of the
-embedded runtime's models makes them)."""
+AUTH_REQUIRED=true and keys made by `python main.py keys create`, on the embedded runtime (real
+inference): generation, chat and models with smollm2, embeddings with all-minilm."""
+import json
 import subprocess
 import sys
 
+import numpy as np
 import ollama
 import openai
 import pytest
@@ -14,6 +15,7 @@ from helpers import ROOT, MainProcess, present, require_models
 
 pytestmark = [pytest.mark.embedded, pytest.mark.slow]
 MODEL = "smollm2:135m"
+EMBEDDER = "all-minilm"
 
 
 def create_key(directory, tenant, *extra) -> str:
@@ -29,7 +31,7 @@ def start(directory, args, **env) -> MainProcess:
 
 @pytest.fixture(scope="module")
 def manager(tmp_path_factory, model_cache):
-    require_models(MODEL)
+    require_models(MODEL, EMBEDDER)
     directory = tmp_path_factory.mktemp("clients")
     keys = {"alice": create_key(directory, "alice"), "bob": create_key(directory, "bob")}
     proc = start(directory, ["--backend", "embedded"], EMBEDDED_MODEL_CACHE=model_cache)
@@ -86,15 +88,15 @@ def test_without_a_valid_key_the_clients_get_401_and_tenants_are_apart(manager):
     assert mine.status_code == 200 and theirs.status_code == 404
 
 
-def test_clients_embed_through_the_manager(tmp_path):
-    key = create_key(tmp_path, "alice")
-    proc = start(tmp_path, ["--backend", "sim"])
-    try:
-        client = ollama.Client(host=proc.url, headers={"Authorization": f"Bearer {key}"})
-        assert len(client.embed(model="all-minilm", input=["a", "b"]).embeddings) == 2
-        assert client.embeddings(model="all-minilm", prompt="a").embedding
-        vectors = openai.OpenAI(base_url=proc.url + "/v1", api_key=key).embeddings.create(
-            model="all-minilm", input=["a", "b"])
-        assert len(vectors.data) == 2 and len(vectors.data[0].embedding) > 8
-    finally:
-        proc.stop()
+def test_clients_embed_through_the_manager(manager):
+    proc, keys = manager
+    reference = json.loads((ROOT / "tests" / "data" / "minilm_reference.json").read_text())
+    texts, expected = reference["inputs"][:2], np.array(reference["vectors"][:2])
+    client = ollama.Client(host=proc.url, headers={"Authorization": f"Bearer {keys['alice']}"})
+    vectors = np.array(client.embed(model=EMBEDDER, input=texts).embeddings)
+    assert vectors.shape == (2, 384) and np.min(np.sum(vectors * expected, axis=1)) >= 0.999
+    legacy = np.array(client.embeddings(model=EMBEDDER, prompt=texts[0]).embedding)
+    assert float(legacy @ expected[0]) / float(np.linalg.norm(legacy)) >= 0.999
+    data = openai.OpenAI(base_url=proc.url + "/v1", api_key=keys["alice"], max_retries=0).embeddings.create(
+        model=EMBEDDER, input=texts).data
+    assert np.min(np.sum(np.array([d.embedding for d in data]) * expected, axis=1)) >= 0.999
