@@ -2,8 +2,9 @@
 
     .venv/bin/python compare.py --tasks humaneval:20 --large qwen2.5-coder:1.5b \\
         --small smollm2:135m,qwen2.5-coder:0.5b --out reports/
-    .venv/bin/python compare.py ... --strategies large,branched,sample-select --samples 4
+    .venv/bin/python compare.py ... --strategies large,branched,sample-select,decompose --samples 4
     .venv/bin/python compare.py ... --experiment NAME --resume       # go on after an interruption
+    .venv/bin/python compare.py ... --repeat 3 --temperature 0.7      # three runs, other seeds: the spread
 
 Every model call is a job through the service's queue and scheduler (the one at `--url`, or an
 embedded one this command starts), tagged with the experiment, strategy, task and branch.
@@ -31,11 +32,22 @@ from tqdm import tqdm
 
 from experiment import EXPERIMENT_NAME, EXPERIMENT_NAME_RULE
 from experiment.checking import check_answer, check_public
+from experiment.derived import by_samples, spread
+from experiment.frontier import frontiers
 from experiment.report import markdown_table, summarize, write_outputs
 from experiment.sandbox import Limits, ProcessSandbox
 from experiment.service_client import CONNECT_PATIENCE_S, ServiceClient, ServiceError
-from experiment.stats import wilson
-from experiment.strategies import BRANCHED, LARGE, SAMPLE_SELECT, STRATEGIES, Outcome, Runner, solved_with
+from experiment.strategies import (
+    BRANCHED,
+    DECOMPOSE,
+    LARGE,
+    LARGE_SAMPLE_SELECT,
+    SAMPLE_SELECT,
+    SAMPLING,
+    STRATEGIES,
+    Outcome,
+    Runner,
+)
 from experiment.tasks import TaskSpecError, select_tasks
 
 ROOT = Path(__file__).resolve().parent
@@ -51,7 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="comma-separated small models (strategy `branched`)")
     p.add_argument("--branches", type=int, default=4, help="most attempts per task in the branched strategy")
     p.add_argument("--samples", type=int, default=4,
-                   help="sample-select: answers per task from the small models (every k up to it is reported)")
+                   help="sample-select: answers per task from the small models (every k up to it is reported); "
+                        "large-sample-select: as many from the large model")
     p.add_argument("--strategies", default=f"{LARGE},{BRANCHED}",
                    help=f"which to run, in this order, of {', '.join(STRATEGIES)} (default: {LARGE},{BRANCHED})")
     p.add_argument("--out", type=Path, default=Path("reports"), help="reports go to OUT/EXPERIMENT/")
@@ -61,6 +74,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--url", default=None, help="a running Model Manager; default: start an embedded one")
     p.add_argument("--api-key", default=os.environ.get("MM_API_KEY"), help="key for --url (or MM_API_KEY)")
     p.add_argument("--max-tokens", type=int, default=300, help="num_predict for every call")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="every call's temperature but the samples' (which sample at 0.8); 0: greedy")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run everything N times with other seeds and report the spread of pass rates "
+                        "(repeat r>1 is experiment NAME-rR, under OUT/NAME/repeat-R/)")
     p.add_argument("--timeout-s", type=float, default=None, help="each job's timeout (default: the service's)")
     p.add_argument("--connect-patience-s", type=float, default=CONNECT_PATIENCE_S,
                    help="how long to retry a service that does not answer (it may be restarting)")
@@ -74,14 +92,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.strategy_list) - set(STRATEGIES)
     if unknown:
         p.error(f"--strategies takes {', '.join(STRATEGIES)}, not {', '.join(sorted(unknown))}")
-    if BRANCHED in args.strategy_list and not args.small_models:
+    if {BRANCHED, SAMPLE_SELECT, DECOMPOSE} & set(args.strategy_list) and not args.small_models:
         p.error("--small names no model")
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
+    if not 0 <= args.temperature <= 2:
+        p.error("--temperature must be between 0 and 2")
     if args.branches < 1:
         p.error("--branches must be at least 1")
     if args.samples < 1:
         p.error("--samples must be at least 1")
-    if SAMPLE_SELECT in args.strategy_list and not args.small_models:
-        p.error("--small names no model")
     if args.resume and not args.experiment:
         p.error("--resume goes on with a named run: give its --experiment")
     args.experiment = args.experiment or time.strftime("compare-%Y%m%d-%H%M%S")
@@ -135,14 +155,20 @@ def embedded_service(directory: Path, model_cache: Path | None) -> Iterator[str]
         log.close()
 
 
-def run_experiment(args: argparse.Namespace, url: str, tasks: list[dict], sandbox) -> dict:
-    client = ServiceClient(url, args.api_key, {"temperature": 0, "num_predict": args.max_tokens}, args.timeout_s,
-                           connect_patience_s=args.connect_patience_s)
+def run_experiment(args: argparse.Namespace, url: str, tasks: list[dict], sandbox, repeat: int = 1) -> dict:
+    """One run of every strategy on every task (repeat `repeat` of `--repeat`: other seeds, its
+    own experiment name and folder); writes its outputs and returns its summary."""
+    experiment = args.experiment if repeat == 1 else f"{args.experiment}-r{repeat}"
+    out_dir = args.out / args.experiment / ("" if repeat == 1 else f"repeat-{repeat}")
+    options: dict[str, Any] = {"temperature": args.temperature, "num_predict": args.max_tokens}
+    if repeat > 1:
+        options["seed"] = repeat - 1
+    client = ServiceClient(url, args.api_key, options, args.timeout_s, connect_patience_s=args.connect_patience_s)
     client.put_tasks(tasks)
-    runner = Runner(client, lambda task, answer: check_answer(task, answer, sandbox), args.experiment)
-    out_dir = args.out / args.experiment
+    runner = Runner(client, lambda task, answer: check_answer(task, answer, sandbox), experiment,
+                    seed_base=(repeat - 1) * args.samples)
     out_dir.mkdir(parents=True, exist_ok=True)
-    done, attempts = resumed(client, args.experiment, out_dir / ATTEMPTS) if args.resume else ({}, [])
+    done, attempts = resumed(client, experiment, out_dir / ATTEMPTS) if args.resume else ({}, [])
     log = open(out_dir / ATTEMPTS, "w")       # each task's attempts are written as soon as it is recorded
     for attempt in attempts:
         log.write(json.dumps(attempt) + "\n")
@@ -154,15 +180,8 @@ def run_experiment(args: argparse.Namespace, url: str, tasks: list[dict], sandbo
             if earlier is not None:          # --resume: recorded by an earlier run, no model call made again
                 results.append(earlier)
                 continue
-            outcome: Outcome
-            if strategy == LARGE:
-                outcome = runner.large(task, args.large)
-            elif strategy == SAMPLE_SELECT:
-                outcome = runner.sample_select(task, args.small_models, args.samples,
-                                               lambda task, answer: check_public(task, answer, sandbox))
-            else:
-                outcome = runner.branched(task, args.small_models, args.branches)
-            results.append(client.record_result(args.experiment, {
+            outcome = run_strategy(runner, args, strategy, task, sandbox)
+            results.append(client.record_result(experiment, {
                 "task_id": task["task_id"], "strategy": strategy, "solved": outcome.solved,
                 "attempts": len(outcome.attempts), "job_ids": outcome.job_ids, "eval_s": round(outcome.eval_s, 4),
                 "client_wall_s": round(outcome.wall_s, 4)}))
@@ -172,29 +191,54 @@ def run_experiment(args: argparse.Namespace, url: str, tasks: list[dict], sandbo
             log.flush()
             bar.set_postfix(solved=sum(1 for r in results if r["strategy"] == strategy and r["solved"]))
     log.close()
-    summary = summarize(args.experiment, [t["task_id"] for t in tasks], results)
-    if SAMPLE_SELECT in args.strategy_list:
-        summary["sample_select_by_k"] = by_samples(attempts, [t["task_id"] for t in tasks], args.samples)
-    paths = write_outputs(args.out / args.experiment, summary, attempts, args.command)
+    task_ids = [t["task_id"] for t in tasks]
+    summary = summarize(experiment, task_ids, results)
+    sampled = [s for s in args.strategy_list if s in SAMPLING]
+    if sampled:
+        summary["by_k"] = {s: by_samples(attempts, task_ids, args.samples, s, client.job_entries) for s in sampled}
+        if SAMPLE_SELECT in summary["by_k"]:
+            summary["sample_select_by_k"] = summary["by_k"][SAMPLE_SELECT]
+    summary["pareto"] = frontiers(summary)
+    paths = write_outputs(out_dir, summary, attempts, args.command)
     print(markdown_table(summary))
     for name, path in paths.items():
         print(f"{name}: {path}")
     return summary
 
 
+def run_strategy(runner: Runner, args: argparse.Namespace, strategy: str, task: dict, sandbox) -> Outcome:
+    def public(task: dict, answer: str):
+        return check_public(task, answer, sandbox)
+    if strategy == LARGE:
+        return runner.large(task, args.large)
+    if strategy == SAMPLE_SELECT:
+        return runner.sample_select(task, args.small_models, args.samples, public)
+    if strategy == LARGE_SAMPLE_SELECT:
+        return runner.sample_select(task, [args.large], args.samples, public, strategy=LARGE_SAMPLE_SELECT)
+    if strategy == DECOMPOSE:
+        return runner.decompose(task, args.small_models)
+    return runner.branched(task, args.small_models, args.branches)
+
+
+def run_all(args: argparse.Namespace, url: str, tasks: list[dict], sandbox) -> dict:
+    """`--repeat` runs; with more than one, the first run's summary.json gets `repeats`: each
+    strategy's pass rate in every run and their spread."""
+    summaries = [run_experiment(args, url, tasks, sandbox, r) for r in range(1, args.repeat + 1)]
+    first = summaries[0]
+    if args.repeat > 1:
+        first["repeats"] = {"runs": args.repeat, "experiments": [s["experiment"] for s in summaries],
+                            "strategies": spread({name: [s["strategies"][name]["pass_rate"] for s in summaries
+                                                         if name in s["strategies"]]
+                                                  for name in first["strategies"]})}
+        path = args.out / args.experiment / "summary.json"
+        path.write_text(json.dumps({**first, "command": args.command}, indent=2) + "\n")
+        for name, row in first["repeats"]["strategies"].items():
+            print(f"{name}: pass rate over {args.repeat} runs {row['mean']:.0%} (from {row['min']:.0%} "
+                  f"to {row['max']:.0%}, sd {row['sd']:.3f})")
+    return first
+
+
 ATTEMPTS = "results.jsonl"
-
-
-def by_samples(attempts: list[dict[str, Any]], task_ids: list[str], samples: int) -> dict[str, Any]:
-    """Sample-select with its first k samples, for every k up to `samples`, read off one run."""
-    per_task = {t: [a for a in attempts if a["strategy"] == SAMPLE_SELECT and a["task_id"] == t] for t in task_ids}
-    out = {}
-    for k in range(1, samples + 1):
-        solved = sum(1 for sampled in per_task.values() if sampled and solved_with(sampled, k))
-        ran = sum(1 for sampled in per_task.values() if sampled)
-        out[str(k)] = {"solved": solved, "tasks": ran, "pass_rate": round(solved / ran, 4) if ran else 0.0,
-                       "pass_rate_ci95": wilson(solved, ran)}
-    return out
 
 
 def resumed(client: ServiceClient, experiment: str, attempts_path: Path
@@ -229,10 +273,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.url:
-            run_experiment(args, args.url, tasks, sandbox)
+            run_all(args, args.url, tasks, sandbox)
             return 0
         with embedded_service(args.out / args.experiment / "service", args.model_cache) as url:
-            run_experiment(args, url, tasks, sandbox)
+            run_all(args, url, tasks, sandbox)
         return 0
     except (ServiceError, requests.RequestException) as exc:    # the service refused, or went away
         print(f"compare.py: {exc}", file=sys.stderr)

@@ -113,10 +113,24 @@ def judge_exact(task: Task, text: str) -> Verdict:
             return Verdict(True, 1.0, None, None)
         why = f"expected a number, got {given!r}" if value is None else f"{given!r} is not the right number"
         return Verdict(False, 0.25 if value is not None else 0.0, why, why)
+    if task["check"].get("answer_kind") == "fields":
+        return _judge_fields(expected, given)
     if given.casefold() == expected.casefold():
         return Verdict(True, 1.0, None, None)
     why = f"{given!r} is not the right answer"
     return Verdict(False, 0.25 if expected.casefold() in text.casefold() else 0.0, why, why)
+
+
+def _judge_fields(expected: str, given: str) -> Verdict:
+    """Values separated by `;`, each compared on its own (case and surrounding spaces aside)."""
+    want = [f.strip().casefold() for f in expected.split(";")]
+    got = [f.strip().strip("*`'\"").casefold() for f in given.split(";")]
+    if got == want:
+        return Verdict(True, 1.0, None, None)
+    right = sum(1 for w, g in zip(want, got, strict=False) if w == g)
+    why = (f"{given!r} has {len(got)} fields, not {len(want)}" if len(got) != len(want)
+           else f"{given!r}: {len(want) - right} of {len(want)} fields are wrong")
+    return Verdict(False, 0.5 * right / len(want), why, why)
 
 
 def _as_number(text: str) -> float | None:

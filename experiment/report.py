@@ -13,8 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from experiment.frontier import COSTS, frontier_points, pareto
 from experiment.stats import comparisons, mean_ci, wilson
 
+MAX_BARS = 40                                  # more tasks: a histogram, not a bar per task
 CI_COSTS = ("cpu_s", "wall_s", "model_s")      # per task, with a bootstrap 95% interval of the mean
 SUMMED = ("wall_s", "model_s", "load_s", "queue_wait_s", "eval_s", "cpu_s", "tokens", "attempts")
 TABLE = (("pass_rate", "pass rate", "{:.0%}"), ("pass_rate_ci95", "95% interval", "ci"), ("solved", "solved", "{}"),
@@ -80,6 +82,14 @@ def markdown_table(summary: dict[str, Any]) -> str:
     lines = [header, "|" + "---|" * (len(TABLE) + 2)]
     for name, s in summary["strategies"].items():
         lines.append(f"| {name} | {', '.join(s['models'])} | " + " | ".join(_fmt(s.get(k), f) for k, _, f in TABLE) + " |")
+    for strategy, by_k in (summary.get("by_k") or {}).items():
+        lines += ["", f"| {strategy}: first k samples | pass rate | 95% interval | CPU s per task |", "|---|---|---|---|"]
+        lines += [f"| k = {k} | {_fmt(row['pass_rate'], '{:.0%}')} | {_fmt(row['pass_rate_ci95'], 'ci')} | "
+                  f"{_fmt(row['cpu_s'] / row['tasks'] if row.get('cpu_s') is not None and row['tasks'] else None, '{:.1f}')} |"
+                  for k, row in by_k.items()]
+    if summary.get("pareto"):
+        lines += ["", "Pareto frontier: " + "; ".join(f"{COSTS[c]}: {', '.join(names)}"
+                                                      for c, names in summary["pareto"].items())]
     pairs = comparison_rows(summary)
     if pairs:
         lines += ["", "| " + " | ".join(COMPARISON_HEADER) + " |", "|" + "---|" * len(COMPARISON_HEADER)]
@@ -124,11 +134,31 @@ def html_report(summary: dict[str, Any], command: str) -> str:
             f"<h1>One large model against branched small models: {html.escape(summary['experiment'])}</h1>"
             f"<p>{len(summary['tasks'])} tasks. Command: <code>{html.escape(command)}</code></p>"
             f"<table><tr><th>strategy</th>{head}</tr>{rows}</table>"
-            "<h2>Per solved task</h2><table><tr><th>strategy</th><th>wall s</th><th>model s</th><th>CPU s</th>"
+            + _by_k_html(summary) + _pareto_html(summary)
+            + "<h2>Per solved task</h2><table><tr><th>strategy</th><th>wall s</th><th>model s</th><th>CPU s</th>"
             f"<th>tokens</th></tr>{per_solved}</table>"
             "<h2>Paired on the same tasks</h2><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in COMPARISON_HEADER)
             + "</tr>" + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
                                 for row in comparison_rows(summary)) + f"</table>{figures}</body></html>")
+
+
+def _by_k_html(summary: dict[str, Any]) -> str:
+    out = ""
+    for strategy, by_k in (summary.get("by_k") or {}).items():
+        rows = "".join(f"<tr><th>k = {k}</th><td>{_fmt(r['pass_rate'], '{:.0%}')}</td><td>{_fmt(r['pass_rate_ci95'], 'ci')}"
+                       f"</td><td>{_fmt(r.get('cpu_s'), '{:.1f}')}</td><td>{_fmt(r.get('peak_rss_bytes'), 'mb')}</td></tr>"
+                       for k, r in by_k.items())
+        out += (f"<h2>{html.escape(strategy)} with its first k samples</h2><table><tr><th>samples</th>"
+                f"<th>pass rate</th><th>95% interval</th><th>CPU s</th><th>peak RSS MB</th></tr>{rows}</table>")
+    return out
+
+
+def _pareto_html(summary: dict[str, Any]) -> str:
+    if not summary.get("pareto"):
+        return ""
+    items = "".join(f"<li>{html.escape(COSTS[c])}: {html.escape(', '.join(names))}</li>"
+                    for c, names in summary["pareto"].items())
+    return f"<h2>On the Pareto frontier</h2><ul>{items}</ul>"
 
 
 def _plots(summary: dict[str, Any]) -> list[tuple[str, str]]:
@@ -140,22 +170,29 @@ def _plots(summary: dict[str, Any]) -> list[tuple[str, str]]:
     per_task = summary["per_task"]
     out = []
 
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4), dpi=100)
-    for ax, (key, label) in zip(axes, (("model_s", "model time (s)"), ("cpu_s", "CPU (s)"),
-                                       ("peak_rss_bytes", "peak resident memory (MB)")), strict=False):
-        for name, s in strategies.items():
-            x = s[key] / 1e6 if key == "peak_rss_bytes" else s[key]
-            ax.scatter([x], [100 * s["pass_rate"]], s=80, label=name)
-            ax.annotate(name, (x, 100 * s["pass_rate"]), textcoords="offset points", xytext=(6, 4))
-        ax.set_xlabel(label)
+    points = frontier_points(summary)
+    fig, axes = plt.subplots(1, len(points), figsize=(3.8 * max(1, len(points)), 3.6), dpi=100, squeeze=False)
+    for ax, (cost, named) in zip(axes[0], points.items(), strict=False):
+        scale = 1e6 if cost == "peak_rss_bytes" else 1.0
+        for name, (x, rate) in named.items():
+            ax.scatter([x / scale], [100 * rate], s=60 if "@" not in name else 25)
+            ax.annotate(name, (x / scale, 100 * rate), textcoords="offset points", xytext=(5, 3), fontsize=7)
+        front = pareto(named)
+        ax.step([named[n][0] / scale for n in front], [100 * named[n][1] for n in front], where="post",
+                color="black", linewidth=1, label="Pareto frontier")
+        ax.set_xlabel(COSTS[cost] + (" (MB)" if cost == "peak_rss_bytes" else ""))
         ax.set_ylabel("pass rate (%)")
         ax.set_ylim(-5, 105)
-        ax.set_xlim(0, 1.3 * max([(s[key] / 1e6 if key == "peak_rss_bytes" else s[key]) or 0
-                                  for s in strategies.values()] + [1e-9]))
-    fig.suptitle("Cost against pass rate")
-    out.append(("Cost against pass rate", _png(fig, plt)))
+        ax.set_xlim(0, 1.25 * max(x / scale for x, _ in named.values()) or 1)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("The cost frontier: pass rate against cost (sampling strategies at every k)")
+    out.append(("The cost frontier", _png(fig, plt)))
 
     tasks = list(dict.fromkeys(r["task_id"] for r in per_task))
+    if len(tasks) > MAX_BARS:
+        out.append(("Per-task time", _time_histogram(strategies, per_task, plt)))
+        out.append(("Where the time went", _where_time_went(strategies, plt)))
+        return out
     fig, ax = plt.subplots(figsize=(max(7, 0.45 * len(tasks) + 2), 3.6), dpi=100)
     width = 0.8 / max(1, len(strategies))
     for i, name in enumerate(strategies):
@@ -173,6 +210,23 @@ def _plots(summary: dict[str, Any]) -> list[tuple[str, str]]:
     ax.legend()
     out.append(("Per-task time", _png(fig, plt)))
 
+    out.append(("Where the time went", _where_time_went(strategies, plt)))
+    return out
+
+
+def _time_histogram(strategies: dict[str, Any], per_task: list[dict[str, Any]], plt) -> str:
+    fig, ax = plt.subplots(figsize=(8, 3.4), dpi=100)
+    for name in strategies:
+        values = [r.get("wall_s") or 0 for r in per_task if r["strategy"] == name]
+        ax.hist(values, bins=30, histtype="step", linewidth=1.5, label=name)
+    ax.set_xlabel("wall time per task (s)")
+    ax.set_ylabel("tasks")
+    ax.set_title("Per-task wall time")
+    ax.legend(fontsize=7)
+    return _png(fig, plt)
+
+
+def _where_time_went(strategies: dict[str, Any], plt) -> str:
     fig, ax = plt.subplots(figsize=(8, 3.4), dpi=100)
     names = list(strategies)
     left = [0.0] * len(names)
@@ -189,8 +243,7 @@ def _plots(summary: dict[str, Any]) -> list[tuple[str, str]]:
     ax.set_xlabel("seconds, summed over tasks (jobs of a branched round overlap)")
     ax.set_title("Where each strategy's time went")
     ax.legend(fontsize=7, loc="lower right")
-    out.append(("Where the time went", _png(fig, plt)))
-    return out
+    return _png(fig, plt)
 
 
 def _model_seconds(model: str, strategy: dict[str, Any]) -> float:

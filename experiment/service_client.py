@@ -13,6 +13,14 @@ from experiment.strategies import ModelAnswer
 
 FINISHED = {"complete", "failed", "cancelled"}
 POLL_S = 60.0
+NO_CHAT = "does not support chat"      # the runtime's answer to a chat for a model without a chat template
+
+
+def as_completion(messages: list[dict[str, str]]) -> str:
+    """A conversation as the plain text a base model continues: each turn under its role, ending
+    where the assistant's next turn begins."""
+    turns = [f"### {m['role'].capitalize()}:\n{m['content'].strip()}" for m in messages]
+    return "\n\n".join(turns) + "\n\n### Assistant:\n"
 
 
 class ServiceError(RuntimeError):
@@ -36,6 +44,8 @@ class ServiceClient:
         self.options = options if options is not None else {"temperature": 0, "num_predict": 300}
         self.timeout_s = timeout_s
         self.priority = priority
+        self.completion_only: set[str] = set()     # base models: asked by generate, not chat
+        self._asked: dict[str, tuple[str, list[dict[str, str]], dict[str, Any], dict[str, Any] | None]] = {}
 
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         result: dict[str, Any] = self._retrying(self._call_once)(method, path, **kwargs)
@@ -54,25 +64,44 @@ class ServiceClient:
     # --- ModelCalls ---------------------------------------------------------------------------
     def submit(self, model: str, messages: list[dict[str, str]], tags: dict[str, Any],
                options: dict[str, Any] | None = None) -> str:
-        body: dict[str, Any] = {"model": model, "kind": "chat", "messages": messages,
-                                "options": {**self.options, **(options or {})},
-                "priority": self.priority, "metadata": tags}
+        """A chat job; for a base model (no chat template: its runtime refused a chat before), a
+        generate job of the conversation written out as plain text (`as_completion`)."""
+        body: dict[str, Any] = {"model": model, "options": {**self.options, **(options or {})},
+                                "priority": self.priority, "metadata": tags}
+        if model in self.completion_only:
+            body.update(kind="generate", prompt=as_completion(messages))
+        else:
+            body.update(kind="chat", messages=messages)
         if self.timeout_s is not None:
             body["timeout_s"] = self.timeout_s
         # a retried submission (the connection dropped) must not queue the job twice
         key = uuid.uuid4().hex
-        return self._call("POST", "/api/submit", json=body, headers={"Idempotency-Key": key})["job_id"]
+        job_id: str = self._call("POST", "/api/submit", json=body, headers={"Idempotency-Key": key})["job_id"]
+        self._asked[job_id] = (model, messages, tags, options)
+        return job_id
 
     def answer(self, job_id: str) -> ModelAnswer:
         while True:
             job = self._call("GET", f"/api/job/{job_id}", params={"wait": POLL_S})
             if job["status"] in FINISHED:
                 break
+        asked = self._asked.pop(job_id, None)
         if job["status"] != "complete":
-            return ModelAnswer(job_id, "", job.get("error") or job["status"])
+            error = job.get("error") or job["status"]
+            if asked is not None and NO_CHAT in error and asked[0] not in self.completion_only:
+                # a base model: ask again as a completion (the refused job cost nothing: it never ran)
+                self.completion_only.add(asked[0])
+                return self.answer(self.submit(*asked))
+            return ModelAnswer(job_id, "", error)
         result = job.get("result") or {}
         text = (result.get("message") or {}).get("content") if "message" in result else result.get("response")
         return ModelAnswer(job_id, text or "")
+
+    def job_entries(self, job_id: str) -> list[dict[str, Any]]:
+        """The ledger entries of one job (every run of it); none for a job that never ran."""
+        entries: list[dict[str, Any]] = self._call("GET", "/api/ledger",
+                                                   params={"job_id": job_id, "limit": 100})["entries"]
+        return entries
 
     # --- tasks and results --------------------------------------------------------------------
     def put_tasks(self, tasks: list[dict[str, Any]]) -> int:

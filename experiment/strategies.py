@@ -6,7 +6,9 @@ tested with scripted model answers:
 * a judge: `(task, answer) -> (Verdict, completion)`, running code only in a sandbox.
 
 `large`: one large model, one attempt. `sample-select`: k samples from the small models at a
-temperature above 0, the first that passes the task's public checks is the answer. `branched`:
+temperature above 0, the first that passes the task's public checks is the answer
+(`large-sample-select`: the same with the large model, at the same budget of samples).
+`decompose`: small models in roles on the parts of a task (experiment/decompose.py). `branched`:
 every small model attempts at once (one
 branch each, run in parallel where the scheduler finds slots and memory); failed branches go
 on with feedback (the failing test or the checker's verdict), to the same model, or to the
@@ -20,13 +22,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from experiment import decompose
 from experiment.checking import Verdict, instructions, retry_instructions
+from experiment.decompose import DECOMPOSE
 from experiment.tasks import Task
 
 LARGE = "large"
 BRANCHED = "branched"
 SAMPLE_SELECT = "sample-select"
-STRATEGIES = (LARGE, BRANCHED, SAMPLE_SELECT)
+LARGE_SAMPLE_SELECT = "large-sample-select"   # sample-select with the large model: the same budget of samples
+STRATEGIES = (LARGE, BRANCHED, SAMPLE_SELECT, DECOMPOSE, LARGE_SAMPLE_SELECT)
+SAMPLING = (SAMPLE_SELECT, LARGE_SAMPLE_SELECT)
 SAMPLE_TEMPERATURE = 0.8     # sample-select's samples: different answers, each with its own seed
 RUNS_AT_ALL = 0.5            # below: the answer did not run, or raised before any test could fail
 
@@ -68,6 +74,7 @@ class Attempt:
     answer: str = field(repr=False, default="")
     feedback: str | None = field(repr=False, default=None)
     public_passed: bool | None = None  # sample-select: passed the task's public checks
+    role: str | None = None            # decompose: planner, solver, checker or combiner
 
     def record(self) -> dict[str, Any]:
         """One line of results.jsonl."""
@@ -76,6 +83,8 @@ class Attempt:
                   "score": self.score, "parent": self.parent}
         if self.public_passed is not None:
             record["public_passed"] = self.public_passed
+        if self.role is not None:
+            record["role"] = self.role
         return record
 
 
@@ -108,11 +117,13 @@ class _Branch:
 class Runner:
     """Runs tasks under a strategy: the experiment's name tags every job."""
 
-    def __init__(self, calls: ModelCalls, judge: Judge, experiment: str, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, calls: ModelCalls, judge: Judge, experiment: str, clock: Callable[[], float] = time.monotonic,
+                 seed_base: int = 0):
         self.calls = calls
         self.judge = judge
         self.experiment = experiment
         self.clock = clock
+        self.seed_base = seed_base      # sample n gets seed seed_base + n (a repeat of the run: other seeds)
 
     def large(self, task: Task, model: str) -> Outcome:
         started = self.clock()
@@ -135,7 +146,12 @@ class Runner:
             pending = _next_branches(task, done, attempts, max_branches - len(attempts))
         return Outcome(task["task_id"], BRANCHED, attempts, combine(attempts), eval_total, self.clock() - started)
 
-    def sample_select(self, task: Task, models: list[str], samples: int, public: Judge) -> Outcome:
+    def decompose(self, task: Task, models: list[str]) -> Outcome:
+        """Small models in roles on the parts of the task (experiment/decompose.py)."""
+        return decompose.run(self, task, models)
+
+    def sample_select(self, task: Task, models: list[str], samples: int, public: Judge,
+                      strategy: str = SAMPLE_SELECT) -> Outcome:
         """`samples` answers at SAMPLE_TEMPERATURE, each with its own seed, from the models in
         turn, all submitted at once; each is checked against the task's public checks
         (`public`), and the first that passes them is the answer (else the first), judged by the
@@ -147,11 +163,11 @@ class Runner:
         submitted = []
         for n in range(samples):
             model = models[n % len(models)]
-            tags = {"experiment": self.experiment, "strategy": SAMPLE_SELECT, "task_id": task["task_id"],
+            tags = {"experiment": self.experiment, "strategy": strategy, "task_id": task["task_id"],
                     "branch": n, "role": "sample"}
             messages = _first_messages(task)
             submitted.append((n, model, messages, self.calls.submit(
-                model, messages, tags, {"temperature": SAMPLE_TEMPERATURE, "seed": n})))
+                model, messages, tags, {"temperature": SAMPLE_TEMPERATURE, "seed": self.seed_base + n})))
         attempts, eval_s = [], 0.0
         for n, model, messages, job_id in submitted:
             answer = self.calls.answer(job_id)
@@ -162,10 +178,10 @@ class Runner:
                 public_ok = public(task, answer.text)[0].passed
                 verdict, completion = self.judge(task, answer.text)
                 eval_s += self.clock() - judged
-            attempts.append(Attempt(task["task_id"], SAMPLE_SELECT, n, model, job_id, completion, verdict.passed,
+            attempts.append(Attempt(task["task_id"], strategy, n, model, answer.job_id, completion, verdict.passed,
                                     verdict.error, verdict.score, None, messages, answer.text, verdict.feedback,
                                     public_ok))
-        return Outcome(task["task_id"], SAMPLE_SELECT, attempts, selected(attempts), eval_s, self.clock() - started)
+        return Outcome(task["task_id"], strategy, attempts, selected(attempts), eval_s, self.clock() - started)
 
     def _round(self, task: Task, strategy: str, branches: list[_Branch]) -> tuple[list[Attempt], float]:
         """Submit every branch at once (the scheduler runs them side by side where it can), then
@@ -184,7 +200,7 @@ class Runner:
                 judged = self.clock()
                 verdict, completion = self.judge(task, answer.text)
                 eval_s += self.clock() - judged
-            attempts.append(Attempt(task["task_id"], strategy, branch.number, branch.model, job_id, completion,
+            attempts.append(Attempt(task["task_id"], strategy, branch.number, branch.model, answer.job_id, completion,
                                     verdict.passed, verdict.error, verdict.score, branch.parent,
                                     branch.messages, answer.text, verdict.feedback))
         return attempts, eval_s

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import itertools
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ import pytest
 import requests
 
 from config import Config
+from experiment.strategies import ModelAnswer
 from jobs.model import JobDoc, JobKind, Priority, new_job
 from simulator.des import Job
 
@@ -260,3 +262,25 @@ def make_key(service, tenant, **limits) -> str:
 
 def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+# --- the experiment's strategies on scripted model answers ----------------------------------------
+class ScriptedCalls:
+    """Answers each model's calls from a script, in order; records what was asked."""
+
+    def __init__(self, script: dict[str, list[str | None]]):
+        self.script = {model: iter(answers) for model, answers in script.items()}
+        self.ids = itertools.count()
+        self.submitted: list[dict] = []
+        self.answers: dict[str, ModelAnswer] = {}
+
+    def submit(self, model, messages, tags, options=None):
+        job_id = f"job{next(self.ids)}"
+        self.submitted.append({"job_id": job_id, "model": model, "messages": messages, "tags": tags,
+                               "options": options})
+        text = next(self.script[model])
+        self.answers[job_id] = ModelAnswer(job_id, "", "runtime error") if text is None else ModelAnswer(job_id, text)
+        return job_id
+
+    def answer(self, job_id):
+        return self.answers[job_id]

@@ -11,39 +11,54 @@ from store.sqlite import SqliteStore
 pytestmark = [pytest.mark.slow, pytest.mark.embedded]
 
 
-def test_two_humaneval_tasks_under_both_strategies(tmp_path, model_cache, capsys):
+def test_humaneval_and_builtin_tasks_under_every_strategy_then_resumed_with_no_model_call(tmp_path, model_cache,
+                                                                                         capsys):
+    """The issue's command on the embedded runtime (small models and answers, to stay quick): every
+    strategy carries its interval, pairs are compared, and --resume makes no model call."""
     require_models("smollm2:135m", "qwen2.5-coder:0.5b")
-    code = compare.main(["--tasks", "humaneval:HumanEval/0,HumanEval/2", "--large", "qwen2.5-coder:0.5b",
-                         "--small", "smollm2:135m,qwen2.5-coder:0.5b", "--branches", "3", "--max-tokens", "200",
-                         "--out", str(tmp_path), "--experiment", "e2e", "--model-cache", str(model_cache)])
-    assert code == 0
+    args = ["--tasks", "humaneval:HumanEval/0,HumanEval/2+builtin:multi-shopping,extract-email",
+            "--strategies", "large,branched,sample-select,decompose", "--large", "qwen2.5-coder:0.5b",
+            "--small", "smollm2:135m,qwen2.5-coder:0.5b", "--branches", "3", "--samples", "2", "--max-tokens", "96",
+            "--out", str(tmp_path), "--experiment", "e2e", "--model-cache", str(model_cache)]
+    assert compare.main(args) == 0
     out = tmp_path / "e2e"
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["experiment"] == "e2e" and summary["tasks"] == ["HumanEval/0", "HumanEval/2"]
-    assert summary["command"].startswith("python compare.py --tasks humaneval:HumanEval/0,HumanEval/2 --large")
-    assert set(summary["strategies"]) == {"large", "branched"}
+    tasks = ["HumanEval/0", "HumanEval/2", "builtin/multi-shopping", "builtin/extract-email"]
+    assert summary["experiment"] == "e2e" and summary["tasks"] == tasks
+    assert summary["command"].startswith("python compare.py --tasks humaneval:HumanEval/0,HumanEval/2+builtin")
+    assert set(summary["strategies"]) == {"large", "branched", "sample-select", "decompose"}
     for name, s in summary["strategies"].items():
-        for key in ("pass_rate", "solved", "wall_s", "model_s", "cpu_s", "peak_rss_bytes", "tokens", "energy_j",
-                    "per_solved_task"):
+        for key in ("pass_rate", "pass_rate_ci95", "solved", "wall_s", "model_s", "cpu_s", "peak_rss_bytes",
+                    "tokens", "energy_j", "per_solved_task", "per_task_ci95"):
             assert key in s, (name, key)
+        low, high = s["pass_rate_ci95"]
+        assert 0 <= low <= s["pass_rate"] <= high <= 1
         assert s["model_s"] > 0 and s["cpu_s"] > 0 and s["tokens"] > 0 and s["peak_rss_bytes"] > 100e6
         assert s["energy_j"] is None                             # no GPU here: none reported, none invented
     assert summary["strategies"]["large"]["models"] == ["qwen2.5-coder:0.5b"]
+    assert len(summary["comparisons"]) == 6 and all(c["tasks"] == 4 for c in summary["comparisons"])
+    assert set(summary["by_k"]["sample-select"]) == {"1", "2"}
+    assert summary["by_k"]["sample-select"]["2"]["cpu_s"] == pytest.approx(summary["strategies"]["sample-select"]["cpu_s"],
+                                                                          rel=0.01)
+    assert set(summary["pareto"]) == {"cpu_s", "peak_rss_bytes"} and all(summary["pareto"].values())
 
     attempts = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     for a in attempts:
         assert set(a) >= {"task_id", "strategy", "branch", "model", "job_id", "completion", "passed", "error"}
-    assert {a["strategy"] for a in attempts} == {"large", "branched"}
-    assert sum(a["strategy"] == "large" for a in attempts) == 2
-    assert all(1 <= sum(a["strategy"] == "branched" and a["task_id"] == t for a in attempts) <= 3
-               for t in summary["tasks"])
-    # a task counts as solved exactly when one of its attempts passed in the sandbox
+    assert sum(a["strategy"] == "large" for a in attempts) == 4
+    roles = {a.get("role") for a in attempts if a["strategy"] == "decompose"}
+    assert {"planner", "combiner"} <= roles
+    # a task counts as solved exactly when its chosen answer passed the hidden tests
     for r in summary["per_task"]:
         mine = [a for a in attempts if a["task_id"] == r["task_id"] and a["strategy"] == r["strategy"]]
-        assert r["solved"] == any(a["passed"] for a in mine) and r["attempts"] == len(mine)
+        assert r["attempts"] == len(mine)
+        if r["strategy"] in ("large", "branched"):
+            assert r["solved"] == any(a["passed"] for a in mine)
+        if r["strategy"] == "decompose":
+            assert r["solved"] == mine[-1]["passed"] and mine[-1]["role"] == "combiner"
 
     report = (out / "report.html").read_text()
-    assert report.count("data:image/png;base64,") == 3 and "branched" in report
+    assert report.count("data:image/png;base64,") == 3 and "Pareto frontier" in report
     assert "| large |" in capsys.readouterr().out
 
     # the service kept the tasks, the tagged ledger and the per-task results
@@ -53,13 +68,24 @@ def test_two_humaneval_tasks_under_both_strategies(tmp_path, model_cache, capsys
         assert task is not None and task["check"]["entry_point"] == "truncate_number"
         results = store.list_results("e2e")
         assert sorted((r["task_id"], r["strategy"]) for r in results) == sorted(
-            (t, s) for t in summary["tasks"] for s in ("large", "branched"))
+            (t, s) for t in tasks for s in summary["strategies"])
         entries = [store.list_metrics(job_id=a["job_id"])[0] for a in attempts]
         assert all(e["tags"]["experiment"] == "e2e" and e["tags"]["task_id"] == a["task_id"]
                    and e["tags"]["strategy"] == a["strategy"] and e["tags"]["branch"] == a["branch"]
                    for e, a in zip(entries, attempts, strict=False))
+        jobs_before = len(store.list_jobs(None, None, 10_000, None))
     finally:
         store.close()
+
+    assert compare.main([*args, "--resume"]) == 0
+    again = json.loads((out / "summary.json").read_text())
+    assert again["strategies"] == summary["strategies"] and again["comparisons"] == summary["comparisons"]
+    store = SqliteStore(next((out / "service" / "data").glob("*.db")))
+    try:
+        assert len(store.list_jobs(None, None, 10_000, None)) == jobs_before          # no model call at all
+    finally:
+        store.close()
+    capsys.readouterr()
 
 
 def test_a_task_spec_that_names_nothing_is_refused(tmp_path, capsys):

@@ -159,3 +159,30 @@ class _Response:
 
     def json(self):
         return self._r.get_json()
+
+
+def test_a_base_model_refusing_chat_is_asked_again_as_a_completion(monkeypatch):
+    """The embedded runtime refuses a chat for a model without a chat template (gemma3:270m): the
+    client asks again by generate, with the conversation as plain text, and from then on at once."""
+    client = ServiceClient("http://mm.test")
+    jobs: dict[str, dict] = {}
+
+    def call(method, path, **kwargs):
+        if method == "POST" and path == "/api/submit":
+            body = kwargs["json"]
+            job_id = f"j{len(jobs)}"
+            jobs[job_id] = body
+            return {"job_id": job_id}
+        body = jobs[path.rsplit("/", 1)[1]]
+        if body["kind"] == "chat":
+            return {"status": "failed", "error": 'runtime refused (400): "base" does not support chat: it has no chat template'}
+        return {"status": "complete", "result": {"response": "def f():\n    return 1"}}
+    monkeypatch.setattr(client, "_call", call)
+    tags = {"experiment": "e", "task_id": "t", "strategy": "branched", "branch": 0}
+    messages = [{"role": "user", "content": "Write f."}]
+    answer = client.answer(client.submit("base", messages, tags))
+    assert answer.error is None and answer.text.startswith("def f")
+    assert answer.job_id == "j1" and jobs["j1"]["kind"] == "generate" and jobs["j1"]["metadata"] == tags
+    assert jobs["j1"]["prompt"] == "### User:\nWrite f.\n\n### Assistant:\n"
+    client.answer(client.submit("base", messages, tags))
+    assert jobs["j2"]["kind"] == "generate"                     # no chat tried again

@@ -1,36 +1,14 @@
 """The strategies' control flow on scripted model answers: attempt, feedback, branch limit,
 combine; and the summary's arithmetic over per-task results."""
-import itertools
-
 import pytest
 
 from experiment.checking import Verdict
 from experiment.report import markdown_table, summarize
-from experiment.strategies import BRANCHED, LARGE, SAMPLE_SELECT, ModelAnswer, Runner, combine, solved_with
+from experiment.strategies import BRANCHED, LARGE, SAMPLE_SELECT, Runner, combine, solved_with
 from experiment.tasks import builtin_tasks
+from helpers import ScriptedCalls
 
 TASK = {"task_id": "t/1", "suite": "toy", "prompt": "Say the word.", "check": {"kind": "exact", "answer": "ok"}}
-
-
-class ScriptedCalls:
-    """Answers each model's calls from a script, in order; records what was asked."""
-
-    def __init__(self, script: dict[str, list[str | None]]):
-        self.script = {model: iter(answers) for model, answers in script.items()}
-        self.ids = itertools.count()
-        self.submitted: list[dict] = []
-        self.answers: dict[str, ModelAnswer] = {}
-
-    def submit(self, model, messages, tags, options=None):
-        job_id = f"job{next(self.ids)}"
-        self.submitted.append({"job_id": job_id, "model": model, "messages": messages, "tags": tags,
-                               "options": options})
-        text = next(self.script[model])
-        self.answers[job_id] = ModelAnswer(job_id, "", "runtime error") if text is None else ModelAnswer(job_id, text)
-        return job_id
-
-    def answer(self, job_id):
-        return self.answers[job_id]
 
 
 def judge(task, answer):

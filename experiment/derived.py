@@ -1,0 +1,54 @@
+"""Figures derived from a run's attempts (pure): sampling strategies at every k up to their K,
+and the spread of pass rates over repeated runs.
+
+Samples are independent, so the outcome and the cost of sample-select with only its first k
+samples can be read off one run of K: the answer is the first of those k that passed the public
+checks (else the first), and the cost is what those k jobs cost in the ledger.
+"""
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from experiment.costs import ledger_costs
+from experiment.stats import wilson
+from experiment.strategies import solved_with
+
+Entries = Callable[[str], list[dict[str, Any]]]     # job id -> its ledger entries
+
+
+def by_samples(attempts: list[dict[str, Any]], task_ids: list[str], samples: int, strategy: str,
+               entries_of: Entries | None = None) -> dict[str, Any]:
+    """For every k up to `samples`: tasks solved with the first k samples, the pass rate and its
+    interval, and (given `entries_of`) what those k samples cost: `cpu_s`, `model_s`, `tokens`,
+    `energy_j` summed over tasks, `peak_rss_bytes` the largest over tasks."""
+    per_task = {t: sorted((a for a in attempts if a["strategy"] == strategy and a["task_id"] == t),
+                          key=lambda a: a["branch"]) for t in task_ids}
+    per_task = {t: sampled for t, sampled in per_task.items() if sampled}
+    entries = {a["job_id"]: entries_of(a["job_id"]) for sampled in per_task.values() for a in sampled
+               if a.get("job_id")} if entries_of is not None else {}
+    out = {}
+    for k in range(1, samples + 1):
+        solved = sum(1 for sampled in per_task.values() if solved_with(sampled, k))
+        row: dict[str, Any] = {"solved": solved, "tasks": len(per_task),
+                               "pass_rate": round(solved / len(per_task), 4) if per_task else 0.0,
+                               "pass_rate_ci95": wilson(solved, len(per_task))}
+        if entries_of is not None:
+            costs = [ledger_costs([e for a in sampled[:k] for e in entries.get(a.get("job_id") or "", [])])
+                     for sampled in per_task.values()]
+            for key in ("cpu_s", "model_s", "tokens"):
+                row[key] = round(sum(c[key] for c in costs), 4)
+            energies = [c["energy_j"] for c in costs if c["energy_j"] is not None]
+            row["energy_j"] = round(sum(energies), 3) if energies else None
+            row["peak_rss_bytes"] = max((c["peak_rss_bytes"] for c in costs), default=0)
+        out[str(k)] = row
+    return out
+
+
+def spread(pass_rates: Mapping[str, list[float]]) -> dict[str, dict[str, Any]]:
+    """Per strategy, its pass rate in each repeat and their mean, lowest, highest and standard
+    deviation (0 for one repeat)."""
+    return {name: {"pass_rates": rates, "mean": round(statistics.fmean(rates), 4), "min": min(rates),
+                   "max": max(rates), "sd": round(statistics.stdev(rates), 4) if len(rates) > 1 else 0.0}
+            for name, rates in pass_rates.items() if rates}
