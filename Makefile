@@ -57,7 +57,7 @@ test: lint browser
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile; status=$$?; if [ $$status -eq 5 ]; then exit 0; else exit $$status; fi
 
 bench: $(DEPS)
-	$(BIN)/python -m embedded_runtime.catalog install --cache-dir .cache/models smollm2:135m qwen2.5-coder:0.5b
+	$(BIN)/python -m embedded_runtime.catalog install --cache-dir .cache/models smollm2:135m qwen2.5-coder:0.5b all-minilm
 	for b in bench/*.py; do case $$b in */common.py|*/__init__.py) ;; *) $(BIN)/python $$b || exit 1;; esac; done
 
 clean:

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from experiment import EXPERIMENT_NAME, EXPERIMENT_NAME_RULE
 from experiment.checking import check_answer, check_public
-from experiment.derived import by_samples, spread
+from experiment.derived import by_group, by_samples, spread
 from experiment.frontier import frontiers
 from experiment.report import markdown_table, summarize, write_outputs
 from experiment.sandbox import Limits, ProcessSandbox
@@ -57,7 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", default="humaneval:20",
-                   help="humaneval:N (the first N), humaneval:ID,ID,... or builtin:N; join several with +")
+                   help="humaneval:N (the first N), humaneval:ID,ID,..., builtin:N, builtin:ID,... or divisible:N "
+                        "(the divisible built-in tasks); join several with +")
     p.add_argument("--large", default="qwen2.5-coder:1.5b", help="the large model (strategy `large`)")
     p.add_argument("--small", default="smollm2:135m,qwen2.5-coder:0.5b",
                    help="comma-separated small models (strategy `branched`)")
@@ -105,8 +106,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.resume and not args.experiment:
         p.error("--resume goes on with a named run: give its --experiment")
     args.experiment = args.experiment or time.strftime("compare-%Y%m%d-%H%M%S")
-    if not EXPERIMENT_NAME.match(args.experiment):
-        p.error(f"--experiment takes {EXPERIMENT_NAME_RULE}, not {args.experiment!r}")
+    longest = args.experiment if args.repeat == 1 else f"{args.experiment}-r{args.repeat}"   # repeats' names too
+    if not EXPERIMENT_NAME.match(args.experiment) or not EXPERIMENT_NAME.match(longest):
+        p.error(f"--experiment takes {EXPERIMENT_NAME_RULE}, not {longest!r}")
     args.command = "python compare.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     return args
 
@@ -168,7 +170,8 @@ def run_experiment(args: argparse.Namespace, url: str, tasks: list[dict], sandbo
     runner = Runner(client, lambda task, answer: check_answer(task, answer, sandbox), experiment,
                     seed_base=(repeat - 1) * args.samples)
     out_dir.mkdir(parents=True, exist_ok=True)
-    done, attempts = resumed(client, experiment, out_dir / ATTEMPTS) if args.resume else ({}, [])
+    done, attempts = (resumed(client, experiment, out_dir / ATTEMPTS, args.strategy_list) if args.resume
+                      else ({}, []))
     log = open(out_dir / ATTEMPTS, "w")       # each task's attempts are written as soon as it is recorded
     for attempt in attempts:
         log.write(json.dumps(attempt) + "\n")
@@ -199,6 +202,9 @@ def run_experiment(args: argparse.Namespace, url: str, tasks: list[dict], sandbo
         if SAMPLE_SELECT in summary["by_k"]:
             summary["sample_select_by_k"] = summary["by_k"][SAMPLE_SELECT]
     summary["pareto"] = frontiers(summary)
+    groups = by_group(results, tasks)
+    if groups:
+        summary["by_group"] = groups
     paths = write_outputs(out_dir, summary, attempts, args.command)
     print(markdown_table(summary))
     for name, path in paths.items():
@@ -241,14 +247,15 @@ def run_all(args: argparse.Namespace, url: str, tasks: list[dict], sandbox) -> d
 ATTEMPTS = "results.jsonl"
 
 
-def resumed(client: ServiceClient, experiment: str, attempts_path: Path
+def resumed(client: ServiceClient, experiment: str, attempts_path: Path, strategies: list[str]
             ) -> tuple[dict[tuple[str, str], dict[str, Any]], list[dict[str, Any]]]:
     """What an earlier run of `experiment` recorded: its results by (task, strategy), as the
     service keeps them, and the attempts of those results from its results.jsonl (the attempts
     of a task it did not finish are dropped: that task runs again)."""
     done: dict[tuple[str, str], dict[str, Any]] = {}
-    for result in client.results(experiment):
-        done.setdefault((result["task_id"], result["strategy"]), result)
+    for strategy in strategies:          # one listing each: a listing holds at most 1,000
+        for result in client.results(experiment, strategy):
+            done.setdefault((result["task_id"], result["strategy"]), result)
     attempts = []
     if attempts_path.exists():
         for line in attempts_path.read_text().splitlines():

@@ -28,7 +28,8 @@ from numpy.typing import NDArray
 from embedded_runtime.binding import Answer, BindingError, Embeddings, OnPiece
 
 Array = NDArray[np.float32]
-BATCH = 32                  # sentences per forward pass
+BATCH = 32                  # sentences per forward pass at most,
+BATCH_TOKENS = 2048         # and tokens: 32 inputs of 512 would hold 400 MB of attention scores
 
 
 class TooLong(ValueError):
@@ -113,10 +114,13 @@ class BertEncoder:
         ids = self.tokens(texts, truncate)
         vectors: list[Array | None] = [None] * len(ids)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))     # similar lengths share a batch
-        for start in range(0, len(order), BATCH):
-            chunk = order[start:start + BATCH]
+        start = 0
+        while start < len(order):
+            longest = len(ids[order[min(start + BATCH, len(order)) - 1]])
+            chunk = order[start:start + max(1, min(BATCH, BATCH_TOKENS // longest))]
             for i, vector in zip(chunk, self._forward([ids[i] for i in chunk]), strict=True):
                 vectors[i] = vector
+            start += len(chunk)
         return [v.tolist() for v in vectors if v is not None], sum(len(t) for t in ids)
 
     def _forward(self, batch: list[list[int]]) -> Array:

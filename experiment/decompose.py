@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 DECOMPOSE = "decompose"
 MAX_SUBTASKS = 4
-_ITEM = re.compile(r"^\s*(?:\d+\s*[.):]|[-*•])\s*(.+?)\s*$")
+_NUMBERED = re.compile(r"^\s*(?:step\s*)?\d+\s*[.):]\s*(.+?)\s*$", re.IGNORECASE)
+_BULLET = re.compile(r"^[-*•]\s+(.+?)\s*$")        # a bullet at the start of its line (not indented)
 
 
 def plan_messages(task: Task) -> list[dict[str, str]]:
@@ -45,9 +46,12 @@ def plan_messages(task: Task) -> list[dict[str, str]]:
 
 
 def parse_plan(text: str) -> list[str]:
-    """The parts of a plan: its numbered or bulleted lines (at most MAX_SUBTASKS)."""
-    parts = [m.group(1) for line in (text or "").splitlines() if (m := _ITEM.match(line)) and m.group(1).strip()]
-    return parts[:MAX_SUBTASKS]
+    """The parts of a plan: its numbered lines, else its bullets (not indented ones: those are
+    details of a part), markdown emphasis dropped; at most MAX_SUBTASKS."""
+    lines = [line.replace("**", "").replace("__", "") for line in (text or "").splitlines()]
+    numbered = [m.group(1) for line in lines if (m := _NUMBERED.match(line))]
+    parts = numbered or [m.group(1) for line in lines if (m := _BULLET.match(line))]
+    return [p.strip() for p in parts if p.strip()][:MAX_SUBTASKS]
 
 
 def solve_messages(task: Task, part: str) -> list[dict[str, str]]:
@@ -64,11 +68,21 @@ def check_messages(part: str, answer: str) -> list[dict[str, str]]:
                                         "correct? Reply with CORRECT, or with WRONG: and the reason."}]
 
 
+_VERDICT = re.compile(r"\b(not\s+correct|incorrect|wrong|correct|right)\b\s*[:.,;!]?\s*(.*)",
+                      re.IGNORECASE | re.DOTALL)
+_NOTHING_WRONG = re.compile(r"\b(nothing|not(hing)?\s+\w+\s+)wrong\b|\bno(thing)?\s+(error|mistake)", re.IGNORECASE)
+
+
 def is_wrong(check: str) -> str | None:
-    """The reason a checker gave for WRONG (its whole reply if it gave none), else None."""
-    text = (check or "").strip()
-    found = re.search(r"\b(WRONG|INCORRECT)\b\s*:?\s*(.*)", text, re.IGNORECASE | re.DOTALL)
-    if found is None or re.match(r"\W*CORRECT\b", text, re.IGNORECASE):
+    """The reason a checker gave for its answer being wrong (its whole reply if it gave none), or
+    None when it found it correct: the first verdict word decides ("not correct" and "incorrect"
+    are wrong; "correct; nothing is wrong with it" is correct)."""
+    text = (check or "").strip().replace("*", "")
+    found = _VERDICT.search(text)
+    if found is None:
+        return None                      # no verdict at all: the part's answer stands
+    word = found.group(1).lower()
+    if word in ("correct", "right") or (_NOTHING_WRONG.search(text) and word == "wrong"):
         return None
     return found.group(2).strip() or text
 

@@ -8,7 +8,7 @@ checks (else the first), and the cost is what those k jobs cost in the ledger.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from experiment.costs import ledger_costs
@@ -43,6 +43,32 @@ def by_samples(attempts: list[dict[str, Any]], task_ids: list[str], samples: int
             row["energy_j"] = round(sum(energies), 3) if energies else None
             row["peak_rss_bytes"] = max((c["peak_rss_bytes"] for c in costs), default=0)
         out[str(k)] = row
+    return out
+
+
+def group_of(task: Mapping[str, Any]) -> str:
+    """`humaneval`, `builtin-single` or `builtin-divisible` (where decompose is meant to help)."""
+    if task.get("suite") == "builtin":
+        return "builtin-divisible" if task.get("divisible") else "builtin-single"
+    return str(task.get("suite") or "other")
+
+
+def by_group(results: list[dict[str, Any]], tasks: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per strategy and per group of tasks (`group_of`): solved, tasks, pass rate and its interval;
+    only where a run mixes groups."""
+    groups = {t["task_id"]: group_of(t) for t in tasks}
+    if len(set(groups.values())) < 2:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for r in results:
+        row = out.setdefault(r["strategy"], {}).setdefault(groups.get(r["task_id"], "other"),
+                                                          {"solved": 0, "tasks": 0})
+        row["tasks"] += 1
+        row["solved"] += int(bool(r["solved"]))
+    for strategy in out.values():
+        for row in strategy.values():
+            row["pass_rate"] = round(row["solved"] / row["tasks"], 4)
+            row["pass_rate_ci95"] = wilson(row["solved"], row["tasks"])
     return out
 
 

@@ -149,7 +149,8 @@ def _by_k_html(summary: dict[str, Any]) -> str:
                        f"</td><td>{_fmt(r.get('cpu_s'), '{:.1f}')}</td><td>{_fmt(r.get('peak_rss_bytes'), 'mb')}</td></tr>"
                        for k, r in by_k.items())
         out += (f"<h2>{html.escape(strategy)} with its first k samples</h2><table><tr><th>samples</th>"
-                f"<th>pass rate</th><th>95% interval</th><th>CPU s</th><th>peak RSS MB</th></tr>{rows}</table>")
+                f"<th>pass rate</th><th>95% interval</th><th>CPU s (all tasks)</th><th>peak RSS MB</th></tr>{rows}"
+                "</table>")
     return out
 
 

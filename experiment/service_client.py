@@ -13,7 +13,11 @@ from experiment.strategies import ModelAnswer
 
 FINISHED = {"complete", "failed", "cancelled"}
 POLL_S = 60.0
+MAX_RESULTS = 1000                    # the service's largest page of results
 NO_CHAT = "does not support chat"      # the runtime's answer to a chat for a model without a chat template
+
+
+TURN = "\n### "                      # where as_completion's next turn would begin
 
 
 def as_completion(messages: list[dict[str, str]]) -> str:
@@ -45,7 +49,8 @@ class ServiceClient:
         self.timeout_s = timeout_s
         self.priority = priority
         self.completion_only: set[str] = set()     # base models: asked by generate, not chat
-        self._asked: dict[str, tuple[str, list[dict[str, str]], dict[str, Any], dict[str, Any] | None]] = {}
+        # job id -> (asked as a chat, the submission): a refused chat is asked again as a completion
+        self._asked: dict[str, tuple[bool, tuple[str, list[dict[str, str]], dict[str, Any], dict[str, Any] | None]]] = {}
 
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         result: dict[str, Any] = self._retrying(self._call_once)(method, path, **kwargs)
@@ -68,16 +73,18 @@ class ServiceClient:
         generate job of the conversation written out as plain text (`as_completion`)."""
         body: dict[str, Any] = {"model": model, "options": {**self.options, **(options or {})},
                                 "priority": self.priority, "metadata": tags}
-        if model in self.completion_only:
-            body.update(kind="generate", prompt=as_completion(messages))
-        else:
+        chat = model not in self.completion_only
+        if chat:
             body.update(kind="chat", messages=messages)
+        else:                      # a base model would go on to write the next turns itself: stop there
+            body.update(kind="generate", prompt=as_completion(messages))
+            body["options"]["stop"] = [*body["options"].get("stop", []), TURN]
         if self.timeout_s is not None:
             body["timeout_s"] = self.timeout_s
         # a retried submission (the connection dropped) must not queue the job twice
         key = uuid.uuid4().hex
         job_id: str = self._call("POST", "/api/submit", json=body, headers={"Idempotency-Key": key})["job_id"]
-        self._asked[job_id] = (model, messages, tags, options)
+        self._asked[job_id] = (chat, (model, messages, tags, options))
         return job_id
 
     def answer(self, job_id: str) -> ModelAnswer:
@@ -85,11 +92,12 @@ class ServiceClient:
             job = self._call("GET", f"/api/job/{job_id}", params={"wait": POLL_S})
             if job["status"] in FINISHED:
                 break
-        asked = self._asked.pop(job_id, None)
+        was_chat, asked = self._asked.pop(job_id, (False, None))
         if job["status"] != "complete":
             error = job.get("error") or job["status"]
-            if asked is not None and NO_CHAT in error and asked[0] not in self.completion_only:
-                # a base model: ask again as a completion (the refused job cost nothing: it never ran)
+            if was_chat and asked is not None and NO_CHAT in error:
+                # a base model: ask again as a completion (every chat of a batch sent before the
+                # first refusal came back is refused too; the refused job is no attempt's job)
                 self.completion_only.add(asked[0])
                 return self.answer(self.submit(*asked))
             return ModelAnswer(job_id, "", error)
@@ -110,8 +118,16 @@ class ServiceClient:
     def record_result(self, experiment: str, result: dict[str, Any]) -> dict[str, Any]:
         return self._call("POST", f"/api/experiments/{experiment}/results", json=result)
 
-    def results(self, experiment: str) -> list[dict[str, Any]]:
-        return self._call("GET", f"/api/experiments/{experiment}/results")["results"]
+    def results(self, experiment: str, strategy: str | None = None) -> list[dict[str, Any]]:
+        """The results recorded for `experiment` (one strategy's), at most MAX_RESULTS: past that a
+        ServiceError, never a silent cut."""
+        params: dict[str, Any] = {"limit": MAX_RESULTS, **({"strategy": strategy} if strategy else {})}
+        results: list[dict[str, Any]] = self._call("GET", f"/api/experiments/{experiment}/results",
+                                                   params=params)["results"]
+        if len(results) >= MAX_RESULTS:
+            raise ServiceError(f"{experiment} has {MAX_RESULTS} or more results for {strategy or 'its strategies'}: "
+                               "more than one listing holds")
+        return results
 
     def health(self) -> dict[str, Any]:
         return self._call("GET", "/api/health")

@@ -20,6 +20,7 @@ Task = dict[str, Any]
 
 HUMANEVAL = "humaneval"
 BUILTIN = "builtin"
+DIVISIBLE = "divisible"      # a selection of the built-in suite, not a suite of its own
 
 # The project's own tasks that are not code: word problems and extraction, each with one exact
 # answer. The model is asked to end with a line `Answer: <answer>`.
@@ -141,14 +142,17 @@ def humaneval_tasks() -> list[Task]:
 
 
 def select_tasks(spec: str) -> list[Task]:
-    """`humaneval:N` (the first N), `humaneval:ID,ID,...` or `builtin:N`; several joined by `+`."""
+    """`humaneval:N` (the first N), `humaneval:ID,ID,...`, `builtin:N` or `builtin:ID,...`, and
+    `divisible:N` (the first N divisible built-in tasks); several joined by `+`."""
     chosen: list[Task] = []
     for part in spec.split("+"):
         suite, _, which = part.strip().partition(":")
         suite = suite.strip().lower()
-        loaders = {HUMANEVAL: humaneval_tasks, BUILTIN: builtin_tasks}
+        loaders = {HUMANEVAL: humaneval_tasks, BUILTIN: builtin_tasks,
+                   DIVISIBLE: lambda: [t for t in builtin_tasks() if t["divisible"]]}
         if suite not in loaders or not which.strip():
-            raise TaskSpecError(f"--tasks takes humaneval:N, humaneval:ID,ID,... or builtin:N, not {part!r}")
+            raise TaskSpecError(f"--tasks takes humaneval:N, humaneval:ID,ID,..., builtin:N or divisible:N, "
+                                f"not {part!r}")
         every = loaders[suite]()
         which = which.strip()
         if which.isdigit():

@@ -117,6 +117,7 @@ def experiment_paths(config: Config) -> dict[str, Schema]:
             "get": op("An experiment's recorded results", {
                 "200": json_body({"type": "object", "required": ["experiment", "results", "count"], "properties": {
                     "results": {"type": "array", "items": result}, "count": {"type": "integer"}}}),
-                **errors(400, 401, 503)}, "experiments", parameters=[experiment, limit]),
+                **errors(400, 401, 503)}, "experiments",
+                parameters=[experiment, limit, query("strategy", {"type": "string"})]),
         },
     }

@@ -155,5 +155,6 @@ def record_result(experiment: str):
 @experiments_bp.get("/api/experiments/<experiment>/results")
 def list_results(experiment: str):
     experiment = _experiment_name(experiment)
-    results = service().list_results(experiment, limit_arg(1000), tenant_filter())
+    results = service().list_results(experiment, limit_arg(1000), tenant_filter(),
+                                     request.args.get("strategy") or None)
     return jsonify({"experiment": experiment, "results": results, "count": len(results)})

@@ -282,8 +282,9 @@ class Service:
     def record_result(self, result: dict[str, Any]) -> None:
         self.api_store.record_result(result)
 
-    def list_results(self, experiment: str | None, limit: int, tenant: str | None = None) -> list[dict[str, Any]]:
-        return self.api_store.list_results(experiment, limit, tenant)
+    def list_results(self, experiment: str | None, limit: int, tenant: str | None = None,
+                     strategy: str | None = None) -> list[dict[str, Any]]:
+        return self.api_store.list_results(experiment, limit, tenant, strategy)
 
     def published(self, key: str) -> tuple[dict[str, Any], float] | None:
         return self.api_store.get_state(key)

@@ -251,8 +251,9 @@ class JobStore(AccessStore, AnswerStore, ABC):
 
     @abstractmethod
     def list_results(self, experiment: str | None = None, limit: int = 1000,
-                     tenant: str | None = None) -> list[dict[str, Any]]:
-        """Results in the order they were recorded; only `tenant`'s when one is given."""
+                     tenant: str | None = None, strategy: str | None = None) -> list[dict[str, Any]]:
+        """Results in the order they were recorded; only `tenant`'s when one is given, only one
+        strategy's when `strategy` is."""
 
     # --- shared state -------------------------------------------------------------------------
     @abstractmethod

@@ -77,8 +77,10 @@ class MongoRecords:
         self.results.insert_one(dict(result))        # _id: an ObjectId, increasing in insertion order
 
     def list_results(self, experiment: str | None = None, limit: int = 1000,
-                     tenant: str | None = None) -> list[dict[str, Any]]:
+                     tenant: str | None = None, strategy: str | None = None) -> list[dict[str, Any]]:
         query: dict[str, Any] = {"experiment": experiment} if experiment else {}
+        if strategy is not None:
+            query["strategy"] = strategy
         if tenant is not None:
             query["tenant"] = tenant
         return [_plain(d) for d in self.results.find(query).sort("_id", ASCENDING).limit(limit)]

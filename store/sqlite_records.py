@@ -95,11 +95,14 @@ class SqliteRecords:
                          (result.get("experiment"), result.get("task_id"), result.get("recorded_at"), dumps(result)))
 
     def list_results(self, experiment: str | None = None, limit: int = 1000,
-                     tenant: str | None = None) -> list[dict[str, Any]]:
+                     tenant: str | None = None, strategy: str | None = None) -> list[dict[str, Any]]:
         where, args = [], []
         if experiment:
             where.append("experiment = ?")
             args.append(experiment)
+        if strategy is not None:
+            where.append("json_extract(doc, '$.strategy') = ?")
+            args.append(strategy)
         if tenant is not None:
             where.append("coalesce(json_extract(doc, '$.tenant'), '') = ?")
             args.append(tenant)

@@ -56,7 +56,7 @@ def manager(tmp_path_factory, model_cache):
 def test_vectors_match_sentence_transformers_for_every_input(encoder):
     vectors, tokens = encoder.embed(REFERENCE["inputs"])
     assert all(len(v) == 384 for v in vectors)
-    assert min(cosines(vectors, REFERENCE["vectors"])) >= 0.999
+    assert min(cosines(vectors, REFERENCE["vectors"])) >= 0.9999
     assert all(abs(np.linalg.norm(v) - 1) < 1e-5 for v in vectors)
     assert tokens == sum(min(len(encoder.tokenizer.encode(t).ids), 512) for t in REFERENCE["inputs"])
 
@@ -72,7 +72,7 @@ def test_a_long_input_is_cut_at_512_tokens_or_refused(encoder):
     assert len(encoder.tokenizer.encode(LONG).ids) > 512
     [cut], tokens = encoder.embed([LONG])
     assert tokens == 512
-    assert cosines([cut], [REFERENCE["vectors"][-1]])[0] >= 0.999
+    assert cosines([cut], [REFERENCE["vectors"][-1]])[0] >= 0.9999
     with pytest.raises(TooLong, match="exceeds the context length"):
         encoder.embed([LONG], truncate=False)
 
@@ -83,11 +83,11 @@ def test_ollama_routes_straight_on_the_runtime(runtime):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["model"] == MODEL and body["prompt_eval_count"] > 0 and body["total_duration"] > 0
-    assert min(cosines(body["embeddings"], REFERENCE["vectors"][:4])) >= 0.999
+    assert min(cosines(body["embeddings"], REFERENCE["vectors"][:4])) >= 0.9999
     one = requests.post(f"{runtime}/api/embed", json={"model": MODEL + ":latest", "input": texts[0]}, timeout=30).json()
     assert len(one["embeddings"]) == 1 and cosines(one["embeddings"], body["embeddings"][:1])[0] > 0.99999
     legacy = requests.post(f"{runtime}/api/embeddings", json={"model": MODEL, "prompt": texts[1]}, timeout=30).json()
-    assert cosines([legacy["embedding"]], [REFERENCE["vectors"][1]])[0] >= 0.999
+    assert cosines([legacy["embedding"]], [REFERENCE["vectors"][1]])[0] >= 0.9999
     short = requests.post(f"{runtime}/api/embed", json={"model": MODEL, "input": texts[0], "dimensions": 64},
                           timeout=30).json()["embeddings"][0]
     assert len(short) == 64 and abs(np.linalg.norm(short) - 1) < 1e-6
@@ -122,18 +122,18 @@ def test_through_the_manager_ollama_and_openai_shapes(manager):
     texts = REFERENCE["inputs"][:3]
     r = requests.post(f"{manager}/api/embed", json={"model": MODEL, "input": texts}, timeout=120)
     assert r.status_code == 200, r.text
-    assert min(cosines(r.json()["embeddings"], REFERENCE["vectors"][:3])) >= 0.999
+    assert min(cosines(r.json()["embeddings"], REFERENCE["vectors"][:3])) >= 0.9999
     job = requests.get(f"{manager}/api/job/{r.headers['X-Job-Id']}", timeout=10).json()
     assert job["status"] == "complete" and job["kind"] == "embed"      # a batch of inputs is one job
     floats = requests.post(f"{manager}/v1/embeddings", json={"model": MODEL, "input": texts}, timeout=60).json()
     coded = requests.post(f"{manager}/v1/embeddings", json={"model": MODEL, "input": texts,
                                                             "encoding_format": "base64"}, timeout=60).json()
     decoded = [list(struct.unpack(f"<{384}f", base64.b64decode(d["embedding"]))) for d in coded["data"]]
-    assert min(cosines([d["embedding"] for d in floats["data"]], REFERENCE["vectors"][:3])) >= 0.999
-    assert min(cosines(decoded, REFERENCE["vectors"][:3])) >= 0.999
+    assert min(cosines([d["embedding"] for d in floats["data"]], REFERENCE["vectors"][:3])) >= 0.9999
+    assert min(cosines(decoded, REFERENCE["vectors"][:3])) >= 0.9999
     assert floats["usage"]["prompt_tokens"] > 0
     legacy = requests.post(f"{manager}/api/embeddings", json={"model": MODEL, "prompt": texts[0]}, timeout=60).json()
-    assert cosines([legacy["embedding"]], REFERENCE["vectors"][:1])[0] >= 0.999
+    assert cosines([legacy["embedding"]], REFERENCE["vectors"][:1])[0] >= 0.9999
     too_long = requests.post(f"{manager}/api/embed", json={"model": MODEL, "input": LONG, "truncate": False}, timeout=60)
     assert too_long.status_code == 400 and "context length" in too_long.json()["error"]
     generate = requests.post(f"{manager}/api/generate", json={"model": MODEL, "prompt": "hi", "stream": False},

@@ -184,5 +184,28 @@ def test_a_base_model_refusing_chat_is_asked_again_as_a_completion(monkeypatch):
     assert answer.error is None and answer.text.startswith("def f")
     assert answer.job_id == "j1" and jobs["j1"]["kind"] == "generate" and jobs["j1"]["metadata"] == tags
     assert jobs["j1"]["prompt"] == "### User:\nWrite f.\n\n### Assistant:\n"
+    assert jobs["j1"]["options"]["stop"] == ["\n### "]          # not the next turns it would invent
     client.answer(client.submit("base", messages, tags))
     assert jobs["j2"]["kind"] == "generate"                     # no chat tried again
+
+
+def test_every_chat_of_a_batch_a_base_model_refused_is_asked_again(monkeypatch):
+    """Sample-select and decompose submit several jobs before reading any answer: every one of them
+    the runtime refused as a chat is asked again, not only the first."""
+    client = ServiceClient("http://mm.test")
+    jobs: dict[str, dict] = {}
+
+    def call(method, path, **kwargs):
+        if method == "POST":
+            jobs[f"j{len(jobs)}"] = kwargs["json"]
+            return {"job_id": f"j{len(jobs) - 1}"}
+        body = jobs[path.rsplit("/", 1)[1]]
+        if body["kind"] == "chat":
+            return {"status": "failed", "error": '"base" does not support chat'}
+        return {"status": "complete", "result": {"response": "Answer: 1"}}
+    monkeypatch.setattr(client, "_call", call)
+    tags = {"experiment": "e", "task_id": "t", "strategy": "sample-select", "branch": 0}
+    batch = [client.submit("base", [{"role": "user", "content": f"q{n}"}], tags) for n in range(3)]
+    answers = [client.answer(job_id) for job_id in batch]
+    assert [a.error for a in answers] == [None, None, None] and all(a.text == "Answer: 1" for a in answers)
+    assert [jobs[a.job_id]["kind"] for a in answers] == ["generate"] * 3

@@ -69,12 +69,18 @@ def test_a_failed_solver_is_not_checked_and_gives_the_combiner_no_answer():
 
 
 def test_plans_and_verdicts_are_read_as_small_models_write_them():
-    assert parse_plan("Steps:\n1. first\n2) second\n- third\n* fourth\n5. fifth") == ["first", "second", "third",
-                                                                                     "fourth"]
+    assert parse_plan("Steps:\n1. first\n2) second\n- a detail\n3: third\n4. fourth\n5. fifth") == [
+        "first", "second", "third", "fourth"]                      # numbered lines, at most four
+    assert parse_plan("**1. Ana's spend?**\n   - pens\n   - notebooks\n**2. Ben's spend?**") == [
+        "Ana's spend?", "Ben's spend?"]                            # emphasis dropped, details not parts
+    assert parse_plan("- one\n- two\n  - a detail") == ["one", "two"]
     assert parse_plan("no list here") == []
     assert is_wrong("CORRECT") is None and is_wrong("Correct. The answer is right.") is None
     assert is_wrong("WRONG: it is 36") == "it is 36" and is_wrong("The answer is incorrect: 5 not 6") == "5 not 6"
     assert is_wrong("**WRONG**") is not None
+    assert is_wrong("The proposed answer is correct; nothing is wrong with it.") is None
+    assert is_wrong("The answer is not correct, it should be 36") == "it should be 36"
+    assert is_wrong("Looks fine to me") is None                    # no verdict: the answer stands
 
 
 def test_the_builtin_suite_has_forty_tasks_half_of_them_divisible():
@@ -83,6 +89,9 @@ def test_the_builtin_suite_has_forty_tasks_half_of_them_divisible():
     assert len({t["task_id"] for t in tasks}) == len(tasks)
     fields = next(t for t in tasks if t["task_id"] == "builtin/fields-order")
     assert judge_exact(fields, "Answer: maria lopez ; A-5521; Porto").passed
+    recipe = next(t for t in tasks if t["task_id"] == "builtin/multi-recipe")
+    assert judge_exact(recipe, "Answer: 750 g; 5 eggs").passed and judge_exact(recipe, "Answer: 750;5.0").passed
+    assert not judge_exact(recipe, "Answer: 750;6").passed and not judge_exact(recipe, "Answer: 750").passed
     verdict = judge_exact(fields, "Answer: Maria Lopez;A-5521;Lisbon")
     assert not verdict.passed and verdict.score == pytest.approx(1 / 3) and "1 of 3" in (verdict.feedback or "")
 
@@ -139,3 +148,17 @@ def test_the_spread_of_repeated_runs():
     rows = spread({"large": [0.5, 0.75, 1.0], "once": [0.4]})
     assert rows["large"] == {"pass_rates": [0.5, 0.75, 1.0], "mean": 0.75, "min": 0.5, "max": 1.0, "sd": 0.25}
     assert rows["once"]["sd"] == 0.0
+
+
+def test_results_by_group_and_the_divisible_selection():
+    from experiment.derived import by_group
+    from experiment.tasks import select_tasks
+    divisible = select_tasks("divisible:3")
+    assert len(divisible) == 3 and all(t["divisible"] for t in divisible)
+    tasks = [{"task_id": "HumanEval/0", "suite": "humaneval"}, *divisible[:2],
+             {"task_id": "builtin/arith-square", "suite": "builtin", "divisible": False}]
+    results = [{"task_id": t["task_id"], "strategy": "decompose", "solved": n != 1} for n, t in enumerate(tasks)]
+    rows = by_group(results, tasks)["decompose"]
+    assert rows["builtin-divisible"]["solved"] == 1 and rows["builtin-divisible"]["tasks"] == 2
+    assert rows["humaneval"]["pass_rate"] == 1.0 and rows["builtin-single"]["tasks"] == 1
+    assert by_group(results[:1], tasks[:1]) == {}                  # one group: nothing to break down
