@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from experiment.frontier import COSTS, frontier_points, pareto
-from experiment.stats import comparisons, mean_ci, wilson
+from experiment.stats import comparisons, mean_ci, per_solved_ci, wilson
 
 MAX_BARS = 40                                  # more tasks: a histogram, not a bar per task
 CI_COSTS = ("cpu_s", "wall_s", "model_s")      # per task, with a bootstrap 95% interval of the mean
@@ -52,6 +52,9 @@ def summarize(experiment: str, task_ids: list[str], results: list[dict[str, Any]
                                 "pass_rate_ci95": wilson(solved, len(rows)),
                                 "per_task_ci95": {key: mean_ci([float(r.get(key) or 0) for r in rows])
                                                   for key in CI_COSTS},
+                                "per_solved_task_ci95": {key: per_solved_ci([float(r.get(key) or 0) for r in rows],
+                                                                            [bool(r["solved"]) for r in rows])
+                                                         for key in CI_COSTS},
                                 "models": sorted({m for r in rows for m in r.get("models", [])}),
                                 **totals, "per_solved_task": per_solved, "by_model": by_model}
     solved_by = {name: {r["task_id"]: bool(r["solved"]) for r in results if r["strategy"] == name}

@@ -14,6 +14,7 @@ strategies differ on the same tasks, and how sure a cost per task is. scipy does
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -57,6 +58,33 @@ def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE, seed: int =
     result = stats.bootstrap((data,), np.mean, confidence_level=confidence, n_resamples=BOOTSTRAP_RESAMPLES,
                              method="percentile", rng=np.random.default_rng(seed))
     return [round(float(result.confidence_interval.low), 4), round(float(result.confidence_interval.high), 4)]
+
+
+def per_solved_ci(costs: Sequence[float], solved: Sequence[bool], confidence: float = CONFIDENCE,
+                  seed: int = 0) -> list[float | None] | None:
+    """[low, high] of a cost per solved task (the tasks' summed cost over the tasks solved), a
+    paired bootstrap over the tasks (percentile); a resample that solved nothing costs infinitely
+    much per solved task, so a high end may be `inf` (JSON: null) when few tasks were solved.
+    None without a solved task."""
+    cost, won = np.asarray(costs, dtype=float), np.asarray(solved, dtype=float)
+    if len(cost) == 0 or won.sum() == 0:
+        return None
+    if len(cost) < 2:
+        value: float | None = round(float(cost.sum() / won.sum()), 4)
+        return [value, value]
+
+    def ratio(c: np.ndarray, s: np.ndarray, axis: int = -1) -> np.ndarray:
+        total = s.sum(axis=axis)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(total > 0, c.sum(axis=axis) / np.maximum(total, 1), np.inf)
+
+    with warnings.catch_warnings(), np.errstate(invalid="ignore"):     # its standard error of infinities
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = stats.bootstrap((cost, won), ratio, paired=True, vectorized=True, confidence_level=confidence,
+                                 n_resamples=BOOTSTRAP_RESAMPLES, method="percentile",
+                                 rng=np.random.default_rng(seed))
+    low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+    return [round(low, 4), round(high, 4) if np.isfinite(high) else None]
 
 
 def comparisons(solved_by: Mapping[str, Mapping[str, bool]]) -> list[dict[str, Any]]:

@@ -48,6 +48,16 @@ def test_the_bootstrap_interval_holds_the_mean_and_is_reproducible():
     assert mean_ci([2.5]) == [2.5, 2.5] and mean_ci([3.0, 3.0]) == [3.0, 3.0] and mean_ci([]) is None
 
 
+def test_the_cost_per_solved_task_has_a_paired_bootstrap_interval():
+    from experiment.stats import per_solved_ci
+    interval = per_solved_ci([10.0, 20.0, 30.0, 40.0], [True, False, True, True])
+    assert interval is not None and interval[0] is not None and interval[1] is not None
+    assert interval[0] < 100 / 3 < interval[1]                     # 100 CPU s over 3 solved tasks
+    assert per_solved_ci([5.0, 5.0, 5.0], [True] * 3) == [5.0, 5.0]
+    assert per_solved_ci([10.0, 20.0], [True, False]) == [10.0, None]   # half the resamples solve nothing
+    assert per_solved_ci([1.0, 2.0], [False, False]) is None
+
+
 def test_the_summary_carries_intervals_and_paired_tests():
     results = []
     for i in range(6):
@@ -56,6 +66,8 @@ def test_the_summary_carries_intervals_and_paired_tests():
     summary = summarize("e", [f"t{i}" for i in range(6)], results)
     large = summary["strategies"]["large"]
     assert large["pass_rate_ci95"] == wilson(5, 6) and large["per_task_ci95"]["cpu_s"][0] <= 12.5
+    low, high = large["per_solved_task_ci95"]["cpu_s"]
+    assert low <= 75 / 5 <= high                                   # 75 CPU s over 5 solved tasks
     assert summary["comparisons"] == [{"first": "large", "second": "branched", **mcnemar(
         {f"t{i}": i < 5 for i in range(6)}, {f"t{i}": i < 2 for i in range(6)})}]
     assert summary["comparisons"] == comparisons({"large": {f"t{i}": i < 5 for i in range(6)},
