@@ -36,8 +36,10 @@ def test_the_runtime_alone_serves_first_come_first_served(running_service):
     requests.post(url + "/api/generate", json={"model": MODEL, "keep_alive": "5m"}, timeout=10).raise_for_status()
 
     def send(prompt):
+        # the first holds the slot for 7.5 s, so that all nine are inside at once even on a busy machine
+        tokens = 3000 if prompt == "low-0" else 100
         requests.post(url + "/api/generate", json={"model": MODEL, "prompt": prompt, "stream": False,
-                                                   "options": {"num_predict": 100}}, timeout=30).raise_for_status()
+                                                   "options": {"num_predict": tokens}}, timeout=60).raise_for_status()
     def inside():
         stats = sim_stats(service)
         return stats["running"] + stats["waiting"]
