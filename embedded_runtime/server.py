@@ -178,9 +178,11 @@ class EmbeddedBackend:
 
     def generate(self, kind: Kind, model: str, body: dict[str, Any]) -> Answer:
         found = self.model_for(model)
-        if "completion" not in found.capabilities:
-            raise Refused(400, f'"{found.name}" does not support {kind}')
         keep_alive = proto.parse_keep_alive(body.get("keep_alive"))
+        if "completion" not in found.capabilities:
+            if keep_alive == 0 and not body.get("prompt") and not body.get("messages"):
+                return self.load_or_unload(found, 0, None, kind)     # unloading any model, as Ollama does
+            raise Refused(400, f'"{found.name}" does not support {kind}')
         num_ctx = requested_num_ctx(body.get("options"))
         if kind == "generate":
             prompt = body.get("prompt")

