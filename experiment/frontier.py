@@ -25,7 +25,8 @@ def pareto(points: Mapping[str, tuple[float, float]]) -> list[str]:
 
 def frontier_points(summary: Mapping[str, Any]) -> dict[str, dict[str, tuple[float, float]]]:
     """Per cost, the points to plot: every strategy at its cost per task (peak memory: its peak),
-    and every k of the sampling strategies (`<strategy>@k`). A cost nobody measured is left out."""
+    and every k of the sampling strategies (`<strategy>@k`). A cost nobody measured (none, or 0
+    everywhere, as CPU seconds on the GPU simulator) is left out."""
     out: dict[str, dict[str, tuple[float, float]]] = {}
     for cost in COSTS:
         points: dict[str, tuple[float, float]] = {}
@@ -38,7 +39,7 @@ def frontier_points(summary: Mapping[str, Any]) -> dict[str, dict[str, tuple[flo
                 value = _per_task(row, cost)
                 if value is not None and int(k) != len(by_k):     # the last k is the strategy itself
                     points[f"{strategy}@{k}"] = (value, row["pass_rate"])
-        if points:
+        if points and any(value > 0 for value, _ in points.values()):    # all 0: nothing measured it
             out[cost] = points
     return out
 
