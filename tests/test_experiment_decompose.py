@@ -2,6 +2,8 @@
 what the checker's WRONG sends back, what the combiner is given); the built-in suite; the cost
 frontier and the figures derived from one run (every k of sample-select, the spread of repeats),
 checked against hand-computed values."""
+from typing import Any
+
 import pytest
 
 from experiment.checking import judge_exact
@@ -113,7 +115,7 @@ def test_pareto_frontier_by_hand():
               "decompose": (6.0, 0.7), "tie": (10.0, 0.9)}
     # branched costs more than large and passes fewer; sample@2 costs more than sample@1 for the same rate
     assert pareto(points) == ["sample@1", "decompose", "large", "tie"]
-    summary = {"strategies": {"large": {"tasks": 2, "pass_rate": 1.0, "cpu_s": 20.0, "peak_rss_bytes": 2e9,
+    summary: dict[str, Any] = {"strategies": {"large": {"tasks": 2, "pass_rate": 1.0, "cpu_s": 20.0, "peak_rss_bytes": 2e9,
                                         "energy_j": None},
                               "sample-select": {"tasks": 2, "pass_rate": 0.5, "cpu_s": 8.0, "peak_rss_bytes": 5e8,
                                                 "energy_j": None}},
