@@ -45,6 +45,7 @@ def estimated_tokens(chars: int) -> int:
 
 
 MAX_USER_CHARS = 256
+MAX_USERS = 10_000     # user counters kept; past it the idle users' are forgotten
 
 
 def share_fields(job: JobDoc, user: str | None, weight: float) -> dict[str, Any]:
@@ -89,6 +90,8 @@ class FairShare:
         self.served: dict[str, float] = {}                    # weighted tokens per tenant (not divided)
         self._waiting: Counter[str] = Counter()               # waiting jobs per tenant
         self._waiting_users: Counter[tuple[str, str]] = Counter()
+        self._running_users: Counter[tuple[str, str]] = Counter()   # jobs charged and not settled
+        self._prune_at = 0
         self._charges: dict[str, _Charge] = {}                # running jobs' estimates, by job id
         self._answer_mean: dict[str, float] = {}              # per model
 
@@ -97,6 +100,8 @@ class FairShare:
         twin.tenants, twin.users, twin.weights = dict(self.tenants), dict(self.users), dict(self.weights)
         twin.served = dict(self.served)
         twin._waiting, twin._waiting_users = Counter(self._waiting), Counter(self._waiting_users)
+        twin._running_users = Counter(self._running_users)
+        twin._prune_at = self._prune_at
         twin._charges = dict(self._charges)
         twin._answer_mean = dict(self._answer_mean)
         return twin
@@ -120,6 +125,24 @@ class FairShare:
         """A job of `who` stops waiting (taken to run, dropped or failed)."""
         _decrement(self._waiting, who.tenant)
         _decrement(self._waiting_users, (who.tenant, who.user))
+        if len(self.users) > max(MAX_USERS, self._prune_at):
+            self._forget_idle_users()
+            self._prune_at = 2 * len(self.users)     # many busy users: scan again only once they double
+
+    def _forget_idle_users(self) -> None:
+        """Users are named by clients (`X-User`), so their counters must not grow without bound:
+        past MAX_USERS, the counters of users with nothing waiting or running are forgotten (but
+        each tenant's highest, the floor of users that come back when none wait). A forgotten
+        user that comes back starts at its tenant's floor; only the order among that tenant's own
+        users can change, never the share between tenants (their counters are kept)."""
+        highest: dict[str, tuple[float, tuple[str, str]]] = {}
+        for key, counter in self.users.items():
+            if key[0] not in highest or counter > highest[key[0]][0]:
+                highest[key[0]] = (counter, key)
+        keep = {key for _, key in highest.values()}
+        for key in list(self.users):
+            if not (self._waiting_users[key] or self._running_users[key] or key in keep):
+                del self.users[key]
 
     @staticmethod
     def _floor(counters: Mapping[Any, float], waiting: Mapping[Any, int], me: object) -> float:
@@ -149,6 +172,7 @@ class FairShare:
         """`job_id` of `who` takes a slot: charged with its estimated cost."""
         estimate = self.cost(prompt_tokens, self.expected_answer(model, answer_limit))
         self._charges[job_id] = _Charge(who, model, estimate)
+        self._running_users[(who.tenant, who.user)] += 1
         self._add(who, estimate)
 
     def settle(self, job_id: str, prompt_tokens: int, answer_tokens: int) -> None:
@@ -156,6 +180,7 @@ class FairShare:
         charge = self._charges.pop(job_id, None)
         if charge is None:
             return
+        _decrement(self._running_users, (charge.who.tenant, charge.who.user))
         self._add(charge.who, self.cost(prompt_tokens, answer_tokens) - charge.charged)
         mean = self._answer_mean.get(charge.model)
         self._answer_mean[charge.model] = float(answer_tokens) if mean is None else (
@@ -165,6 +190,7 @@ class FairShare:
         """`job_id` goes back in line without having run: its charge is taken back."""
         charge = self._charges.pop(job_id, None)
         if charge is not None:
+            _decrement(self._running_users, (charge.who.tenant, charge.who.user))
             self._add(charge.who, -charge.charged)
 
     def _add(self, who: Who, tokens: float) -> None:

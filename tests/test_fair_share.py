@@ -173,3 +173,26 @@ def test_the_fairness_measures_of_a_run():
     assert fair_share_index(jobs, until=10) == 1.0
     skewed = [job(0, "a", 0, 1), job(1, "a", 0, 2), job(2, "a", 0, 3), job(3, "b", 0, 11)]
     assert fair_share_index(skewed, until=10) < 0.6
+
+
+def test_user_counters_stay_bounded_however_many_users_clients_name(monkeypatch):
+    """Users come from a header any client sets: a client naming a new user per job must not
+    grow the scheduler's memory without bound, and forgetting idle users keeps the order."""
+    from scheduling import fair_share
+    monkeypatch.setattr(fair_share, "MAX_USERS", 50)
+    share = FairShare()
+    steady = Who("alpha", "steady")
+    share.arrive(steady)
+    share.start("s0", steady, "m", prompt_tokens=10, answer_limit=5)
+    for n in range(1000):                        # a new user per job, each run and finished
+        who = Who("alpha", f"u{n}")
+        share.arrive(who)
+        share.leave(who)
+        share.start(f"j{n}", who, "m", prompt_tokens=10, answer_limit=5)
+        share.settle(f"j{n}", 10, 5)
+    assert len(share.users) <= 51 + 1
+    assert ("alpha", "steady") in share.users                 # running: never forgotten
+    share.settle("s0", 10, 5)
+    late = Who("alpha", "late")
+    share.arrive(late)                                        # lifted to its tenant's floor, not 0
+    assert share.rank(late)[1] >= min(v for k, v in share.users.items() if k != ("alpha", "late"))
