@@ -55,17 +55,21 @@ def parse_plan(text: str) -> list[str]:
 
 
 def solve_messages(task: Task, part: str) -> list[dict[str, str]]:
+    """A part, with the whole task beside it: a small planner often leaves out of a part the
+    numbers or the text it needs."""
     if _is_code(task):
         ask = (f"Write this piece as Python code in one ```python code block: {part}\n\n"
                f"It is part of this task:\n{task['prompt']}")
     else:
-        ask = f"{part}\n\nThink briefly, then give the answer on the last line as 'Answer: <answer>'."
+        ask = (f"Problem: {task['prompt']}\n\nAnswer only this part of it: {part}\n\nThink briefly, then give "
+               "the answer on the last line as 'Answer: <answer>'.")
     return [{"role": "user", "content": ask}]
 
 
-def check_messages(part: str, answer: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": f"Question: {part}\n\nProposed answer:\n{answer}\n\nIs the proposed answer "
-                                        "correct? Reply with CORRECT, or with WRONG: and the reason."}]
+def check_messages(task: Task, part: str, answer: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"Task: {task['prompt']}\n\nPart: {part}\n\nProposed answer to the part:\n"
+                                        f"{answer}\n\nIs the proposed answer correct? Reply with CORRECT, or with "
+                                        "WRONG: and the reason."}]
 
 
 _VERDICT = re.compile(r"\b(not\s+correct|incorrect|wrong|correct|right)\b\s*[:.,;!]?\s*(.*)",
@@ -155,7 +159,8 @@ def run(runner: Runner, task: Task, models: list[str]) -> Outcome:
     ask(solvers)
     checked = [i for i, solver in enumerate(solvers) if solver.error is None]
     checkers = [_Call(len(calls) + n, "checker", models[(i + 1) % len(models)],
-                      check_messages(parts[i], part_answer(task, solvers[i].text))) for n, i in enumerate(checked)]
+                      check_messages(task, parts[i], part_answer(task, solvers[i].text)))
+                for n, i in enumerate(checked)]
     ask(checkers)
     retries: dict[int, _Call] = {}                    # solver's index -> its second try
     for i, checker in zip(checked, checkers, strict=True):

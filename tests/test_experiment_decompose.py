@@ -41,6 +41,10 @@ def test_plan_solve_check_retry_combine():
                      ("b", "solver"), ("a", "combiner")]
     assert [s["tags"]["branch"] for s in calls.submitted] == list(range(7))
     assert {s["tags"]["strategy"] for s in calls.submitted} == {"decompose"}
+    # a part is solved and checked with the whole task beside it (small planners drop the numbers)
+    assert TASK["prompt"] in calls.submitted[1]["messages"][0]["content"]
+    assert "Answer only this part of it: What does Ana spend" in calls.submitted[1]["messages"][0]["content"]
+    assert TASK["prompt"] in calls.submitted[3]["messages"][0]["content"]
     retry = calls.submitted[5]["messages"]
     assert retry[-2] == {"role": "assistant", "content": "Answer: 26"}
     assert "6 notebooks cost 30" in retry[-1]["content"]
