@@ -179,8 +179,17 @@ def _plots(summary: dict[str, Any]) -> list[tuple[str, str]]:
     for ax, (cost, named) in zip(axes[0], points.items(), strict=False):
         scale = 1e6 if cost == "peak_rss_bytes" else 1.0
         for name, (x, rate) in named.items():
-            ax.scatter([x / scale], [100 * rate], s=60 if "@" not in name else 25)
+            if "@" in name:
+                continue
+            dot = ax.scatter([x / scale], [100 * rate], s=60)
             ax.annotate(name, (x / scale, 100 * rate), textcoords="offset points", xytext=(5, 3), fontsize=7)
+            ks = sorted((int(n.rsplit("@", 1)[1]), v) for n, v in named.items() if n.startswith(name + "@"))
+            if ks:              # a sampling strategy's smaller k: a dotted line to it, k marked
+                xs, ys = [v[0] / scale for _, v in ks] + [x / scale], [100 * v[1] for _, v in ks] + [100 * rate]
+                ax.plot(xs, ys, ":", marker=".", color=dot.get_facecolor()[0], linewidth=1)
+                for k, (kx, kr) in ks:
+                    ax.annotate(f"k={k}", (kx / scale, 100 * kr), textcoords="offset points", xytext=(0, -9),
+                                fontsize=6, ha="center")
         front = pareto(named)
         ax.step([named[n][0] / scale for n in front], [100 * named[n][1] for n in front], where="post",
                 color="black", linewidth=1, label="Pareto frontier")
