@@ -161,23 +161,30 @@ class _Response:
         return self._r.get_json()
 
 
-def test_a_base_model_refusing_chat_is_asked_again_as_a_completion(monkeypatch):
-    """The embedded runtime refuses a chat for a model without a chat template (gemma3:270m): the
-    client asks again by generate, with the conversation as plain text, and from then on at once."""
-    client = ServiceClient("http://mm.test")
+def base_model_service(monkeypatch, client: ServiceClient, answer: str) -> dict[str, dict]:
+    """The client's calls answered as the embedded runtime answers a model without a chat template
+    (gemma3:270m): a chat job fails with its 400 refusal, a generate job completes with `answer`.
+    Returns the submitted jobs by id."""
     jobs: dict[str, dict] = {}
 
     def call(method, path, **kwargs):
         if method == "POST" and path == "/api/submit":
-            body = kwargs["json"]
             job_id = f"j{len(jobs)}"
-            jobs[job_id] = body
+            jobs[job_id] = kwargs["json"]
             return {"job_id": job_id}
         body = jobs[path.rsplit("/", 1)[1]]
         if body["kind"] == "chat":
             return {"status": "failed", "error": 'runtime refused (400): "base" does not support chat: it has no chat template'}
-        return {"status": "complete", "result": {"response": "def f():\n    return 1"}}
+        return {"status": "complete", "result": {"response": answer}}
     monkeypatch.setattr(client, "_call", call)
+    return jobs
+
+
+def test_a_base_model_refusing_chat_is_asked_again_as_a_completion(monkeypatch):
+    """The embedded runtime refuses a chat for a model without a chat template (gemma3:270m): the
+    client asks again by generate, with the conversation as plain text, and from then on at once."""
+    client = ServiceClient("http://mm.test")
+    jobs = base_model_service(monkeypatch, client, "def f():\n    return 1")
     tags = {"experiment": "e", "task_id": "t", "strategy": "branched", "branch": 0}
     messages = [{"role": "user", "content": "Write f."}]
     answer = client.answer(client.submit("base", messages, tags))
@@ -193,17 +200,7 @@ def test_every_chat_of_a_batch_a_base_model_refused_is_asked_again(monkeypatch):
     """Sample-select and decompose submit several jobs before reading any answer: every one of them
     the runtime refused as a chat is asked again, not only the first."""
     client = ServiceClient("http://mm.test")
-    jobs: dict[str, dict] = {}
-
-    def call(method, path, **kwargs):
-        if method == "POST":
-            jobs[f"j{len(jobs)}"] = kwargs["json"]
-            return {"job_id": f"j{len(jobs) - 1}"}
-        body = jobs[path.rsplit("/", 1)[1]]
-        if body["kind"] == "chat":
-            return {"status": "failed", "error": '"base" does not support chat'}
-        return {"status": "complete", "result": {"response": "Answer: 1"}}
-    monkeypatch.setattr(client, "_call", call)
+    jobs = base_model_service(monkeypatch, client, "Answer: 1")
     tags = {"experiment": "e", "task_id": "t", "strategy": "sample-select", "branch": 0}
     batch = [client.submit("base", [{"role": "user", "content": f"q{n}"}], tags) for n in range(3)]
     answers = [client.answer(job_id) for job_id in batch]
