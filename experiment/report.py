@@ -1,7 +1,8 @@
 """The experiment's outputs: `summary.json` (per strategy: pass rate with its Wilson 95% interval
 and what it cost, in all, per task with bootstrap intervals and per solved task; McNemar's exact
 test for each pair of strategies under `comparisons`: experiment/stats.py), `results.jsonl`
-(one line per attempt) and `report.html` (the tables and plots, matplotlib PNGs inlined)."""
+(one line per attempt), `report.html` (the tables and plots, matplotlib PNGs inlined) and
+`frontier.png` (the cost-frontier plot alone, for a README to show)."""
 from __future__ import annotations
 
 import base64
@@ -71,12 +72,14 @@ def write_outputs(out_dir: Path, summary: dict[str, Any], attempts: list[dict[st
                   command: str) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"summary": out_dir / "summary.json", "results": out_dir / "results.jsonl",
-             "report": out_dir / "report.html"}
+             "report": out_dir / "report.html", "frontier": out_dir / "frontier.png"}
     paths["summary"].write_text(json.dumps({**summary, "command": command}, indent=2) + "\n")
     with open(paths["results"], "w") as f:
         for attempt in attempts:
             f.write(json.dumps(attempt) + "\n")
-    paths["report"].write_text(html_report(summary, command))
+    plots = _plots(summary)
+    paths["report"].write_text(html_report(summary, command, plots))
+    paths["frontier"].write_bytes(base64.b64decode(plots[0][1]))     # the first plot is the frontier
     return paths
 
 
@@ -119,7 +122,8 @@ def comparison_rows(summary: dict[str, Any]) -> list[list[str]]:
 COMPARISON_HEADER = ("first", "second", "both solved", "only first", "only second", "p (McNemar, exact)")
 
 
-def html_report(summary: dict[str, Any], command: str) -> str:
+def html_report(summary: dict[str, Any], command: str, plots: list[tuple[str, str]] | None = None) -> str:
+    """The report page; `plots` (title, base64 PNG) as `_plots` draws them, drawn here if not given."""
     strategies = summary["strategies"]
     head = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in TABLE)
     rows = "".join(f"<tr><th>{html.escape(name)}<br><small>{html.escape(', '.join(s['models']))}</small></th>"
@@ -129,7 +133,7 @@ def html_report(summary: dict[str, Any], command: str) -> str:
         f"<td>{_fmt(s['per_solved_task'].get(k), '{:.2f}')}</td>" for k in ("wall_s", "model_s", "cpu_s", "tokens"))
         + "</tr>" for name, s in strategies.items())
     figures = "".join(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>"
-                      for title, png in _plots(summary))
+                      for title, png in (_plots(summary) if plots is None else plots))
     return ("<!doctype html><html><head><meta charset='utf-8'><title>Experiment "
             f"{html.escape(summary['experiment'])}</title><style>body{{font-family:sans-serif;margin:2em}}"
             "td,th{border-bottom:1px solid #ddd;padding:4px 8px;text-align:right}th:first-child{text-align:left}"

@@ -1,5 +1,6 @@
 """compare.py end to end: an embedded service it starts, real CPU inference on two HumanEval
 tasks under both strategies, code judged in the sandbox, costs from the service's ledger."""
+import base64
 import json
 
 import pytest
@@ -59,6 +60,8 @@ def test_humaneval_and_builtin_tasks_under_every_strategy_then_resumed_with_no_m
 
     report = (out / "report.html").read_text()
     assert report.count("data:image/png;base64,") == 3 and "Pareto frontier" in report
+    frontier = (out / "frontier.png").read_bytes()      # the frontier alone, the report's first figure
+    assert frontier.startswith(b"\x89PNG") and base64.b64encode(frontier).decode() in report
     assert "| large |" in capsys.readouterr().out
 
     # the service kept the tasks, the tagged ledger and the per-task results
