@@ -23,7 +23,9 @@ SUMMED = ("wall_s", "model_s", "load_s", "queue_wait_s", "eval_s", "cpu_s", "tok
 TABLE = (("pass_rate", "pass rate", "{:.0%}"), ("pass_rate_ci95", "95% interval", "ci"), ("solved", "solved", "{}"),
          ("attempts", "attempts", "{}"),
          ("wall_s", "wall s", "{:.1f}"), ("model_s", "model s", "{:.1f}"), ("cpu_s", "CPU s", "{:.1f}"),
-         ("peak_rss_bytes", "peak RSS MB", "mb"), ("tokens", "tokens", "{}"), ("energy_j", "energy J", "{}"))
+         ("peak_rss_bytes", "peak RSS MB", "mb"), ("tokens", "tokens", "{}"), ("energy_j", "energy J", "{}"),
+         ("cpu_s_per_task", "CPU s per task (95%)", "mean_ci"),
+         ("cpu_s_per_solved_task", "CPU s per solved task (95%)", "mean_ci"))
 
 
 def summarize(experiment: str, task_ids: list[str], results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -87,7 +89,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
     header = "| strategy | models | " + " | ".join(label for _, label, _ in TABLE) + " |"
     lines = [header, "|" + "---|" * (len(TABLE) + 2)]
     for name, s in summary["strategies"].items():
-        lines.append(f"| {name} | {', '.join(s['models'])} | " + " | ".join(_fmt(s.get(k), f) for k, _, f in TABLE) + " |")
+        lines.append(f"| {name} | {', '.join(s['models'])} | " + " | ".join(_fmt(_cell(s, k), f) for k, _, f in TABLE) + " |")
     for strategy, by_k in (summary.get("by_k") or {}).items():
         lines += ["", f"| {strategy}: first k samples | pass rate | 95% interval | CPU s per task |", "|---|---|---|---|"]
         lines += [f"| k = {k} | {_fmt(row['pass_rate'], '{:.0%}')} | {_fmt(row['pass_rate_ci95'], 'ci')} | "
@@ -103,9 +105,27 @@ def markdown_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _cell(strategy: dict[str, Any], key: str) -> Any:
+    """A table cell's value: a strategy's figure, or a cost per task or per solved task with its
+    bootstrap interval, (mean, [low, high])."""
+    if key == "cpu_s_per_task":
+        tasks = strategy.get("tasks")
+        return ((strategy["cpu_s"] / tasks, (strategy.get("per_task_ci95") or {}).get("cpu_s"))
+                if tasks and strategy.get("cpu_s") is not None else None)
+    if key == "cpu_s_per_solved_task":
+        mean = (strategy.get("per_solved_task") or {}).get("cpu_s")
+        return None if mean is None else (mean, (strategy.get("per_solved_task_ci95") or {}).get("cpu_s"))
+    return strategy.get(key)
+
+
 def _fmt(value: Any, fmt: str) -> str:
     if value is None:
         return "n/a"
+    if fmt == "mean_ci":
+        mean, ci = value
+        if not ci:
+            return f"{mean:.1f}"
+        return f"{mean:.1f} ({ci[0]:.1f}–{'∞' if ci[1] is None else f'{ci[1]:.1f}'})"
     if fmt == "mb":
         return f"{value / 1e6:.0f}"
     if fmt == "ci":
@@ -127,7 +147,7 @@ def html_report(summary: dict[str, Any], command: str, plots: list[tuple[str, st
     strategies = summary["strategies"]
     head = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in TABLE)
     rows = "".join(f"<tr><th>{html.escape(name)}<br><small>{html.escape(', '.join(s['models']))}</small></th>"
-                   + "".join(f"<td>{_fmt(s.get(k), f)}</td>" for k, _, f in TABLE) + "</tr>"
+                   + "".join(f"<td>{_fmt(_cell(s, k), f)}</td>" for k, _, f in TABLE) + "</tr>"
                    for name, s in strategies.items())
     per_solved = "".join(f"<tr><th>{html.escape(name)}</th>" + "".join(
         f"<td>{_fmt(s['per_solved_task'].get(k), '{:.2f}')}</td>" for k in ("wall_s", "model_s", "cpu_s", "tokens"))

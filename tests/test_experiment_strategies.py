@@ -135,6 +135,8 @@ def test_summary_sums_costs_and_divides_by_solved_tasks():
     assert branched["per_solved_task"]["cpu_s"] == 1.5 and branched["models"] == ["s1", "s2"]
     table = markdown_table(summary)
     assert "| large | big | 50% | 9%–91% | 1 |" in table and "| branched | s1, s2 | 100% | 34%–100% | 2 |" in table
+    # CPU s per task and per solved task, with their bootstrap intervals (one solved task of two: no finite high end)
+    assert "| 4.5 (3.5–5.5) | 9.0 (3.5–∞) |" in table and "| 1.5 (1.0–2.0) | 1.5 (1.0–2.0) |" in table
 
 
 def test_builtin_tasks_have_exact_answers_their_checker_accepts():
