@@ -172,9 +172,13 @@ def run_experiment(args: argparse.Namespace, url: str, tasks: list[dict], sandbo
     out_dir.mkdir(parents=True, exist_ok=True)
     done, attempts = (resumed(client, experiment, out_dir / ATTEMPTS, args.strategy_list) if args.resume
                       else ({}, []))
-    log = open(out_dir / ATTEMPTS, "w")       # each task's attempts are written as soon as it is recorded
-    for attempt in attempts:
-        log.write(json.dumps(attempt) + "\n")
+    # the attempts kept from an earlier run are written whole before anything else (a run killed
+    # right after it resumed must not leave a file cut inside them), then each task's attempts
+    # are added as soon as it is recorded
+    kept = out_dir / (ATTEMPTS + ".tmp")
+    kept.write_text("".join(json.dumps(attempt) + "\n" for attempt in attempts))
+    os.replace(kept, out_dir / ATTEMPTS)
+    log = open(out_dir / ATTEMPTS, "a")
     results: list[dict[str, Any]] = []
     for strategy in args.strategy_list:
         bar = tqdm(tasks, desc=f"{strategy:>8}", unit="task")

@@ -2,11 +2,13 @@
 tasks under both strategies, code judged in the sandbox, costs from the service's ledger."""
 import base64
 import json
+import subprocess
+import sys
 
 import pytest
 
 import compare
-from helpers import require_models
+from helpers import ROOT, require_models
 from store.sqlite import SqliteStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.embedded]
@@ -129,6 +131,14 @@ def test_a_resumed_run_makes_no_model_call_for_what_was_recorded(main_process, t
     assert jobs() == first_jobs + third_task_jobs                                   # no model call at all
     again = json.loads((tmp_path / "again" / "summary.json").read_text())
     assert again["strategies"] == summary["strategies"] and again["comparisons"] == summary["comparisons"]
+    assert (tmp_path / "again" / "results.jsonl").read_text().splitlines() == attempts
+    # killed (no clean-up, as by SIGKILL) right after it resumed, before its first new task was
+    # recorded: the attempts recorded before are all still there, none cut off
+    killed = subprocess.run([sys.executable, "-c", "import os, sys, compare\n"
+                             "compare.run_strategy = lambda *args: os._exit(9)\n"
+                             "sys.exit(compare.main(sys.argv[1:]))", "--tasks", "builtin:4", "--resume", *common],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == 9, killed.stderr
     assert (tmp_path / "again" / "results.jsonl").read_text().splitlines() == attempts
     capsys.readouterr()
 
