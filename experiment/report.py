@@ -19,7 +19,8 @@ from experiment.stats import comparisons, mean_ci, per_solved_ci, wilson
 
 MAX_BARS = 40                                  # more tasks: a histogram, not a bar per task
 CI_COSTS = ("cpu_s", "wall_s", "model_s")      # per task, with a bootstrap 95% interval of the mean
-SUMMED = ("wall_s", "model_s", "load_s", "queue_wait_s", "eval_s", "cpu_s", "tokens", "attempts")
+# client_wall_s: how long the run spent on the strategy's tasks, as compare.py timed each one
+SUMMED = ("wall_s", "client_wall_s", "model_s", "load_s", "queue_wait_s", "eval_s", "cpu_s", "tokens", "attempts")
 TABLE = (("pass_rate", "pass rate", "{:.0%}"), ("pass_rate_ci95", "95% interval", "ci"), ("solved", "solved", "{}"),
          ("attempts", "attempts", "{}"),
          ("wall_s", "wall s", "{:.1f}"), ("model_s", "model s", "{:.1f}"), ("cpu_s", "CPU s", "{:.1f}"),
