@@ -19,9 +19,11 @@ import contextlib
 import json
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -180,24 +182,31 @@ def run_experiment(args: argparse.Namespace, url: str, tasks: list[dict], sandbo
     os.replace(kept, out_dir / ATTEMPTS)
     log = open(out_dir / ATTEMPTS, "a")
     results: list[dict[str, Any]] = []
-    for strategy in args.strategy_list:
-        bar = tqdm(tasks, desc=f"{strategy:>8}", unit="task")
-        for task in bar:
-            earlier = done.get((task["task_id"], strategy))
-            if earlier is not None:          # --resume: recorded by an earlier run, no model call made again
-                results.append(earlier)
-                continue
-            outcome = run_strategy(runner, args, strategy, task, sandbox)
-            results.append(client.record_result(experiment, {
-                "task_id": task["task_id"], "strategy": strategy, "solved": outcome.solved,
-                "attempts": len(outcome.attempts), "job_ids": outcome.job_ids, "eval_s": round(outcome.eval_s, 4),
-                "client_wall_s": round(outcome.wall_s, 4)}))
-            for attempt in (a.record() for a in outcome.attempts):
-                attempts.append(attempt)
-                log.write(json.dumps(attempt) + "\n")
-            log.flush()
-            bar.set_postfix(solved=sum(1 for r in results if r["strategy"] == strategy and r["solved"]))
-    log.close()
+    try:
+        for strategy in args.strategy_list:
+            bar = tqdm(tasks, desc=f"{strategy:>8}", unit="task")
+            for task in bar:
+                earlier = done.get((task["task_id"], strategy))
+                if earlier is not None:          # --resume: recorded by an earlier run, no model call made again
+                    results.append(earlier)
+                    continue
+                outcome = run_strategy(runner, args, strategy, task, sandbox)
+                results.append(client.record_result(experiment, {
+                    "task_id": task["task_id"], "strategy": strategy, "solved": outcome.solved,
+                    "attempts": len(outcome.attempts), "job_ids": outcome.job_ids, "eval_s": round(outcome.eval_s, 4),
+                    "client_wall_s": round(outcome.wall_s, 4)}))
+                for attempt in (a.record() for a in outcome.attempts):
+                    attempts.append(attempt)
+                    log.write(json.dumps(attempt) + "\n")
+                log.flush()
+                bar.set_postfix(solved=sum(1 for r in results if r["strategy"] == strategy and r["solved"]))
+    except (KeyboardInterrupt, SystemExit):      # Ctrl-C, or SIGTERM (see main): leave no job behind
+        cancelled = client.cancel_unanswered()
+        print(f"compare.py: interrupted; {cancelled} unanswered job(s) cancelled; --resume goes on "
+              "from the tasks recorded", file=sys.stderr)
+        raise
+    finally:
+        log.close()
     task_ids = [t["task_id"] for t in tasks]
     summary = summarize(experiment, task_ids, results)
     sampled = [s for s in args.strategy_list if s in SAMPLING]
@@ -282,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:              # the docker SDK's errors: no engine, no permission
         print(f"compare.py: the {args.sandbox} sandbox cannot run here: {exc}", file=sys.stderr)
         return 2
+    # SIGTERM (kill, a session's end) unwinds like Ctrl-C: the run's unanswered jobs are cancelled
+    # and the embedded service it started is stopped, instead of both left behind
+    in_main = threading.current_thread() is threading.main_thread()     # where signals are handled
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if in_main else None
     try:
         if args.url:
             run_all(args, args.url, tasks, sandbox)
@@ -292,6 +305,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ServiceError, requests.RequestException) as exc:    # the service refused, or went away
         print(f"compare.py: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

@@ -105,6 +105,19 @@ class ServiceClient:
         text = (result.get("message") or {}).get("content") if "message" in result else result.get("response")
         return ModelAnswer(job_id, text or "")
 
+    def cancel_unanswered(self) -> int:
+        """Cancel the jobs submitted and not answered yet (a run interrupted part way: they would
+        keep the models busy for nothing); how many were cancelled."""
+        cancelled = 0
+        for job_id in list(self._asked):
+            self._asked.pop(job_id, None)
+            try:
+                self._call_once("POST", f"/api/job/{job_id}/cancel")
+                cancelled += 1
+            except (ServiceError, requests.RequestException):
+                pass              # it finished meanwhile (409), or the service is gone
+        return cancelled
+
     def job_entries(self, job_id: str) -> list[dict[str, Any]]:
         """The ledger entries of one job (every run of it); none for a job that never ran."""
         entries: list[dict[str, Any]] = self._call("GET", "/api/ledger",

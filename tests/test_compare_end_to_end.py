@@ -143,6 +143,35 @@ def test_a_resumed_run_makes_no_model_call_for_what_was_recorded(main_process, t
     capsys.readouterr()
 
 
+def test_a_run_stopped_by_sigterm_cancels_the_jobs_it_left_unanswered(main_process, tmp_path):
+    """SIGTERM part way (the jobs of a branched round submitted, slow to answer): the run cancels
+    them, so that the models are not kept busy for nobody, and exits 143; nothing is recorded."""
+    import signal
+    import time
+
+    import requests
+
+    service = main_process(("--backend", "sim"), SIM_TOKENS_PER_S=2)       # 40 tokens: 20 s a job
+    run = subprocess.Popen([sys.executable, "compare.py", "--url", service.url, "--tasks", "builtin:2",
+                            "--strategies", "branched", "--small", "qwen2.5:0.5b,smollm:360m", "--max-tokens", "40",
+                            "--out", str(tmp_path), "--experiment", "stopped"],
+                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def jobs() -> list[dict]:
+        listed = requests.get(service.url + "/api/jobs", params={"limit": 100}, timeout=5).json()["jobs"]
+        return [j for j in listed if j["metadata"].get("experiment") == "stopped"]
+
+    deadline = time.monotonic() + 60
+    while len(jobs()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(jobs()) == 2 and all(j["status"] in ("queued", "running") for j in jobs())
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=30)
+    assert run.returncode == 143 and "2 unanswered job(s) cancelled" in err
+    assert [j["status"] for j in jobs()] == ["cancelled", "cancelled"]
+    assert requests.get(service.url + "/api/experiments/stopped/results", timeout=5).json()["results"] == []
+
+
 def test_sample_select_samples_at_a_temperature_and_reports_every_k(main_process, tmp_path, capsys):
     import requests
 
