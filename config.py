@@ -245,6 +245,11 @@ class Config(BaseSettings):
     EMBEDDED_NUM_PARALLEL: int = Field(
         1, ge=1, description="Embedded runtime: slots per runner, the requests one model works on at once "
         "(more wait in line, first come, first served).")
+    EMBEDDED_PROMPT_CACHE_MIB: int = Field(
+        0, ge=0, description="Embedded runtime: host memory (MiB) each runner may fill with llama.cpp's prompt "
+        "cache, the KV state of earlier prompts kept for one that begins the same way. 0: none, as in Ollama, so "
+        "that a runner's memory stays what the scheduler budgeted when it loaded (llama.cpp's own default, 8192, "
+        "let every runner grow by up to 8 GiB over a long run).")
     EMBEDDED_MODEL_CACHE: Path | None = Field(
         None, description="Embedded runtime: where chunked models are joined and checked (default DATA_DIR/models).")
     EMBEDDED_BINDING: Literal["xllamacpp"] = Field("xllamacpp", description="Embedded runtime: llama.cpp binding.")

@@ -24,13 +24,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-ctx", type=int, default=config.NUM_CTX, help="context length of each slot (NUM_CTX)")
     parser.add_argument("--parallel", type=int, default=1, help="requests a runner works on at once")
     parser.add_argument("--binding", default="xllamacpp")
+    parser.add_argument("--prompt-cache-mib", type=int, default=config.EMBEDDED_PROMPT_CACHE_MIB,
+                        help="host memory each runner may keep for llama.cpp's prompt cache (EMBEDDED_PROMPT_CACHE_MIB)")
     parser.add_argument("--ready-file")
     parser.add_argument("--parent-pid", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.threads < 1 or args.num_ctx < 64 or args.parallel < 1:
-        parser.error("--threads and --parallel must be >= 1, --num-ctx >= 64")
+    if args.threads < 1 or args.num_ctx < 64 or args.parallel < 1 or args.prompt_cache_mib < 0:
+        parser.error("--threads and --parallel must be >= 1, --num-ctx >= 64, --prompt-cache-mib >= 0")
     pool = RunnerPool(ModelFiles(Path(args.cache_dir)), Path(args.log_dir), args.threads, args.num_ctx,
-                      args.parallel, args.binding)
+                      args.parallel, args.binding, prompt_cache_mib=args.prompt_cache_mib)
     atexit.register(pool.close)
     serve(create_embedded_app(pool), args.host, args.port, args.ready_file, args.parent_pid)
 

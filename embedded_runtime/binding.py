@@ -82,7 +82,7 @@ def _answer_from(result: dict[str, Any], text: str | None = None) -> Answer:
 class XllamacppModel:
     """One model loaded with xllamacpp's `Server` (llama.cpp's server loop, in process)."""
 
-    def __init__(self, path: str, n_ctx: int, n_threads: int, n_parallel: int):
+    def __init__(self, path: str, n_ctx: int, n_threads: int, n_parallel: int, prompt_cache_mib: int = 0):
         import xllamacpp
 
         params = xllamacpp.CommonParams()
@@ -94,6 +94,9 @@ class XllamacppModel:
         # Read the weights into memory instead of mapping them: the process's RSS is then what the
         # model really takes, which is what the scheduler budgets with.
         params.load_mode = xllamacpp.llama_load_mode.LLAMA_LOAD_MODE_NONE
+        # llama.cpp keeps earlier prompts' KV state in host memory, 8 GiB of it by default: a runner
+        # would then outgrow what it was budgeted at (EMBEDDED_PROMPT_CACHE_MIB; 0, none, as in Ollama)
+        params.cache_ram_mib = prompt_cache_mib
         self._server = xllamacpp.Server(params)
 
     def _run(self, handler: Callable, request: dict[str, Any], on_piece: OnPiece | None, chat: bool) -> Answer:
@@ -142,7 +145,7 @@ class XllamacppModel:
         self._server = None
 
 
-def _numpy_bert(path: str, n_ctx: int, n_threads: int, n_parallel: int) -> LoadedModel:
+def _numpy_bert(path: str, n_ctx: int, n_threads: int, n_parallel: int, prompt_cache_mib: int = 0) -> LoadedModel:
     from embedded_runtime.bert import BertModel  # numpy, safetensors, tokenizers: only where used
     return BertModel(path)
 
@@ -150,9 +153,10 @@ def _numpy_bert(path: str, n_ctx: int, n_threads: int, n_parallel: int) -> Loade
 BINDINGS: dict[str, Callable[..., LoadedModel]] = {"xllamacpp": XllamacppModel, "numpy-bert": _numpy_bert}
 
 
-def load(path: str, n_ctx: int, n_threads: int, n_parallel: int, binding: str = "xllamacpp") -> LoadedModel:
+def load(path: str, n_ctx: int, n_threads: int, n_parallel: int, binding: str = "xllamacpp",
+         prompt_cache_mib: int = 0) -> LoadedModel:
     try:
         factory = BINDINGS[binding]
     except KeyError:
         raise BindingError(500, f"unknown binding {binding!r}; available: {', '.join(BINDINGS)}") from None
-    return factory(path, n_ctx, n_threads, n_parallel)
+    return factory(path, n_ctx, n_threads, n_parallel, prompt_cache_mib)

@@ -116,12 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--parallel", type=int, default=1)
     parser.add_argument("--binding", default="xllamacpp")
+    parser.add_argument("--prompt-cache-mib", type=int, default=0)
     parser.add_argument("--parent-pid", type=int, default=0)
     args = parser.parse_args(argv)
     exit_with_parent(args.parent_pid)
     authkey = os.environ.get(AUTHKEY_ENV, "").encode()
     try:
-        model = load(args.model_path, args.ctx, args.threads, args.parallel, args.binding)
+        model = load(args.model_path, args.ctx, args.threads, args.parallel, args.binding, args.prompt_cache_mib)
     except Exception as exc:
         print(f"FAILED {exc}", flush=True)
         return 1

@@ -105,7 +105,8 @@ class RunnerPool:
     """The loaded models of the embedded runtime. Thread-safe."""
 
     def __init__(self, files: ModelFiles, log_dir: Path, threads: int = 1, num_ctx: int = 2048,
-                 parallel: int = 1, binding: str = "xllamacpp", load_timeout: float = 300.0):
+                 parallel: int = 1, binding: str = "xllamacpp", load_timeout: float = 300.0,
+                 prompt_cache_mib: int = 0):
         self.files = files
         self.log_dir = Path(log_dir)
         self.threads = threads
@@ -113,6 +114,7 @@ class RunnerPool:
         self.parallel = parallel
         self.binding = binding
         self.load_timeout = load_timeout
+        self.prompt_cache_mib = prompt_cache_mib
         self.runners: dict[str, Runner] = {}
         self.crashes = 0
         self._lock = threading.Condition()
@@ -190,7 +192,8 @@ class RunnerPool:
         process = subprocess.Popen(
             [sys.executable, "-m", "embedded_runtime.runner", "--model-path", str(path), "--socket", socket,
              "--ctx", str(num_ctx), "--threads", str(self.threads), "--parallel", str(self.slots(model)),
-             "--binding", model.binding or self.binding, "--parent-pid", str(os.getpid())],
+             "--binding", model.binding or self.binding, "--prompt-cache-mib", str(self.prompt_cache_mib),
+             "--parent-pid", str(os.getpid())],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=log, env=env, text=True)
         log.close()
         runner = Runner(model, num_ctx, process, socket, authkey.hex().encode(), time.time(), 0.0)

@@ -105,6 +105,27 @@ def test_bad_requests_are_400(runtime):
     assert r.status_code == 400
 
 
+def test_a_runner_does_not_grow_with_the_prompts_it_has_seen(runtime):
+    """llama.cpp keeps earlier prompts' KV state in host memory (8 GiB of it by default) unless told
+    not to: after 8 different prompts a runner here takes what it took after the first (with
+    llama.cpp's default it grew by about 38 MB, the prompts' KV state), so the memory the scheduler
+    budgeted at load stays true over a long run (EMBEDDED_PROMPT_CACHE_MIB, default 0)."""
+    _load(runtime, "smollm2:135m")
+    words = " ".join(f"w{j}" for j in range(60))
+
+    def ask(i: int) -> None:
+        r = requests.post(f"{runtime}/api/generate", json={"model": "smollm2:135m", "prompt": f"Story {i}: {words}",
+                                                          "stream": False, "options": {"num_predict": 1}}, timeout=120)
+        assert r.status_code == 200, r.text
+
+    ask(0)
+    before = _ps(runtime)[0]["size"]
+    for i in range(1, 9):
+        ask(i)
+    assert _ps(runtime)[0]["size"] - before < 15_000_000
+    _unload(runtime, "smollm2:135m")
+
+
 def _ps(url: str) -> list[dict]:
     return requests.get(f"{url}/api/ps", timeout=10).json()["models"]
 
