@@ -36,7 +36,7 @@ from experiment import EXPERIMENT_NAME, EXPERIMENT_NAME_RULE
 from experiment.checking import check_answer, check_public
 from experiment.derived import by_group, by_samples, spread
 from experiment.frontier import frontiers
-from experiment.report import markdown_table, summarize, write_outputs
+from experiment.report import markdown_table, summarize, write_outputs, write_whole
 from experiment.sandbox import Limits, ProcessSandbox
 from experiment.service_client import CONNECT_PATIENCE_S, ServiceClient, ServiceError
 from experiment.strategies import (
@@ -177,9 +177,7 @@ def run_experiment(args: argparse.Namespace, url: str, tasks: list[dict], sandbo
     # the attempts kept from an earlier run are written whole before anything else (a run killed
     # right after it resumed must not leave a file cut inside them), then each task's attempts
     # are added as soon as it is recorded
-    kept = out_dir / (ATTEMPTS + ".tmp")
-    kept.write_text("".join(json.dumps(attempt) + "\n" for attempt in attempts))
-    os.replace(kept, out_dir / ATTEMPTS)
+    write_whole(out_dir / ATTEMPTS, "".join(json.dumps(attempt) + "\n" for attempt in attempts).encode())
     log = open(out_dir / ATTEMPTS, "a")
     results: list[dict[str, Any]] = []
     try:
@@ -191,18 +189,21 @@ def run_experiment(args: argparse.Namespace, url: str, tasks: list[dict], sandbo
                     results.append(earlier)
                     continue
                 outcome = run_strategy(runner, args, strategy, task, sandbox)
-                results.append(client.record_result(experiment, {
-                    "task_id": task["task_id"], "strategy": strategy, "solved": outcome.solved,
-                    "attempts": len(outcome.attempts), "job_ids": outcome.job_ids, "eval_s": round(outcome.eval_s, 4),
-                    "client_wall_s": round(outcome.wall_s, 4)}))
-                for attempt in (a.record() for a in outcome.attempts):
-                    attempts.append(attempt)
-                    log.write(json.dumps(attempt) + "\n")
-                log.flush()
+                with TERMINATION.held():      # a task recorded has its attempts written, whatever comes
+                    results.append(client.record_result(experiment, {
+                        "task_id": task["task_id"], "strategy": strategy, "solved": outcome.solved,
+                        "attempts": len(outcome.attempts), "job_ids": outcome.job_ids,
+                        "eval_s": round(outcome.eval_s, 4), "client_wall_s": round(outcome.wall_s, 4)}))
+                    for attempt in (a.record() for a in outcome.attempts):
+                        attempts.append(attempt)
+                        log.write(json.dumps(attempt) + "\n")
+                    log.flush()
                 bar.set_postfix(solved=sum(1 for r in results if r["strategy"] == strategy and r["solved"]))
-    except (KeyboardInterrupt, SystemExit):      # Ctrl-C, or SIGTERM (see main): leave no job behind
-        cancelled = client.cancel_unanswered()
-        print(f"compare.py: interrupted; {cancelled} unanswered job(s) cancelled; --resume goes on "
+    except BaseException as exc:   # interrupted (Ctrl-C, SIGTERM: see main) or failed: leave no job behind
+        with TERMINATION.held(then_stop=False):
+            cancelled = client.cancel_unanswered()
+        stopped = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "stopped by an error"
+        print(f"compare.py: {stopped}; {cancelled} unanswered job(s) cancelled; --resume goes on "
               "from the tasks recorded", file=sys.stderr)
         raise
     finally:
@@ -294,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (kill, a session's end) unwinds like Ctrl-C: the run's unanswered jobs are cancelled
     # and the embedded service it started is stopped, instead of both left behind
     in_main = threading.current_thread() is threading.main_thread()     # where signals are handled
-    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if in_main else None
+    previous = ({signum: signal.signal(signum, TERMINATION.handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+                if in_main else {})
     try:
         if args.url:
             run_all(args, args.url, tasks, sandbox)
@@ -306,12 +308,47 @@ def main(argv: list[str] | None = None) -> int:
         print(f"compare.py: {exc}", file=sys.stderr)
         return 1
     finally:
-        if in_main:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            if handler is not None:           # None: a handler not set from Python, left as it is
+                signal.signal(signum, handler)
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
+class Termination:
+    """Ctrl-C and SIGTERM stop a run (KeyboardInterrupt, SystemExit 143), but not inside `held()`:
+    there the signal waits until the section ends (a task's result recorded and its attempts
+    written, or the run's jobs being cancelled)."""
+
+    def __init__(self) -> None:
+        self.holding = False
+        self.pending: int | None = None
+
+    def handle(self, signum: int, frame: object) -> None:
+        if self.holding:
+            self.pending = signum
+            return
+        self.stop(signum)
+
+    @staticmethod
+    def stop(signum: int) -> None:
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
+
+    @contextlib.contextmanager
+    def held(self, then_stop: bool = True) -> Iterator[None]:
+        """No stop inside; one that came meanwhile stops the run at the end (`then_stop`)."""
+        outer = self.holding
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = outer
+        if then_stop and not outer and self.pending is not None:
+            signum, self.pending = self.pending, None
+            self.stop(signum)
+
+
+TERMINATION = Termination()
 
 
 if __name__ == "__main__":

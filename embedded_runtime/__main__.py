@@ -12,8 +12,8 @@ from embedded_runtime.server import create_embedded_app
 from runtime.launcher import serve
 
 
-def main(argv: list[str] | None = None) -> None:
-    config = Config()           # the defaults are the service's settings (environment and .env)
+def parse_args(argv: list[str] | None, config: Config) -> argparse.Namespace:
+    """The runtime's arguments; their defaults are the service's settings (`config`)."""
     parser = argparse.ArgumentParser(prog="python -m embedded_runtime", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=11434)
@@ -31,6 +31,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads < 1 or args.num_ctx < 64 or args.parallel < 1 or args.prompt_cache_mib < 0:
         parser.error("--threads and --parallel must be >= 1, --num-ctx >= 64, --prompt-cache-mib >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv, Config())      # the defaults: the service's settings (environment and .env)
     pool = RunnerPool(ModelFiles(Path(args.cache_dir)), Path(args.log_dir), args.threads, args.num_ctx,
                       args.parallel, args.binding, prompt_cache_mib=args.prompt_cache_mib)
     atexit.register(pool.close)

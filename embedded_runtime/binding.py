@@ -96,7 +96,8 @@ class XllamacppModel:
         params.load_mode = xllamacpp.llama_load_mode.LLAMA_LOAD_MODE_NONE
         # llama.cpp keeps earlier prompts' KV state in host memory, 8 GiB of it by default: a runner
         # would then outgrow what it was budgeted at (EMBEDDED_PROMPT_CACHE_MIB; 0, none, as in Ollama)
-        params.cache_ram_mib = prompt_cache_mib
+        if hasattr(params, "cache_ram_mib"):      # xllamacpp before it had no such cache
+            params.cache_ram_mib = prompt_cache_mib
         self._server = xllamacpp.Server(params)
 
     def _run(self, handler: Callable, request: dict[str, Any], on_piece: OnPiece | None, chat: bool) -> Answer:

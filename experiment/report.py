@@ -10,6 +10,7 @@ import functools
 import html
 import io
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -76,14 +77,19 @@ def write_outputs(out_dir: Path, summary: dict[str, Any], attempts: list[dict[st
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"summary": out_dir / "summary.json", "results": out_dir / "results.jsonl",
              "report": out_dir / "report.html", "frontier": out_dir / "frontier.png"}
-    paths["summary"].write_text(json.dumps({**summary, "command": command}, indent=2) + "\n")
-    with open(paths["results"], "w") as f:
-        for attempt in attempts:
-            f.write(json.dumps(attempt) + "\n")
+    # each written whole or not at all (a run stopped while writing leaves the file it had)
+    write_whole(paths["summary"], (json.dumps({**summary, "command": command}, indent=2) + "\n").encode())
+    write_whole(paths["results"], "".join(json.dumps(attempt) + "\n" for attempt in attempts).encode())
     plots = _plots(summary)
-    paths["report"].write_text(html_report(summary, command, plots))
-    paths["frontier"].write_bytes(base64.b64decode(plots[0][1]))     # the first plot is the frontier
+    write_whole(paths["report"], html_report(summary, command, plots).encode())
+    write_whole(paths["frontier"], base64.b64decode(plots[0][1]))     # the first plot is the frontier
     return paths
+
+
+def write_whole(path: Path, data: bytes) -> None:
+    part = path.with_name(path.name + ".tmp")
+    part.write_bytes(data)
+    os.replace(part, path)
 
 
 def markdown_table(summary: dict[str, Any]) -> str:

@@ -3,6 +3,7 @@
 `/api/experiments/<experiment>/results`."""
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -31,6 +32,7 @@ class ServiceError(RuntimeError):
     """The service refused a request (its status and error message)."""
 
 
+CANCEL_WITHIN_S = 20.0         # how long an interrupted run spends cancelling its jobs
 CONNECT_PATIENCE_S = 30.0      # how long a call retries a service that does not answer (it may be restarting)
 
 
@@ -56,8 +58,8 @@ class ServiceClient:
         result: dict[str, Any] = self._retrying(self._call_once)(method, path, **kwargs)
         return result
 
-    def _call_once(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        response = self.session.request(method, self.url + path, timeout=POLL_S + 30, **kwargs)
+    def _call_once(self, method: str, path: str, timeout: float = POLL_S + 30, **kwargs: Any) -> dict[str, Any]:
+        response = self.session.request(method, self.url + path, timeout=timeout, **kwargs)
         if response.status_code >= 400:
             try:
                 message = response.json().get("error")
@@ -105,14 +107,19 @@ class ServiceClient:
         text = (result.get("message") or {}).get("content") if "message" in result else result.get("response")
         return ModelAnswer(job_id, text or "")
 
-    def cancel_unanswered(self) -> int:
+    def cancel_unanswered(self, within_s: float = CANCEL_WITHIN_S) -> int:
         """Cancel the jobs submitted and not answered yet (a run interrupted part way: they would
-        keep the models busy for nothing); how many were cancelled."""
+        keep the models busy for nothing), giving up after `within_s` (a service that hangs);
+        how many were cancelled."""
+        deadline = time.monotonic() + within_s
         cancelled = 0
         for job_id in list(self._asked):
             self._asked.pop(job_id, None)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
             try:
-                self._call_once("POST", f"/api/job/{job_id}/cancel")
+                self._call_once("POST", f"/api/job/{job_id}/cancel", timeout=min(5.0, left))
                 cancelled += 1
             except (ServiceError, requests.RequestException):
                 pass              # it finished meanwhile (409), or the service is gone

@@ -65,3 +65,17 @@ def test_the_configuration_doc_is_the_generated_table():
     assert table == settings_markdown(), (
         "docs/configuration.md's table is not what `python config.py --markdown` (`model-manager settings`) "
         "prints: paste its output over the table")
+
+
+def test_the_embedded_runtime_is_started_with_the_services_settings():
+    """What `--backend embedded` passes its runtime reaches the runtime's own arguments (not its
+    defaults): among them the prompt cache's memory (EMBEDDED_PROMPT_CACHE_MIB)."""
+    from embedded_runtime.__main__ import parse_args
+    from embedded_runtime.launch import embedded_args
+
+    service = Config(EMBEDDED_PROMPT_CACHE_MIB=512, EMBEDDED_THREADS=3, EMBEDDED_NUM_PARALLEL=2, NUM_CTX=4096)
+    args = parse_args(embedded_args(service), Config())
+    assert (args.prompt_cache_mib, args.threads, args.parallel, args.num_ctx) == (512, 3, 2, 4096)
+    assert Config().EMBEDDED_PROMPT_CACHE_MIB == 0
+    with pytest.raises(SystemExit):
+        parse_args(["--prompt-cache-mib", "-1"], Config())

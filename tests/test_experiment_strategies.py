@@ -171,3 +171,33 @@ def test_compare_reports_a_service_that_refuses_without_a_traceback(capsys):
     code = compare.main(["--tasks", "builtin:1", "--strategies", "large", "--experiment", "x",
                          "--url", "http://127.0.0.1:9", "--timeout-s", "1", "--connect-patience-s", "1"])
     assert code == 1 and capsys.readouterr().err.startswith("compare.py: ")
+
+
+def test_a_signal_inside_a_held_section_stops_the_run_only_at_its_end():
+    """compare.py's guard: a task's result recorded has its attempts written before SIGTERM stops
+    the run (exit 143), Ctrl-C outside any section stops it at once, and cancelling the run's jobs
+    is not cut short by another signal."""
+    import os
+    import signal
+
+    from compare import Termination
+
+    guard = Termination()
+    previous = {s: signal.signal(s, guard.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        written = []
+        with pytest.raises(SystemExit) as stopped:
+            with guard.held():
+                os.kill(os.getpid(), signal.SIGTERM)        # the handler runs here, inside the section
+                written.append("attempts")
+        assert written == ["attempts"] and stopped.value.code == 143
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            written.append("never")
+        with guard.held(then_stop=False):
+            os.kill(os.getpid(), signal.SIGTERM)
+            written.append("cancelled")
+        assert written == ["attempts", "cancelled"]
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
