@@ -113,8 +113,8 @@ class ServiceClient:
         how many were cancelled."""
         deadline = time.monotonic() + within_s
         cancelled = 0
-        for job_id in list(self._asked):
-            self._asked.pop(job_id, None)
+        unanswered, self._asked = list(self._asked), {}
+        for job_id in unanswered:
             left = deadline - time.monotonic()
             if left <= 0:
                 break

@@ -206,3 +206,22 @@ def test_every_chat_of_a_batch_a_base_model_refused_is_asked_again(monkeypatch):
     answers = [client.answer(job_id) for job_id in batch]
     assert [a.error for a in answers] == [None, None, None] and all(a.text == "Answer: 1" for a in answers)
     assert [jobs[a.job_id]["kind"] for a in answers] == ["generate"] * 3
+
+
+def test_cancelling_a_runs_jobs_gives_up_on_a_service_that_hangs():
+    """An interrupted run cancels its unanswered jobs, but a service that takes connections and
+    never answers holds it at most `within_s`, not the 90 s of a poll per job."""
+    import socket
+    import time
+
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(16)                        # connections are taken, never answered
+    try:
+        client = ServiceClient(f"http://127.0.0.1:{hung.getsockname()[1]}")
+        client._asked.update({f"job{i}": (True, ("m", [], {}, None)) for i in range(5)})
+        started = time.monotonic()
+        assert client.cancel_unanswered(within_s=1.0) == 0
+        assert time.monotonic() - started < 3.0 and client._asked == {}
+    finally:
+        hung.close()
