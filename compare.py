@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from experiment import EXPERIMENT_NAME, EXPERIMENT_NAME_RULE
 from experiment.checking import check_answer, check_public
-from experiment.derived import by_group, by_samples, spread
+from experiment.derived import by_group, by_samples, by_vote, spread
 from experiment.frontier import frontiers
 from experiment.report import markdown_table, summarize, write_outputs, write_whole
 from experiment.sandbox import Limits, ProcessSandbox
@@ -213,6 +213,9 @@ def run_experiment(args: argparse.Namespace, url: str, tasks: list[dict], sandbo
     sampled = [s for s in args.strategy_list if s in SAMPLING]
     if sampled:
         summary["by_k"] = {s: by_samples(attempts, task_ids, args.samples, s, client.job_entries) for s in sampled}
+        votes = {s: by_vote(attempts, tasks, args.samples, s) for s in sampled}
+        if any(votes.values()):
+            summary["by_vote"] = {s: rows for s, rows in votes.items() if rows}
         if SAMPLE_SELECT in summary["by_k"]:
             summary["sample_select_by_k"] = summary["by_k"][SAMPLE_SELECT]
     summary["pareto"] = frontiers(summary)

@@ -46,6 +46,35 @@ def by_samples(attempts: list[dict[str, Any]], task_ids: list[str], samples: int
     return out
 
 
+def by_vote(attempts: list[dict[str, Any]], tasks: Sequence[Mapping[str, Any]], samples: int,
+            strategy: str) -> dict[str, Any]:
+    """Self-consistency on the exact-answer tasks: for every k up to `samples`, the answer most of
+    the first k samples gave (compared without case and surrounding space; a tie goes to the one
+    given first; no answer at all, the first sample's) instead of the first that passed the public
+    checks; tasks solved, pass rate and its interval. Empty when no task has an exact answer."""
+    exact = [t["task_id"] for t in tasks if t["check"]["kind"] != "python_tests"]
+    per_task = {t: sorted((a for a in attempts if a["strategy"] == strategy and a["task_id"] == t),
+                          key=lambda a: a["branch"]) for t in exact}
+    per_task = {t: sampled for t, sampled in per_task.items() if sampled}
+    if not per_task:
+        return {}
+    out: dict[str, Any] = {}
+    for k in range(1, samples + 1):
+        solved = sum(1 for sampled in per_task.values() if _voted(sampled[:k]).get("passed"))
+        out[str(k)] = {"solved": solved, "tasks": len(per_task), "pass_rate": round(solved / len(per_task), 4),
+                       "pass_rate_ci95": wilson(solved, len(per_task))}
+    return out
+
+
+def _voted(sampled: list[dict[str, Any]]) -> dict[str, Any]:
+    answers = [(a.get("completion") or "").strip().casefold() for a in sampled]
+    given = [answer for answer in answers if answer]
+    if not given:
+        return sampled[0]
+    top = max(given, key=lambda answer: (given.count(answer), -answers.index(answer)))
+    return sampled[answers.index(top)]
+
+
 def group_of(task: Mapping[str, Any]) -> str:
     """`humaneval`, `builtin-single` or `builtin-divisible` (where decompose is meant to help)."""
     if task.get("suite") == "builtin":

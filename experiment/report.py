@@ -102,6 +102,11 @@ def markdown_table(summary: dict[str, Any]) -> str:
         lines += [f"| k = {k} | {_fmt(row['pass_rate'], '{:.0%}')} | {_fmt(row['pass_rate_ci95'], 'ci')} | "
                   f"{_fmt(row['cpu_s'] / row['tasks'] if row.get('cpu_s') is not None and row['tasks'] else None, '{:.1f}')} |"
                   for k, row in by_k.items()]
+    for strategy, votes in (summary.get("by_vote") or {}).items():
+        lines += ["", f"| {strategy}: the majority answer of the first k samples (exact-answer tasks) | pass rate | "
+                  "95% interval |", "|---|---|---|"]
+        lines += [f"| k = {k} | {_fmt(row['pass_rate'], '{:.0%}')} | {_fmt(row['pass_rate_ci95'], 'ci')} |"
+                  for k, row in votes.items()]
     if summary.get("pareto"):
         lines += ["", "Pareto frontier: " + "; ".join(f"{COSTS[c]}: {', '.join(names)}"
                                                       for c, names in summary["pareto"].items())]

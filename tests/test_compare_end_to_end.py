@@ -44,6 +44,8 @@ def test_humaneval_and_builtin_tasks_under_every_strategy_then_resumed_with_no_m
     assert summary["by_k"]["sample-select"]["2"]["cpu_s"] == pytest.approx(summary["strategies"]["sample-select"]["cpu_s"],
                                                                           rel=0.01)
     assert set(summary["pareto"]) == {"cpu_s", "peak_rss_bytes"} and all(summary["pareto"].values())
+    votes = summary["by_vote"]["sample-select"]            # self-consistency on the two built-in tasks
+    assert set(votes) == {"1", "2"} and all(row["tasks"] == 2 for row in votes.values())
 
     attempts = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     for a in attempts:

@@ -8,7 +8,7 @@ import pytest
 
 from experiment.checking import judge_exact
 from experiment.decompose import is_wrong, parse_plan
-from experiment.derived import by_samples, spread
+from experiment.derived import by_samples, by_vote, spread
 from experiment.frontier import frontiers, pareto
 from experiment.strategies import LARGE_SAMPLE_SELECT, Runner
 from experiment.tasks import builtin_tasks
@@ -171,3 +171,22 @@ def test_results_by_group_and_the_divisible_selection():
     assert rows["builtin-divisible"]["solved"] == 1 and rows["builtin-divisible"]["tasks"] == 2
     assert rows["humaneval"]["pass_rate"] == 1.0 and rows["builtin-single"]["tasks"] == 1
     assert by_group(results[:1], tasks[:1]) == {}                  # one group: nothing to break down
+
+
+def test_the_majority_answer_of_the_first_k_samples_by_hand():
+    """Self-consistency on exact-answer tasks: the answer most of the first k samples gave (a tie
+    to the one given first; no answer at all, the first sample), code tasks left out."""
+    def sample(task: str, branch: int, answer: str, passed: bool) -> dict[str, Any]:
+        return {"task_id": task, "strategy": "sample-select", "branch": branch, "completion": answer,
+                "passed": passed}
+
+    attempts = [sample("a", i, answer, answer == "8") for i, answer in enumerate(["7", "8", " 8", "7"])]
+    attempts += [sample("b", i, answer, answer == "5") for i, answer in enumerate(["", "5", "", ""])]
+    attempts += [sample("h", i, "def f(): pass", True) for i in range(4)]
+    tasks = [{"task_id": "a", "check": {"kind": "exact"}}, {"task_id": "b", "check": {"kind": "exact"}},
+             {"task_id": "h", "check": {"kind": "python_tests"}}]
+    votes = by_vote(list(reversed(attempts)), tasks, 4, "sample-select")
+    # a: 7 | 7-8 tie, 7 first | 8 twice | 2-2 tie, 7 first; b: none, the first | 5 from then on
+    assert {k: row["solved"] for k, row in votes.items()} == {"1": 0, "2": 1, "3": 2, "4": 1}
+    assert votes["3"]["tasks"] == 2 and votes["3"]["pass_rate"] == 1.0
+    assert by_vote(attempts, tasks[2:], 4, "sample-select") == {}
