@@ -31,9 +31,13 @@ def sandbox():
 
 
 def sandbox_processes() -> list[psutil.Process]:
-    """Processes still running the sandbox's guard (none may outlive a check)."""
+    """Processes still running the sandbox's guard for this test process (none may outlive a
+    check; their folder, in their command line, names the harness's pid: another program's
+    sandboxes, an experiment running beside the suite, are not this suite's)."""
+    mine = f"mm-sandbox-{os.getpid()}-"
     return [p for p in psutil.process_iter(["cmdline"])
-            if any("sandbox_guard.py" in part for part in (p.info["cmdline"] or []))]
+            if any("sandbox_guard.py" in part for part in (p.info["cmdline"] or []))
+            and any(mine in part for part in (p.info["cmdline"] or []))]
 
 
 def leftovers() -> list[str]:
