@@ -23,9 +23,7 @@ def by_samples(attempts: list[dict[str, Any]], task_ids: list[str], samples: int
     """For every k up to `samples`: tasks solved with the first k samples, the pass rate and its
     interval, and (given `entries_of`) what those k samples cost: `cpu_s`, `model_s`, `tokens`,
     `energy_j` summed over tasks, `peak_rss_bytes` the largest over tasks."""
-    per_task = {t: sorted((a for a in attempts if a["strategy"] == strategy and a["task_id"] == t),
-                          key=lambda a: a["branch"]) for t in task_ids}
-    per_task = {t: sampled for t, sampled in per_task.items() if sampled}
+    per_task = _samples_by_task(attempts, task_ids, strategy)
     entries = {a["job_id"]: entries_of(a["job_id"]) for sampled in per_task.values() for a in sampled
                if a.get("job_id")} if entries_of is not None else {}
     out = {}
@@ -53,9 +51,7 @@ def by_vote(attempts: list[dict[str, Any]], tasks: Sequence[Mapping[str, Any]], 
     given first; no answer at all, the first sample's) instead of the first that passed the public
     checks; tasks solved, pass rate and its interval. Empty when no task has an exact answer."""
     exact = [t["task_id"] for t in tasks if t["check"]["kind"] != "python_tests"]
-    per_task = {t: sorted((a for a in attempts if a["strategy"] == strategy and a["task_id"] == t),
-                          key=lambda a: a["branch"]) for t in exact}
-    per_task = {t: sampled for t, sampled in per_task.items() if sampled}
+    per_task = _samples_by_task(attempts, exact, strategy)
     if not per_task:
         return {}
     out: dict[str, Any] = {}
@@ -64,6 +60,14 @@ def by_vote(attempts: list[dict[str, Any]], tasks: Sequence[Mapping[str, Any]], 
         out[str(k)] = {"solved": solved, "tasks": len(per_task), "pass_rate": round(solved / len(per_task), 4),
                        "pass_rate_ci95": wilson(solved, len(per_task))}
     return out
+
+
+def _samples_by_task(attempts: list[dict[str, Any]], task_ids: list[str], strategy: str
+                     ) -> dict[str, list[dict[str, Any]]]:
+    """Each task's samples under `strategy`, in the order they were drawn; tasks without any left out."""
+    per_task = {t: sorted((a for a in attempts if a["strategy"] == strategy and a["task_id"] == t),
+                          key=lambda a: a["branch"]) for t in task_ids}
+    return {t: sampled for t, sampled in per_task.items() if sampled}
 
 
 def _voted(sampled: list[dict[str, Any]]) -> dict[str, Any]:
