@@ -39,6 +39,15 @@ def test_mcnemar_exact_counts_the_discordant_tasks_only():
     assert mcnemar({"a": True, "b": True}, {"b": False, "c": True})["tasks"] == 1   # common tasks only
 
 
+def test_mcnemar_keeps_a_tiny_p_value_instead_of_rounding_it_to_0():
+    # the 164-task run's large against decompose: 83 tasks only large solved, 2 only decompose
+    first = {f"t{i}": i < 83 for i in range(85)}
+    second = {f"t{i}": i >= 83 for i in range(85)}
+    by_hand = 2 * (1 + 85 + 85 * 84 / 2) / 2 ** 85          # 2 x P(X <= 2), X ~ Binomial(85, 1/2)
+    assert mcnemar(first, second)["p_value"] == pytest.approx(by_hand, rel=1e-3)
+    assert 0 < mcnemar(first, second)["p_value"] < 1e-20
+
+
 def test_the_bootstrap_interval_holds_the_mean_and_is_reproducible():
     values = [1.0, 2.0, 3.0, 4.0, 10.0]
     interval = mean_ci(values)
