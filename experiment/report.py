@@ -201,15 +201,20 @@ def _pareto_html(summary: dict[str, Any]) -> str:
     return f"<h2>On the Pareto frontier</h2><ul>{items}</ul>"
 
 
-def _plots(summary: dict[str, Any]) -> list[tuple[str, str]]:
+def frontier_png(summary: dict[str, Any]) -> bytes:
+    """The cost-frontier plot alone (what frontier.png holds), as PNG bytes."""
+    return base64.b64decode(_frontier(summary, _pyplot()))
+
+
+def _pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
 
-    strategies = summary["strategies"]
-    per_task = summary["per_task"]
-    out = []
 
+def _frontier(summary: dict[str, Any], plt) -> str:
+    """Pass rate against each measured cost, one point per strategy and per k, the frontier drawn."""
     points = frontier_points(summary)
     fig, axes = plt.subplots(1, len(points), figsize=(3.8 * max(1, len(points)), 3.6), dpi=100, squeeze=False)
     for ax, (cost, named) in zip(axes[0], points.items(), strict=False):
@@ -235,7 +240,14 @@ def _plots(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ax.set_xlim(0, 1.25 * max(x / scale for x, _ in named.values()) or 1)
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle("The cost frontier: pass rate against cost (sampling strategies at every k)")
-    out.append(("The cost frontier", _png(fig, plt)))
+    return _png(fig, plt)
+
+
+def _plots(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    plt = _pyplot()
+    strategies = summary["strategies"]
+    per_task = summary["per_task"]
+    out = [("The cost frontier", _frontier(summary, plt))]
 
     tasks = list(dict.fromkeys(r["task_id"] for r in per_task))
     if len(tasks) > MAX_BARS:

@@ -15,7 +15,6 @@ samples: the models those k used). It writes `memory_cache_off.json` and `fronti
 from __future__ import annotations
 
 import argparse
-import base64
 import copy
 import datetime as dt
 import json
@@ -26,7 +25,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from experiment.frontier import frontiers  # noqa: E402
-from experiment.report import _plots  # noqa: E402
+from experiment.report import frontier_png  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESTART = dt.datetime(2026, 12, 7, 4, 27, 51, tzinfo=dt.UTC).timestamp()
@@ -76,7 +75,7 @@ def main() -> None:
     (HERE / "memory_cache_off.json").write_text(json.dumps(
         {"restart": dt.datetime.fromtimestamp(RESTART, dt.UTC).isoformat(), "per_model": per_model,
          "strategies": strategies, "pareto": pareto}, indent=2) + "\n")
-    (HERE / "frontier_cache_off.png").write_bytes(base64.b64decode(_plots(clean)[0][1]))
+    (HERE / "frontier_cache_off.png").write_bytes(frontier_png(clean))
     for m, v in per_model.items():
         print(f"{m}: {v['peak_rss_bytes'] / 1e6:,.0f} MB over {v['jobs']} jobs")
     print("pareto:", pareto)
