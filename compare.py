@@ -5,6 +5,7 @@
     .venv/bin/python compare.py ... --strategies large,branched,sample-select,decompose --samples 4
     .venv/bin/python compare.py ... --experiment NAME --resume       # go on after an interruption
     .venv/bin/python compare.py ... --repeat 3 --temperature 0.7      # three runs, other seeds: the spread
+    .venv/bin/python compare.py --merge reports/A,reports/B --experiment AB   # two runs' outputs as one
 
 Every model call is a job through the service's queue and scheduler (the one at `--url`, or an
 embedded one this command starts), tagged with the experiment, strategy, task and branch.
@@ -34,8 +35,8 @@ from tqdm import tqdm
 
 from experiment import EXPERIMENT_NAME, EXPERIMENT_NAME_RULE
 from experiment.checking import check_answer, check_public
-from experiment.derived import by_group, by_samples, by_vote, spread
-from experiment.frontier import frontiers
+from experiment.derived import derive, spread
+from experiment.merge import MergeError, merge
 from experiment.report import markdown_table, summarize, write_outputs, write_whole
 from experiment.sandbox import Limits, ProcessSandbox
 from experiment.service_client import CONNECT_PATIENCE_S, ServiceClient, ServiceError
@@ -87,6 +88,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="how long to retry a service that does not answer (it may be restarting)")
     p.add_argument("--sandbox", choices=("process", "docker"), default="process",
                    help="where generated code runs (docker needs an engine that answers)")
+    p.add_argument("--merge", default=None, metavar="DIR,DIR,...",
+                   help="run nothing: join the outputs of earlier runs (their folders, other strategies or other "
+                        "tasks) into OUT/EXPERIMENT/, paired tests and frontier over all of them")
     p.add_argument("--model-cache", type=Path, default=None,
                    help="embedded service: where joined model files are kept (default .cache/models if present)")
     args = p.parse_args(argv)
@@ -107,6 +111,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--samples must be at least 1")
     if args.resume and not args.experiment:
         p.error("--resume goes on with a named run: give its --experiment")
+    args.merge_dirs = [Path(d.strip()) for d in (args.merge or "").split(",") if d.strip()]
+    if args.merge is not None and (len(args.merge_dirs) < 2 or not args.experiment or args.resume):
+        p.error("--merge takes two run folders or more, and an --experiment to write them to (no --resume)")
     args.experiment = args.experiment or time.strftime("compare-%Y%m%d-%H%M%S")
     longest = args.experiment if args.repeat == 1 else f"{args.experiment}-r{args.repeat}"   # repeats' names too
     if not EXPERIMENT_NAME.match(args.experiment) or not EXPERIMENT_NAME.match(longest):
@@ -208,20 +215,8 @@ def run_experiment(args: argparse.Namespace, url: str, tasks: list[dict], sandbo
         raise
     finally:
         log.close()
-    task_ids = [t["task_id"] for t in tasks]
-    summary = summarize(experiment, task_ids, results)
-    sampled = [s for s in args.strategy_list if s in SAMPLING]
-    if sampled:
-        summary["by_k"] = {s: by_samples(attempts, task_ids, args.samples, s, client.job_entries) for s in sampled}
-        votes = {s: by_vote(attempts, tasks, args.samples, s) for s in sampled}
-        if any(votes.values()):
-            summary["by_vote"] = {s: rows for s, rows in votes.items() if rows}
-        if SAMPLE_SELECT in summary["by_k"]:
-            summary["sample_select_by_k"] = summary["by_k"][SAMPLE_SELECT]
-    summary["pareto"] = frontiers(summary)
-    groups = by_group(results, tasks)
-    if groups:
-        summary["by_group"] = groups
+    summary = derive(summarize(experiment, [t["task_id"] for t in tasks], results), results, attempts, tasks,
+                     [s for s in args.strategy_list if s in SAMPLING], args.samples, client.job_entries)
     paths = write_outputs(out_dir, summary, attempts, args.command)
     print(markdown_table(summary))
     for name, path in paths.items():
@@ -283,8 +278,37 @@ def resumed(client: ServiceClient, experiment: str, attempts_path: Path, strateg
     return done, attempts
 
 
+def merge_runs(args: argparse.Namespace) -> int:
+    """--merge: the runs' summary.json and results.jsonl joined into OUT/EXPERIMENT/."""
+    out_dir = args.out / args.experiment
+    if any(d.resolve() == out_dir.resolve() for d in args.merge_dirs):
+        print(f"compare.py: {out_dir} is one of the runs merged: write the merge to another --experiment",
+              file=sys.stderr)
+        return 2
+    runs, attempts = [], []
+    for run_dir in args.merge_dirs:
+        try:
+            runs.append(json.loads((run_dir / "summary.json").read_text()))
+            attempts += [json.loads(line) for line in (run_dir / ATTEMPTS).read_text().splitlines() if line.strip()]
+        except (OSError, ValueError) as exc:
+            print(f"compare.py: {run_dir} holds no finished run ({exc})", file=sys.stderr)
+            return 2
+    try:
+        summary = merge(args.experiment, runs)
+    except MergeError as exc:
+        print(f"compare.py: {exc}", file=sys.stderr)
+        return 2
+    paths = write_outputs(out_dir, summary, attempts, args.command)
+    print(markdown_table(summary))
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.merge is not None:
+        return merge_runs(args)
     try:
         tasks = select_tasks(args.tasks)
     except TaskSpecError as exc:

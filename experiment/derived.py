@@ -12,10 +12,31 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from experiment.costs import ledger_costs
+from experiment.frontier import frontiers
 from experiment.stats import wilson
-from experiment.strategies import solved_with
+from experiment.strategies import SAMPLE_SELECT, solved_with
 
 Entries = Callable[[str], list[dict[str, Any]]]     # job id -> its ledger entries
+
+
+def derive(summary: dict[str, Any], results: list[dict[str, Any]], attempts: list[dict[str, Any]],
+           tasks: Sequence[Mapping[str, Any]], sampled: Sequence[str], samples: int,
+           entries_of: Entries | None) -> dict[str, Any]:
+    """A run's summary with what is read off its attempts: every k of the sampling strategies
+    (`by_k`, `by_vote`), the pass rates per group of tasks (`by_group`) and the frontier (`pareto`)."""
+    task_ids = [t["task_id"] for t in tasks]
+    if sampled:
+        summary["by_k"] = {s: by_samples(attempts, task_ids, samples, s, entries_of) for s in sampled}
+        votes = {s: by_vote(attempts, tasks, samples, s) for s in sampled}
+        if any(votes.values()):
+            summary["by_vote"] = {s: rows for s, rows in votes.items() if rows}
+        if SAMPLE_SELECT in summary["by_k"]:
+            summary["sample_select_by_k"] = summary["by_k"][SAMPLE_SELECT]
+    summary["pareto"] = frontiers(summary)
+    groups = by_group(results, tasks)
+    if groups:
+        summary["by_group"] = groups
+    return summary
 
 
 def by_samples(attempts: list[dict[str, Any]], task_ids: list[str], samples: int, strategy: str,

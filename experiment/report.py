@@ -11,7 +11,7 @@ import html
 import io
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,46 +30,53 @@ TABLE = (("pass_rate", "pass rate", "{:.0%}"), ("pass_rate_ci95", "95% interval"
          ("cpu_s_per_solved_task", "CPU s per solved task (95%)", "mean_ci"))
 
 
+PER_TASK = ("task_id", "strategy", "solved", "attempts", "wall_s", "client_wall_s", "model_s", "load_s",
+            "queue_wait_s", "eval_s", "cpu_s", "peak_rss_bytes", "tokens", "energy_j", "models")
+
+
 def summarize(experiment: str, task_ids: list[str], results: list[dict[str, Any]]) -> dict[str, Any]:
     """`results`: the service's experiment_results documents, one per task and strategy."""
-    strategies: dict[str, Any] = {}
-    for strategy in dict.fromkeys(r["strategy"] for r in results):
-        rows = [r for r in results if r["strategy"] == strategy]
-        solved = sum(1 for r in rows if r["solved"])
-        totals: dict[str, Any] = {key: round(sum(float(r.get(key) or 0) for r in rows), 4) for key in SUMMED}
-        totals["tokens"], totals["attempts"] = int(totals["tokens"]), int(totals["attempts"])
-        energies = [r["energy_j"] for r in rows if r.get("energy_j") is not None]
-        totals["energy_j"] = round(sum(energies), 3) if energies else None
-        totals["peak_rss_bytes"] = max((int(r.get("peak_rss_bytes") or 0) for r in rows), default=0)
-        by_model: dict[str, dict[str, float]] = {}
-        for r in rows:
-            for part in r.get("by_model") or []:
-                mine = by_model.setdefault(part["model"], {"jobs": 0, "model_s": 0.0, "queue_wait_s": 0.0, "tokens": 0})
-                for key in mine:
-                    mine[key] = round(mine[key] + part.get(key, 0), 4)
-        per_solved = {key: (round(value / solved, 4) if solved and value is not None else None)
-                      for key, value in totals.items() if key != "peak_rss_bytes"}
-        # memory is not spent per task: the peak over the tasks it solved, not a share of a sum
-        per_solved["peak_rss_bytes"] = max((int(r.get("peak_rss_bytes") or 0) for r in rows if r["solved"]),
-                                           default=None)
-        strategies[strategy] = {"tasks": len(rows), "solved": solved,
-                                "pass_rate": round(solved / len(rows), 4) if rows else 0.0,
-                                "pass_rate_ci95": wilson(solved, len(rows)),
-                                "per_task_ci95": {key: mean_ci([float(r.get(key) or 0) for r in rows])
-                                                  for key in CI_COSTS},
-                                "per_solved_task_ci95": {key: per_solved_ci([float(r.get(key) or 0) for r in rows],
-                                                                            [bool(r["solved"]) for r in rows])
-                                                         for key in CI_COSTS},
-                                "models": sorted({m for r in rows for m in r.get("models", [])}),
-                                **totals, "per_solved_task": per_solved, "by_model": by_model}
-    solved_by = {name: {r["task_id"]: bool(r["solved"]) for r in results if r["strategy"] == name}
-                 for name in strategies}
+    strategies = {strategy: strategy_summary([r for r in results if r["strategy"] == strategy])
+                  for strategy in dict.fromkeys(r["strategy"] for r in results)}
     return {"experiment": experiment, "tasks": task_ids, "strategies": strategies,
-            "comparisons": comparisons(solved_by),
-            "per_task": [{key: r.get(key) for key in ("task_id", "strategy", "solved", "attempts", "wall_s",
-                                                      "model_s", "load_s", "queue_wait_s", "eval_s", "cpu_s",
-                                                      "peak_rss_bytes", "tokens", "energy_j", "models")}
-                         for r in results]}
+            "comparisons": comparisons(solved_by(results, strategies)),
+            "per_task": [{key: r.get(key) for key in PER_TASK} for r in results]}
+
+
+def solved_by(results: list[dict[str, Any]], strategies: Iterable[str]) -> dict[str, dict[str, bool]]:
+    """Per strategy (in the order given), which tasks it solved."""
+    return {name: {r["task_id"]: bool(r["solved"]) for r in results if r["strategy"] == name} for name in strategies}
+
+
+def strategy_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One strategy's figures from its results (or summary.json's `per_task` rows, which lack only
+    `by_model`): pass rate and interval, totals, per task with intervals, per solved task."""
+    solved = sum(1 for r in rows if r["solved"])
+    totals: dict[str, Any] = {key: round(sum(float(r.get(key) or 0) for r in rows), 4) for key in SUMMED}
+    totals["tokens"], totals["attempts"] = int(totals["tokens"]), int(totals["attempts"])
+    energies = [r["energy_j"] for r in rows if r.get("energy_j") is not None]
+    totals["energy_j"] = round(sum(energies), 3) if energies else None
+    totals["peak_rss_bytes"] = max((int(r.get("peak_rss_bytes") or 0) for r in rows), default=0)
+    by_model: dict[str, dict[str, float]] = {}
+    for r in rows:
+        for part in r.get("by_model") or []:
+            mine = by_model.setdefault(part["model"], {"jobs": 0, "model_s": 0.0, "queue_wait_s": 0.0, "tokens": 0})
+            for key in mine:
+                mine[key] = round(mine[key] + part.get(key, 0), 4)
+    per_solved = {key: (round(value / solved, 4) if solved and value is not None else None)
+                  for key, value in totals.items() if key != "peak_rss_bytes"}
+    # memory is not spent per task: the peak over the tasks it solved, not a share of a sum
+    per_solved["peak_rss_bytes"] = max((int(r.get("peak_rss_bytes") or 0) for r in rows if r["solved"]),
+                                       default=None)
+    return {"tasks": len(rows), "solved": solved,
+            "pass_rate": round(solved / len(rows), 4) if rows else 0.0,
+            "pass_rate_ci95": wilson(solved, len(rows)),
+            "per_task_ci95": {key: mean_ci([float(r.get(key) or 0) for r in rows]) for key in CI_COSTS},
+            "per_solved_task_ci95": {key: per_solved_ci([float(r.get(key) or 0) for r in rows],
+                                                        [bool(r["solved"]) for r in rows])
+                                     for key in CI_COSTS},
+            "models": sorted({m for r in rows for m in r.get("models") or []}),
+            **totals, "per_solved_task": per_solved, "by_model": by_model}
 
 
 def write_outputs(out_dir: Path, summary: dict[str, Any], attempts: list[dict[str, Any]],
