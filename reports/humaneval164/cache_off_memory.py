@@ -11,6 +11,12 @@ samples: the models those k used). It writes `memory_cache_off.json` and `fronti
 (CPU seconds as measured; memory from these peaks) beside summary.json, which it does not change.
 
     .venv/bin/python reports/humaneval164/cache_off_memory.py --url http://127.0.0.1:5090
+
+Without `--url` it takes the peaks from the `memory_cache_off.json` written then. `--summary` redraws
+another summary holding this run's strategies (a merge of it with later runs, `compare.py --merge`):
+this run's strategies get these peaks, the later runs' (made with the cache off) keep their own.
+
+    .venv/bin/python reports/humaneval164/cache_off_memory.py --summary reports/humaneval164-all/summary.json
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ RESTART = dt.datetime(2026, 12, 7, 4, 27, 51, tzinfo=dt.UTC).timestamp()
 EXPERIMENTS = ("humaneval164", "humaneval164-mem")
 SMALL = ["qwen2.5-coder:0.5b", "gemma3:270m", "smollm2:135m"]     # sample i uses SMALL[i % 3]
 LARGE = "qwen2.5-coder:1.5b"
+CACHE_ON = ("large", "branched", "sample-select", "decompose")    # this run's strategies
 
 
 def peaks(url: str) -> dict[str, dict]:
@@ -56,26 +63,32 @@ def peaks(url: str) -> dict[str, dict]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--url", default="http://127.0.0.1:5090")
+    p.add_argument("--url", default=None, help="the run's service (default: the peaks in memory_cache_off.json)")
+    p.add_argument("--summary", type=Path, default=HERE / "summary.json", help="the summary to redraw")
     args = p.parse_args()
-    per_model = peaks(args.url)
+    if args.url:
+        per_model = peaks(args.url)
+    else:
+        per_model = json.loads((HERE / "memory_cache_off.json").read_text())["per_model"]
     mem = {m: v["peak_rss_bytes"] for m, v in per_model.items()}
-    summary = json.loads((HERE / "summary.json").read_text())
+    summary = json.loads(args.summary.read_text())
     clean = copy.deepcopy(summary)
     strategies = {}
     for name, row in clean["strategies"].items():
-        row["peak_rss_bytes"] = mem[LARGE] if name == "large" else sum(mem[m] for m in SMALL)
+        if name in CACHE_ON:
+            row["peak_rss_bytes"] = mem[LARGE] if name == "large" else sum(mem[m] for m in SMALL)
         strategies[name] = row["peak_rss_bytes"]
     for strategy, by_k in (clean.get("by_k") or {}).items():
         for k, row in by_k.items():
-            used = {LARGE} if strategy.startswith("large") else {SMALL[i % 3] for i in range(int(k))}
-            row["peak_rss_bytes"] = sum(mem[m] for m in used)
+            if strategy in CACHE_ON:
+                row["peak_rss_bytes"] = sum(mem[m] for m in {SMALL[i % 3] for i in range(int(k))})
             strategies[f"{strategy}@{k}"] = row["peak_rss_bytes"]
     pareto = frontiers(clean)
-    (HERE / "memory_cache_off.json").write_text(json.dumps(
+    out = args.summary.parent
+    (out / "memory_cache_off.json").write_text(json.dumps(
         {"restart": dt.datetime.fromtimestamp(RESTART, dt.UTC).isoformat(), "per_model": per_model,
          "strategies": strategies, "pareto": pareto}, indent=2) + "\n")
-    (HERE / "frontier_cache_off.png").write_bytes(frontier_png(clean))
+    (out / "frontier_cache_off.png").write_bytes(frontier_png(clean))
     for m, v in per_model.items():
         print(f"{m}: {v['peak_rss_bytes'] / 1e6:,.0f} MB over {v['jobs']} jobs")
     print("pareto:", pareto)
