@@ -36,7 +36,7 @@ from tqdm import tqdm
 from experiment import EXPERIMENT_NAME, EXPERIMENT_NAME_RULE
 from experiment.checking import check_answer, check_public
 from experiment.derived import derive, spread
-from experiment.merge import MergeError, merge
+from experiment.merge import MergeError, check_run, merge
 from experiment.report import markdown_table, summarize, write_outputs, write_whole
 from experiment.sandbox import Limits, ProcessSandbox
 from experiment.service_client import CONNECT_PATIENCE_S, ServiceClient, ServiceError
@@ -51,7 +51,7 @@ from experiment.strategies import (
     Outcome,
     Runner,
 )
-from experiment.tasks import TaskSpecError, select_tasks
+from experiment.tasks import TaskSpecError, builtin_tasks, humaneval_tasks, select_tasks
 
 ROOT = Path(__file__).resolve().parent
 
@@ -285,16 +285,25 @@ def merge_runs(args: argparse.Namespace) -> int:
         print(f"compare.py: {out_dir} is one of the runs merged: write the merge to another --experiment",
               file=sys.stderr)
         return 2
+    try:
+        if "merged_from" not in json.loads((out_dir / "summary.json").read_text()):
+            print(f"compare.py: {out_dir} holds a run: write the merge to another --experiment", file=sys.stderr)
+            return 2
+    except (OSError, ValueError, TypeError):
+        pass                              # nothing there yet (or no run's summary): the merge may go there
     runs, attempts = [], []
     for run_dir in args.merge_dirs:
         try:
-            runs.append(json.loads((run_dir / "summary.json").read_text()))
-            attempts += [json.loads(line) for line in (run_dir / ATTEMPTS).read_text().splitlines() if line.strip()]
-        except (OSError, ValueError) as exc:
-            print(f"compare.py: {run_dir} holds no finished run ({exc})", file=sys.stderr)
+            run = json.loads((run_dir / "summary.json").read_text())
+            mine = [json.loads(line) for line in (run_dir / ATTEMPTS).read_text().splitlines() if line.strip()]
+            check_run(run, mine)
+        except (OSError, ValueError) as exc:          # MergeError is a ValueError, as JSON's errors are
+            print(f"compare.py: {run_dir} holds no finished run: {exc}", file=sys.stderr)
             return 2
+        runs.append(run)
+        attempts += mine
     try:
-        summary = merge(args.experiment, runs)
+        summary = merge(args.experiment, runs, humaneval_tasks() + builtin_tasks())
     except MergeError as exc:
         print(f"compare.py: {exc}", file=sys.stderr)
         return 2

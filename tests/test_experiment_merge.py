@@ -59,20 +59,37 @@ def json_round_trip(summary: dict) -> dict:
     return json.loads(json.dumps(summary))          # as read back from summary.json
 
 
-def test_a_run_split_in_two_merges_into_the_summary_of_one_run():
+def older(summary: dict) -> dict:
+    """As runs before per_task carried client_wall_s wrote it (and with no models named per task)."""
+    for row in summary["per_task"]:
+        del row["client_wall_s"]
+        row["models"] = None
+    return summary
+
+
+@pytest.mark.parametrize("as_written", [json_round_trip, lambda s: older(json_round_trip(s))])
+def test_a_run_split_in_two_merges_into_the_summary_of_one_run(as_written):
     attempts = [a for i in range(8) for a in samples_of(i)]
     whole = json_round_trip(run("whole", every("large", range(8)) + every("branched", range(8))
                                 + every("sample-select", range(8)), attempts, IDS))
-    # large and branched on every task with the first half of sample-select; its second half apart
-    first = run("first", every("large", range(8)) + every("branched", range(8)) + every("sample-select", range(4)),
-                attempts[:8], IDS)
-    second = run("second", every("sample-select", range(4, 8)), attempts[8:], IDS[4:])
-    merged = merge("whole", [json_round_trip(first), json_round_trip(second)])
-    assert merged["merged_from"] == ["first", "second"]
-    assert {key: value for key, value in merged.items() if key != "merged_from"} == whole
+    # large, branched and the built-in half of sample-select in one run; its HumanEval half apart
+    # (one group of tasks only: that run has no by_group of its own)
+    first = run("first", every("large", range(8)) + every("branched", range(8)) + every("sample-select", range(4, 8)),
+                attempts[8:], IDS)
+    second = run("second", every("sample-select", range(4)), attempts[:8], IDS[:4])
+    assert "by_group" not in second
+    merged = merge("whole", [as_written(first), as_written(second)], TASKS)
+    assert [m["experiment"] for m in merged["merged_from"]] == ["first", "second"]
+    assert merged["strategies"] == whole["strategies"]
+    assert {key: value for key, value in merged.items() if key not in ("merged_from", "per_task")} == \
+        {key: value for key, value in whole.items() if key != "per_task"}
+    # the per-task rows in one run's order: by strategy, then by task
+    assert [(r["strategy"], r["task_id"]) for r in merged["per_task"]] == \
+        [(r["strategy"], r["task_id"]) for r in whole["per_task"]]
     # the split strategy was summarized again: its intervals are over all eight tasks
     assert merged["strategies"]["sample-select"]["tasks"] == 8
     assert merged["by_k"]["sample-select"]["2"]["cpu_s"] == whole["by_k"]["sample-select"]["2"]["cpu_s"] == 8 * 4.0
+    assert merged["by_group"]["sample-select"]["humaneval"]["tasks"] == 4
 
 
 def test_runs_of_other_strategies_on_the_same_tasks_are_compared_pairwise():
@@ -97,6 +114,14 @@ def test_a_task_run_twice_under_one_strategy_is_refused():
         merge("m", [first])
 
 
+def test_a_strategy_split_over_runs_with_other_models_is_refused():
+    first = run("first", every("large", range(4)), [], IDS[:4])
+    second = run("second", every("large", range(4, 8)), [], IDS[4:])
+    second["strategies"]["large"]["models"] = ["a-larger-one"]
+    with pytest.raises(MergeError, match="large ran with other models in the runs"):
+        merge("m", [first, second])
+
+
 def test_runs_with_other_sample_counts_are_refused():
     first = json_round_trip(run("first", every("sample-select", range(4)), [a for i in range(4) for a in samples_of(i)],
                                 IDS[:4]))
@@ -115,7 +140,9 @@ def test_compare_merge_writes_one_report_from_two_run_folders(tmp_path, capsys):
     argv = ["--merge", f"{tmp_path / 'a'},{tmp_path / 'b'}", "--out", str(tmp_path), "--experiment", "ab"]
     assert compare.main(argv) == 0
     summary = json.loads((tmp_path / "ab" / "summary.json").read_text())
-    assert summary["merged_from"] == ["a", "b"] and list(summary["strategies"]) == ["large", "sample-select"]
+    assert summary["merged_from"] == [{"experiment": "a", "command": "python compare.py --experiment a"},
+                                      {"experiment": "b", "command": "python compare.py --experiment b"}]
+    assert list(summary["strategies"]) == ["large", "sample-select"]
     assert summary["command"].startswith("python compare.py --merge")
     assert len((tmp_path / "ab" / "results.jsonl").read_text().splitlines()) == len(attempts)
     assert (tmp_path / "ab" / "frontier.png").read_bytes().startswith(b"\x89PNG")
@@ -127,5 +154,24 @@ def test_compare_merge_writes_one_report_from_two_run_folders(tmp_path, capsys):
     assert compare.main(["--merge", f"{tmp_path / 'a'},{tmp_path / 'b'}", "--out", str(tmp_path),
                          "--experiment", "a"]) == 2
     assert "is one of the runs merged" in capsys.readouterr().err
+    assert compare.main(["--merge", f"{tmp_path / 'a'},{tmp_path / 'ab'}", "--out", str(tmp_path),
+                         "--experiment", "b"]) == 2                       # b holds a run: not written over
+    assert "holds a run" in capsys.readouterr().err
+    assert compare.main(argv) == 0                                         # a merge is written again
+    capsys.readouterr()
+    broken = json.loads((tmp_path / "b" / "summary.json").read_text())
+    del broken["per_task"]
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "summary.json").write_text(json.dumps(broken))
+    (tmp_path / "c" / "results.jsonl").write_text("")
+    assert compare.main(["--merge", f"{tmp_path / 'a'},{tmp_path / 'c'}", "--out", str(tmp_path),
+                         "--experiment", "x"]) == 2
+    assert "has no per_task rows" in capsys.readouterr().err
+    # a summary older than its results.jsonl (written before a --resume went on)
+    (tmp_path / "c" / "summary.json").write_text((tmp_path / "a" / "summary.json").read_text())
+    (tmp_path / "c" / "results.jsonl").write_text(json.dumps(samples_of(0)[0]) + "\n")
+    assert compare.main(["--merge", f"{tmp_path / 'b'},{tmp_path / 'c'}", "--out", str(tmp_path),
+                         "--experiment", "x"]) == 2
+    assert "holds an attempt its summary.json does not" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         compare.parse_args(["--merge", str(tmp_path / "a"), "--experiment", "y"])     # one folder: nothing to merge
